@@ -1,0 +1,152 @@
+//! Cache of decoded basic blocks, keyed by physical address and decode mode.
+//!
+//! A block is decoded once, with instruction pointers relative to its first byte so that
+//! the same bytes reached through different CS:IP pairs (07C0:0000 and 0000:7C00) share
+//! one decoding. Blocks never cross a page, so invalidating a page drops every block that
+//! was decoded from it.
+
+use crate::exception::{Exception, Res};
+use crate::mem::{Backing, Bus, PAGE_SIZE};
+use crate::mmu::Access;
+use crate::Cpu;
+use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
+
+/// Longest block, in instructions.
+const MAX_BLOCK: usize = 64;
+
+pub struct Block {
+    /// Decoded with IP = offset from the block's first byte.
+    pub instrs: Box<[Instruction]>,
+}
+
+/// A multiplicative hasher for integer keys (the std SipHash is needlessly slow here).
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v ^ (v >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
+
+#[derive(Default)]
+pub struct BlockCache {
+    blocks: FastMap<u64, Rc<Block>>,
+    /// Keys of the blocks decoded from each physical page.
+    by_page: FastMap<u64, Vec<u64>>,
+}
+
+impl BlockCache {
+    pub fn clear(&mut self) {
+        self.blocks.clear();
+        self.by_page.clear();
+    }
+    pub fn invalidate_page(&mut self, paddr: u64) {
+        if let Some(keys) = self.by_page.remove(&(paddr >> 12)) {
+            for k in keys {
+                self.blocks.remove(&k);
+            }
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+}
+
+fn block_key(paddr: u64, code32: bool) -> u64 {
+    (paddr << 1) | code32 as u64
+}
+
+impl Cpu {
+    /// The block at CS:EIP, decoding it if needed. Raises #GP for EIP beyond the CS limit
+    /// and #PF for an unmapped code page.
+    pub(crate) fn fetch_block(&mut self, bus: &mut dyn Bus) -> Res<Rc<Block>> {
+        let eip = self.state.rip as u32;
+        let cs = self.state.seg[crate::state::CS];
+        if eip > cs.limit {
+            return Err(Exception::gp0());
+        }
+        let lin = (cs.base + eip as u64) & 0xFFFF_FFFF;
+        let user = self.state.cpl == 3;
+        let paddr = self.translate(lin, Access::Exec, user)?;
+        let code32 = self.state.code32();
+        let key = block_key(paddr, code32);
+        if let Some(b) = self.blocks.blocks.get(&key) {
+            return Ok(b.clone());
+        }
+        let page_off = (paddr & (PAGE_SIZE - 1)) as usize;
+        let Backing::Host { .. } = self.mem.backing(paddr) else {
+            return self.decode_uncached(bus, lin, code32);
+        };
+        let mut bytes = [0u8; PAGE_SIZE as usize];
+        let avail = PAGE_SIZE as usize - page_off;
+        self.mem.read(paddr, &mut bytes[..avail]);
+        let bitness = if code32 { 32 } else { 16 };
+        let mut dec = Decoder::with_ip(bitness, &bytes[..avail], 0, DecoderOptions::NONE);
+        let mut instrs = Vec::with_capacity(16);
+        let mut ins = Instruction::default();
+        while dec.can_decode() && instrs.len() < MAX_BLOCK {
+            dec.decode_out(&mut ins);
+            if dec.last_error() == DecoderError::NoMoreBytes {
+                break;
+            }
+            instrs.push(ins);
+            if ins.flow_control() != FlowControl::Next || ins.is_invalid() {
+                break;
+            }
+        }
+        if instrs.is_empty() {
+            // The first instruction crosses into the next page.
+            return self.decode_uncached(bus, lin, code32);
+        }
+        let block = Rc::new(Block {
+            instrs: instrs.into_boxed_slice(),
+        });
+        self.blocks.blocks.insert(key, block.clone());
+        let page = paddr >> 12;
+        self.blocks.by_page.entry(page).or_default().push(key);
+        if !self.mem.is_code_page(paddr) {
+            self.mem.set_code_page(paddr, true);
+            self.tlb.protect_phys_page(paddr & !(PAGE_SIZE - 1));
+        }
+        Ok(block)
+    }
+
+    /// Decodes one instruction byte by byte through the MMU (it crosses a page, or runs
+    /// from MMIO). Not cached.
+    fn decode_uncached(&mut self, bus: &mut dyn Bus, lin: u64, code32: bool) -> Res<Rc<Block>> {
+        let user = self.state.cpl == 3;
+        let mut bytes = [0u8; 15];
+        let mut n = 0;
+        let bitness = if code32 { 32 } else { 16 };
+        let mut ins = Instruction::default();
+        while n < 15 {
+            bytes[n] = self.read_lin(bus, (lin + n as u64) & 0xFFFF_FFFF, 1, user)? as u8;
+            n += 1;
+            let mut dec = Decoder::with_ip(bitness, &bytes[..n], 0, DecoderOptions::NONE);
+            dec.decode_out(&mut ins);
+            if dec.last_error() != DecoderError::NoMoreBytes {
+                break;
+            }
+        }
+        Ok(Rc::new(Block {
+            instrs: vec![ins].into_boxed_slice(),
+        }))
+    }
+}

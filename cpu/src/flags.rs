@@ -1,0 +1,330 @@
+//! EFLAGS, kept lazily.
+//!
+//! The six arithmetic flags (CF, PF, AF, ZF, SF, OF) are not computed when an instruction
+//! runs: the instruction records its operation, operands and result, and the flags are
+//! derived only when something reads them. Most flag results are overwritten before they
+//! are read, so this saves most of the work. All other EFLAGS bits live in `bits`.
+
+pub const CF: u32 = 1 << 0;
+pub const PF: u32 = 1 << 2;
+pub const AF: u32 = 1 << 4;
+pub const ZF: u32 = 1 << 6;
+pub const SF: u32 = 1 << 7;
+pub const TF: u32 = 1 << 8;
+pub const IF: u32 = 1 << 9;
+pub const DF: u32 = 1 << 10;
+pub const OF: u32 = 1 << 11;
+pub const IOPL: u32 = 3 << 12;
+pub const NT: u32 = 1 << 14;
+pub const RF: u32 = 1 << 16;
+pub const VM: u32 = 1 << 17;
+pub const AC: u32 = 1 << 18;
+pub const VIF: u32 = 1 << 19;
+pub const VIP: u32 = 1 << 20;
+pub const ID: u32 = 1 << 21;
+
+/// The arithmetic flags that may be lazy.
+pub const ARITH: u32 = CF | PF | AF | ZF | SF | OF;
+/// Bits a P6 lets software change (bit 1 always reads as 1).
+pub const WRITABLE: u32 = ARITH | TF | IF | DF | IOPL | NT | RF | VM | AC | VIF | VIP | ID;
+
+/// How the arithmetic flags are to be derived from the recorded operands.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagOp {
+    /// The arithmetic flags are stored in `Flags::bits`.
+    Eager,
+    /// `res = a + b (+ carry)`.
+    Add,
+    /// `res = a - b (- borrow)`.
+    Sub,
+    /// AND/OR/XOR/TEST: CF = OF = AF = 0.
+    Logic,
+    /// INC: like Add with b = 1, CF kept in `bits`.
+    Inc,
+    /// DEC: like Sub with b = 1, CF kept in `bits`.
+    Dec,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flags {
+    /// Every EFLAGS bit that is not lazy; holds the arithmetic flags when `op` is `Eager`
+    /// (and CF when `op` is `Inc`/`Dec`).
+    pub bits: u32,
+    pub op: FlagOp,
+    /// Operand size in bytes (1, 2, 4).
+    pub size: u8,
+    pub a: u32,
+    pub b: u32,
+    pub res: u32,
+}
+
+#[inline]
+fn sign_bit(size: u8) -> u32 {
+    1u32 << (size as u32 * 8 - 1)
+}
+
+#[inline]
+fn mask(size: u8) -> u32 {
+    if size >= 4 {
+        u32::MAX
+    } else {
+        (1u32 << (size as u32 * 8)) - 1
+    }
+}
+
+#[inline]
+pub fn parity(v: u32) -> bool {
+    (v as u8).count_ones() % 2 == 0
+}
+
+impl Default for Flags {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Flags {
+    pub fn new() -> Flags {
+        Flags {
+            bits: 2,
+            op: FlagOp::Eager,
+            size: 4,
+            a: 0,
+            b: 0,
+            res: 0,
+        }
+    }
+
+    #[inline]
+    pub fn set_lazy(&mut self, op: FlagOp, size: u8, a: u32, b: u32, res: u32) {
+        if matches!(op, FlagOp::Inc | FlagOp::Dec) {
+            let cf = self.cf();
+            self.bits = (self.bits & !ARITH) | if cf { CF } else { 0 };
+        }
+        self.op = op;
+        self.size = size;
+        self.a = a;
+        self.b = b;
+        self.res = res;
+    }
+
+    /// Computes the arithmetic flags from the recorded operation.
+    #[inline]
+    pub fn arith(&self) -> u32 {
+        let size = self.size;
+        let m = mask(size);
+        let sb = sign_bit(size);
+        let (a, b, r) = (self.a, self.b, self.res & m);
+        let common = || {
+            let mut f = 0;
+            if r == 0 {
+                f |= ZF;
+            }
+            if r & sb != 0 {
+                f |= SF;
+            }
+            if parity(r) {
+                f |= PF;
+            }
+            f
+        };
+        match self.op {
+            FlagOp::Eager => self.bits & ARITH,
+            FlagOp::Add => {
+                let mut f = common() | ((a ^ b ^ r) & AF);
+                if ((a & b) | ((a | b) & !r)) & sb != 0 {
+                    f |= CF;
+                }
+                if (a ^ r) & (b ^ r) & sb != 0 {
+                    f |= OF;
+                }
+                f
+            }
+            FlagOp::Sub => {
+                let mut f = common() | ((a ^ b ^ r) & AF);
+                if ((!a & b) | ((!a | b) & r)) & sb != 0 {
+                    f |= CF;
+                }
+                if (a ^ b) & (a ^ r) & sb != 0 {
+                    f |= OF;
+                }
+                f
+            }
+            FlagOp::Logic => common(),
+            FlagOp::Inc => {
+                let mut f = common() | (self.bits & CF) | ((a ^ 1 ^ r) & AF);
+                if r == sb {
+                    f |= OF;
+                }
+                f
+            }
+            FlagOp::Dec => {
+                let mut f = common() | (self.bits & CF) | ((a ^ 1 ^ r) & AF);
+                if r == sb - 1 {
+                    f |= OF;
+                }
+                f
+            }
+        }
+    }
+
+    /// The full EFLAGS value.
+    #[inline]
+    pub fn get(&self) -> u32 {
+        (self.bits & !ARITH) | self.arith() | 2
+    }
+
+    /// Replaces the whole EFLAGS value (the caller has already applied write masks).
+    #[inline]
+    pub fn set(&mut self, v: u32) {
+        self.bits = (v & WRITABLE) | 2;
+        self.op = FlagOp::Eager;
+    }
+
+    /// Replaces only the bits in `which`.
+    #[inline]
+    pub fn set_masked(&mut self, v: u32, which: u32) {
+        let cur = self.get();
+        self.set((cur & !which) | (v & which));
+    }
+
+    /// Makes the arithmetic flags eager so individual bits can be edited.
+    #[inline]
+    pub fn materialize(&mut self) {
+        if self.op != FlagOp::Eager {
+            let a = self.arith();
+            self.bits = (self.bits & !ARITH) | a;
+            self.op = FlagOp::Eager;
+        }
+    }
+
+    /// Sets or clears individual arithmetic flags, keeping the others.
+    #[inline]
+    pub fn set_bit(&mut self, bit: u32, on: bool) {
+        if bit & ARITH != 0 {
+            self.materialize();
+        }
+        if on {
+            self.bits |= bit;
+        } else {
+            self.bits &= !bit;
+        }
+    }
+
+    /// Writes all six arithmetic flags at once.
+    #[inline]
+    pub fn set_arith(&mut self, f: u32) {
+        self.bits = (self.bits & !ARITH) | (f & ARITH);
+        self.op = FlagOp::Eager;
+    }
+
+    #[inline]
+    pub fn cf(&self) -> bool {
+        match self.op {
+            FlagOp::Eager | FlagOp::Inc | FlagOp::Dec => self.bits & CF != 0,
+            FlagOp::Logic => false,
+            _ => self.arith() & CF != 0,
+        }
+    }
+    #[inline]
+    pub fn zf(&self) -> bool {
+        match self.op {
+            FlagOp::Eager => self.bits & ZF != 0,
+            _ => self.res & mask(self.size) == 0,
+        }
+    }
+    #[inline]
+    pub fn sf(&self) -> bool {
+        match self.op {
+            FlagOp::Eager => self.bits & SF != 0,
+            _ => self.res & sign_bit(self.size) != 0,
+        }
+    }
+    #[inline]
+    pub fn of(&self) -> bool {
+        self.arith() & OF != 0
+    }
+    #[inline]
+    pub fn pf(&self) -> bool {
+        self.arith() & PF != 0
+    }
+    #[inline]
+    pub fn af(&self) -> bool {
+        self.arith() & AF != 0
+    }
+    #[inline]
+    pub fn df(&self) -> bool {
+        self.bits & DF != 0
+    }
+    #[inline]
+    pub fn iflag(&self) -> bool {
+        self.bits & IF != 0
+    }
+    pub fn iopl(&self) -> u8 {
+        ((self.bits >> 12) & 3) as u8
+    }
+
+    /// Evaluates condition code `cc` (the low nibble of Jcc/SETcc/CMOVcc opcodes).
+    #[inline]
+    pub fn cond(&self, cc: u8) -> bool {
+        let r = match cc >> 1 {
+            0 => self.of(),
+            1 => self.cf(),
+            2 => self.zf(),
+            3 => self.cf() || self.zf(),
+            4 => self.sf(),
+            5 => self.pf(),
+            6 => self.sf() != self.of(),
+            _ => self.zf() || (self.sf() != self.of()),
+        };
+        r ^ (cc & 1 != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lazy(op: FlagOp, size: u8, a: u32, b: u32, res: u32) -> u32 {
+        let mut f = Flags::new();
+        f.set_lazy(op, size, a, b, res);
+        f.get() & ARITH
+    }
+
+    #[test]
+    fn add_flags() {
+        assert_eq!(lazy(FlagOp::Add, 1, 0xFF, 1, 0x100), CF | ZF | PF | AF);
+        assert_eq!(lazy(FlagOp::Add, 1, 0x7F, 1, 0x80), OF | SF | AF);
+        assert_eq!(
+            lazy(FlagOp::Add, 4, 0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFE),
+            CF | SF | AF
+        );
+    }
+
+    #[test]
+    fn sub_flags() {
+        assert_eq!(lazy(FlagOp::Sub, 2, 0, 1, 0xFFFF_FFFF), CF | SF | AF | PF);
+        assert_eq!(lazy(FlagOp::Sub, 1, 0x80, 1, 0x7F), OF | AF);
+        assert_eq!(lazy(FlagOp::Sub, 4, 5, 5, 0), ZF | PF);
+    }
+
+    #[test]
+    fn inc_keeps_carry() {
+        let mut f = Flags::new();
+        f.set_lazy(FlagOp::Add, 1, 0xFF, 1, 0x100);
+        f.set_lazy(FlagOp::Inc, 1, 0x7F, 1, 0x80);
+        assert_eq!(f.get() & ARITH, CF | OF | SF | AF);
+    }
+
+    #[test]
+    fn conditions() {
+        let mut f = Flags::new();
+        f.set_lazy(FlagOp::Sub, 4, 1, 2, 1u32.wrapping_sub(2));
+        assert!(f.cond(0x2)); // B
+        assert!(f.cond(0xC)); // L
+        assert!(!f.cond(0x4)); // E
+        assert!(f.cond(0x6)); // BE
+    }
+}

@@ -1,0 +1,145 @@
+//! The hospes CPU core: an i686 (Pentium Pro/II class) interpreter.
+//!
+//! [`Cpu`] owns the architectural state, guest physical memory, the TLB and the cache of
+//! decoded blocks. Everything outside the CPU (ports, MMIO, the interrupt controller) is
+//! reached through the [`mem::Bus`] trait, which the machine implements.
+
+pub mod block;
+pub mod exception;
+pub mod exec;
+pub mod flags;
+pub mod fpu;
+pub mod mem;
+pub mod mmu;
+pub mod seg;
+pub mod state;
+pub mod system;
+
+use exception::Exception;
+use mem::PhysMem;
+use state::CpuState;
+
+pub use exec::Exit;
+
+pub struct Cpu {
+    pub state: CpuState,
+    pub mem: PhysMem,
+    pub tlb: mmu::Tlb,
+    pub(crate) blocks: block::BlockCache,
+    /// Set by an instruction after which the current block must not continue (a write to
+    /// a code page, a change of paging or of the code segment's mode).
+    pub(crate) end_block: bool,
+    /// Set by an instruction that may have changed whether an interrupt is deliverable.
+    pub(crate) check_irq: bool,
+    /// EIP of the instruction being executed (for faults).
+    pub(crate) cur_eip: u64,
+    /// Nesting of exception delivery, for #DF and triple faults.
+    pub(crate) fault_depth: u8,
+    /// The machine asked for a shutdown (triple fault).
+    pub shutdown: bool,
+    /// Instruction count at which the current `run` call must stop.
+    pub(crate) budget_end: u64,
+}
+
+impl Cpu {
+    /// A CPU in the RESET state with `ram_size` bytes of RAM and room for ROM images.
+    pub fn new(ram_size: usize, rom_space: usize) -> Result<Cpu, mem::MemError> {
+        Ok(Cpu {
+            state: CpuState::new(),
+            mem: PhysMem::new(ram_size, rom_space)?,
+            tlb: mmu::Tlb::default(),
+            blocks: block::BlockCache::default(),
+            end_block: false,
+            check_irq: true,
+            cur_eip: 0,
+            fault_depth: 0,
+            shutdown: false,
+            budget_end: 0,
+        })
+    }
+
+    /// Back to the RESET state (memory is kept).
+    pub fn reset(&mut self) {
+        self.state = CpuState::new();
+        self.flush_tlb();
+        self.flush_code();
+        self.shutdown = false;
+    }
+
+    pub fn flush_tlb(&mut self) {
+        self.tlb.flush_all();
+    }
+
+    /// Drops every decoded block (after memory was changed behind the CPU's back).
+    pub fn flush_code(&mut self) {
+        self.blocks.clear();
+        self.mem.clear_code_pages();
+        self.end_block = true;
+    }
+
+    /// Writes guest-physical memory from outside the CPU (DMA, loaders, tests),
+    /// keeping decoded code coherent.
+    pub fn write_phys(&mut self, paddr: u64, data: &[u8]) {
+        let mut page = paddr & !(mem::PAGE_SIZE - 1);
+        let end = paddr + data.len() as u64;
+        while page < end {
+            if self.mem.is_code_page(page) {
+                self.invalidate_code_page(page);
+            }
+            page += mem::PAGE_SIZE;
+        }
+        self.mem.write(paddr, data);
+    }
+
+    /// Invalidates every decoded block on a physical page.
+    pub(crate) fn invalidate_code_page(&mut self, paddr: u64) {
+        self.blocks.invalidate_page(paddr);
+        self.mem.set_code_page(paddr, false);
+        self.end_block = true;
+    }
+
+    /// Sets the A20 gate (port 92h, the keyboard controller).
+    pub fn set_a20(&mut self, enabled: bool) {
+        let mask = if enabled { !0 } else { !(1u64 << 20) };
+        if mask != self.state.a20_mask {
+            self.state.a20_mask = mask;
+            self.flush_tlb();
+            self.end_block = true;
+        }
+    }
+
+    /// Signals that the interrupt line may have changed (the machine calls this after
+    /// raising an IRQ from an event).
+    pub fn irq_changed(&mut self) {
+        self.check_irq = true;
+    }
+}
+
+/// Helper for tests and tools: an exception as `#GP(0010)` style text.
+pub fn describe_exception(e: &Exception) -> String {
+    let name = match e.vector {
+        0 => "DE",
+        1 => "DB",
+        2 => "NMI",
+        3 => "BP",
+        4 => "OF",
+        5 => "BR",
+        6 => "UD",
+        7 => "NM",
+        8 => "DF",
+        10 => "TS",
+        11 => "NP",
+        12 => "SS",
+        13 => "GP",
+        14 => "PF",
+        16 => "MF",
+        17 => "AC",
+        18 => "MC",
+        19 => "XM",
+        _ => "INT",
+    };
+    match e.error {
+        Some(c) => format!("#{name}({c:#x})"),
+        None => format!("#{name}"),
+    }
+}

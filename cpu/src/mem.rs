@@ -1,0 +1,277 @@
+//! Guest physical memory and the bus the CPU reaches devices through.
+//!
+//! Guest RAM is one anonymous mapping. ROM images live in the same mapping after RAM, so
+//! every backed guest page has a host address and the TLB can cache `host - linear` as a
+//! single addend. Pages with no backing (the VGA window, unassigned space) go to the
+//! [`Bus`] as MMIO.
+
+use memmap2::MmapMut;
+
+pub const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SHIFT: u32 = 12;
+/// Physical pages tracked by the page map: 4 GiB worth (the i686 model has no PAE yet).
+const MAPPED_PAGES: usize = 1 << 20;
+
+/// What the CPU needs from the machine around it.
+pub trait Bus {
+    fn io_read(&mut self, port: u16, size: u8) -> u32;
+    fn io_write(&mut self, port: u16, size: u8, value: u32);
+    /// A read from a physical address with no RAM or ROM behind it.
+    fn mmio_read(&mut self, addr: u64, size: u8) -> u64;
+    fn mmio_write(&mut self, addr: u64, size: u8, value: u64);
+    /// True while the interrupt controller asserts INTR.
+    fn intr_pending(&mut self) -> bool {
+        false
+    }
+    /// The INTA cycle: returns the vector of the highest-priority pending interrupt.
+    fn intr_ack(&mut self) -> u8 {
+        0
+    }
+    /// The emulator-call opcode executed from BIOS ROM (see DESIGN.md, BIOS). Returns
+    /// false if no service is attached, in which case the opcode raises #UD.
+    fn emulator_call(&mut self, _cpu: &mut crate::Cpu, _function: u16) -> bool {
+        false
+    }
+}
+
+/// A bus with nothing on it: I/O reads return all ones, writes are ignored.
+#[derive(Default)]
+pub struct NullBus;
+
+impl Bus for NullBus {
+    fn io_read(&mut self, _port: u16, size: u8) -> u32 {
+        ones(size) as u32
+    }
+    fn io_write(&mut self, _port: u16, _size: u8, _value: u32) {}
+    fn mmio_read(&mut self, _addr: u64, size: u8) -> u64 {
+        ones(size)
+    }
+    fn mmio_write(&mut self, _addr: u64, _size: u8, _value: u64) {}
+}
+
+pub fn ones(size: u8) -> u64 {
+    if size >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (size * 8)) - 1
+    }
+}
+
+/// Error creating guest memory.
+#[derive(Debug)]
+pub struct MemError(pub String);
+
+impl std::fmt::Display for MemError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for MemError {}
+
+/// Backing of one guest page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// Offset of the page in the host mapping; `writable` is false for ROM.
+    Host { offset: usize, writable: bool },
+    /// No memory: accesses go to the bus.
+    Mmio,
+}
+
+pub struct PhysMem {
+    map: MmapMut,
+    ram_size: usize,
+    rom_used: usize,
+    /// Per guest page: 0 = MMIO; otherwise `(host page index + 1) << 1 | writable`.
+    pages: Vec<u32>,
+    /// One bit per guest page: the page holds decoded or translated code.
+    code: Vec<u64>,
+}
+
+impl PhysMem {
+    /// RAM of `ram_size` bytes at physical address 0, plus `rom_space` bytes for ROM images.
+    pub fn new(ram_size: usize, rom_space: usize) -> Result<PhysMem, MemError> {
+        let ram_size = (ram_size + PAGE_SIZE as usize - 1) & !(PAGE_SIZE as usize - 1);
+        let rom_space = (rom_space + PAGE_SIZE as usize - 1) & !(PAGE_SIZE as usize - 1);
+        if ram_size as u64 > 0xF000_0000 {
+            return Err(MemError(format!(
+                "{} MiB of RAM is more than this 32-bit machine can address",
+                ram_size >> 20
+            )));
+        }
+        let map =
+            MmapMut::map_anon((ram_size + rom_space).max(PAGE_SIZE as usize)).map_err(|e| {
+                MemError(format!(
+                    "cannot allocate {} MiB of guest RAM: {e}",
+                    ram_size >> 20
+                ))
+            })?;
+        let mut pages = vec![0u32; MAPPED_PAGES];
+        for (i, p) in pages.iter_mut().enumerate().take(ram_size >> PAGE_SHIFT) {
+            *p = ((i as u32 + 1) << 1) | 1;
+        }
+        Ok(PhysMem {
+            map,
+            ram_size,
+            rom_used: 0,
+            pages,
+            code: vec![0; MAPPED_PAGES / 64],
+        })
+    }
+
+    pub fn ram_size(&self) -> usize {
+        self.ram_size
+    }
+
+    /// Copies a ROM image into the ROM space and maps it read-only at `base` (page aligned).
+    pub fn map_rom(&mut self, base: u64, data: &[u8]) -> Result<(), MemError> {
+        let len = (data.len() + PAGE_SIZE as usize - 1) & !(PAGE_SIZE as usize - 1);
+        let start = self.ram_size + self.rom_used;
+        if start + len > self.map.len() || base % PAGE_SIZE != 0 {
+            return Err(MemError("ROM image does not fit the ROM space".into()));
+        }
+        self.map[start..start + data.len()].copy_from_slice(data);
+        self.rom_used += len;
+        for i in 0..len >> PAGE_SHIFT {
+            let gp = (base >> PAGE_SHIFT) as usize + i;
+            if gp < MAPPED_PAGES {
+                self.pages[gp] = (((start >> PAGE_SHIFT) + i + 1) as u32) << 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps guest pages `[base, base+len)` to the same host memory as `[target, target+len)`
+    /// (the BIOS alias below 4 GiB, for example).
+    pub fn alias(&mut self, base: u64, target: u64, len: u64) {
+        for i in 0..(len >> PAGE_SHIFT) as usize {
+            let gp = (base >> PAGE_SHIFT) as usize + i;
+            let tp = (target >> PAGE_SHIFT) as usize + i;
+            if gp < MAPPED_PAGES && tp < MAPPED_PAGES {
+                self.pages[gp] = self.pages[tp];
+            }
+        }
+    }
+
+    /// Makes guest pages `[base, base+len)` MMIO (the VGA window, for example).
+    pub fn set_mmio(&mut self, base: u64, len: u64) {
+        for i in 0..(len >> PAGE_SHIFT) as usize {
+            let gp = (base >> PAGE_SHIFT) as usize + i;
+            if gp < MAPPED_PAGES {
+                self.pages[gp] = 0;
+            }
+        }
+    }
+
+    #[inline]
+    pub fn backing(&self, paddr: u64) -> Backing {
+        let gp = (paddr >> PAGE_SHIFT) as usize;
+        match self.pages.get(gp) {
+            Some(&e) if e != 0 => Backing::Host {
+                offset: (((e >> 1) - 1) as usize) << PAGE_SHIFT,
+                writable: e & 1 != 0,
+            },
+            _ => Backing::Mmio,
+        }
+    }
+
+    /// Host pointer to the start of the page at `offset` in the mapping.
+    #[inline]
+    pub fn host_ptr(&mut self, offset: usize) -> *mut u8 {
+        debug_assert!(offset < self.map.len());
+        // SAFETY: `offset` comes from the page map, which only holds offsets of pages
+        // inside the mapping, so the result stays within the same allocation.
+        unsafe { self.map.as_mut_ptr().add(offset) }
+    }
+
+    /// Reads guest-physical memory; MMIO bytes read as 0xFF (no device is consulted).
+    pub fn read(&self, paddr: u64, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = paddr.wrapping_add(i as u64);
+            *b = match self.backing(a) {
+                Backing::Host { offset, .. } => self.map[offset + (a & (PAGE_SIZE - 1)) as usize],
+                Backing::Mmio => 0xFF,
+            };
+        }
+    }
+
+    /// Writes guest-physical memory, RAM only (ROM and MMIO bytes are dropped).
+    /// Returns the guest pages written that hold code, so callers can invalidate them.
+    pub fn write(&mut self, paddr: u64, data: &[u8]) {
+        for (i, &b) in data.iter().enumerate() {
+            let a = paddr.wrapping_add(i as u64);
+            if let Backing::Host {
+                offset,
+                writable: true,
+            } = self.backing(a)
+            {
+                self.map[offset + (a & (PAGE_SIZE - 1)) as usize] = b;
+            }
+        }
+    }
+
+    /// Writes into ROM as well as RAM: for loading firmware and test images.
+    pub fn write_any(&mut self, paddr: u64, data: &[u8]) {
+        for (i, &b) in data.iter().enumerate() {
+            let a = paddr.wrapping_add(i as u64);
+            if let Backing::Host { offset, .. } = self.backing(a) {
+                self.map[offset + (a & (PAGE_SIZE - 1)) as usize] = b;
+            }
+        }
+    }
+
+    pub fn read_u8(&self, paddr: u64) -> u8 {
+        let mut b = [0u8; 1];
+        self.read(paddr, &mut b);
+        b[0]
+    }
+    pub fn read_u16(&self, paddr: u64) -> u16 {
+        let mut b = [0u8; 2];
+        self.read(paddr, &mut b);
+        u16::from_le_bytes(b)
+    }
+    pub fn read_u32(&self, paddr: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.read(paddr, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Whether a guest page is marked as holding code.
+    #[inline]
+    pub fn is_code_page(&self, paddr: u64) -> bool {
+        let gp = (paddr >> PAGE_SHIFT) as usize;
+        gp < MAPPED_PAGES && self.code[gp / 64] & (1 << (gp % 64)) != 0
+    }
+    pub fn set_code_page(&mut self, paddr: u64, on: bool) {
+        let gp = (paddr >> PAGE_SHIFT) as usize;
+        if gp < MAPPED_PAGES {
+            if on {
+                self.code[gp / 64] |= 1 << (gp % 64);
+            } else {
+                self.code[gp / 64] &= !(1 << (gp % 64));
+            }
+        }
+    }
+    pub fn clear_code_pages(&mut self) {
+        self.code.iter_mut().for_each(|w| *w = 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_rom_and_mmio() {
+        let mut m = PhysMem::new(1 << 20, 64 << 10).unwrap();
+        m.write(0x1000, &[1, 2, 3]);
+        assert_eq!(m.read_u16(0x1001), 0x0302);
+        m.map_rom(0xF0000, &[0xAA; 4096]).unwrap();
+        m.write(0xF0000, &[0x55]);
+        assert_eq!(m.read_u8(0xF0000), 0xAA, "ROM is read-only");
+        m.set_mmio(0xA0000, 0x20000);
+        assert_eq!(m.backing(0xA1234), Backing::Mmio);
+        assert_eq!(m.read_u8(0x2000_0000), 0xFF, "unbacked reads as ones");
+        m.alias(0xFFFF_0000, 0xF0000, 0x1000);
+        assert_eq!(m.read_u8(0xFFFF_0000), 0xAA);
+    }
+}
