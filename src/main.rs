@@ -1,1 +1,101 @@
-fn main() {}
+//! The `hospes` command.
+
+mod conformance;
+mod demo;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "hospes",
+    version,
+    about = "A full-system x86 PC emulator. With no arguments, runs the built-in demo guest."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run SingleStepTests-format CPU test vectors (.json or .json.gz files in a directory).
+    Conformance {
+        /// Directory holding the vector files.
+        #[arg(long, required_unless_present = "list_differences")]
+        suite: Option<PathBuf>,
+        /// Execution tier that runs the vectors.
+        #[arg(long, value_enum, default_value = "interp")]
+        tier: conformance::Tier,
+        /// Only opcode files whose name starts with this (e.g. `F6` or `D3.4`).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Print up to N failing vectors per opcode in full.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        show_failures: usize,
+        /// Print the documented 80286-versus-P6 differences that are masked or skipped.
+        #[arg(long)]
+        list_differences: bool,
+    },
+    /// Run the built-in demo guest (the same as running hospes with no arguments).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One clear line, not clap's multi-line usage dump.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("hospes: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        None | Some(Command::Demo) => demo::run(),
+        Some(Command::Conformance {
+            suite,
+            tier,
+            filter,
+            show_failures,
+            list_differences,
+        }) => {
+            if list_differences {
+                print!("{}", conformance::differences_text());
+                Ok(())
+            } else {
+                run_conformance(suite.unwrap_or_default(), tier, filter, show_failures)
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hospes: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_conformance(
+    suite: PathBuf,
+    tier: conformance::Tier,
+    filter: Option<String>,
+    show_failures: usize,
+) -> Result<(), String> {
+    let opts = conformance::Options {
+        tier,
+        filter,
+        show_failures,
+    };
+    let report = conformance::run_suite(&suite, &opts)?;
+    print!("{}", conformance::format_report(&report));
+    Ok(())
+}

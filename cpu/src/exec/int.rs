@@ -1091,6 +1091,9 @@ impl Cpu {
                 let mut a = al;
                 let mut nf = 0;
                 if (al & 0xF) > 9 || af {
+                    if a < 6 {
+                        nf |= CF; // the borrow out of AL - 6
+                    }
                     a = a.wrapping_sub(6);
                     nf |= AF;
                 }
@@ -1108,9 +1111,9 @@ impl Cpu {
                     let nax = if ins.mnemonic() == Mnemonic::Aaa {
                         ax.wrapping_add(0x106)
                     } else {
-                        let lo = (ax as u8).wrapping_sub(6);
-                        let hi = ((ax >> 8) as u8).wrapping_sub(1);
-                        (hi as u16) << 8 | lo as u16
+                        // The P6 subtracts 6 from all of AX (a borrow reaches AH), then
+                        // decrements AH.
+                        ax.wrapping_sub(6).wrapping_sub(0x100)
                     };
                     self.state.set_reg16(EAX, nax & 0xFF0F);
                     self.state

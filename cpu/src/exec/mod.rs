@@ -103,13 +103,19 @@ impl Cpu {
             return false;
         }
         self.cur_eip = eip;
-        let next = eip + ins.len() as u64;
+        let end = eip + ins.len() as u64;
+        // 16-bit code wraps IP at 64 KiB (the instruction itself must still fit the limit).
+        let next = if ins.code_size() == iced_x86::CodeSize::Code16 {
+            end & 0xFFFF
+        } else {
+            end & 0xFFFF_FFFF
+        };
         let cs_limit = self.state.seg[CS].limit as u64;
         let saved_esp = self.state.gpr[ESP];
         let shadow = self.state.irq_shadow;
         self.state.irq_shadow = false;
         let tf = self.state.flags.bits & TF != 0;
-        let result = if next - 1 > cs_limit {
+        let result = if end - 1 > cs_limit {
             Err(Exception::gp0())
         } else {
             self.state.rip = next;

@@ -1,0 +1,5 @@
+//! The built-in demo guest (placeholder until the demo program lands).
+
+pub fn run() -> Result<(), String> {
+    Ok(())
+}
