@@ -589,15 +589,13 @@ fn run_vector(cpu: &mut Cpu, v: &Vector, masks: &Masks) -> Result<(), String> {
         }
         cpu.write_phys(12 * 4, &entry);
     }
-    let mut after_regs = v.after.regs.clone();
-    let mut after_ram = v.after.ram.clone();
-    let mut exception_taken = v.exception.is_some();
-    if masks.expect_ud {
-        let (regs, ram) = expect_invalid_opcode(cpu, v)?;
-        after_regs = regs;
-        after_ram = ram;
-        exception_taken = true;
-    }
+    let p6_result;
+    let (after, exception_taken) = if masks.expect_ud {
+        p6_result = expect_invalid_opcode(cpu, v)?;
+        (&p6_result, true)
+    } else {
+        (&v.after, v.exception.is_some())
+    };
 
     let exit = cpu.run(&mut TestBus, MAX_INSTRUCTIONS);
     let mut diffs = Vec::new();
@@ -609,7 +607,7 @@ fn run_vector(cpu: &mut Cpu, v: &Vector, masks: &Masks) -> Result<(), String> {
 
     let flag_mask = masks.flags;
     let expect = |name: &str| -> Result<u32, String> {
-        match after_regs.get(name) {
+        match after.regs.get(name) {
             Some(&x) => Ok(x),
             None => reg(init, name),
         }
@@ -646,7 +644,7 @@ fn run_vector(cpu: &mut Cpu, v: &Vector, masks: &Masks) -> Result<(), String> {
 
     // Memory: every listed final byte, and every initial byte not listed as changed.
     let mut expected: BTreeMap<u32, u8> = v.initial.ram.iter().copied().collect();
-    for &(addr, val) in &after_ram {
+    for &(addr, val) in &after.ram {
         expected.insert(addr, val);
     }
     // Where the exception pushed FLAGS: SS:SP-2 (computed, since the vectors'
@@ -677,10 +675,7 @@ fn run_vector(cpu: &mut Cpu, v: &Vector, masks: &Masks) -> Result<(), String> {
 
 /// Prepares a P6 #UD for the vector: IVT entry 6 points at a HLT placed in memory the
 /// vector does not use, and returns the registers and memory bytes a P6 ends with.
-fn expect_invalid_opcode(
-    cpu: &mut Cpu,
-    v: &Vector,
-) -> Result<(BTreeMap<String, u32>, Vec<(u32, u8)>), String> {
+fn expect_invalid_opcode(cpu: &mut Cpu, v: &Vector) -> Result<Snapshot, String> {
     let init = &v.initial.regs;
     let (ss, sp) = (reg(init, "ss")?, reg(init, "sp")?);
     let stack_at = |off: u32| (ss << 4).wrapping_add(off & 0xFFFF);
@@ -711,7 +706,7 @@ fn expect_invalid_opcode(
         ram.push((stack_at(off), *word as u8));
         ram.push((stack_at(off.wrapping_add(1)), (*word >> 8) as u8));
     }
-    Ok((regs, ram))
+    Ok(Snapshot { regs, ram })
 }
 
 /// The masked count of a shift or rotate (CL, an immediate, or 1), as the CPU saw it.

@@ -76,7 +76,7 @@ fn mask(size: u8) -> u32 {
 
 #[inline]
 pub fn parity(v: u32) -> bool {
-    (v as u8).count_ones() % 2 == 0
+    (v as u8).count_ones().is_multiple_of(2)
 }
 
 impl Default for Flags {

@@ -33,8 +33,6 @@ pub struct Cpu {
     pub(crate) check_irq: bool,
     /// EIP of the instruction being executed (for faults).
     pub(crate) cur_eip: u64,
-    /// Nesting of exception delivery, for #DF and triple faults.
-    pub(crate) fault_depth: u8,
     /// The machine asked for a shutdown (triple fault).
     pub shutdown: bool,
     /// Instruction count at which the current `run` call must stop.
@@ -52,7 +50,6 @@ impl Cpu {
             end_block: false,
             check_irq: true,
             cur_eip: 0,
-            fault_depth: 0,
             shutdown: false,
             budget_end: 0,
         })

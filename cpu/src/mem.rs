@@ -126,7 +126,7 @@ impl PhysMem {
     pub fn map_rom(&mut self, base: u64, data: &[u8]) -> Result<(), MemError> {
         let len = (data.len() + PAGE_SIZE as usize - 1) & !(PAGE_SIZE as usize - 1);
         let start = self.ram_size + self.rom_used;
-        if start + len > self.map.len() || base % PAGE_SIZE != 0 {
+        if start + len > self.map.len() || !base.is_multiple_of(PAGE_SIZE) {
             return Err(MemError("ROM image does not fit the ROM space".into()));
         }
         self.map[start..start + data.len()].copy_from_slice(data);

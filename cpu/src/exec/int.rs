@@ -132,7 +132,7 @@ impl Cpu {
                 } else {
                     self.write_mem64(bus, seg, off, v)?;
                     self.state.gpr[EAX] = v as u32 as u64;
-                    self.state.gpr[EDX] = (v >> 32) as u64;
+                    self.state.gpr[EDX] = v >> 32;
                     self.state.flags.set_bit(ZF, false);
                 }
                 Ok(())
@@ -172,7 +172,7 @@ impl Cpu {
                     | OpKind::Immediate32 => ins.immediate(0) as u32,
                     _ => self.read_op(bus, ins, 0)?,
                 };
-                let psize = ins.stack_pointer_increment().unsigned_abs() as u32;
+                let psize = ins.stack_pointer_increment().unsigned_abs();
                 self.push_sized(bus, psize, v, size)
             }
             M::Pop => {
@@ -1002,12 +1002,8 @@ impl Cpu {
         let (r, cf) = if size == 2 {
             // 16-bit forms with counts above 16 are undefined; P6 shifts through a 32-bit
             // (dest:src:dest) pattern.
-            let wide = if left {
-                ((a as u64) << 32) | ((b as u64) << 16) | a as u64
-            } else {
-                ((a as u64) << 32) | ((b as u64) << 16) | a as u64
-            };
             if left {
+                let wide = ((a as u64) << 32) | ((b as u64) << 16) | a as u64;
                 let v = wide << count;
                 (((v >> 32) as u32) & m, (v >> 48) & 1 != 0)
             } else {

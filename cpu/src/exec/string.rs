@@ -59,7 +59,7 @@ impl Cpu {
             self.check_irq = true;
         }
         let step = if self.state.flags.df() {
-            (size as u32).wrapping_neg()
+            size.wrapping_neg()
         } else {
             size
         };
