@@ -414,7 +414,14 @@ impl Cpu {
                 }
                 Ok(())
             }
-            M::Nop | M::Pause => Ok(()),
+            // 0F 18-1F (Reservednop) are hint NOPs on a P6: no memory access.
+            M::Nop
+            | M::Pause
+            | M::Reservednop
+            | M::Prefetchnta
+            | M::Prefetcht0
+            | M::Prefetcht1
+            | M::Prefetcht2 => Ok(()),
             M::Wait => self.fpu_wait(),
             M::Hlt => {
                 if self.state.protected() && self.state.cpl != 0 {
