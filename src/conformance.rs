@@ -758,19 +758,23 @@ pub fn format_report(report: &Report) -> String {
         );
     }
     let (p, f, s) = (report.passed(), report.failed(), report.skipped());
-    let rate = if p + f > 0 {
-        100.0 * p as f64 / (p + f) as f64
-    } else {
-        0.0
-    };
-    let mips = report.instructions as f64 / report.seconds.max(1e-9) / 1e6;
+    let total = p + f + s;
+    let percent = |n: u64| 100.0 * n as f64 / total.max(1) as f64;
+    let secs = report.seconds.max(1e-9);
     let _ = writeln!(
         out,
-        "{skipped} skipped (see --list-differences); {rate:.3}% of run vectors passed; \
-         {instr} instructions in {secs:.2}s ({mips:.2} M instr/s including set-up)",
-        skipped = s,
-        instr = report.instructions,
-        secs = report.seconds,
+        "{total} vectors: {:.3}% passed, {:.3}% failed, {s} ({:.3}%) skipped (see \
+         --list-differences)",
+        percent(p),
+        percent(f),
+        percent(s),
+    );
+    let _ = writeln!(
+        out,
+        "{} instructions in {secs:.2}s: {:.0} vectors/s, {:.2} M instr/s (set-up included)",
+        report.instructions,
+        (p + f) as f64 / secs,
+        report.instructions as f64 / secs / 1e6,
     );
     let _ = writeln!(out, "{p} passed, {f} failed");
     out
