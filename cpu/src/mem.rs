@@ -27,9 +27,15 @@ pub trait Bus {
     fn intr_ack(&mut self) -> u8 {
         0
     }
-    /// The emulator-call opcode executed from BIOS ROM (see DESIGN.md, BIOS). Returns
-    /// false if no service is attached, in which case the opcode raises #UD.
-    fn emulator_call(&mut self, _cpu: &mut crate::Cpu, _function: u16) -> bool {
+    /// Called before every port or MMIO access with the instruction count at which it
+    /// happens, so devices see the virtual time of the access.
+    fn sync_time(&mut self, _icount: u64) {}
+    /// The emulator-call opcode (VMCALL, `0F 01 C1`) was executed; `cpu.state` holds the
+    /// registers with EIP past the opcode, and the bus identifies the service from where
+    /// it was executed (see DESIGN.md, BIOS). Returns false if the call is not honoured
+    /// there (anywhere outside the BIOS ROM), in which case the opcode raises #UD as on
+    /// a P6.
+    fn emulator_call(&mut self, _cpu: &mut crate::Cpu) -> bool {
         false
     }
 }

@@ -334,7 +334,10 @@ impl Cpu {
                 self.mem.read(paddr, &mut b[..size as usize]);
                 u64::from_le_bytes(b)
             }
-            Backing::Mmio => bus.mmio_read(paddr, size as u8),
+            Backing::Mmio => {
+                bus.sync_time(self.state.icount);
+                bus.mmio_read(paddr, size as u8)
+            }
         }
     }
 
@@ -350,7 +353,12 @@ impl Cpu {
             Backing::Host {
                 writable: false, ..
             } => {}
-            Backing::Mmio => bus.mmio_write(paddr, size as u8, val),
+            Backing::Mmio => {
+                bus.sync_time(self.state.icount);
+                bus.mmio_write(paddr, size as u8, val);
+                // A device may have raised an interrupt.
+                self.check_irq = true;
+            }
         }
     }
 }

@@ -1338,8 +1338,21 @@ impl Cpu {
         Ok(())
     }
 
-    fn exec_inout(&mut self, bus: &mut dyn Bus, ins: &Instruction) -> Res<()> {
+    /// A port read at the current instruction's virtual time. Any port access may change
+    /// a device's interrupt line, so interrupts are re-checked after the instruction.
+    pub(crate) fn port_read(&mut self, bus: &mut dyn Bus, port: u16, size: u32) -> u32 {
         self.check_irq = true;
+        bus.sync_time(self.state.icount);
+        bus.io_read(port, size as u8)
+    }
+
+    pub(crate) fn port_write(&mut self, bus: &mut dyn Bus, port: u16, size: u32, v: u32) {
+        self.check_irq = true;
+        bus.sync_time(self.state.icount);
+        bus.io_write(port, size as u8, v);
+    }
+
+    fn exec_inout(&mut self, bus: &mut dyn Bus, ins: &Instruction) -> Res<()> {
         if ins.mnemonic() == Mnemonic::In {
             let size = ins.op0_register().size() as u32;
             let port = if ins.op1_kind() == OpKind::Register {
@@ -1348,7 +1361,7 @@ impl Cpu {
                 ins.immediate8() as u16
             };
             self.check_io(bus, port, size)?;
-            let v = bus.io_read(port, size as u8);
+            let v = self.port_read(bus, port, size);
             self.set_acc(size, v);
         } else {
             let size = ins.op1_register().size() as u32;
@@ -1359,7 +1372,7 @@ impl Cpu {
             };
             self.check_io(bus, port, size)?;
             let v = self.state.gpr[EAX] as u32 & size_mask(size);
-            bus.io_write(port, size as u8, v);
+            self.port_write(bus, port, size, v);
         }
         Ok(())
     }

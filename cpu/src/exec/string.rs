@@ -135,13 +135,13 @@ impl Cpu {
                     let lin = self.seg_lin(ES, di, size, true)?;
                     let user = self.user();
                     self.probe_write(lin, size, user)?;
-                    let v = bus.io_read(self.state.reg16(EDX), size as u8);
+                    let v = self.port_read(bus, self.state.reg16(EDX), size);
                     self.write_mem(bus, ES, di, size, v)?;
                     set(self, EDI, di.wrapping_add(step));
                 }
                 _ => {
                     let v = self.read_mem(bus, src_seg, get(self, ESI), size)?;
-                    bus.io_write(self.state.reg16(EDX), size as u8, v);
+                    self.port_write(bus, self.state.reg16(EDX), size, v);
                     let si = get(self, ESI).wrapping_add(step);
                     set(self, ESI, si);
                 }

@@ -112,6 +112,16 @@ impl Cpu {
                 self.state.set_reg32(EDX, (tsc >> 32) as u32);
                 Ok(())
             }
+            M::Vmcall => {
+                // The emulator call: BIOS services implemented by the machine.
+                self.end_block = true;
+                self.check_irq = true;
+                if bus.emulator_call(self) {
+                    Ok(())
+                } else {
+                    Err(Exception::ud())
+                }
+            }
             M::Rdpmc => {
                 if self.state.cr4 & CR4_PCE == 0 && self.state.protected() && self.state.cpl != 0 {
                     return Err(Exception::gp0());
