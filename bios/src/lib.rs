@@ -2,3 +2,4 @@
 //! Rust behind small ROM stubs (see DESIGN.md, BIOS).
 
 pub mod linux;
+pub mod rom;
