@@ -16,6 +16,8 @@ pub const ROM_SIZE: usize = 0x2_0000;
 pub const ROM_SEGMENT: u16 = 0xF000;
 /// Where the stubs start inside segment F000.
 const CODE_OFFSET: u16 = 0xE000;
+/// The system configuration table (INT 15h AH=C0h) at F000:0100.
+pub const CONFIG_TABLE: u16 = 0x0100;
 
 /// What a VMCALL in the ROM asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -194,6 +196,10 @@ pub fn build() -> Result<Rom, String> {
     // BIOS date (MM/DD/YY at F000:FFF5) and model byte (FC = AT) at F000:FFFE.
     image[seg_start + 0xFFF5..seg_start + 0xFFFD].copy_from_slice(b"11/25/26");
     image[seg_start + 0xFFFE] = 0xFC;
+    // Configuration table: length 8, model FC (AT), submodel 0, revision 0; features:
+    // second PIC, RTC, INT 15h/4Fh called, EBDA; INT 16h/09h supported.
+    let t = seg_start + CONFIG_TABLE as usize;
+    image[t..t + 10].copy_from_slice(&[8, 0, 0xFC, 0, 0, 0x74, 0x40, 0, 0, 0]);
 
     let mut vectors = [offset_of(&bare_iret)?; 256];
     for irq in 2..8u8 {
@@ -241,7 +247,7 @@ mod tests {
     #[test]
     fn every_service_call_is_a_vmcall_in_the_rom() {
         let rom = build().unwrap();
-        for (&addr, _) in &rom.services {
+        for &addr in rom.services.keys() {
             let off = (addr - ROM_BASE) as usize;
             assert_eq!(&rom.image[off..off + 3], &[0x0F, 0x01, 0xC1]);
         }
