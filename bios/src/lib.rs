@@ -7,6 +7,7 @@
 //! images behind the drives it boots from. It keeps its own state in the BDA/EBDA in
 //! guest memory, as a real BIOS does, so a guest sees the usual data structures.
 
+pub mod acpi;
 mod disk;
 mod keyboard;
 pub mod linux;
@@ -21,6 +22,7 @@ use rom::{Rom, Service};
 use std::fmt;
 
 pub use post::{BootDevice, BootOptions, LinuxBoot};
+pub use system::{e820_map, E820Entry};
 
 /// Kinds of drives the BIOS boots from and serves through INT 13h.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +101,13 @@ impl std::error::Error for BiosError {}
 
 impl Bios {
     pub fn new(ram_size: u64, options: BootOptions) -> Result<Bios, BiosError> {
-        let rom = rom::build().map_err(BiosError)?;
+        if ram_size < 2 << 20 {
+            return Err(BiosError("the BIOS needs at least 2 MiB of RAM".into()));
+        }
+        let mut rom = rom::build().map_err(BiosError)?;
+        let acpi = acpi::build(ram_size);
+        let at = rom::RSDP as usize;
+        rom.image[at..at + acpi.rsdp.len()].copy_from_slice(&acpi.rsdp);
         Ok(Bios {
             rom,
             options,

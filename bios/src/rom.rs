@@ -18,6 +18,8 @@ pub const ROM_SEGMENT: u16 = 0xF000;
 const CODE_OFFSET: u16 = 0xE000;
 /// The system configuration table (INT 15h AH=C0h) at F000:0100.
 pub const CONFIG_TABLE: u16 = 0x0100;
+/// Offset in the ROM image of the ACPI RSDP (F000:0200, 16-byte aligned as required).
+pub const RSDP: u32 = 0xF_0200 - ROM_BASE;
 
 /// What a VMCALL in the ROM asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
