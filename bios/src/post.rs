@@ -50,6 +50,8 @@ impl Bios {
         self.setup_bda(&mut r, p);
         self.setup_interrupt_controllers(p);
         self.setup_cmos(p);
+        let acpi = crate::acpi::build(self.ram_size);
+        r.write(acpi.base, &acpi.tables);
         // A20 on, as BIOSes leave it for boot loaders that forget to enable it.
         let v = p.port_read(0x92, 1);
         p.port_write(0x92, 1, (v | 2) & !1);
@@ -167,7 +169,7 @@ impl Bios {
             linux.initrd.as_deref(),
             &linux.cmdline,
             self.ram_size,
-            self.ram_size,
+            crate::acpi::tables_base(self.ram_size) as u64,
         )?;
         for (addr, bytes) in &image.chunks {
             r.write(*addr, bytes);

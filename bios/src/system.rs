@@ -10,7 +10,7 @@ const MIDNIGHT: u32 = BDA + 0x70;
 const TICKS_PER_DAY: u32 = 0x1800B0;
 const SMAP: u32 = 0x534D_4150;
 
-/// One E820 entry: base, length, type (1 usable, 2 reserved).
+/// One E820 entry: base, length, type (1 usable, 2 reserved, 3 ACPI tables).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct E820Entry {
     pub base: u64,
@@ -18,7 +18,8 @@ pub struct E820Entry {
     pub kind: u32,
 }
 
-/// The memory map the BIOS reports for `ram_size` bytes of RAM.
+/// The memory map the BIOS reports for `ram_size` bytes of RAM (at least 2 MiB): the
+/// ACPI tables take the top [`crate::acpi::TABLES_SIZE`] bytes.
 pub fn e820_map(ram_size: u64) -> Vec<E820Entry> {
     let mut map = vec![
         E820Entry {
@@ -37,13 +38,17 @@ pub fn e820_map(ram_size: u64) -> Vec<E820Entry> {
             kind: 2,
         },
     ];
-    if ram_size > 0x10_0000 {
-        map.push(E820Entry {
-            base: 0x10_0000,
-            length: ram_size - 0x10_0000,
-            kind: 1,
-        });
-    }
+    let acpi = crate::acpi::tables_base(ram_size) as u64;
+    map.push(E820Entry {
+        base: 0x10_0000,
+        length: acpi - 0x10_0000,
+        kind: 1,
+    });
+    map.push(E820Entry {
+        base: acpi,
+        length: ram_size - acpi,
+        kind: 3,
+    });
     map.push(E820Entry {
         base: 0xFFFE_0000,
         length: 0x2_0000,
@@ -311,9 +316,11 @@ mod tests {
                 kind: 1
             }
         );
+        let top = (256 << 20) - crate::acpi::TABLES_SIZE;
         assert!(map
             .iter()
-            .any(|e| e.base == 0x10_0000 && e.length == (255 << 20) && e.kind == 1));
+            .any(|e| e.base == 0x10_0000 && e.length == top - 0x10_0000 && e.kind == 1));
+        assert!(map.iter().any(|e| e.base == top && e.kind == 3));
         assert!(map.iter().any(|e| e.base == 0xE_0000 && e.kind == 2));
     }
 }
