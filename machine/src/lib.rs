@@ -1,1 +1,169 @@
-//! placeholder
+//! The PC: memory map, devices, BIOS and the run loop, around the CPU core.
+//!
+//! [`Machine::run`] alternates between the CPU, given an exact instruction budget up to
+//! the next device deadline, and the devices, advanced to the virtual time of that
+//! deadline (see DESIGN.md, Time and determinism). A halted CPU skips straight to the
+//! next deadline. Nothing here reads host time: a run depends only on its inputs.
+
+pub mod board;
+pub mod clock;
+pub mod disk;
+
+use board::{Board, Devices, DriveSlot, PowerEvent};
+use hospes_bios::{Bios, BootOptions};
+use hospes_cpu::{Cpu, Exit};
+use std::fmt;
+use std::io::Write;
+
+/// RAM above which PCI devices and firmware live (the BIOS alias, for one).
+const MAX_RAM_MIB: u64 = 3072;
+/// The ROM alias at the top of 4 GiB.
+const HIGH_ROM_ALIAS: u64 = 0xFFFE_0000;
+/// Longest slice the CPU runs without returning (for host input and output).
+const MAX_SLICE: u64 = 2_000_000;
+
+/// How the machine is put together.
+pub struct MachineConfig {
+    pub ram_mib: u64,
+    pub boot: BootOptions,
+    pub drives: Vec<DriveSlot>,
+    /// Seconds since the Unix epoch the RTC starts at.
+    pub rtc_start_unix: i64,
+}
+
+/// Errors building or running the machine.
+#[derive(Debug)]
+pub struct MachineError(pub String);
+
+impl fmt::Display for MachineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MachineError {}
+
+/// Why [`Machine::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The guest powered the machine off.
+    PowerOff,
+    /// The CPU halted with interrupts disabled and nothing can wake it.
+    HaltedForever,
+    /// The instruction limit given to `run` was reached.
+    InstructionLimit,
+}
+
+pub struct Machine {
+    pub cpu: Cpu,
+    pub board: Board,
+    /// Where COM1's output goes.
+    serial_out: Box<dyn Write>,
+    resets: u64,
+}
+
+impl Machine {
+    pub fn new(config: MachineConfig, serial_out: Box<dyn Write>) -> Result<Machine, MachineError> {
+        if !(2..=MAX_RAM_MIB).contains(&config.ram_mib) {
+            return Err(MachineError(format!(
+                "memory size {} MiB is out of range (2 to {MAX_RAM_MIB} MiB)",
+                config.ram_mib
+            )));
+        }
+        let ram = config.ram_mib << 20;
+        let bios = Bios::new(ram, config.boot).map_err(|e| MachineError(e.to_string()))?;
+        let rom = bios.rom().to_vec();
+        let mut cpu = Cpu::new(ram as usize, rom.len()).map_err(|e| MachineError(e.to_string()))?;
+        cpu.mem
+            .map_rom(hospes_bios::rom::ROM_BASE as u64, &rom)
+            .map_err(|e| MachineError(e.to_string()))?;
+        cpu.mem
+            .alias(HIGH_ROM_ALIAS, hospes_bios::rom::ROM_BASE as u64, rom.len() as u64);
+        let devices = Devices::new(config.rtc_start_unix, config.drives);
+        let mut m = Machine {
+            cpu,
+            board: Board { devices, bios },
+            serial_out,
+            resets: 0,
+        };
+        m.cpu.reset();
+        m.board.devices.sync_irqs();
+        Ok(m)
+    }
+
+    /// How many times the guest reset the machine.
+    pub fn resets(&self) -> u64 {
+        self.resets
+    }
+
+    /// Runs until the guest powers off or halts for good, or until `limit` instructions
+    /// have run in total.
+    pub fn run(&mut self, limit: Option<u64>) -> Stop {
+        loop {
+            let icount = self.cpu.state.icount;
+            self.board.devices.set_icount(icount);
+            self.board.devices.advance();
+            self.cpu.irq_changed();
+            self.drain_serial();
+            if let Some(ev) = self.board.devices.power_event.take() {
+                match ev {
+                    PowerEvent::PowerOff => return Stop::PowerOff,
+                    PowerEvent::Reset => self.reset(),
+                }
+            }
+            if std::mem::take(&mut self.board.devices.a20_changed) {
+                self.cpu.set_a20(self.board.devices.a20);
+            }
+            if let Some(l) = limit {
+                if icount >= l {
+                    return Stop::InstructionLimit;
+                }
+            }
+            let deadline = self.board.devices.next_event().map(clock::icount_at);
+            let mut budget = deadline.map_or(MAX_SLICE, |d| d.saturating_sub(icount));
+            budget = budget.clamp(1, MAX_SLICE);
+            if let Some(l) = limit {
+                budget = budget.min(l - icount);
+            }
+            match self.cpu.run(&mut self.board, budget) {
+                Exit::Budget => {}
+                Exit::Shutdown => {
+                    log::info!("triple fault: resetting");
+                    self.reset();
+                }
+                Exit::Halted => {
+                    if !self.cpu.state.flags.iflag() {
+                        // Nothing can interrupt a CPU halted with IF clear (no NMI source).
+                        self.drain_serial();
+                        return Stop::HaltedForever;
+                    }
+                    // Idle until the next device event (or, with none scheduled, for a
+                    // slice, waiting for outside input).
+                    let wake = deadline.unwrap_or(self.cpu.state.icount + MAX_SLICE);
+                    self.cpu.state.icount = self.cpu.state.icount.max(wake);
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.resets += 1;
+        self.cpu.reset();
+        self.cpu.set_a20(true);
+    }
+
+    fn drain_serial(&mut self) {
+        let out = self.board.devices.uarts[0].take_output();
+        if !out.is_empty() {
+            let _ = self.serial_out.write_all(&out);
+            let _ = self.serial_out.flush();
+        }
+    }
+
+    /// Bytes typed on the serial console (COM1).
+    pub fn serial_input(&mut self, bytes: &[u8]) {
+        self.board.devices.uarts[0].push_input(bytes);
+        self.board.devices.sync_irqs();
+        self.cpu.irq_changed();
+    }
+}

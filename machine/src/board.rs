@@ -1,0 +1,259 @@
+//! The motherboard: every device on the port bus, the interrupt wiring, and the glue
+//! that lets the CPU (through [`Bus`]) and the BIOS (through [`Platform`]) reach them.
+
+use crate::clock;
+use hospes_bios::acpi;
+use hospes_bios::{Bios, Drive, Platform};
+use hospes_cpu::mem::Bus;
+use hospes_cpu::Cpu;
+use hospes_devices::i8042::I8042;
+use hospes_devices::pic::Pic;
+use hospes_devices::pit::Pit;
+use hospes_devices::rtc::Rtc;
+use hospes_devices::uart::Uart;
+use hospes_devices::{Nanos, PortDevice, Timed};
+
+/// Why the machine stopped on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerEvent {
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest asked for a reset (keyboard controller, port 92h, triple fault).
+    Reset,
+}
+
+/// Where a BIOS drive number leads.
+pub struct DriveSlot {
+    pub number: u8,
+    pub drive: Box<dyn Drive>,
+}
+
+/// All devices, and the state of the few chipset registers that are not devices.
+pub struct Devices {
+    pub pic: Pic,
+    pub pit: Pit,
+    pub rtc: Rtc,
+    pub uarts: [Uart; 4],
+    pub kbc: I8042,
+    pub drives: Vec<DriveSlot>,
+    /// Port 92h (fast A20 and reset).
+    port92: u8,
+    /// Port 61h: speaker gate (bit 0) and speaker data (bit 1).
+    port61: u8,
+    /// ACPI PM1a enable register.
+    pm1_enable: u16,
+    /// Instruction count of the access being made (set by the CPU before each access).
+    icount: u64,
+    /// A power event the run loop has to act on.
+    pub power_event: Option<PowerEvent>,
+    /// The A20 gate as the chipset drives it (port 92h bit 1 OR the i8042 output port).
+    pub a20: bool,
+    /// The A20 gate changed since the run loop last looked.
+    pub a20_changed: bool,
+}
+
+const COM_BASES: [u16; 4] = [0x3F8, 0x2F8, 0x3E8, 0x2E8];
+/// IRQ lines of COM1-COM4.
+const COM_IRQS: [u8; 4] = [4, 3, 4, 3];
+
+impl Devices {
+    pub fn new(rtc_start_unix: i64, drives: Vec<DriveSlot>) -> Devices {
+        Devices {
+            pic: Pic::new(),
+            pit: Pit::new(),
+            rtc: Rtc::new(rtc_start_unix),
+            uarts: COM_BASES.map(Uart::new),
+            kbc: I8042::new(),
+            drives,
+            port92: 0,
+            port61: 0,
+            pm1_enable: 0,
+            icount: 0,
+            power_event: None,
+            a20: true,
+            a20_changed: false,
+        }
+    }
+
+    pub fn now(&self) -> Nanos {
+        clock::nanos(self.icount)
+    }
+
+    pub fn set_icount(&mut self, icount: u64) {
+        self.icount = icount;
+    }
+
+    /// Passes every device's interrupt output to the PIC.
+    pub fn sync_irqs(&mut self) {
+        self.pic.set_irq(0, self.pit.irq_level());
+        self.pic.set_irq(1, self.kbc.irq1_level());
+        self.pic.set_irq(8, self.rtc.irq_level());
+        self.pic.set_irq(12, self.kbc.irq12_level());
+        // COM1/COM3 share IRQ 4 and COM2/COM4 IRQ 3: the line is the OR of both.
+        for line in [3u8, 4] {
+            let level = (0..4).any(|i| COM_IRQS[i] == line && self.uarts[i].irq_level());
+            self.pic.set_irq(line, level);
+        }
+    }
+
+    /// The earliest virtual time at which a device needs attention.
+    pub fn next_event(&self) -> Option<Nanos> {
+        let mut next = [self.pit.next_event(), self.rtc.next_event()]
+            .into_iter()
+            .flatten()
+            .min();
+        for u in &self.uarts {
+            if let Some(t) = u.next_event() {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        next
+    }
+
+    /// Runs every device's timers up to now.
+    pub fn advance(&mut self) {
+        let now = self.now();
+        self.pit.advance(now);
+        self.rtc.advance(now);
+        for u in &mut self.uarts {
+            u.advance(now);
+        }
+        self.sync_irqs();
+    }
+
+    fn update_a20(&mut self) {
+        let a20 = self.port92 & 2 != 0 || self.kbc.a20();
+        if a20 != self.a20 {
+            self.a20 = a20;
+            self.a20_changed = true;
+        }
+    }
+
+    pub fn port_read(&mut self, port: u16, size: u8) -> u32 {
+        let now = self.now();
+        let v = match port {
+            0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1 => self.pic.read(port, size, now),
+            0x40..=0x43 => self.pit.read(port, size, now),
+            0x60 | 0x64 => self.kbc.read(port, size, now),
+            0x61 => {
+                // Bit 4 toggles with DRAM refresh (every 15 us); bit 5 is PIT channel 2.
+                let refresh = (now / 15_000) & 1 != 0;
+                (self.port61 & 0x0F) as u32
+                    | (refresh as u32) << 4
+                    | (self.pit.out2(now) as u32) << 5
+            }
+            0x70 | 0x71 => self.rtc.read(port, size, now),
+            0x92 => self.port92 as u32,
+            p if p == acpi::PM1A_EVT => 0,
+            p if p == acpi::PM1A_EVT + 2 => self.pm1_enable as u32,
+            p if p == acpi::PM1A_CNT => 1, // SCI_EN: ACPI is always on
+            p if (acpi::PM_TMR..acpi::PM_TMR + 4).contains(&p) => {
+                // The 3.579545 MHz, 24-bit ACPI PM timer.
+                let ticks = (now as u128 * 3_579_545 / 1_000_000_000) as u32 & 0xFF_FFFF;
+                ticks >> ((p - acpi::PM_TMR) * 8)
+            }
+            p => match COM_BASES.iter().position(|&b| (b..b + 8).contains(&p)) {
+                Some(i) => self.uarts[i].read(port, size, now),
+                None => hospes_cpu::mem::ones(size) as u32,
+            },
+        };
+        self.after_access();
+        v & hospes_cpu::mem::ones(size) as u32
+    }
+
+    pub fn port_write(&mut self, port: u16, size: u8, value: u32) {
+        let now = self.now();
+        match port {
+            0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1 => self.pic.write(port, size, value, now),
+            0x40..=0x43 => self.pit.write(port, size, value, now),
+            0x60 | 0x64 => self.kbc.write(port, size, value, now),
+            0x61 => {
+                self.port61 = value as u8 & 0x0F;
+                self.pit.set_gate2(value & 1 != 0, now);
+            }
+            0x70 | 0x71 => self.rtc.write(port, size, value, now),
+            0x92 => {
+                if value & 1 != 0 && self.port92 & 1 == 0 {
+                    self.power_event = Some(PowerEvent::Reset);
+                }
+                self.port92 = value as u8 & 0x03;
+            }
+            p if p == acpi::PM1A_EVT + 2 => self.pm1_enable = value as u16,
+            p if p == acpi::PM1A_CNT => {
+                let v = value as u16;
+                if v & acpi::SLP_EN != 0 && (v >> 10) & 7 == acpi::SLP_TYP_S5 {
+                    self.power_event = Some(PowerEvent::PowerOff);
+                }
+            }
+            p => {
+                if let Some(i) = COM_BASES.iter().position(|&b| (b..b + 8).contains(&p)) {
+                    self.uarts[i].write(port, size, value, now);
+                }
+            }
+        }
+        self.after_access();
+    }
+
+    fn after_access(&mut self) {
+        if self.kbc.take_reset_request() {
+            self.power_event = Some(PowerEvent::Reset);
+        }
+        self.update_a20();
+        self.sync_irqs();
+    }
+}
+
+impl Platform for Devices {
+    fn port_read(&mut self, port: u16, size: u8) -> u32 {
+        Devices::port_read(self, port, size)
+    }
+    fn port_write(&mut self, port: u16, size: u8, value: u32) {
+        Devices::port_write(self, port, size, value)
+    }
+    fn drive(&mut self, number: u8) -> Option<&mut dyn Drive> {
+        self.drives
+            .iter_mut()
+            .find(|d| d.number == number)
+            .map(|d| d.drive.as_mut() as &mut dyn Drive)
+    }
+    fn now(&self) -> u64 {
+        Devices::now(self)
+    }
+}
+
+/// What the CPU sees: the devices plus the BIOS behind its emulator calls.
+pub struct Board {
+    pub devices: Devices,
+    pub bios: Bios,
+}
+
+impl Bus for Board {
+    fn io_read(&mut self, port: u16, size: u8) -> u32 {
+        self.devices.port_read(port, size)
+    }
+    fn io_write(&mut self, port: u16, size: u8, value: u32) {
+        self.devices.port_write(port, size, value)
+    }
+    fn mmio_read(&mut self, _addr: u64, size: u8) -> u64 {
+        hospes_cpu::mem::ones(size)
+    }
+    fn mmio_write(&mut self, _addr: u64, _size: u8, _value: u64) {}
+    fn intr_pending(&mut self) -> bool {
+        self.devices.pic.intr()
+    }
+    fn intr_ack(&mut self) -> u8 {
+        let v = self.devices.pic.acknowledge();
+        self.devices.sync_irqs();
+        v
+    }
+    fn stop_requested(&mut self) -> bool {
+        self.devices.power_event.is_some() || self.devices.a20_changed
+    }
+    fn sync_time(&mut self, icount: u64) {
+        self.devices.set_icount(icount);
+    }
+    fn emulator_call(&mut self, cpu: &mut Cpu) -> bool {
+        self.devices.set_icount(cpu.state.icount);
+        self.bios.call(cpu, &mut self.devices)
+    }
+}

@@ -1,0 +1,82 @@
+//! Disk images behind the BIOS drives: raw image files for now (the block-backend layer
+//! with qcow2, VMDK and VDI comes with the disk-image issue).
+
+use hospes_bios::{Drive, DriveError, DriveKind};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// A raw image file: sector `n` is at byte `n * sector_size`.
+pub struct RawDrive {
+    file: File,
+    kind: DriveKind,
+    sector_size: u32,
+    sectors: u64,
+    writable: bool,
+}
+
+impl RawDrive {
+    /// Opens an image. CD-ROMs are read-only with 2048-byte sectors; a trailing partial
+    /// sector is not addressable.
+    pub fn open(path: &Path, kind: DriveKind) -> Result<RawDrive, String> {
+        let writable = kind != DriveKind::Cdrom;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .or_else(|e| {
+                if writable && e.kind() == std::io::ErrorKind::PermissionDenied {
+                    File::open(path)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .len();
+        let sector_size = if kind == DriveKind::Cdrom { 2048 } else { 512 };
+        if len < sector_size as u64 {
+            return Err(format!("{} is too small to be a disk image", path.display()));
+        }
+        Ok(RawDrive {
+            writable: writable && !file.metadata().map(|m| m.permissions().readonly()).unwrap_or(true),
+            file,
+            kind,
+            sector_size,
+            sectors: len / sector_size as u64,
+        })
+    }
+}
+
+impl Drive for RawDrive {
+    fn kind(&self) -> DriveKind {
+        self.kind
+    }
+    fn sector_size(&self) -> u32 {
+        self.sector_size
+    }
+    fn sectors(&self) -> u64 {
+        self.sectors
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DriveError> {
+        if lba >= self.sectors {
+            return Err(DriveError(format!("sector {lba} is past the end")));
+        }
+        self.file
+            .read_exact_at(buf, lba * self.sector_size as u64)
+            .map_err(|e| DriveError(e.to_string()))
+    }
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DriveError> {
+        if !self.writable {
+            return Err(DriveError("the image is read-only".into()));
+        }
+        if lba >= self.sectors {
+            return Err(DriveError(format!("sector {lba} is past the end")));
+        }
+        self.file
+            .write_all_at(buf, lba * self.sector_size as u64)
+            .map_err(|e| DriveError(e.to_string()))
+    }
+}
