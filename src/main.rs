@@ -2,6 +2,7 @@
 
 mod conformance;
 mod demo;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -38,12 +39,14 @@ enum Command {
         #[arg(long)]
         list_differences: bool,
     },
+    /// Run a PC: boot a kernel, a disk, a CD or a floppy.
+    Run(run::RunArgs),
     /// Run the built-in demo guest (the same as running hospes with no arguments).
     Demo,
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(run::qemu_aliases(std::env::args())) {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -60,6 +63,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         None | Some(Command::Demo) => demo::run(),
+        Some(Command::Run(args)) => match run::run(args) {
+            Ok(0) => Ok(()),
+            Ok(code) => return ExitCode::from(code as u8),
+            Err(e) => Err(e),
+        },
         Some(Command::Conformance {
             suite,
             tier,

@@ -1,0 +1,200 @@
+//! `hospes run`: build a PC from the command line and run it.
+
+use hospes_bios::{BootDevice, BootOptions, DriveKind, LinuxBoot, CDROM, FIRST_HARD_DISK, FLOPPY_A};
+use hospes_machine::board::DriveSlot;
+use hospes_machine::disk::RawDrive;
+use hospes_machine::{Machine, MachineConfig, Stop};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Where COM1 goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Serial {
+    Stdio,
+    None,
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Serial {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdio" | "mon:stdio" => Ok(Serial::Stdio),
+            "none" | "null" => Ok(Serial::None),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(Serial::File(PathBuf::from(p))),
+                _ => Err(format!("unknown serial backend '{s}' (stdio, none, file:PATH)")),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Display {
+    None,
+    Window,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Guest RAM in MiB.
+    #[arg(short = 'm', long = "memory", default_value_t = 128, value_name = "MIB")]
+    pub memory: u64,
+    /// A Linux bzImage to boot directly.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// An initrd for --kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line for --kernel.
+    #[arg(long, value_name = "TEXT", requires = "kernel", default_value = "")]
+    pub append: String,
+    /// First hard disk image.
+    #[arg(long, value_name = "FILE")]
+    pub hda: Option<PathBuf>,
+    /// Second hard disk image.
+    #[arg(long, value_name = "FILE")]
+    pub hdb: Option<PathBuf>,
+    /// CD-ROM image (ISO 9660).
+    #[arg(long, value_name = "FILE")]
+    pub cdrom: Option<PathBuf>,
+    /// Floppy image.
+    #[arg(long, value_name = "FILE")]
+    pub fda: Option<PathBuf>,
+    /// Boot order: a (floppy), c (hard disk), d (CD-ROM), e.g. `dc`.
+    #[arg(long, value_name = "ORDER")]
+    pub boot: Option<String>,
+    /// A BIOS ROM image to use in place of hospes's own.
+    #[arg(long, value_name = "FILE")]
+    pub bios: Option<PathBuf>,
+    /// Where COM1 goes: stdio, none or file:PATH.
+    #[arg(long, value_name = "BACKEND")]
+    pub serial: Option<Serial>,
+    /// none: headless; window: show the screen.
+    #[arg(long, value_enum, default_value = "none")]
+    pub display: Display,
+    /// Stop after this many instructions (for tests and benchmarks).
+    #[arg(long, value_name = "N", hide = true)]
+    pub max_instructions: Option<u64>,
+}
+
+/// QEMU's single-dash spellings, rewritten to ours before parsing.
+pub fn qemu_aliases(args: impl Iterator<Item = String>) -> Vec<String> {
+    const LONG: [&str; 12] = [
+        "kernel", "initrd", "append", "hda", "hdb", "cdrom", "fda", "boot", "bios", "serial",
+        "display", "memory",
+    ];
+    args.map(|a| match a.strip_prefix('-') {
+        Some(rest) if !rest.starts_with('-') && LONG.contains(&rest) => format!("--{rest}"),
+        _ => a,
+    })
+    .collect()
+}
+
+fn boot_order(spec: &str) -> Result<Vec<BootDevice>, String> {
+    // QEMU also accepts `order=dc` and `menu=...` style options: take `order=`.
+    let spec = spec
+        .split(',')
+        .find_map(|p| p.strip_prefix("order="))
+        .unwrap_or(spec);
+    spec.chars()
+        .map(|c| match c {
+            'a' => Ok(BootDevice::Floppy),
+            'c' => Ok(BootDevice::HardDisk),
+            'd' => Ok(BootDevice::Cdrom),
+            other => Err(format!("unknown boot device '{other}' (a, c or d)")),
+        })
+        .collect()
+}
+
+fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+pub fn run(args: RunArgs) -> Result<i32, String> {
+    if args.display == Display::Window {
+        return Err("--display window is not available yet (use --display none)".into());
+    }
+    if args.bios.is_some() {
+        return Err("--bios: running another firmware is not available yet".into());
+    }
+    let mut drives = Vec::new();
+    for (path, number, kind) in [
+        (&args.fda, FLOPPY_A, DriveKind::Floppy),
+        (&args.hda, FIRST_HARD_DISK, DriveKind::HardDisk),
+        (&args.hdb, FIRST_HARD_DISK + 1, DriveKind::HardDisk),
+        (&args.cdrom, CDROM, DriveKind::Cdrom),
+    ] {
+        if let Some(p) = path {
+            let drive = RawDrive::open(p, kind)?;
+            drives.push(DriveSlot {
+                number,
+                drive: Box::new(drive),
+            });
+        }
+    }
+    let mut boot = BootOptions::default();
+    if let Some(order) = &args.boot {
+        boot.order = boot_order(order)?;
+    }
+    if let Some(k) = &args.kernel {
+        boot.linux = Some(LinuxBoot {
+            kernel: read(k, "kernel")?,
+            initrd: args.initrd.as_ref().map(|p| read(p, "initrd")).transpose()?,
+            cmdline: args.append.clone(),
+        });
+    }
+    let serial: Box<dyn Write> = match args.serial.clone().unwrap_or(Serial::Stdio) {
+        Serial::Stdio => Box::new(std::io::stdout()),
+        Serial::None => Box::new(std::io::sink()),
+        Serial::File(p) => Box::new(
+            std::fs::File::create(&p)
+                .map_err(|e| format!("cannot create serial output {}: {e}", p.display()))?,
+        ),
+    };
+    let config = MachineConfig {
+        ram_mib: args.memory,
+        boot,
+        drives,
+        rtc_start_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    };
+    let mut machine = Machine::new(config, serial).map_err(|e| e.to_string())?;
+    match machine.run(args.max_instructions) {
+        Stop::PowerOff => Ok(0),
+        Stop::HaltedForever => {
+            eprintln!("hospes: the guest halted with interrupts disabled");
+            Ok(1)
+        }
+        Stop::InstructionLimit => {
+            eprintln!("hospes: instruction limit reached");
+            Ok(3)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_spellings_become_ours() {
+        let v = qemu_aliases(
+            ["hospes", "run", "-kernel", "k", "-m", "64", "--hda", "d", "-append", "x"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        assert_eq!(v, ["hospes", "run", "--kernel", "k", "-m", "64", "--hda", "d", "--append", "x"]);
+    }
+
+    #[test]
+    fn boot_orders() {
+        assert_eq!(boot_order("dc").unwrap(), vec![BootDevice::Cdrom, BootDevice::HardDisk]);
+        assert_eq!(boot_order("order=a,menu=on").unwrap(), vec![BootDevice::Floppy]);
+        assert!(boot_order("x").is_err());
+        assert_eq!("file:/tmp/x".parse::<Serial>().unwrap(), Serial::File("/tmp/x".into()));
+        assert!("bogus".parse::<Serial>().is_err());
+    }
+}
