@@ -1,0 +1,85 @@
+//! Debian's i386 Linux on the PC, three ways: direct kernel boot, an ISOLINUX CD and a
+//! SYSLINUX hard disk. The images come from `scripts/guest-images` (run by the test
+//! command); the initramfs's /init prints markers, a SHA-256 of 16 MiB of zeros and an
+//! awk result, then powers off, which must end hospes with status 0.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn guest_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest")
+}
+
+/// The images, or None (with one line saying so) when the set-up has not made them.
+fn images() -> Option<PathBuf> {
+    let dir = guest_dir();
+    let needed = ["vmlinuz", "initrd.img", "linux.iso", "linux-disk.img"];
+    if needed.iter().all(|f| dir.join(f).is_file()) {
+        Some(dir)
+    } else {
+        eprintln!("skipped: no guest images in {} (run scripts/guest-images)", dir.display());
+        None
+    }
+}
+
+/// SHA-256 of 16 MiB of zeros, as `sha256sum` prints it.
+const ZEROS_SHA256: &str = "080acf35a507ac9849cfcba47dc2ad83e01b75663a516279c8b9d243b719643e";
+/// What the /init awk loop prints: sum of i % 7 for i < 200000.
+fn awk_expected() -> u64 {
+    (0..200_000u64).map(|i| i % 7).sum()
+}
+
+fn boot(name: &str, args: &[&str]) {
+    let Some(dir) = images() else { return };
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_hospes"))
+        .current_dir(&dir)
+        .arg("run")
+        .args(["-m", "256", "--display", "none"])
+        .args(args)
+        .output()
+        .expect("run hospes");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{name}: {:.1} s", start.elapsed().as_secs_f64());
+    let tail: String = stdout.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let context = format!("status {:?}\nstderr: {stderr}\nlast output:\n{tail}", out.status);
+    for marker in ["HOSPES-INIT-START", "HOSPES-INIT-DONE"] {
+        assert!(stdout.contains(marker), "{name}: no {marker}\n{context}");
+    }
+    let uname = stdout
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("HOSPES-UNAME "))
+        .unwrap_or_else(|| panic!("{name}: no uname line\n{context}"));
+    assert!(uname.starts_with("Linux ") && uname.contains("6.1.") && uname.contains("i686"), "{uname}");
+    let sha = stdout
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("HOSPES-SHA256 "))
+        .unwrap_or_else(|| panic!("{name}: no hash line\n{context}"));
+    assert!(sha.starts_with(ZEROS_SHA256), "{name}: hash {sha}");
+    let awk = stdout
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("HOSPES-AWK "))
+        .unwrap_or_else(|| panic!("{name}: no awk line\n{context}"));
+    assert_eq!(awk.trim(), awk_expected().to_string(), "{name}");
+    assert_eq!(out.status.code(), Some(0), "{name}: exit status\n{context}");
+}
+
+#[test]
+fn linux_direct_kernel_boot() {
+    boot(
+        "kernel",
+        &["--kernel", "vmlinuz", "--initrd", "initrd.img", "--append", "console=ttyS0 panic=-1"],
+    );
+}
+
+#[test]
+fn linux_from_isolinux_cd() {
+    boot("cdrom", &["--cdrom", "linux.iso", "--boot", "d"]);
+}
+
+#[test]
+fn linux_from_syslinux_disk() {
+    boot("disk", &["--hda", "linux-disk.img", "--boot", "c"]);
+}
