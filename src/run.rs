@@ -161,7 +161,23 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
     };
+    let stdio = matches!(args.serial.clone().unwrap_or(Serial::Stdio), Serial::Stdio);
     let mut machine = Machine::new(config, serial).map_err(|e| e.to_string())?;
+    if stdio {
+        // Typed lines go to COM1 (the terminal stays in line mode).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        machine.set_serial_input(rx);
+    }
     match machine.run(args.max_instructions) {
         Stop::PowerOff => Ok(0),
         Stop::HaltedForever => {

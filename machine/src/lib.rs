@@ -59,6 +59,8 @@ pub struct Machine {
     pub board: Board,
     /// Where COM1's output goes.
     serial_out: Box<dyn Write>,
+    /// Bytes from outside for COM1, taken at slice boundaries.
+    serial_in: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
     resets: u64,
 }
 
@@ -84,6 +86,7 @@ impl Machine {
             cpu,
             board: Board { devices, bios },
             serial_out,
+            serial_in: None,
             resets: 0,
         };
         m.cpu.reset();
@@ -105,6 +108,7 @@ impl Machine {
             self.board.devices.advance();
             self.cpu.irq_changed();
             self.drain_serial();
+            self.poll_serial_input();
             if let Some(ev) = self.board.devices.power_event.take() {
                 match ev {
                     PowerEvent::PowerOff => return Stop::PowerOff,
@@ -157,6 +161,22 @@ impl Machine {
         if !out.is_empty() {
             let _ = self.serial_out.write_all(&out);
             let _ = self.serial_out.flush();
+        }
+    }
+
+    /// Feeds COM1 from a channel (the host's stdin, for one).
+    pub fn set_serial_input(&mut self, rx: std::sync::mpsc::Receiver<Vec<u8>>) {
+        self.serial_in = Some(rx);
+    }
+
+    fn poll_serial_input(&mut self) {
+        let Some(rx) = &self.serial_in else { return };
+        let mut got = Vec::new();
+        while let Ok(bytes) = rx.try_recv() {
+            got.extend_from_slice(&bytes);
+        }
+        if !got.is_empty() {
+            self.serial_input(&got);
         }
     }
 
