@@ -543,6 +543,10 @@ impl Cpu {
                 Ok(())
             }
             M::Int => {
+                // Only INT n (not INT3/INTO) is IOPL-sensitive in V86 mode.
+                if self.state.v86() && self.state.flags.iopl() < 3 {
+                    return Err(Exception::gp0());
+                }
                 let v = ins.immediate8();
                 self.software_interrupt(bus, v)
             }
@@ -1377,11 +1381,8 @@ impl Cpu {
         Ok(())
     }
 
-    /// INT n / INT3 / INTO. In V86 mode with IOPL < 3, INT n is #GP(0).
+    /// INT n / INT3 / INTO: through the gate, checked against its DPL.
     fn software_interrupt(&mut self, bus: &mut dyn Bus, vector: u8) -> Res<()> {
-        if self.state.v86() && self.state.flags.iopl() < 3 {
-            return Err(Exception::gp0());
-        }
         let ret = self.state.rip;
         self.interrupt(bus, vector, None, true, false, ret)
     }

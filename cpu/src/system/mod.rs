@@ -2,6 +2,8 @@
 //! TSC, cache and TLB control. Protected-mode control transfers (gates, task switches,
 //! privilege changes) are in `transfer.rs`.
 
+mod descriptors;
+mod task;
 mod transfer;
 
 use crate::exception::{Exception, Res};
