@@ -31,3 +31,271 @@ fn enter_protected_mode() {
     });
     assert_eq!(out, "OK pm\n");
 }
+
+const PD: u32 = 0x10_0000;
+const PT: u32 = 0x10_1000;
+const PT2: u32 = 0x10_2000;
+const TSS: u32 = 0x3000;
+
+/// Turns paging on with CR3 = PD (and CR4.PSE when `pse`).
+fn enable_paging(p: &mut Prog, pse: bool) -> R {
+    p.a.mov(eax, PD)?;
+    p.a.mov(cr3, eax)?;
+    if pse {
+        p.a.mov(eax, cr4)?;
+        p.a.or(eax, 0x10)?;
+        p.a.mov(cr4, eax)?;
+    }
+    p.a.mov(eax, cr0)?;
+    p.a.or(eax, 0x8000_0000u32)?;
+    p.a.mov(cr0, eax)
+}
+
+/// (b) Paging with 4 KiB and 4 MiB pages: aliases, accessed/dirty bits, INVLPG.
+#[test]
+fn paging() {
+    let out = run_program("paging", &[], &|p| {
+        p.prologue(&[])?;
+        p.identity_paging(PD, PT, 3)?;
+        // 4 MiB pages: 4-8 MiB identity, and 12-16 MiB aliasing physical 4 MiB.
+        p.a.mov(dword_ptr(PD + 4), 0x40_0083u32)?;
+        p.a.mov(dword_ptr(PD + 12), 0x40_0083u32)?;
+        // 8 MiB through a second page table whose first page is physical 3 MiB.
+        p.a.mov(edi, PT2)?;
+        p.a.xor(eax, eax)?;
+        p.a.mov(ecx, 1024u32)?;
+        p.a.rep().stosd()?;
+        p.a.mov(dword_ptr(PT2), 0x30_0003u32)?;
+        p.a.mov(dword_ptr(PD + 8), PT2 | 3)?;
+        p.a.mov(dword_ptr(0x30_0000u32), 0xAAAA_0001u32)?;
+        p.a.mov(dword_ptr(0x30_1000u32), 0xBBBB_0002u32)?;
+        enable_paging(p, true)?;
+
+        // A 4 KiB alias; the read sets A but not D, the write sets D.
+        p.expect_mem(0x80_0000, 0xAAAA_0001, "alias4k")?;
+        p.a.mov(eax, dword_ptr(PT2))?;
+        p.a.and(eax, 0x60)?;
+        p.expect_eax(0x20, "pte-a")?;
+        p.a.mov(eax, dword_ptr(PD + 8))?;
+        p.a.and(eax, 0x20)?;
+        p.expect_eax(0x20, "pde-a")?;
+        p.a.mov(dword_ptr(0x80_0004u32), 5u32)?;
+        p.a.mov(eax, dword_ptr(PT2))?;
+        p.a.and(eax, 0x60)?;
+        p.expect_eax(0x60, "pte-d")?;
+        p.expect_mem(0x30_0004, 5, "alias-write")?;
+        // An identity page nobody touched has A clear until it is read.
+        p.a.mov(eax, dword_ptr(PT + 0x50 * 4))?;
+        p.a.and(eax, 0x60)?;
+        p.expect_eax(0, "untouched")?;
+        p.a.mov(eax, dword_ptr(0x5_0000u32))?;
+        p.a.mov(eax, dword_ptr(PT + 0x50 * 4))?;
+        p.a.and(eax, 0x60)?;
+        p.expect_eax(0x20, "read-a")?;
+
+        // 4 MiB pages: a write through the alias lands in physical 4 MiB.
+        p.a.mov(dword_ptr(0xC0_0010u32), 0x4444u32)?;
+        p.expect_mem(0x40_0010, 0x4444, "alias4m")?;
+        p.a.mov(eax, dword_ptr(PD + 12))?;
+        p.a.and(eax, 0x60)?;
+        p.expect_eax(0x60, "pde4m-ad")?;
+        p.a.mov(eax, dword_ptr(PD + 4))?;
+        p.a.and(eax, 0x60)?;
+        p.expect_eax(0x20, "pde4m-a")?;
+
+        // Remap the 4 KiB alias; INVLPG makes the new mapping visible.
+        p.a.mov(dword_ptr(PT2), 0x30_1003u32)?;
+        p.a.invlpg(ptr(0x80_0000u32))?;
+        p.expect_mem(0x80_0000, 0xBBBB_0002, "invlpg")?;
+        // And a CR3 reload flushes it too.
+        p.a.mov(dword_ptr(PT2), 0x30_0003u32)?;
+        p.a.mov(eax, cr3)?;
+        p.a.mov(cr3, eax)?;
+        p.expect_mem(0x80_0000, 0xAAAA_0001, "cr3-flush")?;
+        p.ok()
+    });
+    assert_eq!(out, "OK paging\n");
+}
+
+/// (c) #PF (CR2, error code, fix and retry), #GP (selector error codes), #DE (faulting EIP).
+#[test]
+fn exceptions() {
+    let out = run_program("exceptions", &[], &|p| {
+        p.prologue(&[tss_desc(TSS, 0x67)])?;
+        p.identity_paging(PD, PT, 3)?;
+        enable_paging(p, false)?;
+        p.idt_gate(14, "pf_handler", 0x8E)?;
+        p.idt_gate(13, "gp_handler", 0x8E)?;
+        p.idt_gate(0, "de_handler", 0x8E)?;
+        p.a.mov(dword_ptr(RESULTS), 0u32)?;
+
+        // #PF on a read of a not-present page; the handler maps it and the read retries.
+        p.a.mov(dword_ptr(0x20_0010u32), 0x5A5Au32)?;
+        p.a.mov(dword_ptr(PT + 0x200 * 4), 0x20_0002u32)?;
+        p.a.invlpg(ptr(0x20_0000u32))?;
+        p.here("pf_read")?;
+        p.a.mov(eax, dword_ptr(0x20_0010u32))?;
+        p.expect_eax(0x5A5A, "pf-retry")?;
+        p.expect_mem(RESULTS, 1, "pf-count")?;
+        p.expect_mem(RESULTS + 4, 0x20_0010, "cr2")?;
+        p.expect_mem(RESULTS + 8, 0, "pf-err-read")?;
+        let pf_read = p.addr("pf_read");
+        p.expect_mem(RESULTS + 12, pf_read, "pf-eip")?;
+        // A write to a not-present page: error code 2.
+        p.a.mov(dword_ptr(PT + 0x200 * 4), 0x20_0002u32)?;
+        p.a.invlpg(ptr(0x20_0000u32))?;
+        p.a.mov(dword_ptr(0x20_0020u32), 7u32)?;
+        p.expect_mem(RESULTS, 2, "pf-count2")?;
+        p.expect_mem(RESULTS + 8, 2, "pf-err-write")?;
+        p.expect_mem(0x20_0020, 7, "pf-write-retry")?;
+
+        // #GP with selector error codes; the handler resumes at RESULTS+24.
+        let cases: [(&str, u32); 4] = [
+            ("beyond-gdt", 0x1234),
+            ("system-into-ds", 0x28),
+            ("dpl3-into-ss", 0x20),
+            ("jmp-to-data", 0x10),
+        ];
+        for (i, (name, code)) in cases.iter().enumerate() {
+            let at = format!("gp_at{i}");
+            let resume = format!("gp_resume{i}");
+            let resume_addr = p.addr(&resume);
+            p.a.mov(dword_ptr(RESULTS + 24), resume_addr)?;
+            match i {
+                0 => {
+                    p.a.mov(ax, 0x1234u32)?;
+                    p.here(&at)?;
+                    p.a.mov(ds, ax)?;
+                }
+                1 => {
+                    p.a.mov(ax, 0x28u32)?;
+                    p.here(&at)?;
+                    p.a.mov(ds, ax)?;
+                }
+                2 => {
+                    p.a.mov(ax, 0x23u32)?;
+                    p.here(&at)?;
+                    p.a.mov(ss, ax)?;
+                }
+                _ => {
+                    p.here(&at)?;
+                    p.a.jmp_far(SEL_DATA0, 0)?;
+                }
+            }
+            p.a.nop()?;
+            p.here(&resume)?;
+            p.a.nop()?;
+            p.expect_mem(RESULTS + 16, *code, &format!("gp-err-{name}"))?;
+            let at_addr = p.addr(&at);
+            p.expect_mem(RESULTS + 20, at_addr, &format!("gp-eip-{name}"))?;
+        }
+
+        // #DE: the handler sees the DIV's own address.
+        let de_resume = p.addr("de_resume");
+        p.a.mov(dword_ptr(RESULTS + 24), de_resume)?;
+        p.a.xor(edx, edx)?;
+        p.a.mov(eax, 1u32)?;
+        p.a.xor(ecx, ecx)?;
+        p.here("de_at")?;
+        p.a.div(ecx)?;
+        p.here("de_resume")?;
+        let de_at = p.addr("de_at");
+        p.expect_mem(RESULTS + 28, de_at, "de-eip")?;
+        p.ok()?;
+
+        p.here("pf_handler")?;
+        p.a.push(eax)?;
+        p.a.mov(eax, dword_ptr(esp + 4))?;
+        p.a.mov(dword_ptr(RESULTS + 8), eax)?;
+        p.a.mov(eax, dword_ptr(esp + 8))?;
+        p.a.mov(dword_ptr(RESULTS + 12), eax)?;
+        p.a.mov(eax, cr2)?;
+        p.a.mov(dword_ptr(RESULTS + 4), eax)?;
+        p.a.inc(dword_ptr(RESULTS))?;
+        p.a.mov(dword_ptr(PT + 0x200 * 4), 0x20_0003u32)?;
+        p.a.invlpg(ptr(0x20_0000u32))?;
+        p.a.pop(eax)?;
+        p.a.add(esp, 4)?;
+        p.a.iretd()?;
+
+        p.here("gp_handler")?;
+        p.a.mov(eax, dword_ptr(esp))?;
+        p.a.mov(dword_ptr(RESULTS + 16), eax)?;
+        p.a.mov(eax, dword_ptr(esp + 4))?;
+        p.a.mov(dword_ptr(RESULTS + 20), eax)?;
+        p.a.mov(eax, dword_ptr(RESULTS + 24))?;
+        p.a.mov(dword_ptr(esp + 4), eax)?;
+        p.a.add(esp, 4)?;
+        p.a.iretd()?;
+
+        p.here("de_handler")?;
+        p.a.mov(eax, dword_ptr(esp))?;
+        p.a.mov(dword_ptr(RESULTS + 28), eax)?;
+        p.a.mov(eax, dword_ptr(RESULTS + 24))?;
+        p.a.mov(dword_ptr(esp), eax)?;
+        p.a.iretd()
+    });
+    assert_eq!(out, "OK exceptions\n");
+}
+
+/// Points TSS.ESP0/SS0 at a ring-0 stack and loads TR with selector 0x28.
+fn load_tss(p: &mut Prog, esp0: u32) -> R {
+    p.a.mov(dword_ptr(TSS + 4), esp0)?;
+    p.a.mov(dword_ptr(TSS + 8), SEL_DATA0 as u32)?;
+    p.a.mov(ax, 0x28u32)?;
+    p.a.ltr(ax)
+}
+
+/// IRETD to ring 3 at label `user` with stack `esp3` and EFLAGS `eflags`.
+fn iret_to_ring3(p: &mut Prog, user: &str, esp3: u32, eflags: u32) -> R {
+    let user = p.addr(user);
+    p.a.push((SEL_DATA3 | 3) as u32)?;
+    p.a.mov(eax, esp3)?;
+    p.a.push(eax)?;
+    p.a.mov(eax, eflags)?;
+    p.a.push(eax)?;
+    p.a.push((SEL_CODE3 | 3) as u32)?;
+    p.a.mov(eax, user)?;
+    p.a.push(eax)?;
+    p.a.iretd()
+}
+
+/// (h) A ring-3 write to a supervisor page faults with error code 7.
+#[test]
+fn user_write_to_supervisor_page() {
+    let out = run_program("user-pf", &[], &|p| {
+        p.prologue(&[tss_desc(TSS, 0x67)])?;
+        load_tss(p, 0x7_0000)?;
+        p.identity_paging(PD, PT, 7)?;
+        p.a.mov(dword_ptr(PT + 0x200 * 4), 0x20_0003u32)?;
+        enable_paging(p, false)?;
+        p.idt_gate(14, "pf_handler", 0x8E)?;
+        iret_to_ring3(p, "user", 0x5_0000, 2)?;
+
+        p.here("user")?;
+        p.a.mov(ax, (SEL_DATA3 | 3) as u32)?;
+        p.a.mov(ds, ax)?;
+        p.a.mov(eax, dword_ptr(0x1_F000u32))?;
+        p.here("user_write")?;
+        p.a.mov(dword_ptr(0x20_0000u32), 1u32)?;
+        p.fail_now("no-fault")?;
+
+        p.here("pf_handler")?;
+        p.kernel_data()?;
+        p.a.mov(eax, dword_ptr(esp))?;
+        p.expect_eax(7, "error-code")?;
+        p.a.mov(eax, cr2)?;
+        p.expect_eax(0x20_0000, "cr2")?;
+        p.a.mov(eax, dword_ptr(esp + 4))?;
+        let user_write = p.addr("user_write");
+        p.expect_eax(user_write, "eip")?;
+        p.a.mov(eax, dword_ptr(esp + 8))?;
+        p.expect_eax((SEL_CODE3 | 3) as u32, "cs")?;
+        p.a.mov(eax, dword_ptr(esp + 16))?;
+        p.expect_eax(0x5_0000, "user-esp")?;
+        p.a.mov(eax, esp)?;
+        p.expect_eax(0x7_0000 - 24, "esp0-frame")?;
+        p.ok()
+    });
+    assert_eq!(out, "OK user-pf\n");
+}
