@@ -299,3 +299,157 @@ fn user_write_to_supervisor_page() {
     });
     assert_eq!(out, "OK user-pf\n");
 }
+
+/// Stores segment register `sreg`'s selector (zero-extended) at `addr`.
+fn store_sreg(p: &mut Prog, sreg: AsmRegisterSegment, addr: u32) -> R {
+    p.a.xor(eax, eax)?;
+    p.a.mov(ax, sreg)?;
+    p.a.mov(dword_ptr(addr), eax)
+}
+
+/// Stores CS's RPL (the CPL) at `addr`.
+fn store_cpl(p: &mut Prog, addr: u32) -> R {
+    store_sreg(p, cs, addr)?;
+    p.a.and(dword_ptr(addr), 3)
+}
+
+/// (e) Ring 0 -> ring 3 by IRET, back through a DPL-3 interrupt gate and through a
+/// call gate that copies two parameters, with stack switches from TSS.ESP0.
+#[test]
+fn ring3_gates() {
+    let out = run_program("ring3", &[], &|p| {
+        let gate_handler = p.addr("gate_handler");
+        p.prologue(&[
+            tss_desc(TSS, 0x67),
+            gate_desc(SEL_CODE0, gate_handler, 0xEC, 2),
+        ])?;
+        load_tss(p, 0x7_0000)?;
+        p.idt_gate(0x80, "int80", 0xEE)?;
+        p.idt_gate(0x81, "finish", 0xEE)?;
+        p.idt_gate(0x82, "ring0_only", 0x8E)?;
+        p.idt_gate(13, "gp_handler", 0x8E)?;
+        iret_to_ring3(p, "user", 0x5_0000, 2)?;
+
+        p.here("user")?;
+        // DS held a DPL-0 segment, so the return to ring 3 nulled it.
+        p.a.xor(ebx, ebx)?;
+        p.a.mov(bx, ds)?;
+        p.a.mov(ax, (SEL_DATA3 | 3) as u32)?;
+        p.a.mov(ds, ax)?;
+        p.a.mov(es, ax)?;
+        p.a.mov(dword_ptr(RESULTS), ebx)?;
+        store_cpl(p, RESULTS + 4)?;
+        p.a.mov(eax, 0x1111u32)?;
+        p.a.int(0x80)?;
+        // INT n to a DPL-0 gate from ring 3: #GP(vector*8+2).
+        p.a.int(0x82)?;
+        p.a.push(0xAAAAu32)?;
+        p.a.push(0xBBBBu32)?;
+        p.a.mov(ebx, esp)?;
+        p.a.call_far(0x30 | 3, 0)?;
+        p.a.mov(dword_ptr(RESULTS + 36), esp)?;
+        p.a.mov(dword_ptr(RESULTS + 40), ebx)?;
+        store_cpl(p, RESULTS + 72)?;
+        p.a.int(0x81)?;
+
+        p.here("int80")?;
+        store_cpl(p, RESULTS + 8)?;
+        p.a.mov(dword_ptr(RESULTS + 12), esp)?;
+        for (i, off) in [16u32, 12, 4].iter().enumerate() {
+            p.a.mov(eax, dword_ptr(esp + *off as i32))?;
+            p.a.mov(dword_ptr(RESULTS + 16 + 4 * i as u32), eax)?;
+        }
+        p.a.iretd()?;
+
+        p.here("ring0_only")?;
+        p.fail_now("int-to-dpl0-gate")?;
+        p.here("gp_handler")?;
+        p.a.mov(eax, dword_ptr(esp))?;
+        p.a.mov(dword_ptr(RESULTS + 28), eax)?;
+        // Skip the two-byte INT.
+        p.a.add(dword_ptr(esp + 4), 2)?;
+        p.a.add(esp, 4)?;
+        p.a.iretd()?;
+
+        p.here("gate_handler")?;
+        store_cpl(p, RESULTS + 44)?;
+        p.a.mov(dword_ptr(RESULTS + 48), esp)?;
+        for (i, off) in [8u32, 12, 16, 20, 4].iter().enumerate() {
+            p.a.mov(eax, dword_ptr(esp + *off as i32))?;
+            p.a.mov(dword_ptr(RESULTS + 52 + 4 * i as u32), eax)?;
+        }
+        p.a.retf_1(8)?;
+
+        p.here("finish")?;
+        p.kernel_data()?;
+        p.expect_mem(RESULTS, 0, "ds-nulled")?;
+        p.expect_mem(RESULTS + 4, 3, "user-cpl")?;
+        p.expect_mem(RESULTS + 8, 0, "int-cpl")?;
+        p.expect_mem(RESULTS + 12, 0x7_0000 - 20, "int-esp0")?;
+        p.expect_mem(RESULTS + 16, (SEL_DATA3 | 3) as u32, "int-old-ss")?;
+        p.expect_mem(RESULTS + 20, 0x5_0000, "int-old-esp")?;
+        p.expect_mem(RESULTS + 24, (SEL_CODE3 | 3) as u32, "int-old-cs")?;
+        p.expect_mem(RESULTS + 28, 0x82 * 8 + 2, "gp-gate-dpl")?;
+        p.expect_mem(RESULTS + 44, 0, "gate-cpl")?;
+        p.expect_mem(RESULTS + 48, 0x7_0000 - 24, "gate-esp")?;
+        p.expect_mem(RESULTS + 52, 0xBBBB, "param0")?;
+        p.expect_mem(RESULTS + 56, 0xAAAA, "param1")?;
+        p.a.mov(eax, dword_ptr(RESULTS + 40))?;
+        p.a.cmp(eax, dword_ptr(RESULTS + 60))?;
+        let bad = p.l("bad_old_esp");
+        p.a.jne(bad)?;
+        p.expect_mem(RESULTS + 64, (SEL_DATA3 | 3) as u32, "gate-old-ss")?;
+        p.expect_mem(RESULTS + 68, (SEL_CODE3 | 3) as u32, "gate-old-cs")?;
+        p.expect_mem(RESULTS + 72, 3, "retf-cpl")?;
+        // RETF 8 released the parameters on the caller's stack too.
+        p.a.mov(eax, dword_ptr(RESULTS + 40))?;
+        p.a.add(eax, 8)?;
+        p.a.cmp(eax, dword_ptr(RESULTS + 36))?;
+        let bad = p.l("bad_retf_esp");
+        p.a.jne(bad)?;
+        p.ok()?;
+        p.here("bad_old_esp")?;
+        p.fail_now("gate-old-esp")?;
+        p.here("bad_retf_esp")?;
+        p.fail_now("retf-esp")
+    });
+    assert_eq!(out, "OK ring3\n");
+}
+
+/// (g) SYSEXIT to ring 3 and SYSENTER back, with the MSR-defined flat segments.
+#[test]
+fn sysenter_sysexit() {
+    let out = run_program("sysenter", &[], &|p| {
+        p.prologue(&[])?;
+        let kentry = p.addr("kentry");
+        for (msr, v) in [(0x174u32, SEL_CODE0 as u32), (0x175, 0x7_0000), (0x176, kentry)] {
+            p.a.mov(ecx, msr)?;
+            p.a.mov(eax, v)?;
+            p.a.xor(edx, edx)?;
+            p.a.wrmsr()?;
+        }
+        p.a.mov(ecx, 0x5_0000u32)?;
+        let user = p.addr("user");
+        p.a.mov(edx, user)?;
+        p.a.sysexit()?;
+
+        p.here("user")?;
+        store_sreg(p, cs, RESULTS)?;
+        store_sreg(p, ss, RESULTS + 4)?;
+        p.a.mov(dword_ptr(RESULTS + 8), esp)?;
+        p.a.sysenter()?;
+
+        p.here("kentry")?;
+        p.expect_mem(RESULTS, (SEL_CODE3 | 3) as u32, "user-cs")?;
+        p.expect_mem(RESULTS + 4, (SEL_DATA3 | 3) as u32, "user-ss")?;
+        p.expect_mem(RESULTS + 8, 0x5_0000, "user-esp")?;
+        store_sreg(p, cs, RESULTS + 12)?;
+        p.expect_mem(RESULTS + 12, SEL_CODE0 as u32, "kernel-cs")?;
+        store_sreg(p, ss, RESULTS + 12)?;
+        p.expect_mem(RESULTS + 12, SEL_DATA0 as u32, "kernel-ss")?;
+        p.a.mov(eax, esp)?;
+        p.expect_eax(0x7_0000, "kernel-esp")?;
+        p.ok()
+    });
+    assert_eq!(out, "OK sysenter\n");
+}
