@@ -453,3 +453,289 @@ fn sysenter_sysexit() {
     });
     assert_eq!(out, "OK sysenter\n");
 }
+
+const TSS_B: u32 = 0x3100;
+const TSS_C: u32 = 0x3200;
+
+/// Fills a 32-bit TSS for a ring-0 flat task starting at label `entry` with stack `esp`
+/// and EAX = `eax`.
+fn init_task(p: &mut Prog, tss: u32, entry: &str, stack_top: u32, eax_value: u32) -> R {
+    p.a.mov(edi, tss)?;
+    p.a.xor(eax, eax)?;
+    p.a.mov(ecx, 0x68u32 / 4)?;
+    p.a.rep().stosd()?;
+    let entry = p.addr(entry);
+    p.a.mov(dword_ptr(tss + 0x20), entry)?;
+    p.a.mov(dword_ptr(tss + 0x24), 2u32)?;
+    p.a.mov(dword_ptr(tss + 0x28), eax_value)?;
+    p.a.mov(dword_ptr(tss + 0x38), stack_top)?;
+    for i in 0..6u32 {
+        let sel = if i == 1 { SEL_CODE0 } else { SEL_DATA0 };
+        p.a.mov(dword_ptr(tss + 0x48 + 4 * i), sel as u32)?;
+    }
+    Ok(())
+}
+
+/// Stores the descriptor type nibble LAR reports for `sel` at `addr`.
+fn store_lar_type(p: &mut Prog, sel: u16, addr: u32) -> R {
+    p.a.mov(ecx, sel as u32)?;
+    p.a.lar(eax, ecx)?;
+    p.a.shr(eax, 8)?;
+    p.a.and(eax, 0xF)?;
+    p.a.mov(dword_ptr(addr), eax)
+}
+
+/// (d) Task switches: JMP to a TSS and back, CALL through a task gate and IRET with NT,
+/// an interrupt through a task gate (twice, re-entering the handler task).
+#[test]
+fn task_switch() {
+    let out = run_program("tasks", &[], &|p| {
+        p.prologue(&[
+            tss_desc(TSS, 0x67),
+            tss_desc(TSS_B, 0x67),
+            tss_desc(TSS_C, 0x67),
+            gate_desc(0x30, 0, 0x85, 0),
+        ])?;
+        p.a.mov(ax, 0x28u32)?;
+        p.a.ltr(ax)?;
+        init_task(p, TSS_B, "task_b", 0x6_F000, 0xB0B0_B0B0)?;
+        init_task(p, TSS_C, "task_c", 0x6_E000, 0)?;
+        p.store64(IDT + 0x50 * 8, gate_desc(0x38, 0, 0x85, 0))?;
+        p.a.mov(dword_ptr(RESULTS + 32), 0u32)?;
+
+        p.a.mov(ebx, 0xA5A5_A5A5u32)?;
+        p.a.jmp_far(0x30, 0)?;
+        // Task B jumped back here.
+        p.a.mov(eax, ebx)?;
+        p.expect_eax(0xA5A5_A5A5, "ebx-kept")?;
+        store_sreg_tr(p, RESULTS + 64)?;
+        p.expect_mem(RESULTS + 64, 0x28, "tr-after-jmp")?;
+        p.expect_mem(RESULTS, 0xB0B0_B0B0, "b-eax")?;
+        p.expect_mem(RESULTS + 4, 0x30, "b-tr")?;
+        p.expect_mem(RESULTS + 8, 0, "b-nt-after-jmp")?;
+        p.expect_mem(RESULTS + 12, 9, "a-free-in-b")?;
+        p.expect_mem(RESULTS + 16, 11, "b-busy-in-b")?;
+
+        p.a.call_far(0x40, 0)?;
+        // Task B returned with IRET.
+        store_sreg_tr(p, RESULTS + 64)?;
+        p.expect_mem(RESULTS + 64, 0x28, "tr-after-iret")?;
+        p.expect_mem(RESULTS + 20, 0x4000, "b-nt-after-call")?;
+        p.expect_mem(RESULTS + 24, 0x28, "back-link")?;
+        p.a.pushfd()?;
+        p.a.pop(eax)?;
+        p.a.and(eax, 0x4000)?;
+        p.expect_eax(0, "a-nt")?;
+        store_lar_type(p, 0x30, RESULTS + 68)?;
+        p.expect_mem(RESULTS + 68, 9, "b-free-after-iret")?;
+        store_lar_type(p, 0x28, RESULTS + 68)?;
+        p.expect_mem(RESULTS + 68, 11, "a-busy")?;
+        p.a.mov(eax, cr0)?;
+        p.a.and(eax, 8)?;
+        p.expect_eax(8, "cr0.ts")?;
+        p.a.clts()?;
+
+        p.a.int(0x50)?;
+        p.expect_mem(RESULTS + 32, 1, "int-task-1")?;
+        p.expect_mem(RESULTS + 36, 0x38, "c-tr")?;
+        p.a.int(0x50)?;
+        p.expect_mem(RESULTS + 32, 2, "int-task-2")?;
+        p.ok()?;
+
+        p.here("task_b")?;
+        p.a.mov(dword_ptr(RESULTS), eax)?;
+        store_sreg_tr(p, RESULTS + 4)?;
+        p.a.pushfd()?;
+        p.a.pop(eax)?;
+        p.a.and(eax, 0x4000)?;
+        p.a.mov(dword_ptr(RESULTS + 8), eax)?;
+        store_lar_type(p, 0x28, RESULTS + 12)?;
+        store_lar_type(p, 0x30, RESULTS + 16)?;
+        p.a.jmp_far(0x28, 0)?;
+        // Entered again through the task gate.
+        p.a.pushfd()?;
+        p.a.pop(eax)?;
+        p.a.and(eax, 0x4000)?;
+        p.a.mov(dword_ptr(RESULTS + 20), eax)?;
+        p.a.movzx(eax, word_ptr(TSS_B))?;
+        p.a.mov(dword_ptr(RESULTS + 24), eax)?;
+        p.a.iretd()?;
+        p.fail_now("b-reentered")?;
+
+        p.here("task_c")?;
+        p.a.inc(dword_ptr(RESULTS + 32))?;
+        store_sreg_tr(p, RESULTS + 36)?;
+        p.a.iretd()?;
+        let c = p.l("task_c");
+        p.a.jmp(c)
+    });
+    assert_eq!(out, "OK tasks\n");
+}
+
+/// Stores TR's selector at `addr`.
+fn store_sreg_tr(p: &mut Prog, addr: u32) -> R {
+    p.a.xor(eax, eax)?;
+    p.a.str(ax)?;
+    p.a.mov(dword_ptr(addr), eax)
+}
+
+const V86_TSS: u32 = 0x3_0000;
+const V86_CODE_SEG: u32 = 0x2000;
+
+/// (f) V86 mode: IRET into V86 code that does real-mode segment arithmetic, port I/O
+/// through the TSS bitmap (allowed port works, denied port #GP), IOPL-sensitive INT n and
+/// CLI trapping to a ring-0 #GP monitor at IOPL 0, then INT n through the IDT at IOPL 3.
+#[test]
+fn v86_mode() {
+    let (v86, v86_labels) = assemble(16, 0, "v86", &|p| {
+        p.a.mov(ax, 0x2100u32)?;
+        p.a.mov(ds, ax)?;
+        p.a.mov(word_ptr(0x10u32), 0x4242u32)?;
+        // 2101:0000 is the same linear byte as 2100:0010.
+        p.a.mov(ax, 0x2101u32)?;
+        p.a.mov(ds, ax)?;
+        p.a.mov(ax, word_ptr(0u32))?;
+        p.a.mov(bx, 0x2100u32)?;
+        p.a.mov(ds, bx)?;
+        p.a.mov(word_ptr(0x20u32), ax)?;
+        p.a.mov(al, b'V' as u32)?;
+        p.a.out(0xE9u32, al)?;
+        p.here("out_denied")?;
+        p.a.out(0x80u32, al)?;
+        p.a.int(0x21)?;
+        p.a.cli()?;
+        // Asks the monitor for IOPL 3.
+        p.a.int(0x30)?;
+        p.a.pushf()?;
+        p.a.pop(ax)?;
+        p.a.mov(word_ptr(0x24u32), ax)?;
+        p.a.int(0x31)?;
+        p.a.hlt()
+    });
+    let out_denied = v86_labels["out_denied"] as u32;
+    let out = run_program(
+        "v86",
+        &[(V86_CODE_SEG << 4, v86)],
+        &move |p| {
+            p.prologue(&[tss_desc(V86_TSS, 0x68 + 0x2000)])?;
+            // TSS with ESP0 and an I/O bitmap that allows only port E9h.
+            p.a.mov(edi, V86_TSS)?;
+            p.a.xor(eax, eax)?;
+            p.a.mov(ecx, 0x68u32)?;
+            p.a.rep().stosb()?;
+            p.a.mov(al, 0xFF)?;
+            p.a.mov(ecx, 0x2001u32)?;
+            p.a.rep().stosb()?;
+            p.a.mov(dword_ptr(V86_TSS + 4), 0x7_0000u32)?;
+            p.a.mov(dword_ptr(V86_TSS + 8), SEL_DATA0 as u32)?;
+            p.a.mov(word_ptr(V86_TSS + 0x66), 0x68u32)?;
+            p.a.mov(byte_ptr(V86_TSS + 0x68 + 0xE9 / 8), 0xFFu32 & !(1 << (0xE9 % 8)))?;
+            p.a.mov(ax, 0x28u32)?;
+            p.a.ltr(ax)?;
+            p.idt_gate(13, "monitor", 0x8E)?;
+            p.idt_gate(0x31, "int31", 0xEE)?;
+            for i in 0..16u32 {
+                p.a.mov(dword_ptr(RESULTS + 4 * i), 0u32)?;
+            }
+            // IRETD into V86 mode at 2000:0000, IOPL 0.
+            for v in [0u32, 0, 0x2100, 0x2000, 0x3000, 0xFFF0, 0x2_0002, V86_CODE_SEG, 0] {
+                p.a.push(v)?;
+            }
+            p.a.iretd()?;
+
+            // The #GP monitor: decodes the faulting V86 instruction and emulates it.
+            p.here("monitor")?;
+            p.a.xor(ebx, ebx)?;
+            p.a.mov(bx, ds)?;
+            p.kernel_data()?;
+            p.a.mov(dword_ptr(RESULTS + 40), ebx)?;
+            p.a.mov(eax, dword_ptr(esp))?;
+            p.expect_eax(0, "gp-error")?;
+            p.a.mov(eax, dword_ptr(esp + 12))?;
+            p.a.and(eax, 0x2_0000)?;
+            p.expect_eax(0x2_0000, "frame-vm")?;
+            p.a.movzx(eax, word_ptr(esp + 8))?;
+            p.a.shl(eax, 4)?;
+            p.a.add(eax, dword_ptr(esp + 4))?;
+            p.a.movzx(ecx, byte_ptr(eax))?;
+            p.a.movzx(edx, byte_ptr(eax + 1))?;
+            let (is_out, is_int, is_cli) = (p.l("m_out"), p.l("m_int"), p.l("m_cli"));
+            p.a.cmp(ecx, 0xE6)?;
+            p.a.je(is_out)?;
+            p.a.cmp(ecx, 0xCD)?;
+            p.a.je(is_int)?;
+            p.a.cmp(ecx, 0xFA)?;
+            p.a.je(is_cli)?;
+            p.a.mov(eax, ecx)?;
+            p.expect_eax(0xFFFF_FFFF, "monitor-opcode")?;
+            p.here("m_out")?;
+            p.a.inc(dword_ptr(RESULTS + 44))?;
+            p.a.mov(eax, dword_ptr(esp + 4))?;
+            p.a.mov(dword_ptr(RESULTS + 48), eax)?;
+            p.a.add(dword_ptr(esp + 4), 2)?;
+            let done = p.l("m_done");
+            p.a.jmp(done)?;
+            p.here("m_int")?;
+            p.a.add(dword_ptr(esp + 4), 2)?;
+            let int30 = p.l("m_int30");
+            p.a.cmp(edx, 0x30)?;
+            p.a.je(int30)?;
+            p.a.mov(eax, edx)?;
+            p.expect_eax(0x21, "monitor-int")?;
+            p.a.inc(dword_ptr(RESULTS + 52))?;
+            p.a.mov(word_ptr(0x2_1022u32), 0x2121u32)?;
+            p.a.jmp(done)?;
+            p.here("m_int30")?;
+            p.a.or(dword_ptr(esp + 12), 0x3000)?;
+            p.a.jmp(done)?;
+            p.here("m_cli")?;
+            p.a.inc(dword_ptr(RESULTS + 56))?;
+            p.a.add(dword_ptr(esp + 4), 1)?;
+            p.here("m_done")?;
+            p.a.add(esp, 4)?;
+            p.a.iretd()?;
+
+            // INT 31h from V86 at IOPL 3 arrives through the IDT.
+            p.here("int31")?;
+            p.a.xor(ebx, ebx)?;
+            p.a.mov(bx, ds)?;
+            p.kernel_data()?;
+            p.a.mov(eax, ebx)?;
+            p.expect_eax(0, "int-ds-nulled")?;
+            p.expect_mem(RESULTS + 40, 0, "gp-ds-nulled")?;
+            p.a.pushfd()?;
+            p.a.pop(eax)?;
+            p.a.and(eax, 0x2_0000)?;
+            p.expect_eax(0, "vm-cleared")?;
+            let frame: [(i32, u32, &str); 5] = [
+                (4, V86_CODE_SEG, "frame-cs"),
+                (16, 0x3000, "frame-ss"),
+                (20, 0x2000, "frame-es"),
+                (24, 0x2100, "frame-ds"),
+                (28, 0, "frame-fs"),
+            ];
+            for (off, v, name) in frame {
+                p.a.mov(eax, dword_ptr(esp + off))?;
+                p.expect_eax(v, name)?;
+            }
+            p.a.mov(eax, esp)?;
+            p.expect_eax(0x7_0000 - 36, "esp0-frame")?;
+            p.a.mov(eax, dword_ptr(esp + 8))?;
+            p.a.and(eax, 0x2_3000)?;
+            p.expect_eax(0x2_3000, "frame-vm-iopl")?;
+            p.a.movzx(eax, word_ptr(0x2_1020u32))?;
+            p.expect_eax(0x4242, "segment-arith")?;
+            p.a.movzx(eax, word_ptr(0x2_1022u32))?;
+            p.expect_eax(0x2121, "int21-emulated")?;
+            p.a.movzx(eax, word_ptr(0x2_1024u32))?;
+            p.a.and(eax, 0x3000)?;
+            p.expect_eax(0x3000, "pushf-iopl")?;
+            p.expect_mem(RESULTS + 44, 1, "denied-out-count")?;
+            p.expect_mem(RESULTS + 48, out_denied, "denied-out-ip")?;
+            p.expect_mem(RESULTS + 52, 1, "int21-count")?;
+            p.expect_mem(RESULTS + 56, 1, "cli-count")?;
+            p.ok()
+        },
+    );
+    assert_eq!(out, "VOK v86\n");
+}
