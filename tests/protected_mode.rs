@@ -422,7 +422,11 @@ fn sysenter_sysexit() {
     let out = run_program("sysenter", &[], &|p| {
         p.prologue(&[])?;
         let kentry = p.addr("kentry");
-        for (msr, v) in [(0x174u32, SEL_CODE0 as u32), (0x175, 0x7_0000), (0x176, kentry)] {
+        for (msr, v) in [
+            (0x174u32, SEL_CODE0 as u32),
+            (0x175, 0x7_0000),
+            (0x176, kentry),
+        ] {
             p.a.mov(ecx, msr)?;
             p.a.mov(eax, v)?;
             p.a.xor(edx, edx)?;
@@ -613,129 +617,138 @@ fn v86_mode() {
         p.a.hlt()
     });
     let out_denied = v86_labels["out_denied"] as u32;
-    let out = run_program(
-        "v86",
-        &[(V86_CODE_SEG << 4, v86)],
-        &move |p| {
-            p.prologue(&[tss_desc(V86_TSS, 0x68 + 0x2000)])?;
-            // TSS with ESP0 and an I/O bitmap that allows only port E9h.
-            p.a.mov(edi, V86_TSS)?;
-            p.a.xor(eax, eax)?;
-            p.a.mov(ecx, 0x68u32)?;
-            p.a.rep().stosb()?;
-            p.a.mov(al, 0xFF)?;
-            p.a.mov(ecx, 0x2001u32)?;
-            p.a.rep().stosb()?;
-            p.a.mov(dword_ptr(V86_TSS + 4), 0x7_0000u32)?;
-            p.a.mov(dword_ptr(V86_TSS + 8), SEL_DATA0 as u32)?;
-            p.a.mov(word_ptr(V86_TSS + 0x66), 0x68u32)?;
-            p.a.mov(byte_ptr(V86_TSS + 0x68 + 0xE9 / 8), 0xFFu32 & !(1 << (0xE9 % 8)))?;
-            p.a.mov(ax, 0x28u32)?;
-            p.a.ltr(ax)?;
-            p.idt_gate(13, "monitor", 0x8E)?;
-            p.idt_gate(0x31, "int31", 0xEE)?;
-            for i in 0..16u32 {
-                p.a.mov(dword_ptr(RESULTS + 4 * i), 0u32)?;
-            }
-            // IRETD into V86 mode at 2000:0000, IOPL 0.
-            for v in [0u32, 0, 0x2100, 0x2000, 0x3000, 0xFFF0, 0x2_0002, V86_CODE_SEG, 0] {
-                p.a.push(v)?;
-            }
-            p.a.iretd()?;
+    let out = run_program("v86", &[(V86_CODE_SEG << 4, v86)], &move |p| {
+        p.prologue(&[tss_desc(V86_TSS, 0x68 + 0x2000)])?;
+        // TSS with ESP0 and an I/O bitmap that allows only port E9h.
+        p.a.mov(edi, V86_TSS)?;
+        p.a.xor(eax, eax)?;
+        p.a.mov(ecx, 0x68u32)?;
+        p.a.rep().stosb()?;
+        p.a.mov(al, 0xFF)?;
+        p.a.mov(ecx, 0x2001u32)?;
+        p.a.rep().stosb()?;
+        p.a.mov(dword_ptr(V86_TSS + 4), 0x7_0000u32)?;
+        p.a.mov(dword_ptr(V86_TSS + 8), SEL_DATA0 as u32)?;
+        p.a.mov(word_ptr(V86_TSS + 0x66), 0x68u32)?;
+        p.a.mov(
+            byte_ptr(V86_TSS + 0x68 + 0xE9 / 8),
+            0xFFu32 & !(1 << (0xE9 % 8)),
+        )?;
+        p.a.mov(ax, 0x28u32)?;
+        p.a.ltr(ax)?;
+        p.idt_gate(13, "monitor", 0x8E)?;
+        p.idt_gate(0x31, "int31", 0xEE)?;
+        for i in 0..16u32 {
+            p.a.mov(dword_ptr(RESULTS + 4 * i), 0u32)?;
+        }
+        // IRETD into V86 mode at 2000:0000, IOPL 0.
+        for v in [
+            0u32,
+            0,
+            0x2100,
+            0x2000,
+            0x3000,
+            0xFFF0,
+            0x2_0002,
+            V86_CODE_SEG,
+            0,
+        ] {
+            p.a.push(v)?;
+        }
+        p.a.iretd()?;
 
-            // The #GP monitor: decodes the faulting V86 instruction and emulates it.
-            p.here("monitor")?;
-            p.a.xor(ebx, ebx)?;
-            p.a.mov(bx, ds)?;
-            p.kernel_data()?;
-            p.a.mov(dword_ptr(RESULTS + 40), ebx)?;
-            p.a.mov(eax, dword_ptr(esp))?;
-            p.expect_eax(0, "gp-error")?;
-            p.a.mov(eax, dword_ptr(esp + 12))?;
-            p.a.and(eax, 0x2_0000)?;
-            p.expect_eax(0x2_0000, "frame-vm")?;
-            p.a.movzx(eax, word_ptr(esp + 8))?;
-            p.a.shl(eax, 4)?;
-            p.a.add(eax, dword_ptr(esp + 4))?;
-            p.a.movzx(ecx, byte_ptr(eax))?;
-            p.a.movzx(edx, byte_ptr(eax + 1))?;
-            let (is_out, is_int, is_cli) = (p.l("m_out"), p.l("m_int"), p.l("m_cli"));
-            p.a.cmp(ecx, 0xE6)?;
-            p.a.je(is_out)?;
-            p.a.cmp(ecx, 0xCD)?;
-            p.a.je(is_int)?;
-            p.a.cmp(ecx, 0xFA)?;
-            p.a.je(is_cli)?;
-            p.a.mov(eax, ecx)?;
-            p.expect_eax(0xFFFF_FFFF, "monitor-opcode")?;
-            p.here("m_out")?;
-            p.a.inc(dword_ptr(RESULTS + 44))?;
-            p.a.mov(eax, dword_ptr(esp + 4))?;
-            p.a.mov(dword_ptr(RESULTS + 48), eax)?;
-            p.a.add(dword_ptr(esp + 4), 2)?;
-            let done = p.l("m_done");
-            p.a.jmp(done)?;
-            p.here("m_int")?;
-            p.a.add(dword_ptr(esp + 4), 2)?;
-            let int30 = p.l("m_int30");
-            p.a.cmp(edx, 0x30)?;
-            p.a.je(int30)?;
-            p.a.mov(eax, edx)?;
-            p.expect_eax(0x21, "monitor-int")?;
-            p.a.inc(dword_ptr(RESULTS + 52))?;
-            p.a.mov(word_ptr(0x2_1022u32), 0x2121u32)?;
-            p.a.jmp(done)?;
-            p.here("m_int30")?;
-            p.a.or(dword_ptr(esp + 12), 0x3000)?;
-            p.a.jmp(done)?;
-            p.here("m_cli")?;
-            p.a.inc(dword_ptr(RESULTS + 56))?;
-            p.a.add(dword_ptr(esp + 4), 1)?;
-            p.here("m_done")?;
-            p.a.add(esp, 4)?;
-            p.a.iretd()?;
+        // The #GP monitor: decodes the faulting V86 instruction and emulates it.
+        p.here("monitor")?;
+        p.a.xor(ebx, ebx)?;
+        p.a.mov(bx, ds)?;
+        p.kernel_data()?;
+        p.a.mov(dword_ptr(RESULTS + 40), ebx)?;
+        p.a.mov(eax, dword_ptr(esp))?;
+        p.expect_eax(0, "gp-error")?;
+        p.a.mov(eax, dword_ptr(esp + 12))?;
+        p.a.and(eax, 0x2_0000)?;
+        p.expect_eax(0x2_0000, "frame-vm")?;
+        p.a.movzx(eax, word_ptr(esp + 8))?;
+        p.a.shl(eax, 4)?;
+        p.a.add(eax, dword_ptr(esp + 4))?;
+        p.a.movzx(ecx, byte_ptr(eax))?;
+        p.a.movzx(edx, byte_ptr(eax + 1))?;
+        let (is_out, is_int, is_cli) = (p.l("m_out"), p.l("m_int"), p.l("m_cli"));
+        p.a.cmp(ecx, 0xE6)?;
+        p.a.je(is_out)?;
+        p.a.cmp(ecx, 0xCD)?;
+        p.a.je(is_int)?;
+        p.a.cmp(ecx, 0xFA)?;
+        p.a.je(is_cli)?;
+        p.a.mov(eax, ecx)?;
+        p.expect_eax(0xFFFF_FFFF, "monitor-opcode")?;
+        p.here("m_out")?;
+        p.a.inc(dword_ptr(RESULTS + 44))?;
+        p.a.mov(eax, dword_ptr(esp + 4))?;
+        p.a.mov(dword_ptr(RESULTS + 48), eax)?;
+        p.a.add(dword_ptr(esp + 4), 2)?;
+        let done = p.l("m_done");
+        p.a.jmp(done)?;
+        p.here("m_int")?;
+        p.a.add(dword_ptr(esp + 4), 2)?;
+        let int30 = p.l("m_int30");
+        p.a.cmp(edx, 0x30)?;
+        p.a.je(int30)?;
+        p.a.mov(eax, edx)?;
+        p.expect_eax(0x21, "monitor-int")?;
+        p.a.inc(dword_ptr(RESULTS + 52))?;
+        p.a.mov(word_ptr(0x2_1022u32), 0x2121u32)?;
+        p.a.jmp(done)?;
+        p.here("m_int30")?;
+        p.a.or(dword_ptr(esp + 12), 0x3000)?;
+        p.a.jmp(done)?;
+        p.here("m_cli")?;
+        p.a.inc(dword_ptr(RESULTS + 56))?;
+        p.a.add(dword_ptr(esp + 4), 1)?;
+        p.here("m_done")?;
+        p.a.add(esp, 4)?;
+        p.a.iretd()?;
 
-            // INT 31h from V86 at IOPL 3 arrives through the IDT.
-            p.here("int31")?;
-            p.a.xor(ebx, ebx)?;
-            p.a.mov(bx, ds)?;
-            p.kernel_data()?;
-            p.a.mov(eax, ebx)?;
-            p.expect_eax(0, "int-ds-nulled")?;
-            p.expect_mem(RESULTS + 40, 0, "gp-ds-nulled")?;
-            p.a.pushfd()?;
-            p.a.pop(eax)?;
-            p.a.and(eax, 0x2_0000)?;
-            p.expect_eax(0, "vm-cleared")?;
-            let frame: [(i32, u32, &str); 5] = [
-                (4, V86_CODE_SEG, "frame-cs"),
-                (16, 0x3000, "frame-ss"),
-                (20, 0x2000, "frame-es"),
-                (24, 0x2100, "frame-ds"),
-                (28, 0, "frame-fs"),
-            ];
-            for (off, v, name) in frame {
-                p.a.mov(eax, dword_ptr(esp + off))?;
-                p.expect_eax(v, name)?;
-            }
-            p.a.mov(eax, esp)?;
-            p.expect_eax(0x7_0000 - 36, "esp0-frame")?;
-            p.a.mov(eax, dword_ptr(esp + 8))?;
-            p.a.and(eax, 0x2_3000)?;
-            p.expect_eax(0x2_3000, "frame-vm-iopl")?;
-            p.a.movzx(eax, word_ptr(0x2_1020u32))?;
-            p.expect_eax(0x4242, "segment-arith")?;
-            p.a.movzx(eax, word_ptr(0x2_1022u32))?;
-            p.expect_eax(0x2121, "int21-emulated")?;
-            p.a.movzx(eax, word_ptr(0x2_1024u32))?;
-            p.a.and(eax, 0x3000)?;
-            p.expect_eax(0x3000, "pushf-iopl")?;
-            p.expect_mem(RESULTS + 44, 1, "denied-out-count")?;
-            p.expect_mem(RESULTS + 48, out_denied, "denied-out-ip")?;
-            p.expect_mem(RESULTS + 52, 1, "int21-count")?;
-            p.expect_mem(RESULTS + 56, 1, "cli-count")?;
-            p.ok()
-        },
-    );
+        // INT 31h from V86 at IOPL 3 arrives through the IDT.
+        p.here("int31")?;
+        p.a.xor(ebx, ebx)?;
+        p.a.mov(bx, ds)?;
+        p.kernel_data()?;
+        p.a.mov(eax, ebx)?;
+        p.expect_eax(0, "int-ds-nulled")?;
+        p.expect_mem(RESULTS + 40, 0, "gp-ds-nulled")?;
+        p.a.pushfd()?;
+        p.a.pop(eax)?;
+        p.a.and(eax, 0x2_0000)?;
+        p.expect_eax(0, "vm-cleared")?;
+        let frame: [(i32, u32, &str); 5] = [
+            (4, V86_CODE_SEG, "frame-cs"),
+            (16, 0x3000, "frame-ss"),
+            (20, 0x2000, "frame-es"),
+            (24, 0x2100, "frame-ds"),
+            (28, 0, "frame-fs"),
+        ];
+        for (off, v, name) in frame {
+            p.a.mov(eax, dword_ptr(esp + off))?;
+            p.expect_eax(v, name)?;
+        }
+        p.a.mov(eax, esp)?;
+        p.expect_eax(0x7_0000 - 36, "esp0-frame")?;
+        p.a.mov(eax, dword_ptr(esp + 8))?;
+        p.a.and(eax, 0x2_3000)?;
+        p.expect_eax(0x2_3000, "frame-vm-iopl")?;
+        p.a.movzx(eax, word_ptr(0x2_1020u32))?;
+        p.expect_eax(0x4242, "segment-arith")?;
+        p.a.movzx(eax, word_ptr(0x2_1022u32))?;
+        p.expect_eax(0x2121, "int21-emulated")?;
+        p.a.movzx(eax, word_ptr(0x2_1024u32))?;
+        p.a.and(eax, 0x3000)?;
+        p.expect_eax(0x3000, "pushf-iopl")?;
+        p.expect_mem(RESULTS + 44, 1, "denied-out-count")?;
+        p.expect_mem(RESULTS + 48, out_denied, "denied-out-ip")?;
+        p.expect_mem(RESULTS + 52, 1, "int21-count")?;
+        p.expect_mem(RESULTS + 56, 1, "cli-count")?;
+        p.ok()
+    });
     assert_eq!(out, "VOK v86\n");
 }

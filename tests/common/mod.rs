@@ -158,7 +158,10 @@ impl Prog {
     /// Installs an IDT gate to label `handler`.
     pub fn idt_gate(&mut self, vector: u8, handler: &str, access: u8) -> R {
         let off = self.addr(handler);
-        self.store64(IDT + vector as u32 * 8, gate_desc(SEL_CODE0, off, access, 0))
+        self.store64(
+            IDT + vector as u32 * 8,
+            gate_desc(SEL_CODE0, off, access, 0),
+        )
     }
 
     /// Fails the test unless EAX == `value` (EAX is printed on failure).
@@ -385,9 +388,11 @@ pub fn assemble(
         if bitness == 32 {
             p.epilogue().unwrap();
         }
-        let res = p
-            .a
-            .assemble_options(base as u64, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
+        let res =
+            p.a.assemble_options(
+                base as u64,
+                BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+            )
             .unwrap();
         let mut now = HashMap::new();
         for (n, l) in &p.labels {
@@ -466,7 +471,14 @@ pub fn run_program(name: &str, images: &[(u32, Vec<u8>)], body: &dyn Fn(&mut Pro
     }
     let exit = cpu.run(&mut bus, 20_000_000);
     let out = String::from_utf8_lossy(&bus.out).into_owned();
-    assert!(!cpu.shutdown, "{name}: triple fault; output so far: {out:?}");
-    assert_eq!(exit, Exit::Halted, "{name}: did not halt; output so far: {out:?}");
+    assert!(
+        !cpu.shutdown,
+        "{name}: triple fault; output so far: {out:?}"
+    );
+    assert_eq!(
+        exit,
+        Exit::Halted,
+        "{name}: did not halt; output so far: {out:?}"
+    );
     out
 }

@@ -68,6 +68,16 @@ fn code_segment(d: Descriptor, sel: u16, rpl: u8) -> Segment {
     Descriptor(d.0 | (1 << 40)).to_segment((sel & !3) | rpl as u16)
 }
 
+/// The stack a transfer pushes its frame on (possibly not loaded yet).
+struct FrameStack {
+    seg: Segment,
+    sp: u32,
+    /// The pushes are user-mode accesses (the stack belongs to ring 3).
+    user: bool,
+    /// Error code of the #SS a limit violation raises.
+    fault_code: u32,
+}
+
 impl Cpu {
     /// Reads the descriptor of `sel`; a selector beyond its table's limit raises
     /// `fault(selector | ext)` instead of the plain #GP that `read_descriptor` gives.
@@ -87,33 +97,31 @@ impl Cpu {
         Ok(Descriptor(lo as u64 | (hi as u64) << 32))
     }
 
-    /// Writes `values` (first pushed first) below `sp` on the stack `seg` with `size`-byte
-    /// slots and returns the new stack pointer. Every slot is checked against the limit
-    /// before anything is written; nothing in the register state changes.
+    /// Writes `values` (first pushed first) below `stack.sp` on `stack.seg` with
+    /// `size`-byte slots and returns the new stack pointer. Every slot is checked against
+    /// the limit before anything is written; nothing in the register state changes.
     fn push_frame(
         &mut self,
         bus: &mut dyn Bus,
-        seg: &Segment,
-        sp: u32,
+        stack: &FrameStack,
         size: u32,
         values: &[u32],
-        user: bool,
-        err: u32,
     ) -> Res<u32> {
+        let seg = &stack.seg;
         let mask = if seg.big() { u32::MAX } else { 0xFFFF };
-        let mut cur = sp;
+        let mut cur = stack.sp;
         for _ in values {
             cur = cur.wrapping_sub(size) & mask;
             if !seg.present() || !within_segment(seg, cur, size) {
-                return Err(Exception::ss(err));
+                return Err(Exception::ss(stack.fault_code));
             }
         }
         // A page fault below leaves only scratch bytes under the old stack pointer.
-        let mut cur = sp;
+        let mut cur = stack.sp;
         for &v in values {
             cur = cur.wrapping_sub(size) & mask;
             let lin = (seg.base + cur as u64) & 0xFFFF_FFFF;
-            self.write_lin(bus, lin, size, v, user)?;
+            self.write_lin(bus, lin, size, v, stack.user)?;
         }
         Ok(cur)
     }
@@ -380,7 +388,17 @@ impl Cpu {
             self.set_accessed(bus, sel, d)?;
             let ss = self.state.seg[SS];
             let esp = self.state.gpr[ESP] as u32;
-            let sp = self.push_frame(bus, &ss, esp, size, &[old_cs, ret], cpl == 3, 0)?;
+            let sp = self.push_frame(
+                bus,
+                &FrameStack {
+                    seg: ss,
+                    sp: esp,
+                    user: cpl == 3,
+                    fault_code: 0,
+                },
+                size,
+                &[old_cs, ret],
+            )?;
             self.set_sp(sp);
             self.commit_cs(d, sel, cpl, off);
             return Ok(());
@@ -448,7 +466,17 @@ impl Cpu {
                 return Err(Exception::gp0());
             }
             self.set_accessed(bus, target_sel, target)?;
-            let sp = self.push_frame(bus, &ss, esp, size, &frame, dpl == 3, sel_code(ss_sel))?;
+            let sp = self.push_frame(
+                bus,
+                &FrameStack {
+                    seg: ss,
+                    sp: esp,
+                    user: dpl == 3,
+                    fault_code: sel_code(ss_sel),
+                },
+                size,
+                &frame,
+            )?;
             self.state.seg[SS] = ss;
             self.set_stack_pointer(&ss, sp, esp);
             self.commit_cs(target, target_sel, dpl, target_off);
@@ -458,7 +486,17 @@ impl Cpu {
             }
             self.set_accessed(bus, target_sel, target)?;
             let ss = self.state.seg[SS];
-            let sp = self.push_frame(bus, &ss, old_esp, size, &[old_cs, ret], cpl == 3, 0)?;
+            let sp = self.push_frame(
+                bus,
+                &FrameStack {
+                    seg: ss,
+                    sp: old_esp,
+                    user: cpl == 3,
+                    fault_code: 0,
+                },
+                size,
+                &[old_cs, ret],
+            )?;
             self.set_sp(sp);
             self.commit_cs(target, target_sel, cpl, target_off);
         }
@@ -724,7 +762,17 @@ impl Cpu {
             }
             self.set_accessed(bus, code_sel, code)?;
             let ss_err = sel_code(ss_sel) | ext_bit;
-            let sp = self.push_frame(bus, &ss, esp, size, &frame, dpl == 3, ss_err)?;
+            let sp = self.push_frame(
+                bus,
+                &FrameStack {
+                    seg: ss,
+                    sp: esp,
+                    user: dpl == 3,
+                    fault_code: ss_err,
+                },
+                size,
+                &frame,
+            )?;
             if v86 {
                 // The V86 segment values mean nothing to protected-mode code.
                 for seg in [GS, FS, DS, ES] {
@@ -747,7 +795,17 @@ impl Cpu {
             }
             self.set_accessed(bus, code_sel, code)?;
             let ss = self.state.seg[SS];
-            let sp = self.push_frame(bus, &ss, old_esp, size, &frame, cpl == 3, ext_bit)?;
+            let sp = self.push_frame(
+                bus,
+                &FrameStack {
+                    seg: ss,
+                    sp: old_esp,
+                    user: cpl == 3,
+                    fault_code: ext_bit,
+                },
+                size,
+                &frame,
+            )?;
             self.set_sp(sp);
             new_cpl = cpl;
         }
