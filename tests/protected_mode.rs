@@ -752,3 +752,206 @@ fn v86_mode() {
     });
     assert_eq!(out, "VOK v86\n");
 }
+
+/// Stores ZF (1 or 0) at `addr` (clobbers EDX).
+fn store_zf(p: &mut Prog, addr: u32) -> R {
+    p.a.setz(dl)?;
+    p.a.movzx(edx, dl)?;
+    p.a.mov(dword_ptr(addr), edx)
+}
+
+/// LLDT/SLDT/LTR/STR, LAR/LSL/VERR/VERW/ARPL, #NP on a segment load, same-privilege far
+/// CALL/RETF and a JMP through a call gate.
+#[test]
+fn descriptor_instructions() {
+    const LDT: u32 = 0x4000;
+    let out = run_program("descriptors", &[], &|p| {
+        let via_gate = p.addr("via_gate");
+        p.prologue(&[
+            seg_desc(LDT, 0x17, 0x82, 0),            // 0x28 LDT
+            tss_desc(TSS, 0x67),                     // 0x30 TSS
+            seg_desc(0x10_0000, 0xFFF, 0xF2, 0x4),   // 0x38 data DPL 3, byte limit FFF
+            seg_desc(0, 0xF_FFFF, 0x98, 0xC),        // 0x40 execute-only code
+            seg_desc(0, 0xF_FFFF, 0x12, 0xC),        // 0x48 data, not present
+            seg_desc(0, 0xF_FFFF, 0xFE, 0xC),        // 0x50 conforming code DPL 3
+            gate_desc(SEL_CODE0, via_gate, 0x8C, 0), // 0x58 call gate DPL 0
+        ])?;
+        p.idt_gate(11, "np_handler", 0x8E)?;
+        p.idt_gate(13, "gp_handler", 0x8E)?;
+        // LDT entry 0: flat data with base 2 MiB.
+        p.store64(LDT, seg_desc(0x20_0000, 0xFFFF, 0x92, 0x4))?;
+        p.a.mov(ax, 0x28u32)?;
+        p.a.lldt(ax)?;
+        p.a.xor(eax, eax)?;
+        p.a.sldt(ax)?;
+        p.expect_eax(0x28, "sldt")?;
+        p.a.mov(ax, 0x04u32)?;
+        p.a.mov(fs, ax)?;
+        p.a.mov(dword_ptr(0u32).fs(), 0x77u32)?;
+        p.expect_mem(0x20_0000, 0x77, "ldt-segment")?;
+        p.a.mov(ax, 0x30u32)?;
+        p.a.ltr(ax)?;
+        p.a.xor(eax, eax)?;
+        p.a.str(ax)?;
+        p.expect_eax(0x30, "str")?;
+
+        // LAR / LSL.
+        p.a.mov(ecx, 0x38u32)?;
+        p.a.lar(eax, ecx)?;
+        store_zf(p, RESULTS)?;
+        p.expect_eax(0x0040_F200, "lar-data")?;
+        p.expect_mem(RESULTS, 1, "lar-data-zf")?;
+        p.a.lsl(eax, ecx)?;
+        p.expect_eax(0xFFF, "lsl-data")?;
+        p.a.mov(ecx, 0x30u32)?;
+        p.a.lar(eax, ecx)?;
+        p.a.and(eax, 0xFF00)?;
+        p.expect_eax(0x8B00, "lar-busy-tss")?;
+        p.a.lsl(eax, ecx)?;
+        p.expect_eax(0x67, "lsl-tss")?;
+        p.a.mov(eax, 0xDEADu32)?;
+        p.a.mov(ecx, 0x1234u32)?;
+        p.a.lar(eax, ecx)?;
+        store_zf(p, RESULTS)?;
+        p.expect_eax(0xDEAD, "lar-beyond-unchanged")?;
+        p.expect_mem(RESULTS, 0, "lar-beyond-zf")?;
+        p.a.xor(ecx, ecx)?;
+        p.a.lsl(eax, ecx)?;
+        store_zf(p, RESULTS)?;
+        p.expect_mem(RESULTS, 0, "lsl-null-zf")?;
+        // RPL 3 cannot see a DPL-0 segment; a conforming one is always visible.
+        p.a.mov(ecx, 0x0Bu32)?;
+        p.a.lar(eax, ecx)?;
+        store_zf(p, RESULTS)?;
+        p.expect_mem(RESULTS, 0, "lar-rpl")?;
+
+        // VERR / VERW.
+        let verify: [(bool, u16, u32, &str); 6] = [
+            (false, 0x40, 0, "verr-exec-only"),
+            (false, 0x08, 1, "verr-code"),
+            (true, 0x08, 0, "verw-code"),
+            (true, 0x10, 1, "verw-data"),
+            (false, 0x53, 1, "verr-conforming"),
+            (true, 0x13, 0, "verw-rpl"),
+        ];
+        for (write, sel, zf, name) in verify {
+            p.a.mov(cx, sel as u32)?;
+            if write {
+                p.a.verw(cx)?;
+            } else {
+                p.a.verr(cx)?;
+            }
+            store_zf(p, RESULTS)?;
+            p.expect_mem(RESULTS, zf, name)?;
+        }
+
+        // ARPL raises the destination RPL to the source's.
+        p.a.mov(eax, 0xFFFF_0010u32)?;
+        p.a.mov(ecx, 3u32)?;
+        p.a.arpl(ax, cx)?;
+        store_zf(p, RESULTS)?;
+        p.expect_eax(0xFFFF_0013, "arpl")?;
+        p.expect_mem(RESULTS, 1, "arpl-zf")?;
+        p.a.mov(eax, 0x13u32)?;
+        p.a.arpl(ax, cx)?;
+        store_zf(p, RESULTS)?;
+        p.expect_mem(RESULTS, 0, "arpl-zf-again")?;
+
+        // #NP on loading a not-present data segment; #GP on LTR of a busy TSS.
+        let np_resume = p.addr("np_resume");
+        p.a.mov(dword_ptr(RESULTS + 24), np_resume)?;
+        p.a.mov(ax, 0x48u32)?;
+        p.a.mov(ds, ax)?;
+        p.here("np_resume")?;
+        p.expect_mem(RESULTS + 16, 0x48, "np-error")?;
+        let gp_resume = p.addr("gp_resume");
+        p.a.mov(dword_ptr(RESULTS + 24), gp_resume)?;
+        p.a.mov(ax, 0x30u32)?;
+        p.a.ltr(ax)?;
+        p.here("gp_resume")?;
+        p.expect_mem(RESULTS + 20, 0x30, "ltr-busy")?;
+
+        // Far CALL / RETF at the same privilege, then JMP through a call gate.
+        let sub = p.addr("far_sub");
+        p.a.call_far(SEL_CODE0, sub)?;
+        p.expect_mem(RESULTS + 28, SEL_CODE0 as u32, "far-call-cs")?;
+        p.a.jmp_far(0x58, 0)?;
+        p.fail_now("gate-jmp-fell-through")?;
+        p.here("via_gate")?;
+        p.ok()?;
+
+        p.here("far_sub")?;
+        p.a.mov(eax, dword_ptr(esp + 4))?;
+        p.a.mov(dword_ptr(RESULTS + 28), eax)?;
+        p.a.retf()?;
+
+        p.here("np_handler")?;
+        p.a.pop(eax)?;
+        p.a.mov(dword_ptr(RESULTS + 16), eax)?;
+        p.a.mov(eax, dword_ptr(RESULTS + 24))?;
+        p.a.mov(dword_ptr(esp), eax)?;
+        p.a.iretd()?;
+        p.here("gp_handler")?;
+        p.a.pop(eax)?;
+        p.a.mov(dword_ptr(RESULTS + 20), eax)?;
+        p.a.mov(eax, dword_ptr(RESULTS + 24))?;
+        p.a.mov(dword_ptr(esp), eax)?;
+        p.a.iretd()
+    });
+    assert_eq!(out, "OK descriptors\n");
+}
+
+/// A CALL to a 16-bit TSS (through the TSS selector itself) and IRET back, twice: the
+/// second call resumes where the 16-bit task's IRET saved its IP.
+#[test]
+fn task_switch_16bit_tss() {
+    let out = run_program("tss16", &[], &|p| {
+        p.prologue(&[
+            tss_desc(TSS, 0x67),                    // 0x28 current task
+            seg_desc(TSS_B, 0x2B, 0x81, 0),         // 0x30 16-bit TSS
+            seg_desc(PROG_BASE, 0xFFFF, 0x9A, 0x4), // 0x38 code with base PROG_BASE
+        ])?;
+        p.a.mov(ax, 0x28u32)?;
+        p.a.ltr(ax)?;
+        p.a.mov(edi, TSS_B)?;
+        p.a.xor(eax, eax)?;
+        p.a.mov(ecx, 0x2Cu32)?;
+        p.a.rep().stosb()?;
+        let entry = p.addr("task16").wrapping_sub(PROG_BASE) & 0xFFFF;
+        p.a.mov(word_ptr(TSS_B + 0x0E), entry)?;
+        p.a.mov(word_ptr(TSS_B + 0x10), 2u32)?;
+        p.a.mov(word_ptr(TSS_B + 0x12), 0x1616u32)?;
+        p.a.mov(word_ptr(TSS_B + 0x1A), 0xF000u32)?;
+        for (off, sel) in [
+            (0x22u32, SEL_DATA0),
+            (0x24, 0x38),
+            (0x26, SEL_DATA0),
+            (0x28, SEL_DATA0),
+        ] {
+            p.a.mov(word_ptr(TSS_B + off), sel as u32)?;
+        }
+        p.a.mov(dword_ptr(RESULTS + 8), 0u32)?;
+        p.a.mov(ebx, 0x1234_5678u32)?;
+        p.a.call_far(0x30, 0)?;
+        p.a.mov(eax, ebx)?;
+        p.expect_eax(0x1234_5678, "ebx-kept")?;
+        p.expect_mem(RESULTS, 0x1616, "task16-ax")?;
+        p.expect_mem(RESULTS + 4, 0x30, "task16-tr")?;
+        p.a.movzx(eax, word_ptr(TSS_B))?;
+        p.expect_eax(0x28, "back-link")?;
+        p.a.movzx(eax, word_ptr(TSS_B + 0x24))?;
+        p.expect_eax(0x38, "saved-cs")?;
+        p.a.call_far(0x30, 0)?;
+        p.expect_mem(RESULTS + 8, 1, "resumed")?;
+        p.ok()?;
+
+        p.here("task16")?;
+        p.a.movzx(eax, ax)?;
+        p.a.mov(dword_ptr(RESULTS), eax)?;
+        store_sreg_tr(p, RESULTS + 4)?;
+        p.a.iretd()?;
+        p.a.inc(dword_ptr(RESULTS + 8))?;
+        p.a.iretd()
+    });
+    assert_eq!(out, "OK tss16\n");
+}
