@@ -37,7 +37,10 @@ fn conformance_80286_real_mode() {
     let (passed, failed) = (nums[0], nums[1]);
     let skipped: u64 = stdout
         .lines()
-        .find_map(|l| l.split_once(" skipped (see").map(|(head, _)| head.to_string()))
+        .find_map(|l| {
+            l.split_once(" skipped (see")
+                .map(|(head, _)| head.to_string())
+        })
         .and_then(|head| head.rsplit(", ").next()?.split(' ').next()?.parse().ok())
         .expect("skipped count line");
     let total = passed + failed + skipped;

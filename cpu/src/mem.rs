@@ -27,6 +27,11 @@ pub trait Bus {
     fn intr_ack(&mut self) -> u8 {
         0
     }
+    /// Checked after port and MMIO accesses: true makes [`crate::Cpu::run`] return at the
+    /// next instruction boundary, so the machine can act at once (A20, reset, power-off).
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
     /// Called before every port or MMIO access with the instruction count at which it
     /// happens, so devices see the virtual time of the access.
     fn sync_time(&mut self, _icount: u64) {}

@@ -1398,10 +1398,10 @@ impl Cpu {
                 u32::from_le_bytes(*b"ineI"),
             ),
             1 => {
-                // Family 6, model 3, stepping 3 (Pentium II "Klamath").
+                // Family 6, model 3, stepping 3 (Pentium II "Klamath"). Only what is
+                // implemented is reported: not VME (virtual-8086 extensions) nor DE (I/O
+                // breakpoints), which that CPU had.
                 let edx = (1 << 0) // FPU
-                    | (1 << 1) // VME
-                    | (1 << 2) // DE
                     | (1 << 3) // PSE
                     | (1 << 4) // TSC
                     | (1 << 5) // MSR

@@ -63,6 +63,9 @@ impl Cpu {
                 return Exit::Shutdown;
             }
             if self.check_irq {
+                if bus.stop_requested() {
+                    break;
+                }
                 self.poll_interrupts(bus);
             }
             if self.state.halted {
