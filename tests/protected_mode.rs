@@ -955,3 +955,97 @@ fn task_switch_16bit_tss() {
     });
     assert_eq!(out, "OK tss16\n");
 }
+
+/// V86 mode extensions (CR4.VME) at IOPL 0: CLI/STI/PUSHF/IRET work on VIF, INT 21h is
+/// redirected by the TSS bitmap to the V86 program's own vector table, INT 22h (bit set)
+/// traps to the #GP monitor.
+#[test]
+fn v86_mode_extensions() {
+    let (v86, v86_labels) = assemble(16, 0, "v86", &|p| {
+        p.a.mov(ax, 0x2100u32)?;
+        p.a.mov(ds, ax)?;
+        p.a.cli()?;
+        p.a.pushf()?;
+        p.a.pop(word_ptr(0x30u32))?;
+        p.a.sti()?;
+        p.a.pushf()?;
+        p.a.pop(word_ptr(0x32u32))?;
+        p.a.int(0x21)?;
+        p.a.int(0x22)?;
+        p.a.hlt()?;
+        // The V86 program's own INT 21h handler, reached through its vector table.
+        p.here("int21")?;
+        p.a.pushf()?;
+        p.a.pop(word_ptr(0x36u32))?;
+        p.a.mov(word_ptr(0x34u32), 0x2121u32)?;
+        p.a.iret()
+    });
+    let int21 = v86_labels["int21"] as u32;
+    let out = run_program("vme", &[(V86_CODE_SEG << 4, v86)], &move |p| {
+        p.prologue(&[tss_desc(V86_TSS, 0x68 + 32 + 0x2000)])?;
+        p.a.mov(edi, V86_TSS)?;
+        p.a.xor(eax, eax)?;
+        p.a.mov(ecx, 0x68u32)?;
+        p.a.rep().stosb()?;
+        // Redirection bitmap (all set but vector 21h) then an all-set I/O bitmap.
+        p.a.mov(al, 0xFF)?;
+        p.a.mov(ecx, 32 + 0x2001u32)?;
+        p.a.rep().stosb()?;
+        p.a.mov(
+            byte_ptr(V86_TSS + 0x68 + 0x21 / 8),
+            0xFFu32 & !(1 << (0x21 % 8)),
+        )?;
+        p.a.mov(word_ptr(V86_TSS + 0x66), 0x68u32 + 32)?;
+        p.a.mov(dword_ptr(V86_TSS + 4), 0x7_0000u32)?;
+        p.a.mov(dword_ptr(V86_TSS + 8), SEL_DATA0 as u32)?;
+        p.a.mov(ax, 0x28u32)?;
+        p.a.ltr(ax)?;
+        p.a.mov(word_ptr(0x21u32 * 4), int21)?;
+        p.a.mov(word_ptr(0x21u32 * 4 + 2), V86_CODE_SEG)?;
+        p.idt_gate(13, "monitor", 0x8E)?;
+        p.a.mov(eax, cr4)?;
+        p.a.or(eax, 1)?;
+        p.a.mov(cr4, eax)?;
+        for v in [
+            0u32,
+            0,
+            0x2100,
+            0x2000,
+            0x3000,
+            0xFFF0,
+            0x2_0002,
+            V86_CODE_SEG,
+            0,
+        ] {
+            p.a.push(v)?;
+        }
+        p.a.iretd()?;
+
+        p.here("monitor")?;
+        p.kernel_data()?;
+        // Only INT 22h should have trapped.
+        p.a.movzx(eax, word_ptr(esp + 8))?;
+        p.a.shl(eax, 4)?;
+        p.a.add(eax, dword_ptr(esp + 4))?;
+        p.a.movzx(eax, word_ptr(eax))?;
+        p.expect_eax(0x22CD, "trapped-insn")?;
+        p.a.movzx(eax, word_ptr(0x2_1030u32))?;
+        p.a.and(eax, 0x3200)?;
+        p.expect_eax(0x3000, "pushf-after-cli")?;
+        p.a.movzx(eax, word_ptr(0x2_1032u32))?;
+        p.a.and(eax, 0x3200)?;
+        p.expect_eax(0x3200, "pushf-after-sti")?;
+        p.a.movzx(eax, word_ptr(0x2_1034u32))?;
+        p.expect_eax(0x2121, "redirected-int21")?;
+        // Inside the redirected handler VIF was clear.
+        p.a.movzx(eax, word_ptr(0x2_1036u32))?;
+        p.a.and(eax, 0x200)?;
+        p.expect_eax(0, "handler-vif")?;
+        // The 16-bit IRET restored VIF from the pushed IF; the real IF stayed 0.
+        p.a.mov(eax, dword_ptr(esp + 12))?;
+        p.a.and(eax, 0x8_3200)?;
+        p.expect_eax(0x8_0000, "frame-vif")?;
+        p.ok()
+    });
+    assert_eq!(out, "OK vme\n");
+}

@@ -457,8 +457,13 @@ pub fn run_program(name: &str, images: &[(u32, Vec<u8>)], body: &dyn Fn(&mut Pro
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     for _ in 0..trace {
+        let lin = cpu.state.seg[CS].base + cpu.state.rip;
+        let mut code = [0u8; 16];
+        cpu.mem.read(lin, &mut code);
+        let bits = if cpu.state.code32() { 32 } else { 16 };
+        let ins = iced_x86::Decoder::with_ip(bits, &code, cpu.state.rip, 0).decode();
         eprintln!(
-            "{:04x}:{:08x} cpl={} esp={:08x} fl={:08x}",
+            "{:04x}:{:08x} cpl={} esp={:08x} fl={:08x} {ins}",
             cpu.state.seg[CS].selector,
             cpu.state.rip,
             cpu.state.cpl,

@@ -5,6 +5,7 @@
 mod descriptors;
 mod task;
 mod transfer;
+mod vme;
 
 use crate::exception::{Exception, Res};
 use crate::flags;
@@ -349,7 +350,7 @@ impl Cpu {
         self.check_irq = true;
         if self.state.v86() {
             if self.state.flags.iopl() < 3 {
-                return Err(Exception::gp0());
+                return self.v86_iret(bus, size);
             }
         } else if self.state.protected() {
             return self.iret_protected(bus, size);
