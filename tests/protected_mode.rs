@@ -1049,3 +1049,64 @@ fn v86_mode_extensions() {
     });
     assert_eq!(out, "OK vme\n");
 }
+
+/// Faults during interrupt delivery: a not-present gate (#NP with the IDT error code),
+/// and a bad ring-0 stack selector in the TSS (#TS) delivered through a task gate,
+/// which pushes the error code on the handler task's stack and leaves the faulting
+/// ring-3 state (at the INT instruction) saved in the old TSS.
+#[test]
+fn delivery_faults_and_exception_task_gate() {
+    let out = run_program("delivery-faults", &[], &|p| {
+        p.prologue(&[tss_desc(TSS, 0x67), tss_desc(TSS_C, 0x67)])?;
+        p.idt_gate(11, "np_handler", 0x8E)?;
+        // 0x81: a DPL-3 interrupt gate that is not present.
+        p.store64(IDT + 0x81 * 8, gate_desc(SEL_CODE0, 0, 0x6E, 0))?;
+        p.a.int(0x81)?;
+        p.expect_mem(RESULTS, 0x81 * 8 + 2, "np-gate")?;
+
+        init_task(p, TSS_C, "ts_task", 0x6_E000, 0)?;
+        p.store64(IDT + 10 * 8, gate_desc(0x30, 0, 0x85, 0))?;
+        p.idt_gate(0x80, "int80", 0xEE)?;
+        // SS0 names a code segment: the switch to ring 0 raises #TS(18h).
+        p.a.mov(dword_ptr(TSS + 4), 0x7_0000u32)?;
+        p.a.mov(dword_ptr(TSS + 8), SEL_CODE3 as u32)?;
+        p.a.mov(ax, 0x28u32)?;
+        p.a.ltr(ax)?;
+        iret_to_ring3(p, "user", 0x5_0000, 2)?;
+
+        p.here("user")?;
+        p.a.mov(esi, 0x5151u32)?;
+        p.here("user_int")?;
+        p.a.int(0x80)?;
+        p.here("int80")?;
+        p.fail_now("int80-delivered")?;
+
+        p.here("ts_task")?;
+        p.a.pop(eax)?;
+        p.expect_eax(SEL_CODE3 as u32, "ts-error")?;
+        p.a.movzx(eax, word_ptr(TSS_C))?;
+        p.expect_eax(0x28, "back-link")?;
+        p.a.pushfd()?;
+        p.a.pop(eax)?;
+        p.a.and(eax, 0x4000)?;
+        p.expect_eax(0x4000, "nt")?;
+        let user_int = p.addr("user_int");
+        p.expect_mem(TSS + 0x20, user_int, "saved-eip")?;
+        p.expect_mem(TSS + 0x38, 0x5_0000, "saved-esp")?;
+        p.expect_mem(TSS + 0x40, 0x5151, "saved-esi")?;
+        p.a.movzx(eax, word_ptr(TSS + 0x4C))?;
+        p.expect_eax((SEL_CODE3 | 3) as u32, "saved-cs")?;
+        p.a.movzx(eax, word_ptr(TSS + 0x50))?;
+        p.expect_eax((SEL_DATA3 | 3) as u32, "saved-ss")?;
+        p.a.mov(eax, esp)?;
+        p.expect_eax(0x6_E000, "task-stack")?;
+        p.ok()?;
+
+        p.here("np_handler")?;
+        p.a.pop(eax)?;
+        p.a.mov(dword_ptr(RESULTS), eax)?;
+        p.a.add(dword_ptr(esp), 2)?;
+        p.a.iretd()
+    });
+    assert_eq!(out, "OK delivery-faults\n");
+}
