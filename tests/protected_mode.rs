@@ -504,8 +504,12 @@ fn task_switch() {
         p.a.ltr(ax)?;
         init_task(p, TSS_B, "task_b", 0x6_F000, 0xB0B0_B0B0)?;
         init_task(p, TSS_C, "task_c", 0x6_E000, 0)?;
+        // Task C has the T bit: every switch to it traps to #DB first.
+        p.a.mov(byte_ptr(TSS_C + 0x64), 1u32)?;
+        p.idt_gate(1, "debug_trap", 0x8E)?;
         p.store64(IDT + 0x50 * 8, gate_desc(0x38, 0, 0x85, 0))?;
         p.a.mov(dword_ptr(RESULTS + 32), 0u32)?;
+        p.a.mov(dword_ptr(RESULTS + 40), 0u32)?;
 
         p.a.mov(ebx, 0xA5A5_A5A5u32)?;
         p.a.jmp_far(0x30, 0)?;
@@ -544,7 +548,18 @@ fn task_switch() {
         p.expect_mem(RESULTS + 36, 0x38, "c-tr")?;
         p.a.int(0x50)?;
         p.expect_mem(RESULTS + 32, 2, "int-task-2")?;
+        p.expect_mem(RESULTS + 40, 2, "t-bit-traps")?;
+        p.expect_mem(RESULTS + 44, 0x8000, "dr6-bt")?;
         p.ok()?;
+
+        p.here("debug_trap")?;
+        p.a.inc(dword_ptr(RESULTS + 40))?;
+        p.a.mov(eax, dr6)?;
+        p.a.and(eax, 0x8000)?;
+        p.a.mov(dword_ptr(RESULTS + 44), eax)?;
+        p.a.xor(eax, eax)?;
+        p.a.mov(dr6, eax)?;
+        p.a.iretd()?;
 
         p.here("task_b")?;
         p.a.mov(dword_ptr(RESULTS), eax)?;

@@ -27,6 +27,8 @@ struct TaskImage {
     /// ES, CS, SS, DS, FS, GS (FS and GS are 0 in a 16-bit TSS).
     seg: [u16; 6],
     ldt: u16,
+    /// The T bit: a debug trap on entry to the task (32-bit TSS only).
+    debug_trap: bool,
 }
 
 /// Faults in the new task's context may themselves switch tasks; past this depth the
@@ -122,6 +124,13 @@ impl Cpu {
             });
         if let Err(e) = loaded {
             self.fault_in_new_task(bus, e);
+        } else if image.debug_trap {
+            // The T bit: #DB (DR6.BT) before the new task's first instruction.
+            self.state.dr[6] |= 1 << 15;
+            let ret = self.state.rip;
+            if let Err(e) = self.interrupt(bus, crate::exception::DB, None, false, false, ret) {
+                self.fault_in_new_task(bus, e);
+            }
         }
         Ok(())
     }
@@ -147,6 +156,7 @@ impl Cpu {
             gpr: [0; 8],
             seg: [0; 6],
             ldt: 0,
+            debug_trap: false,
         };
         if is32 {
             image.cr3 = rd(self, 0x1C, 4)?;
@@ -159,6 +169,7 @@ impl Cpu {
                 image.seg[i] = rd(self, 0x48 + 4 * i as u64, 2)? as u16;
             }
             image.ldt = rd(self, 0x60, 2)? as u16;
+            image.debug_trap = rd(self, 0x64, 1)? & 1 != 0;
         } else {
             image.eip = rd(self, 0x0E, 2)?;
             image.eflags = rd(self, 0x10, 2)?;

@@ -668,6 +668,9 @@ impl Cpu {
         ext: bool,
         ret: u64,
     ) -> Res<()> {
+        // EXT marks faults raised while delivering an event the program did not ask for
+        // with INT n / INT3 / INTO: external interrupts and earlier exceptions.
+        let ext = ext || !soft;
         let ext_bit = ext as u32;
         let idt_err = vector as u32 * 8 + 2 + ext_bit;
         let entry = vector as u32 * 8;
