@@ -1125,3 +1125,94 @@ fn delivery_faults_and_exception_task_gate() {
     });
     assert_eq!(out, "OK delivery-faults\n");
 }
+
+/// Robustness: random descriptor tables, TSS contents and random control-transfer and
+/// descriptor instructions (far JMP/CALL/RET, IRET, INT n, LAR/LSL/VERR/VERW, LLDT/LTR,
+/// segment loads, SYSENTER/SYSEXIT) at random privilege levels must never panic the
+/// host; triple faults are fine.
+#[test]
+fn random_system_state_does_not_panic() {
+    use hospes_cpu::state::*;
+    let mut seed = 0x1234_5678_9ABC_DEF0u64;
+    let mut next = move || {
+        // xorshift64*: deterministic, good enough to scatter bits.
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    for _ in 0..300 {
+        let mut cpu = hospes_cpu::Cpu::new(4 << 20, 0).unwrap();
+        // GDT (32 entries) and IDT (256 entries) of random descriptors, biased toward
+        // present gates and segments that point at each other.
+        let mut tables = vec![0u8; 0x1000];
+        for chunk in tables.chunks_mut(8) {
+            let mut d = next();
+            if d & 3 != 0 {
+                // Make it mostly present with a small selector in the gate field.
+                d |= 1 << 47;
+                d = (d & !0xFFFF_0000) | ((d >> 3) & 0xF8_0000) | ((d & 3) << 16);
+            }
+            chunk.copy_from_slice(&d.to_le_bytes());
+        }
+        cpu.write_phys(0x1000, &tables[..0x100]); // GDT
+        cpu.write_phys(0x2000, &tables[0x100..0x900]); // IDT
+        let tss: Vec<u8> = (0..0x2100).map(|_| next() as u8).collect();
+        cpu.write_phys(0x4000, &tss);
+        let code: Vec<u8> = (0..0x1000)
+            .map(|i| {
+                let r = next();
+                const OPS: [u8; 14] = [
+                    0xEA, 0x9A, 0xCB, 0xCA, 0xCF, 0xCD, 0x0F, 0x8E, 0x63, 0x17, 0x1F, 0x07, 0xE6,
+                    0xEC,
+                ];
+                if i % 3 == 0 {
+                    OPS[(r % OPS.len() as u64) as usize]
+                } else if i % 3 == 1 && r & 1 == 0 {
+                    [0x00, 0x02, 0x03, 0x34, 0x35][(r % 5) as usize]
+                } else {
+                    r as u8
+                }
+            })
+            .collect();
+        cpu.write_phys(0x10000, &code);
+        let s = &mut cpu.state;
+        s.cr0 |= CR0_PE;
+        s.gdtr = DescTable {
+            base: 0x1000,
+            limit: 0xFF,
+        };
+        s.idtr = DescTable {
+            base: 0x2000,
+            limit: 0x7FF,
+        };
+        s.tr = Segment {
+            base: 0x4000,
+            limit: 0x20FF,
+            selector: 0x28,
+            attr: ATTR_P | 11,
+        };
+        let cpl = (next() % 4) as u8;
+        let dpl = (cpl as u16) << 5;
+        let flat = |selector: u16, attr: u16| Segment {
+            base: 0,
+            limit: u32::MAX,
+            selector,
+            attr: attr | ATTR_P | ATTR_S | ATTR_DB | ATTR_G | ATTR_ACCESSED | dpl,
+        };
+        s.seg[CS] = flat(0x08 | cpl as u16, ATTR_CODE | ATTR_RW);
+        for seg in [ES, SS, DS, FS, GS] {
+            s.seg[seg] = flat(0x10 | cpl as u16, ATTR_RW);
+        }
+        s.cpl = cpl;
+        s.rip = 0x10000;
+        s.gpr[ESP] = 0x3_0000;
+        s.msr.sysenter_cs = next() & 0xFF;
+        s.flags.set((next() as u32) & 0x3_7FD5 | 2);
+        if next() & 3 == 0 {
+            s.cr4 |= CR4_VME | CR4_PVI;
+        }
+        let mut bus = TestBus::default();
+        cpu.run(&mut bus, 20_000);
+    }
+}
