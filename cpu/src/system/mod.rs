@@ -1,6 +1,8 @@
 //! System instructions: control/debug registers, descriptor-table registers, MSRs, the
-//! TSC, cache and TLB control. Protected-mode control transfers (gates, task switches,
-//! privilege changes) are in `transfer.rs`.
+//! TSC, cache and TLB control. Protected-mode control transfers (gates, privilege
+//! changes, IDT delivery, the I/O bitmap) are in `transfer.rs`, task switches in
+//! `task.rs`, LLDT/LTR/LAR/LSL/VERR/VERW/ARPL/SYSENTER/SYSEXIT in `descriptors.rs`, and
+//! the V86 mode extensions (VME/PVI) in `vme.rs`.
 
 mod descriptors;
 mod task;

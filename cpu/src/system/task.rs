@@ -94,6 +94,8 @@ impl Cpu {
         // Commit: from here on the CPU is in the new task.
         self.state.tr = Descriptor(desc.0 | (1 << 41)).to_segment(sel);
         self.state.cr0 |= CR0_TS;
+        // Local breakpoints (L0-L3, LE) belong to the old task.
+        self.state.dr[7] &= !0x155;
         if new32 && self.state.paging() {
             self.state.cr3 = image.cr3 as u64 & 0xFFFF_F018;
             self.tlb.flush_non_global();
