@@ -1216,3 +1216,76 @@ fn random_system_state_does_not_panic() {
         cpu.run(&mut bus, 20_000);
     }
 }
+
+/// An external interrupt while in V86 mode: delivered through a DPL-0 interrupt gate (no
+/// gate privilege check for hardware interrupts) with the V86 frame on the ring-0 stack,
+/// and IRET resumes the V86 code.
+#[test]
+fn hardware_interrupt_in_v86() {
+    let (v86, _) = assemble(16, 0, "v86", &|p| {
+        p.a.mov(ax, 0x2100u32)?;
+        p.a.mov(ds, ax)?;
+        p.a.mov(byte_ptr(0u32), 0u32)?;
+        p.a.mov(al, 0x20u32)?;
+        // Raises IRQ vector 20h; it is taken right after this instruction (IF = 1).
+        p.a.out(0xE8u32, al)?;
+        p.a.mov(byte_ptr(0u32), 1u32)?;
+        p.a.int(0x31)?;
+        p.a.hlt()
+    });
+    let out = run_program("v86-irq", &[(V86_CODE_SEG << 4, v86)], &move |p| {
+        p.prologue(&[tss_desc(V86_TSS, 0x68 + 0x2000)])?;
+        p.a.mov(edi, V86_TSS)?;
+        p.a.xor(eax, eax)?;
+        p.a.mov(ecx, 0x68u32 + 0x2001)?;
+        p.a.rep().stosb()?;
+        p.a.mov(dword_ptr(V86_TSS + 4), 0x7_0000u32)?;
+        p.a.mov(dword_ptr(V86_TSS + 8), SEL_DATA0 as u32)?;
+        p.a.mov(word_ptr(V86_TSS + 0x66), 0x68u32)?;
+        p.a.mov(ax, 0x28u32)?;
+        p.a.ltr(ax)?;
+        p.idt_gate(0x20, "irq", 0x8E)?;
+        p.idt_gate(0x31, "done", 0xEE)?;
+        p.a.mov(dword_ptr(RESULTS), 0u32)?;
+        // IOPL 3, IF 1, VM.
+        for v in [
+            0u32,
+            0,
+            0x2100,
+            0x2000,
+            0x3000,
+            0xFFF0,
+            0x2_3202,
+            V86_CODE_SEG,
+            0,
+        ] {
+            p.a.push(v)?;
+        }
+        p.a.iretd()?;
+
+        p.here("irq")?;
+        p.kernel_data()?;
+        p.a.inc(dword_ptr(RESULTS))?;
+        // The V86 code had not yet run the instruction after the OUT.
+        p.a.movzx(eax, byte_ptr(0x2_1000u32))?;
+        p.expect_eax(0, "irq-timing")?;
+        p.a.mov(eax, dword_ptr(esp + 8))?;
+        p.a.and(eax, 0x2_0200)?;
+        p.expect_eax(0x2_0200, "frame-vm-if")?;
+        p.a.pushfd()?;
+        p.a.pop(eax)?;
+        p.a.and(eax, 0x2_0200)?;
+        p.expect_eax(0, "handler-vm-if")?;
+        p.a.mov(eax, esp)?;
+        p.expect_eax(0x7_0000 - 36, "esp0-frame")?;
+        p.a.iretd()?;
+
+        p.here("done")?;
+        p.kernel_data()?;
+        p.expect_mem(RESULTS, 1, "irq-count")?;
+        p.a.movzx(eax, byte_ptr(0x2_1000u32))?;
+        p.expect_eax(1, "resumed")?;
+        p.ok()
+    });
+    assert_eq!(out, "OK v86-irq\n");
+}

@@ -63,10 +63,12 @@ pub fn gate_desc(sel: u16, off: u32, access: u8, params: u8) -> u64 {
         | (((off as u64) >> 16) << 48)
 }
 
-/// The debug-console bus.
+/// The debug-console bus. A write to port 0xE8 raises an external interrupt with the
+/// written vector (delivered when IF allows, acknowledged once).
 #[derive(Default)]
 pub struct TestBus {
     pub out: Vec<u8>,
+    pub pending_irq: Option<u8>,
 }
 
 impl Bus for TestBus {
@@ -74,9 +76,17 @@ impl Bus for TestBus {
         hospes_cpu::mem::ones(size) as u32
     }
     fn io_write(&mut self, port: u16, _size: u8, value: u32) {
-        if port == 0xE9 {
-            self.out.push(value as u8);
+        match port {
+            0xE9 => self.out.push(value as u8),
+            0xE8 => self.pending_irq = Some(value as u8),
+            _ => {}
         }
+    }
+    fn intr_pending(&mut self) -> bool {
+        self.pending_irq.is_some()
+    }
+    fn intr_ack(&mut self) -> u8 {
+        self.pending_irq.take().unwrap_or(0xFF)
     }
     fn mmio_read(&mut self, _addr: u64, size: u8) -> u64 {
         hospes_cpu::mem::ones(size)
