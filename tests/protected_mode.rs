@@ -1128,8 +1128,8 @@ fn delivery_faults_and_exception_task_gate() {
 
 /// Robustness: random descriptor tables, TSS contents and random control-transfer and
 /// descriptor instructions (far JMP/CALL/RET, IRET, INT n, LAR/LSL/VERR/VERW, LLDT/LTR,
-/// segment loads, SYSENTER/SYSEXIT) at random privilege levels must never panic the
-/// host; triple faults are fine.
+/// segment loads, SYSENTER/SYSEXIT) at random privilege levels, with and without paging
+/// faults, must never panic the host; triple faults are fine.
 #[test]
 fn random_system_state_does_not_panic() {
     use hospes_cpu::state::*;
@@ -1211,6 +1211,26 @@ fn random_system_state_does_not_panic() {
         s.flags.set((next() as u32) & 0x3_7FD5 | 2);
         if next() & 3 == 0 {
             s.cr4 |= CR4_VME | CR4_PVI;
+        }
+        if next() & 1 == 0 {
+            // Paging over an identity map with random holes and permissions (the page
+            // tables live at 1 MiB, out of the way of the tables above).
+            s.cr0 |= CR0_PG;
+            s.cr3 = 0x10_0000;
+            let mut pd = vec![0u8; 4096];
+            pd[..4].copy_from_slice(&0x10_1007u32.to_le_bytes());
+            cpu.write_phys(0x10_0000, &pd);
+            let pt: Vec<u8> = (0..1024u32)
+                .flat_map(|i| {
+                    let bits = if next() % 8 == 0 {
+                        next() as u32 & 7
+                    } else {
+                        7
+                    };
+                    ((i << 12) | bits).to_le_bytes()
+                })
+                .collect();
+            cpu.write_phys(0x10_1000, &pt);
         }
         let mut bus = TestBus::default();
         cpu.run(&mut bus, 20_000);
