@@ -1309,3 +1309,40 @@ fn hardware_interrupt_in_v86() {
     });
     assert_eq!(out, "OK v86-irq\n");
 }
+
+/// A kernel stack overflow: the #PF handler cannot push its frame, the second #PF makes
+/// a double fault, and #DF goes through a task gate to a task with a good stack (as
+/// i386 Linux does). The double-fault task sees error code 0, CR2 and the faulting
+/// state saved in the old TSS.
+#[test]
+fn double_fault_through_task_gate() {
+    let out = run_program("double-fault", &[], &|p| {
+        p.prologue(&[tss_desc(TSS, 0x67), tss_desc(TSS_C, 0x67)])?;
+        p.a.mov(ax, 0x28u32)?;
+        p.a.ltr(ax)?;
+        init_task(p, TSS_C, "df_task", 0x6_E000, 0)?;
+        p.a.mov(dword_ptr(TSS_C + 0x1C), PD)?;
+        p.store64(IDT + 8 * 8, gate_desc(0x30, 0, 0x85, 0))?;
+        p.identity_paging(PD, PT, 3)?;
+        // The page just below the stack is not present.
+        p.a.mov(dword_ptr(PT + 0x9E * 4), 0x9_E002u32)?;
+        enable_paging(p, false)?;
+        p.a.mov(esp, 0x9_E010u32)?;
+        p.here("overflow")?;
+        p.a.push(eax)?;
+        p.fail_now("no-fault")?;
+
+        p.here("df_task")?;
+        p.a.pop(eax)?;
+        p.expect_eax(0, "df-error")?;
+        p.a.mov(eax, cr2)?;
+        p.expect_eax(0x9_E00C, "cr2")?;
+        let overflow = p.addr("overflow");
+        p.expect_mem(TSS + 0x20, overflow, "saved-eip")?;
+        p.expect_mem(TSS + 0x38, 0x9_E010, "saved-esp")?;
+        p.a.movzx(eax, word_ptr(TSS_C))?;
+        p.expect_eax(0x28, "back-link")?;
+        p.ok()
+    });
+    assert_eq!(out, "OK double-fault\n");
+}
