@@ -1346,3 +1346,84 @@ fn double_fault_through_task_gate() {
     });
     assert_eq!(out, "OK double-fault\n");
 }
+
+/// 16-bit gates: a 16-bit call gate from ring 3 copying one word parameter and an
+/// O16 RETF 2 back, and a 16-bit interrupt gate with an O16 IRET back. The code
+/// segments have base PROG_BASE so the 16-bit offsets reach the program; the ring-3
+/// stack is below 64 KiB because a 16-bit gate frame only holds SP.
+#[test]
+fn gates_16bit() {
+    let out = run_program("gates16", &[], &|p| {
+        let rel = |p: &Prog, name: &str| p.addr(name).wrapping_sub(PROG_BASE) & 0xFFFF;
+        let gate_entry = rel(p, "gate16_handler");
+        p.prologue(&[
+            tss_desc(TSS, 0x67),                    // 0x28
+            gate_desc(0x38, gate_entry, 0xE4, 1),   // 0x30 16-bit call gate, DPL 3
+            seg_desc(PROG_BASE, 0xFFFF, 0x9A, 0x4), // 0x38 ring-0 code, base PROG_BASE
+            seg_desc(PROG_BASE, 0xFFFF, 0xFA, 0x4), // 0x40 ring-3 code, base PROG_BASE
+        ])?;
+        load_tss(p, 0x7_0000)?;
+        let int_entry = rel(p, "int16_handler");
+        p.store64(IDT + 0x82 * 8, gate_desc(0x38, int_entry, 0xE6, 0))?;
+        p.idt_gate(0x81, "finish", 0xEE)?;
+        let user = rel(p, "user");
+        p.a.push((SEL_DATA3 | 3) as u32)?;
+        p.a.push(0xF000u32)?;
+        p.a.push(2u32)?;
+        p.a.push(0x43u32)?;
+        p.a.mov(eax, user)?;
+        p.a.push(eax)?;
+        p.a.iretd()?;
+
+        p.here("user")?;
+        p.a.mov(ax, (SEL_DATA3 | 3) as u32)?;
+        p.a.mov(ds, ax)?;
+        p.a.mov(es, ax)?;
+        p.a.mov(ax, 0x1234u32)?;
+        p.a.push(ax)?;
+        p.a.call_far(0x30 | 3, 0)?;
+        p.here("after_call")?;
+        p.a.mov(dword_ptr(RESULTS + 24), esp)?;
+        p.a.int(0x82)?;
+        p.here("after_int")?;
+        p.a.int(0x81)?;
+
+        p.here("gate16_handler")?;
+        p.a.mov(dword_ptr(RESULTS), esp)?;
+        for (i, off) in [0i32, 2, 4, 6, 8].iter().enumerate() {
+            p.a.movzx(eax, word_ptr(esp + *off))?;
+            p.a.mov(dword_ptr(RESULTS + 4 + 4 * i as u32), eax)?;
+        }
+        // o16 retf 2
+        p.a.db(&[0x66, 0xCA, 0x02, 0x00])?;
+
+        p.here("int16_handler")?;
+        p.a.mov(dword_ptr(RESULTS + 28), esp)?;
+        for (i, off) in [0i32, 2, 4, 6, 8].iter().enumerate() {
+            p.a.movzx(eax, word_ptr(esp + *off))?;
+            p.a.mov(dword_ptr(RESULTS + 32 + 4 * i as u32), eax)?;
+        }
+        // o16 iret
+        p.a.db(&[0x66, 0xCF])?;
+
+        p.here("finish")?;
+        p.kernel_data()?;
+        p.expect_mem(RESULTS, 0x7_0000 - 10, "gate-esp")?;
+        let after_call = rel(p, "after_call");
+        p.expect_mem(RESULTS + 4, after_call, "gate-ip")?;
+        p.expect_mem(RESULTS + 8, 0x43, "gate-cs")?;
+        p.expect_mem(RESULTS + 12, 0x1234, "gate-param")?;
+        p.expect_mem(RESULTS + 16, 0xEFFE, "gate-old-sp")?;
+        p.expect_mem(RESULTS + 20, (SEL_DATA3 | 3) as u32, "gate-old-ss")?;
+        p.expect_mem(RESULTS + 24, 0xF000, "retf-released-param")?;
+        p.expect_mem(RESULTS + 28, 0x7_0000 - 10, "int-esp")?;
+        let after_int = rel(p, "after_int");
+        p.expect_mem(RESULTS + 32, after_int, "int-ip")?;
+        p.expect_mem(RESULTS + 36, 0x43, "int-cs")?;
+        p.expect_mem(RESULTS + 40, 2, "int-flags")?;
+        p.expect_mem(RESULTS + 44, 0xF000, "int-old-sp")?;
+        p.expect_mem(RESULTS + 48, (SEL_DATA3 | 3) as u32, "int-old-ss")?;
+        p.ok()
+    });
+    assert_eq!(out, "OK gates16\n");
+}
