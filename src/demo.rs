@@ -20,7 +20,7 @@ const GDT: u64 = 0x0800;
 const IDT: u64 = 0x1000;
 /// The IDTR image (limit, base) right after the 256-entry IDT.
 const IDTR: u64 = IDT + 256 * 8;
-const TSS: u64 = 0x1800;
+const TSS: u64 = 0x1900;
 const KERNEL_CODE: u64 = 0x2000;
 /// A page the kernel keeps for itself; ring 3 writing here is the demo's page fault.
 const KERNEL_DATA: u64 = 0x3000;

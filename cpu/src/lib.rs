@@ -37,6 +37,9 @@ pub struct Cpu {
     pub shutdown: bool,
     /// Instruction count at which the current `run` call must stop.
     pub(crate) budget_end: u64,
+    /// Depth of faults being delivered inside a task switch's new task (bounds recursion
+    /// through chains of broken task gates).
+    pub(crate) nested_task_faults: u8,
 }
 
 impl Cpu {
@@ -52,6 +55,7 @@ impl Cpu {
             cur_eip: 0,
             shutdown: false,
             budget_end: 0,
+            nested_task_faults: 0,
         })
     }
 

@@ -47,9 +47,9 @@ pub const CR4_PGE: u64 = 1 << 7;
 pub const CR4_PCE: u64 = 1 << 8;
 pub const CR4_OSFXSR: u64 = 1 << 9;
 pub const CR4_OSXMMEXCPT: u64 = 1 << 10;
-/// The CR4 bits a guest may set; setting any other bit raises #GP(0).
-/// CR4 bits that may be set: the features CPUID reports (no VME/PVI, no DE).
-pub const CR4_SUPPORTED: u64 = CR4_TSD | CR4_PSE | CR4_PGE | CR4_PCE;
+/// The CR4 bits a guest may set (the features CPUID reports; no DE); setting any other
+/// bit raises #GP(0).
+pub const CR4_SUPPORTED: u64 = CR4_VME | CR4_PVI | CR4_TSD | CR4_PSE | CR4_PGE | CR4_PCE;
 
 /// Descriptor attribute bits, as kept in [`Segment::attr`]: the access byte in bits 0-7 and
 /// the AVL/L/D/G nibble in bits 12-15 (descriptor bits 40-47 and 52-55).

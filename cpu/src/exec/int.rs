@@ -240,19 +240,19 @@ impl Cpu {
                 Ok(())
             }
             M::Pushf | M::Pushfd => {
-                if self.state.v86() && self.state.flags.iopl() < 3 {
-                    return Err(Exception::gp0());
-                }
                 let size = if ins.mnemonic() == M::Pushfd { 4 } else { 2 };
+                if self.state.v86() && self.state.flags.iopl() < 3 {
+                    return self.v86_pushf(bus, size);
+                }
                 // VM and RF are never pushed.
                 let f = self.state.flags.get() & !(flags::VM | flags::RF);
                 self.push(bus, size, f)
             }
             M::Popf | M::Popfd => {
-                if self.state.v86() && self.state.flags.iopl() < 3 {
-                    return Err(Exception::gp0());
-                }
                 let size = if ins.mnemonic() == M::Popfd { 4 } else { 2 };
+                if self.state.v86() && self.state.flags.iopl() < 3 {
+                    return self.v86_popf(bus, size);
+                }
                 let v = self.pop(bus, size)?;
                 self.write_flags_checked(v, size);
                 Ok(())
@@ -398,14 +398,14 @@ impl Cpu {
             }
             M::Cli => {
                 if !self.iopl_ok() {
-                    return Err(Exception::gp0());
+                    return self.virtual_cli_sti(false);
                 }
                 self.state.flags.bits &= !flags::IF;
                 Ok(())
             }
             M::Sti => {
                 if !self.iopl_ok() {
-                    return Err(Exception::gp0());
+                    return self.virtual_cli_sti(true);
                 }
                 if self.state.flags.bits & flags::IF == 0 {
                     self.state.flags.bits |= flags::IF;
@@ -544,6 +544,10 @@ impl Cpu {
             }
             M::Int => {
                 let v = ins.immediate8();
+                // Only INT n (not INT3/INTO) is IOPL-sensitive in V86 mode.
+                if self.state.v86() {
+                    return self.v86_software_interrupt(bus, v);
+                }
                 self.software_interrupt(bus, v)
             }
             M::Int3 => self.software_interrupt(bus, exception::BP),
@@ -1377,11 +1381,8 @@ impl Cpu {
         Ok(())
     }
 
-    /// INT n / INT3 / INTO. In V86 mode with IOPL < 3, INT n is #GP(0).
+    /// INT n / INT3 / INTO: through the gate, checked against its DPL.
     fn software_interrupt(&mut self, bus: &mut dyn Bus, vector: u8) -> Res<()> {
-        if self.state.v86() && self.state.flags.iopl() < 3 {
-            return Err(Exception::gp0());
-        }
         let ret = self.state.rip;
         self.interrupt(bus, vector, None, true, false, ret)
     }
@@ -1398,9 +1399,9 @@ impl Cpu {
             ),
             1 => {
                 // Family 6, model 3, stepping 3 (Pentium II "Klamath"). Only what is
-                // implemented is reported: not VME (virtual-8086 extensions) nor DE (I/O
-                // breakpoints), which that CPU had.
+                // implemented is reported: not DE (I/O breakpoints), which that CPU had.
                 let edx = (1 << 0) // FPU
+                    | (1 << 1) // VME (with PVI)
                     | (1 << 3) // PSE
                     | (1 << 4) // TSC
                     | (1 << 5) // MSR

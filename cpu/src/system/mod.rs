@@ -1,8 +1,13 @@
 //! System instructions: control/debug registers, descriptor-table registers, MSRs, the
-//! TSC, cache and TLB control. Protected-mode control transfers (gates, task switches,
-//! privilege changes) are in `transfer.rs`.
+//! TSC, cache and TLB control. Protected-mode control transfers (gates, privilege
+//! changes, IDT delivery, the I/O bitmap) are in `transfer.rs`, task switches in
+//! `task.rs`, LLDT/LTR/LAR/LSL/VERR/VERW/ARPL/SYSENTER/SYSEXIT in `descriptors.rs`, and
+//! the V86 mode extensions (VME/PVI) in `vme.rs`.
 
+mod descriptors;
+mod task;
 mod transfer;
+mod vme;
 
 use crate::exception::{Exception, Res};
 use crate::flags;
@@ -347,7 +352,7 @@ impl Cpu {
         self.check_irq = true;
         if self.state.v86() {
             if self.state.flags.iopl() < 3 {
-                return Err(Exception::gp0());
+                return self.v86_iret(bus, size);
             }
         } else if self.state.protected() {
             return self.iret_protected(bus, size);
