@@ -299,12 +299,8 @@ impl I8042 {
             0xD4 => self.target = DataTarget::Mouse,
             0xDD => self.output_port &= !2,
             0xDF => self.output_port |= 2,
-            0xF0..=0xFF => {
-                // Pulse output port lines whose bit is 0 in the command; bit 0 is reset.
-                if cmd & 1 == 0 {
-                    self.reset_request = true;
-                }
-            }
+            // Pulse output port lines whose bit is 0 in the command; bit 0 is reset.
+            0xF0..=0xFF if cmd & 1 == 0 => self.reset_request = true,
             _ => {}
         }
         self.fill_output();
