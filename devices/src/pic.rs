@@ -450,7 +450,13 @@ mod tests {
     #[test]
     fn auto_eoi_poll_and_rotation() {
         let mut p = Pic::new();
-        for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x03), (0x21, 0)] {
+        for (port, v) in [
+            (0x20, 0x11),
+            (0x21, 0x20),
+            (0x21, 0x04),
+            (0x21, 0x03),
+            (0x21, 0),
+        ] {
             p.write(port, 1, v, 0);
         }
         p.set_irq(3, true);
