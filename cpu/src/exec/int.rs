@@ -670,8 +670,13 @@ impl Cpu {
             M::Ud0 | M::Ud1 | M::Ud2 | M::INVALID => Err(Exception::ud()),
             _ => {
                 let oc = ins.code().op_code();
-                if oc.table() == iced_x86::OpCodeTableKind::Normal
-                    && (0xD8..=0xDF).contains(&oc.op_code())
+                // Register forms of x87 instructions have two-byte opcodes (DB E3).
+                let first = if oc.op_code_len() == 2 {
+                    oc.op_code() >> 8
+                } else {
+                    oc.op_code()
+                };
+                if oc.table() == iced_x86::OpCodeTableKind::Normal && (0xD8..=0xDF).contains(&first)
                 {
                     return self.exec_fpu(bus, ins);
                 }
