@@ -181,11 +181,11 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     match machine.run(args.max_instructions) {
         Stop::PowerOff => Ok(0),
         Stop::HaltedForever => {
-            eprintln!("hospes: the guest halted with interrupts disabled");
+            eprintln!("hospes: the guest halted with interrupts disabled: {}", machine.describe_cpu());
             Ok(1)
         }
         Stop::InstructionLimit => {
-            eprintln!("hospes: instruction limit reached");
+            eprintln!("hospes: instruction limit reached: {}", machine.describe_cpu());
             Ok(3)
         }
     }

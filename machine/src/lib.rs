@@ -94,6 +94,31 @@ impl Machine {
         Ok(m)
     }
 
+    /// A one-line summary of the CPU state (for diagnostics).
+    pub fn describe_cpu(&self) -> String {
+        let s = &self.cpu.state;
+        format!(
+            "icount={} cs:eip={:04x}:{:08x} (lin {:08x}) eax={:08x} ebx={:08x} ecx={:08x} edx={:08x} esi={:08x} edi={:08x} ebp={:08x} esp={:08x} eflags={:08x} cr0={:08x} cr3={:08x} cpl={} halted={}",
+            s.icount,
+            s.seg[hospes_cpu::state::CS].selector,
+            s.rip,
+            s.seg[hospes_cpu::state::CS].base.wrapping_add(s.rip),
+            s.reg32(0),
+            s.reg32(3),
+            s.reg32(1),
+            s.reg32(2),
+            s.reg32(6),
+            s.reg32(7),
+            s.reg32(5),
+            s.reg32(4),
+            s.flags.get(),
+            s.cr0,
+            s.cr3,
+            s.cpl,
+            s.halted
+        )
+    }
+
     /// How many times the guest reset the machine.
     pub fn resets(&self) -> u64 {
         self.resets
