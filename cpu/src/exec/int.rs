@@ -357,7 +357,9 @@ impl Cpu {
                 self.write_loc(bus, loc, size, r)
             }
             M::Bt | M::Bts | M::Btr | M::Btc => self.exec_bt(bus, ins),
-            M::Bsf | M::Bsr => {
+            // A P6 has no TZCNT/LZCNT: F3 0F BC/BD are BSF/BSR with an ignored REP prefix
+            // (Linux uses `rep bsf` for exactly this reason).
+            M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt => {
                 let size = Self::op_size(ins, 0);
                 let v = self.read_op(bus, ins, 1)? & size_mask(size);
                 if v == 0 {
@@ -365,7 +367,7 @@ impl Cpu {
                     self.state.flags.set_arith(ZF);
                     return Ok(());
                 }
-                let r = if ins.mnemonic() == M::Bsf {
+                let r = if matches!(ins.mnemonic(), M::Bsf | M::Tzcnt) {
                     v.trailing_zeros()
                 } else {
                     31 - v.leading_zeros()
