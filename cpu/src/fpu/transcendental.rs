@@ -1,0 +1,285 @@
+//! FSCALE (exact) and the transcendental instructions.
+//!
+//! The transcendentals are APPROXIMATIONS: the core function is evaluated in `f64`
+//! (about 53 correct bits rather than the P6's ~64), with the argument split or scaled so
+//! that the extended exponent range is kept (logarithms take the exponent apart, FPATAN
+//! scales both operands, tiny arguments use the first Taylor term in extended precision).
+//! Special operands (zeros, infinities, NaNs, unsupported encodings, denormals) and the
+//! |x| >= 2^63 range check of FSIN/FCOS/FSINCOS/FPTAN are handled exactly per the SDM.
+//! PE is always reported for a computed (non-special) result; C1 is left clear.
+
+use super::float::{
+    self, from_ieee, mul, propagate_nan, to_ieee, Class, Ctx, Out, BIAS, C1, DBL, DE, F80, IE,
+    PE, ZE,
+};
+use iced_x86::Mnemonic as M;
+
+/// log2(e) and ln(2) in extended precision (round-to-nearest values).
+const LOG2E: F80 = F80::new(false, 0x3FFF, 0xB8AA_3B29_5C17_F0BC);
+const LN2: F80 = F80::new(false, 0x3FFE, 0xB172_17F7_D1CF_79AC);
+
+fn to_f64(a: F80) -> f64 {
+    let ctx = Ctx {
+        rc: 0,
+        prec: 53,
+        masks: 0x3F,
+    };
+    f64::from_bits(to_ieee(a, DBL, ctx).0)
+}
+
+fn from_f64(x: f64) -> F80 {
+    from_ieee(x.to_bits(), 11, 52).0
+}
+
+/// Unbiased exponent of a finite nonzero value.
+fn uexp(a: F80) -> i32 {
+    a.unpack().1 - BIAS
+}
+
+fn de_of(a: F80) -> u16 {
+    if a.class() == Class::Denormal {
+        DE
+    } else {
+        0
+    }
+}
+
+fn nan_screen(a: F80, b: F80) -> Option<Out> {
+    let (ca, cb) = (a.class(), b.class());
+    if ca == Class::Unsupported || cb == Class::Unsupported {
+        return Some((F80::INDEFINITE, IE));
+    }
+    if a.is_nan() || b.is_nan() {
+        return Some(propagate_nan(a, b));
+    }
+    None
+}
+
+fn approx(r: F80, de: u16) -> Out {
+    (r, PE | de)
+}
+
+/// FSCALE: ST(0) * 2^trunc(ST(1)), exact up to the final rounding.
+pub fn fscale(a: F80, b: F80, ctx: Ctx) -> Out {
+    if let Some(o) = nan_screen(a, b) {
+        return o;
+    }
+    let de = de_of(a) | de_of(b);
+    let (ca, cb) = (a.class(), b.class());
+    if cb == Class::Inf {
+        return if b.sign() {
+            if ca == Class::Inf {
+                (F80::INDEFINITE, IE | de)
+            } else {
+                (F80::zero(a.sign()), de)
+            }
+        } else if ca == Class::Zero {
+            (F80::INDEFINITE, IE | de)
+        } else {
+            (F80::inf(a.sign()), de)
+        };
+    }
+    if ca == Class::Zero || ca == Class::Inf {
+        return (a, de);
+    }
+    let (n, _) = float::to_int(b, 64, Ctx { rc: 3, ..ctx });
+    let n = n.clamp(-200_000, 200_000) as i32;
+    let (s, e, m) = a.unpack();
+    let r = float::round_pack(s, e + n, (m as u128) << 64, float::EXT, 64, ctx);
+    (r.f80(), r.flags | de)
+}
+
+/// FYL2X: ST(1) * log2(ST(0)); `a` is ST(0), `b` is ST(1).
+pub fn fyl2x(a: F80, b: F80, ctx: Ctx) -> Out {
+    if let Some(o) = nan_screen(a, b) {
+        return o;
+    }
+    let de = de_of(a) | de_of(b);
+    let (ca, cb) = (a.class(), b.class());
+    if a.sign() && ca != Class::Zero {
+        return (F80::INDEFINITE, IE | de);
+    }
+    if ca == Class::Zero {
+        return match cb {
+            Class::Zero => (F80::INDEFINITE, IE | de),
+            Class::Inf => (F80::inf(!b.sign()), de),
+            _ => (F80::inf(!b.sign()), ZE | de),
+        };
+    }
+    if ca == Class::Inf {
+        return if cb == Class::Zero {
+            (F80::INDEFINITE, IE | de)
+        } else {
+            (F80::inf(b.sign()), de)
+        };
+    }
+    if a == F80::ONE {
+        return if cb == Class::Inf {
+            (F80::INDEFINITE, IE | de)
+        } else {
+            (F80::zero(b.sign()), de)
+        };
+    }
+    let below_one = float::compare(a, F80::ONE, true).0 == float::Cmp::Less;
+    if cb == Class::Inf {
+        return (F80::inf(b.sign() != below_one), de);
+    }
+    if cb == Class::Zero {
+        return (F80::zero(b.sign() != below_one), de);
+    }
+    let ue = uexp(a);
+    let l = if ue == -1 || ue == 0 {
+        // Near 1: log2(1 + t) with t = a - 1 computed exactly.
+        let (t, _) = float::add(a, F80::ONE, true, ctx.full());
+        from_f64(to_f64(t).ln_1p() * std::f64::consts::LOG2_E)
+    } else {
+        let m = F80::new(false, 0x3FFF, a.unpack().2);
+        let frac = from_f64(to_f64(m).log2());
+        float::add(float::from_i64(ue as i64), frac, false, ctx.full()).0
+    };
+    let (r, fl) = mul(b, l, ctx.full());
+    (r, (fl & !C1) | PE | de)
+}
+
+/// FYL2XP1: ST(1) * log2(ST(0) + 1).
+pub fn fyl2xp1(a: F80, b: F80, ctx: Ctx) -> Out {
+    if let Some(o) = nan_screen(a, b) {
+        return o;
+    }
+    let de = de_of(a) | de_of(b);
+    let (ca, cb) = (a.class(), b.class());
+    if ca == Class::Inf {
+        return (F80::INDEFINITE, IE | de);
+    }
+    if ca == Class::Zero {
+        return if cb == Class::Inf {
+            (F80::INDEFINITE, IE | de)
+        } else {
+            (F80::zero(a.sign() != b.sign()), de)
+        };
+    }
+    if cb == Class::Inf {
+        return (F80::inf(a.sign() != b.sign()), de);
+    }
+    if cb == Class::Zero {
+        return (F80::zero(a.sign() != b.sign()), de);
+    }
+    let l = if uexp(a) < -60 {
+        mul(a, LOG2E, ctx.full()).0
+    } else {
+        from_f64(to_f64(a).ln_1p() * std::f64::consts::LOG2_E)
+    };
+    let (r, fl) = mul(b, l, ctx.full());
+    (r, (fl & !C1) | PE | de)
+}
+
+/// FPATAN: arctan(ST(1) / ST(0)) with the quadrant from both signs.
+pub fn fpatan(a: F80, b: F80, ctx: Ctx) -> Out {
+    if let Some(o) = nan_screen(a, b) {
+        return o;
+    }
+    let de = de_of(a) | de_of(b);
+    let (ca, cb) = (a.class(), b.class());
+    let finite = |c: Class| matches!(c, Class::Normal | Class::Denormal);
+    if finite(ca) && finite(cb) {
+        let (ex, ey) = (uexp(a), uexp(b));
+        if !a.sign() && ey - ex < -60 {
+            // atan(y/x) = y/x to extended precision.
+            let (r, fl) = float::div(b, a, ctx.full());
+            return (r, (fl & !C1) | PE | de);
+        }
+        // Scale both into f64 range (the angle does not change).
+        let k = ex.max(ey);
+        let sx = float::round_pack(
+            a.sign(),
+            ex - k + BIAS,
+            (a.unpack().2 as u128) << 64,
+            float::EXT,
+            64,
+            ctx.full(),
+        )
+        .f80();
+        let sy = float::round_pack(
+            b.sign(),
+            ey - k + BIAS,
+            (b.unpack().2 as u128) << 64,
+            float::EXT,
+            64,
+            ctx.full(),
+        )
+        .f80();
+        return approx(from_f64(to_f64(sy).atan2(to_f64(sx))), de);
+    }
+    // Zeros and infinities: f64 atan2 follows the same table.
+    let r = to_f64(b).atan2(to_f64(a));
+    let fl = if r == 0.0 { 0 } else { PE };
+    (from_f64(r), fl | de)
+}
+
+/// F2XM1: 2^x - 1.
+pub fn f2xm1(a: F80, ctx: Ctx) -> Out {
+    match a.class() {
+        Class::Unsupported => return (F80::INDEFINITE, IE),
+        Class::SNan => return (a.quiet(), IE),
+        Class::QNan | Class::Zero => return (a, 0),
+        Class::Inf => {
+            return if a.sign() {
+                (F80::ONE.neg(), 0)
+            } else {
+                (a, 0)
+            }
+        }
+        _ => {}
+    }
+    let de = de_of(a);
+    if uexp(a) < -60 {
+        let (r, fl) = mul(a, LN2, ctx.full());
+        return (r, (fl & !C1) | PE | de);
+    }
+    let x = to_f64(a);
+    approx(from_f64((x * std::f64::consts::LN_2).exp_m1()), de)
+}
+
+/// |x| >= 2^63 (finite): FSIN/FCOS/FSINCOS/FPTAN leave the operand alone and set C2.
+pub fn out_of_range(a: F80) -> bool {
+    matches!(a.class(), Class::Normal | Class::Denormal) && uexp(a) >= 63
+}
+
+/// FSIN, FCOS, FSINCOS, FPTAN: (new ST(0) value before any push, the pushed value).
+/// FSINCOS pushes the cosine over the sine; FPTAN pushes 1.0 over the tangent.
+pub fn trig(m: M, a: F80, _ctx: Ctx) -> (F80, Option<F80>, u16) {
+    let two = matches!(m, M::Fptan | M::Fsincos);
+    let pair = |r: F80, fl: u16| {
+        (
+            r,
+            if two {
+                Some(if m == M::Fptan { F80::ONE } else { r })
+            } else {
+                None
+            },
+            fl,
+        )
+    };
+    match a.class() {
+        Class::Unsupported | Class::Inf => return pair(F80::INDEFINITE, IE),
+        Class::SNan => return pair(a.quiet(), IE),
+        Class::QNan => return pair(a, 0),
+        _ => {}
+    }
+    let de = de_of(a);
+    let tiny = a.class() == Class::Zero || uexp(a) < -40;
+    let inexact = if a.class() == Class::Zero { 0 } else { PE };
+    let (s, c, t) = if tiny {
+        (a, F80::ONE, a)
+    } else {
+        let x = to_f64(a);
+        (from_f64(x.sin()), from_f64(x.cos()), from_f64(x.tan()))
+    };
+    let fl = inexact | de;
+    match m {
+        M::Fsin => (s, None, fl),
+        M::Fcos => (c, None, fl),
+        M::Fptan => (t, Some(F80::ONE), fl),
+        _ => (s, Some(c), fl),
+    }
+}
