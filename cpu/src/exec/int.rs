@@ -670,8 +670,9 @@ impl Cpu {
             M::Ud0 | M::Ud1 | M::Ud2 | M::INVALID => Err(Exception::ud()),
             _ => {
                 let oc = ins.code().op_code();
-                if oc.table() == iced_x86::OpCodeTableKind::Normal
-                    && (0xD8..=0xDF).contains(&oc.op_code())
+                // x87 forms with a fixed ModRM (D9 E8, DB E3, ...) report two opcode bytes.
+                let first = oc.op_code() >> (8 * (oc.op_code_len().max(1) - 1));
+                if oc.table() == iced_x86::OpCodeTableKind::Normal && (0xD8..=0xDF).contains(&first)
                 {
                     return self.exec_fpu(bus, ins);
                 }

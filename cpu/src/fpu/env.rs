@@ -177,7 +177,12 @@ impl Cpu {
     }
 
     /// FLDENV and FRSTOR.
-    pub(crate) fn fpu_ldenv(&mut self, bus: &mut dyn Bus, ins: &Instruction, rstor: bool) -> Res<()> {
+    pub(crate) fn fpu_ldenv(
+        &mut self,
+        bus: &mut dyn Bus,
+        ins: &Instruction,
+        rstor: bool,
+    ) -> Res<()> {
         let (seg, off) = self.mem_operand(ins);
         let (size32, protected) = self.env_layout(ins);
         let len = (if size32 { 28 } else { 14 }) + if rstor { 80 } else { 0 };

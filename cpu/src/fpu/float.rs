@@ -540,7 +540,10 @@ pub fn mul(a: F80, b: F80, ctx: Ctx) -> Out {
     let (_, ea, ma) = a.unpack();
     let (_, eb, mb) = b.unpack();
     let p = ma as u128 * mb as u128;
-    finish(round_pack(sign, ea + eb - BIAS + 1, p, EXT, ctx.prec, ctx), de)
+    finish(
+        round_pack(sign, ea + eb - BIAS + 1, p, EXT, ctx.prec, ctx),
+        de,
+    )
 }
 
 /// Exact quotient of two normalized significands as a 128-bit value with sticky bit,
@@ -567,9 +570,7 @@ pub fn div(a: F80, b: F80, ctx: Ctx) -> Out {
     let sign = a.sign() != b.sign();
     let (ca, cb) = (a.class(), b.class());
     match (ca, cb) {
-        (Class::Inf, Class::Inf) | (Class::Zero, Class::Zero) => {
-            return (F80::INDEFINITE, IE | de)
-        }
+        (Class::Inf, Class::Inf) | (Class::Zero, Class::Zero) => return (F80::INDEFINITE, IE | de),
         (Class::Inf, _) => return (F80::inf(sign), de),
         (_, Class::Inf) | (Class::Zero, _) => return (F80::zero(sign), de),
         (_, Class::Zero) => return (F80::inf(sign), ZE | de),
@@ -620,7 +621,10 @@ pub fn sqrt(a: F80, ctx: Ctx) -> Out {
         }
     }
     let sig = (root << 57) | (rem != 0) as u128;
-    finish(round_pack(false, ue2 / 2 + BIAS, sig, EXT, ctx.prec, ctx), de)
+    finish(
+        round_pack(false, ue2 / 2 + BIAS, sig, EXT, ctx.prec, ctx),
+        de,
+    )
 }
 
 /// Comparison result for FCOM and friends.

@@ -20,7 +20,7 @@ use crate::exception::{self, Exception, Res};
 use crate::mem::Bus;
 use crate::state::{CR0_EM, CR0_MP, CR0_NE, CR0_TS, CS, EAX};
 use crate::Cpu;
-use float::{Class, Cmp, Ctx, F80, BUSY, C0, C1, C2, C3, DE, ES, EXC, IE, SF, ZE};
+use float::{Class, Cmp, Ctx, BUSY, C0, C1, C2, C3, DE, ES, EXC, F80, IE, SF, ZE};
 use iced_x86::{Instruction, MemorySize, Mnemonic as M, OpKind, Register};
 
 /// x87 state.
@@ -267,8 +267,15 @@ impl Cpu {
     /// instruction, as the P6 does.
     fn fpu_note(&mut self, bus: &mut dyn Bus, ins: &Instruction) {
         let oc = ins.op_code();
-        let op = (oc.op_code() & 7) as u16;
-        let modrm = if Self::has_mem(ins) {
+        let two = oc.op_code_len() == 2;
+        let op = if two {
+            ((oc.op_code() >> 8) & 7) as u16
+        } else {
+            (oc.op_code() & 7) as u16
+        };
+        let modrm = if two {
+            (oc.op_code() & 0xFF) as u16
+        } else if Self::has_mem(ins) {
             // Read the ModRM byte back from the instruction stream.
             let sib = !Self::addr16(ins)
                 && (ins.memory_index() != Register::None || ins.memory_base() == Register::ESP);
@@ -513,8 +520,15 @@ impl Cpu {
             M::Fmul | M::Fmulp | M::Fimul => self.fpu_arith(ins, Arith::Mul, mem, ctx),
             M::Fdiv | M::Fdivp | M::Fidiv => self.fpu_arith(ins, Arith::Div, mem, ctx),
             M::Fdivr | M::Fdivrp | M::Fidivr => self.fpu_arith(ins, Arith::DivR, mem, ctx),
-            M::Fcom | M::Fcomp | M::Fcompp | M::Fucom | M::Fucomp | M::Fucompp | M::Ficom
-            | M::Ficomp | M::Ftst => {
+            M::Fcom
+            | M::Fcomp
+            | M::Fcompp
+            | M::Fucom
+            | M::Fucomp
+            | M::Fucompp
+            | M::Ficom
+            | M::Ficomp
+            | M::Ftst => {
                 let quiet = matches!(m, M::Fucom | M::Fucomp | M::Fucompp);
                 let pops = match m {
                     M::Fcomp | M::Fucomp | M::Ficomp => 1,

@@ -9,8 +9,8 @@
 //! PE is always reported for a computed (non-special) result; C1 is left clear.
 
 use super::float::{
-    self, from_ieee, mul, propagate_nan, to_ieee, Class, Ctx, Out, BIAS, C1, DBL, DE, F80, IE,
-    PE, ZE,
+    self, from_ieee, mul, propagate_nan, to_ieee, Class, Ctx, Out, BIAS, C1, DBL, DE, F80, IE, PE,
+    ZE,
 };
 use iced_x86::Mnemonic as M;
 
