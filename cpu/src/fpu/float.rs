@@ -86,7 +86,7 @@ impl F80 {
     pub fn exp(self) -> u16 {
         self.se & 0x7FFF
     }
-    pub fn neg(self) -> F80 {
+    pub fn negate(self) -> F80 {
         F80 {
             se: self.se ^ 0x8000,
             sig: self.sig,
@@ -478,7 +478,7 @@ pub fn add(a: F80, b: F80, sub: bool, ctx: Ctx) -> Out {
         Ok(d) => d,
         Err(o) => return o,
     };
-    let b = if sub { b.neg() } else { b };
+    let b = if sub { b.negate() } else { b };
     let (ca, cb) = (a.class(), b.class());
     if ca == Class::Inf || cb == Class::Inf {
         if ca == Class::Inf && cb == Class::Inf && a.sign() != b.sign() {
@@ -861,11 +861,9 @@ pub fn prem(a: F80, b: F80, nearest: bool, ctx: Ctx) -> (F80, u16, u64, bool) {
     let (sa, ea, ma) = a.unpack();
     let (_, eb, mb) = b.unpack();
     let d = ea - eb;
-    if d < 0 {
-        if !nearest || d < -1 {
-            // |a| < |b|/2 or truncating: the remainder is a itself.
-            return (a, de, 0, true);
-        }
+    if d < 0 && (!nearest || d < -1) {
+        // |a| < |b|/2 or truncating: the remainder is a itself.
+        return (a, de, 0, true);
     }
     let (n, complete) = if d >= 64 { (63, false) } else { (d, true) };
     // a = ma * 2^(ea-63-B), b = mb * 2^(eb-63-B); scale a to b's unit.

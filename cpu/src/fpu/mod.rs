@@ -223,14 +223,12 @@ impl Cpu {
 
     /// A pending unmasked exception (ES set) is signalled here.
     fn fpu_pending(&mut self) -> Res<()> {
-        if self.state.fpu.status & ES != 0 {
-            if self.state.cr0 & CR0_NE != 0 {
-                return Err(Exception::new(exception::MF));
-            }
-            // TODO: with CR0.NE = 0 a PC asserts FERR# and raises IRQ13 through the
-            // interrupt controller (and IGNNE# on the write to port F0h); not modelled yet,
-            // so the instruction just proceeds.
+        if self.state.fpu.status & ES != 0 && self.state.cr0 & CR0_NE != 0 {
+            return Err(Exception::new(exception::MF));
         }
+        // TODO: with CR0.NE = 0 a PC asserts FERR# and raises IRQ13 through the interrupt
+        // controller (IGNNE# on the write to port F0h); not modelled yet, so the
+        // instruction just proceeds.
         Ok(())
     }
 
@@ -573,10 +571,10 @@ impl Cpu {
                 } else {
                     let v = f.st(0);
                     f.set_c1(false);
-                    f.set_st(0, if m == M::Fchs { v.neg() } else { v.abs() });
+                    f.set_st(0, if m == M::Fchs { v.negate() } else { v.abs() });
                 }
             }
-            M::Fsqrt => self.fpu_unary(|a, c| float::sqrt(a, c), ctx),
+            M::Fsqrt => self.fpu_unary(float::sqrt, ctx),
             M::Frndint => self.fpu_unary(|a, c| float::round_to_int(a, c.full()), ctx),
             M::Fscale => {
                 if let Some((a, b)) = self.fpu_two() {
@@ -689,11 +687,9 @@ impl Cpu {
         }
         let mut flags = fl;
         let mut v = v;
-        if !raw {
-            if v.class() == Class::SNan {
-                flags |= IE;
-                v = v.quiet();
-            }
+        if !raw && v.class() == Class::SNan {
+            flags |= IE;
+            v = v.quiet();
         }
         f.set_c1(false);
         if f.raise(flags) & NO_STORE == 0 {
@@ -1022,7 +1018,7 @@ fn bcd_to_f80(b: &[u8; 10]) -> F80 {
     }
     let r = float::from_i64(v);
     if b[9] & 0x80 != 0 {
-        r.neg()
+        r.negate()
     } else {
         r
     }

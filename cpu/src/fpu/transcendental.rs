@@ -224,7 +224,7 @@ pub fn f2xm1(a: F80, ctx: Ctx) -> Out {
         Class::QNan | Class::Zero => return (a, 0),
         Class::Inf => {
             return if a.sign() {
-                (F80::ONE.neg(), 0)
+                (F80::ONE.negate(), 0)
             } else {
                 (a, 0)
             }
