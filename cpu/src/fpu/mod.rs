@@ -272,8 +272,18 @@ impl Cpu {
             (oc.op_code() & 7) as u16
         };
         let modrm = if two {
-            (oc.op_code() & 0xFF) as u16
-        } else if Self::has_mem(ins) {
+            // Register forms report "D8 C0" etc. as the opcode; add the ST(i) index.
+            let is_st = |r: Register| (Register::ST0..=Register::ST7).contains(&r);
+            let i = if ins.op_count() >= 2 && ins.op0_register() == Register::ST0 {
+                ins.op1_register()
+            } else if ins.op_count() >= 1 {
+                ins.op0_register()
+            } else {
+                Register::None
+            };
+            let idx = if is_st(i) { st_index(i) as u16 } else { 0 };
+            ((oc.op_code() & 0xFF) as u16).wrapping_add(idx)
+        } else {
             // Read the ModRM byte back from the instruction stream.
             let sib = !Self::addr16(ins)
                 && (ins.memory_index() != Register::None || ins.memory_base() == Register::ESP);
@@ -286,22 +296,6 @@ impl Cpu {
                 .wrapping_add(self.cur_eip.wrapping_add(pos as u64) & 0xFFFF_FFFF)
                 & 0xFFFF_FFFF;
             self.read_lin(bus, lin, 1, false).unwrap_or(0) as u16
-        } else {
-            let reg = if oc.is_group() {
-                oc.group_index().max(0) as u16
-            } else {
-                0
-            };
-            let rm = if oc.is_rm_group() {
-                oc.rm_group_index().max(0) as u16
-            } else if ins.op_count() >= 2 && ins.op0_register() == Register::ST0 {
-                st_index(ins.op1_register()) as u16
-            } else if ins.op_count() >= 1 {
-                st_index(ins.op0_register()) as u16
-            } else {
-                1
-            };
-            0xC0 | ((reg & 7) << 3) | (rm & 7)
         };
         let mem = if Self::has_mem(ins) {
             let (seg, off) = self.mem_operand(ins);
@@ -604,7 +598,7 @@ impl Cpu {
             }
             M::F2xm1 | M::Fsin | M::Fcos | M::Fptan | M::Fsincos => self.fpu_trig(m),
             M::Fyl2x | M::Fyl2xp1 | M::Fpatan => {
-                if let Some((a, b)) = self.fpu_two() {
+                if let Some((a, b)) = self.fpu_two_into(true) {
                     let (r, fl) = match m {
                         M::Fyl2x => transcendental::fyl2x(a, b, ctx),
                         M::Fyl2xp1 => transcendental::fyl2xp1(a, b, ctx),
@@ -713,10 +707,21 @@ impl Cpu {
     /// ST(0) and ST(1) for two-operand register instructions, or the underflow response
     /// (ST(0) = indefinite when masked) and None.
     fn fpu_two(&mut self) -> Option<(F80, F80)> {
+        self.fpu_two_into(false)
+    }
+
+    /// Like [`Cpu::fpu_two`]; with `pop` the masked underflow response is ST(1) =
+    /// indefinite and a pop (FYL2X, FYL2XP1, FPATAN).
+    fn fpu_two_into(&mut self, pop: bool) -> Option<(F80, F80)> {
         let f = &mut self.state.fpu;
         if f.is_empty(0) || f.is_empty(1) {
             if f.underflow() {
-                f.set_st(0, F80::INDEFINITE);
+                if pop {
+                    f.set_st(1, F80::INDEFINITE);
+                    f.pop();
+                } else {
+                    f.set_st(0, F80::INDEFINITE);
+                }
             }
             return None;
         }

@@ -795,3 +795,39 @@ fn em_or_ts_gives_nm() {
     );
     assert_eq!(mem(&cpu, DATA + 0x100, 1), [7]);
 }
+
+#[test]
+fn pointers_and_opcode() {
+    let cpu = run(&f64s(&[1.0]), |a| {
+        a.fninit().unwrap();
+        a.mov(bx, 0x1FF0).unwrap();
+        a.xor(si, si).unwrap();
+        a.fld(qword_ptr(bx + si + 0x10)).unwrap(); // DD 40 10
+        a.fnstenv(ptr(0x2100)).unwrap();
+        a.mov(eax, 0x1000).unwrap();
+        a.mov(ecx, 0x800).unwrap();
+        a.fadd(dword_ptr(eax + ecx * 2 + 0x10)).unwrap(); // 67 D8 44 48 10
+        a.fnstenv(ptr(0x2200)).unwrap();
+        a.fxch(st0, st1).unwrap(); // D9 C9
+        a.fnstenv(ptr(0x2300)).unwrap();
+    });
+    let w = |o: u64, i: u64| u16::from_le_bytes(mem(&cpu, DATA + o + 2 * i, 2).try_into().unwrap());
+    assert_eq!(w(0x100, 4) & 0x7FF, 0x540);
+    assert_eq!(w(0x100, 5), 0x2000); // FDP
+    assert_eq!(w(0x200, 4) & 0x7FF, 0x044);
+    assert_eq!(w(0x200, 5), 0x2010);
+    assert_eq!(w(0x300, 4) & 0x7FF, 0x1C9);
+    // FIP points at the FXCH (a real-mode linear address; CS = 0).
+    assert!(w(0x300, 3) > 0x1000);
+}
+
+#[test]
+fn fyl2x_underflow_pops() {
+    let cpu = run(&[], |a| {
+        a.fninit().unwrap();
+        a.fld1().unwrap();
+        a.fyl2x().unwrap();
+    });
+    assert_eq!(cpu.state.fpu.top(), 0);
+    assert_eq!(st(&cpu, 0), F80::INDEFINITE);
+}
