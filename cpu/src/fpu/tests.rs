@@ -831,3 +831,95 @@ fn fyl2x_underflow_pops() {
     assert_eq!(cpu.state.fpu.top(), 0);
     assert_eq!(st(&cpu, 0), F80::INDEFINITE);
 }
+
+fn as_f64(v: F80) -> f64 {
+    f64::from_bits(float::to_ieee(v, float::DBL, Ctx::from_control(0x37F)).0)
+}
+
+#[test]
+fn arithmetic_forms() {
+    let mut data = f64s(&[10.0, 4.0]);
+    data.extend_from_slice(&3i16.to_le_bytes()); // 0x2010
+    data.extend_from_slice(&2.0f32.to_le_bytes()); // 0x2012
+    let cpu = run(&data, |a| {
+        a.fninit().unwrap();
+        a.fld(qword_ptr(0x2008)).unwrap(); // 4
+        a.fld(qword_ptr(0x2000)).unwrap(); // 10, 4
+        a.fsub_2(st0, st1).unwrap(); // 6, 4
+        a.fsubr_2(st1, st0).unwrap(); // 6, 2   (st1 = st0 - st1)
+        a.fdiv_2(st1, st0).unwrap(); // 6, 1/3
+        a.fsubr(qword_ptr(0x2000)).unwrap(); // 4, 1/3
+        a.fisubr(word_ptr(0x2010)).unwrap(); // -1, 1/3
+        a.fimul(word_ptr(0x2010)).unwrap(); // -3, 1/3
+        a.fdivr(dword_ptr(0x2012)).unwrap(); // -2/3, 1/3
+        a.faddp(st1, st0).unwrap(); // -1/3
+        a.fld(st0).unwrap(); // -1/3, -1/3
+        a.fmulp(st1, st0).unwrap(); // 1/9
+        a.fld1().unwrap();
+        a.fdivrp(st1, st0).unwrap(); // 9 (st1 = st0 / st1)
+        a.fld1().unwrap();
+        a.fsubp(st1, st0).unwrap(); // 8
+        a.fst(dword_ptr(0x2100)).unwrap();
+        a.fld1().unwrap();
+        a.fst(st2).unwrap(); // 1, 8, 1
+        a.fcompp().unwrap(); // 1 < 8
+        a.fnstsw(ax).unwrap();
+    });
+    assert_eq!(mem(&cpu, DATA + 0x100, 4), 8.0f32.to_le_bytes());
+    assert_eq!(cpu.state.reg16(EAX) & (C0 | C2 | C3), C0);
+    // FST ST(2) filled an empty slot; FCOMPP popped two.
+    assert_eq!(cpu.state.fpu.top(), 0);
+    let v = as_f64(st(&cpu, 0));
+    assert!((v - 1.0).abs() < 1e-15, "{v}");
+}
+
+#[test]
+fn zero_signs_and_stack_ops() {
+    let ctx = Ctx::from_control(0x37F);
+    let down = Ctx::from_control(0x77F);
+    assert_eq!(float::add(F80::ONE, F80::ONE, true, ctx).0, F80::ZERO);
+    assert_eq!(
+        float::add(F80::ONE, F80::ONE, true, down).0,
+        F80::zero(true)
+    );
+    assert_eq!(
+        float::add(F80::zero(true), F80::zero(true), false, ctx).0,
+        F80::zero(true)
+    );
+    let cpu = run(&[], |a| {
+        a.fninit().unwrap();
+        a.fld1().unwrap();
+        a.fldz().unwrap();
+        a.fincstp().unwrap();
+        a.ffree(st0).unwrap();
+        a.fdecstp().unwrap();
+        a.fxch(st0, st1).unwrap(); // st1 (phys 7... ) was freed: underflow → indefinite
+    });
+    let f = &cpu.state.fpu;
+    assert_eq!(f.top(), 6);
+    assert_ne!(f.status & SF, 0);
+    assert_eq!(st(&cpu, 0), F80::INDEFINITE);
+    assert_eq!(st(&cpu, 1), F80::ZERO);
+}
+
+#[test]
+fn unmasked_overflow_adjusts_exponent() {
+    // OE unmasked: the register result carries the exponent minus 24576.
+    let ctx = Ctx::from_control(0x037F & !float::OE);
+    let big = F80::new(false, 0x7FFE, 1 << 63);
+    let (r, fl) = float::mul(big, big, ctx);
+    assert_eq!(fl & float::OE, float::OE);
+    assert_eq!(r.exp() as i32, 0x7FFE + 0x7FFE - 0x3FFF + 1 - 24576 - 1);
+    // UE unmasked: plus 24576.
+    let ctx = Ctx::from_control(0x037F & !float::UE);
+    let tiny = F80::new(false, 1, 1 << 63);
+    let (r, fl) = float::mul(tiny, tiny, ctx);
+    assert_eq!(fl & float::UE, float::UE);
+    assert_eq!(r.exp() as i32, 1 + 1 - 0x3FFF + 24576);
+    // Masked overflow: infinity with C1 set.
+    let (r, fl) = float::mul(big, big, Ctx::from_control(0x37F));
+    assert_eq!(
+        (r, fl & (float::OE | PE | C1)),
+        (F80::inf(false), float::OE | PE | C1)
+    );
+}
