@@ -3,6 +3,7 @@ use super::*;
 use crate::mem::NullBus;
 use crate::state::{CR0_NE, CS};
 use iced_x86::code_asm::*;
+use iced_x86::Mnemonic as M;
 
 const DATA: u64 = 0x2000;
 
@@ -922,4 +923,23 @@ fn unmasked_overflow_adjusts_exponent() {
         (r, fl & (float::OE | PE | C1)),
         (F80::inf(false), float::OE | PE | C1)
     );
+}
+
+#[test]
+fn fsin_reduction_like_p6() {
+    let ctx = Ctx::from_control(0x37F);
+    // sin(pi rounded to 64 bits): the P6 reduces with a 66-bit pi.
+    let pi = F80::new(false, 0x4000, 0xC90F_DAA2_2168_C235);
+    let (s, _, _) = transcendental::trig(M::Fsin, pi, ctx);
+    // pi64 - pi66 = (0xC90FDAA22168C2350 - 0xC90FDAA22168C234C) * 2^-66 = 2^-64.
+    assert_eq!(as_f64(s), -(2f64.powi(-64)));
+    // Large argument: 2^62 reduced exactly; compare against a slow exact reference.
+    let x = F80::new(false, 0x3FFF + 62, 1 << 63);
+    let (s, _, _) = transcendental::trig(M::Fsin, x, ctx);
+    assert!(as_f64(s).abs() <= 1.0);
+    let (c, _, _) = transcendental::trig(M::Fcos, F80::ONE, ctx);
+    assert!((as_f64(c) - 1f64.cos()).abs() < 1e-16);
+    let (t, one, _) = transcendental::trig(M::Fptan, float::from_i64(-2), ctx);
+    assert_eq!(one, Some(F80::ONE));
+    assert!((as_f64(t) - (-2f64).tan()).abs() < 1e-14);
 }

@@ -6,7 +6,11 @@
 //! scales both operands, tiny arguments use the first Taylor term in extended precision).
 //! Special operands (zeros, infinities, NaNs, unsupported encodings, denormals) and the
 //! |x| >= 2^63 range check of FSIN/FCOS/FSINCOS/FPTAN are handled exactly per the SDM.
-//! PE is always reported for a computed (non-special) result; C1 is left clear.
+//! FSIN/FCOS/FSINCOS/FPTAN first reduce the argument exactly modulo pi/2 against the
+//! P6's 66-bit value of pi (integer arithmetic), so large arguments and arguments near
+//! multiples of pi behave like the hardware; only the final kernel on the reduced
+//! argument is f64. PE is always reported for a computed (non-special) result; C1 is
+//! left clear.
 
 use super::float::{
     self, from_ieee, mul, propagate_nan, to_ieee, Class, Ctx, Out, BIAS, C1, DBL, DE, F80, IE, PE,
@@ -272,8 +276,16 @@ pub fn trig(m: M, a: F80, _ctx: Ctx) -> (F80, Option<F80>, u16) {
     let (s, c, t) = if tiny {
         (a, F80::ONE, a)
     } else {
-        let x = to_f64(a);
-        (from_f64(x.sin()), from_f64(x.cos()), from_f64(x.tan()))
+        let (q, r) = reduce(a);
+        let (sr, cr) = (r.sin(), r.cos());
+        let (sv, cv) = match q & 3 {
+            0 => (sr, cr),
+            1 => (cr, -sr),
+            2 => (-sr, -cr),
+            _ => (-cr, sr),
+        };
+        let sv = if a.sign() { -sv } else { sv };
+        (from_f64(sv), from_f64(cv), from_f64(sv / cv))
     };
     let fl = inexact | de;
     match m {
@@ -282,4 +294,36 @@ pub fn trig(m: M, a: F80, _ctx: Ctx) -> (F80, Option<F80>, u16) {
         M::Fptan => (t, Some(F80::ONE), fl),
         _ => (s, Some(c), fl),
     }
+}
+
+/// pi/2 as the P6 holds it for argument reduction: a 68-bit integer P with
+/// pi/2 = P * 2^-67 (pi to 66 significant bits).
+const PIO2_P: u128 = 0xC_90FD_AA22_168C_234C;
+
+/// Reduces |a| (finite, nonzero, |a| < 2^63) modulo pi/2 exactly against the P6's
+/// 66-bit pi: returns the quadrant (low bits of the quotient) and the remainder in
+/// [0, pi/2) as an f64. Like the hardware, results near multiples of pi carry the
+/// error of the 66-bit constant.
+fn reduce(a: F80) -> (u32, f64) {
+    let (_, e, m) = a.unpack();
+    // |a| = m * 2^(e - BIAS - 63) = (m * 2^k) * 2^-67 with k = e - BIAS + 4.
+    let k = e - BIAS + 4;
+    if k < 0 {
+        return (0, to_f64(a.abs()));
+    }
+    let mut r = m as u128;
+    let mut q = 0u32;
+    if r >= PIO2_P {
+        r -= PIO2_P;
+        q = 1;
+    }
+    for _ in 0..k.min(70) {
+        r <<= 1;
+        q = q.wrapping_shl(1);
+        if r >= PIO2_P {
+            r -= PIO2_P;
+            q |= 1;
+        }
+    }
+    (q, r as f64 * 2f64.powi(-67))
 }
