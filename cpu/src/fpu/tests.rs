@@ -943,3 +943,12 @@ fn fsin_reduction_like_p6() {
     assert_eq!(one, Some(F80::ONE));
     assert!((as_f64(t) - (-2f64).tan()).abs() < 1e-14);
 }
+
+#[test]
+fn fpatan_special_angles_are_extended() {
+    let ctx = Ctx::from_control(0x37F);
+    let (r, fl) = transcendental::fpatan(F80::zero(true), F80::ONE, ctx);
+    assert_eq!((r.se, r.sig, fl & PE), (0x3FFF, 0xC90F_DAA2_2168_C235, PE));
+    let (r, _) = transcendental::fpatan(F80::inf(true), F80::zero(true), ctx);
+    assert_eq!((r.se, r.sig), (0xC000, 0xC90F_DAA2_2168_C235));
+}

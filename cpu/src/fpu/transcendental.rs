@@ -214,10 +214,30 @@ pub fn fpatan(a: F80, b: F80, ctx: Ctx) -> Out {
         .f80();
         return approx(from_f64(to_f64(sy).atan2(to_f64(sx))), de);
     }
-    // Zeros and infinities: f64 atan2 follows the same table.
+    // Zeros and infinities: f64 atan2 follows the same table; the angles it can return
+    // (0, pi/4, pi/2, 3pi/4, pi) are then given their extended values.
     let r = to_f64(b).atan2(to_f64(a));
-    let fl = if r == 0.0 { 0 } else { PE };
-    (from_f64(r), fl | de)
+    if r == 0.0 {
+        return (from_f64(r), de);
+    }
+    use std::f64::consts::{FRAC_PI_2, FRAC_PI_4, PI};
+    let rounded = |exp: u16, sig: u64, up: bool| {
+        let inc = match ctx.rc {
+            0 => up,
+            1 => r < 0.0,
+            2 => r > 0.0,
+            _ => false,
+        };
+        F80::new(r < 0.0, exp, sig + inc as u64)
+    };
+    let v = match r.abs() {
+        x if x == PI => rounded(0x4000, 0xC90F_DAA2_2168_C234, true),
+        x if x == FRAC_PI_2 => rounded(0x3FFF, 0xC90F_DAA2_2168_C234, true),
+        x if x == FRAC_PI_4 => rounded(0x3FFE, 0xC90F_DAA2_2168_C234, true),
+        x if x == 3.0 * FRAC_PI_4 => rounded(0x4000, 0x96CB_E3F9_990E_91A7, true),
+        _ => from_f64(r),
+    };
+    (v, PE | de)
 }
 
 /// F2XM1: 2^x - 1.
