@@ -952,3 +952,112 @@ fn fpatan_special_angles_are_extended() {
     let (r, _) = transcendental::fpatan(F80::inf(true), F80::zero(true), ctx);
     assert_eq!((r.se, r.sig), (0xC000, 0xC90F_DAA2_2168_C235));
 }
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Random register value biased toward the interesting encodings.
+    fn f80(&mut self) -> F80 {
+        let r = self.next();
+        let sig = match r % 6 {
+            0 => 0,
+            1 => 1 << 63,
+            2 => self.next() & !(1 << 63),
+            _ => self.next() | (1 << 63),
+        };
+        let exp = match (r >> 8) % 6 {
+            0 => 0,
+            1 => 0x7FFF,
+            2 => 0x3FFF,
+            3 => 1,
+            4 => 0x7FFE,
+            _ => self.next() as u16,
+        };
+        F80::new(r & (1 << 20) != 0, exp, sig)
+    }
+}
+
+/// Every helper on arbitrary encodings and control words: no panics.
+#[test]
+fn fuzz_float_helpers() {
+    let mut g = Rng(0x9E37_79B9_7F4A_7C15);
+    for _ in 0..50_000 {
+        let (a, b) = (g.f80(), g.f80());
+        let ctx = Ctx::from_control(g.next() as u16);
+        let _ = float::add(a, b, false, ctx);
+        let _ = float::add(a, b, true, ctx);
+        let _ = float::mul(a, b, ctx);
+        let _ = float::div(a, b, ctx);
+        let _ = float::sqrt(a, ctx);
+        let _ = float::prem(a, b, false, ctx);
+        let _ = float::prem(a, b, true, ctx);
+        let _ = float::round_to_int(a, ctx);
+        let _ = float::compare(a, b, false);
+        for bits in [16, 32, 64] {
+            let _ = float::to_int(a, bits, ctx);
+        }
+        let _ = float::to_ieee(a, float::SGL, ctx);
+        let _ = float::to_ieee(a, float::DBL, ctx);
+        let _ = f80_to_bcd(a, ctx);
+        let _ = transcendental::fscale(a, b, ctx);
+        let _ = transcendental::fyl2x(a, b, ctx);
+        let _ = transcendental::fyl2xp1(a, b, ctx);
+        let _ = transcendental::fpatan(a, b, ctx);
+        let _ = transcendental::f2xm1(a, ctx);
+        if !transcendental::out_of_range(a) {
+            for m in [M::Fsin, M::Fcos, M::Fsincos, M::Fptan] {
+                let _ = transcendental::trig(m, a, ctx);
+            }
+        }
+        // Remainder invariants: |r| < |b| for a complete FPREM on finite operands.
+        if matches!(a.class(), Class::Normal) && matches!(b.class(), Class::Normal) {
+            let (r, _, _, complete) = float::prem(a, b, false, Ctx::from_control(0x37F));
+            if complete && r.class() != Class::Zero {
+                assert_eq!(float::compare(r.abs(), b.abs(), true).0, float::Cmp::Less);
+            }
+        }
+    }
+}
+
+/// Random x87 instructions on random state through the interpreter: no panics.
+#[test]
+fn fuzz_instructions() {
+    let mut g = Rng(0x0123_4567_89AB_CDEF);
+    let mut cpu = Cpu::new(1 << 20, 0).unwrap();
+    let junk: Vec<u8> = (0..0x4000).map(|_| g.next() as u8).collect();
+    cpu.write_phys(0x4000, &junk);
+    let mut ran = 0;
+    for _ in 0..20_000 {
+        let mut code = vec![0xD8 | (g.next() as u8 & 7), g.next() as u8];
+        code.extend_from_slice(&[0x40, 0x00, 0xF4, 0xF4]);
+        if g.next() % 4 == 0 {
+            code.insert(0, 0x67);
+        }
+        cpu.write_phys(0x1000, &code);
+        cpu.load_seg_real(CS, 0);
+        cpu.state.rip = 0x1000;
+        cpu.state.halted = false;
+        cpu.state.cr0 = (cpu.state.cr0 & !0x2E) | if g.next() % 2 == 0 { CR0_NE } else { 0 };
+        for r in 0..8 {
+            cpu.state.gpr[r] = 0x4000 + (g.next() % 0x3000);
+        }
+        let f = &mut cpu.state.fpu;
+        for i in 0..8 {
+            f.regs[i] = g.f80();
+        }
+        f.tag = g.next() as u16;
+        f.control = g.next() as u16;
+        f.status = g.next() as u16 & !ES;
+        let before = cpu.state.icount;
+        cpu.run(&mut NullBus, 2);
+        if cpu.state.icount > before && cpu.state.rip != 0x1000 {
+            ran += 1;
+        }
+    }
+    assert!(ran > 10_000, "{ran}");
+}
