@@ -1035,14 +1035,19 @@ fn fuzz_instructions() {
     for _ in 0..20_000 {
         let mut code = vec![0xD8 | (g.next() as u8 & 7), g.next() as u8];
         code.extend_from_slice(&[0x40, 0x00, 0xF4, 0xF4]);
-        if g.next() % 4 == 0 {
+        if g.next().is_multiple_of(4) {
             code.insert(0, 0x67);
         }
         cpu.write_phys(0x1000, &code);
         cpu.load_seg_real(CS, 0);
         cpu.state.rip = 0x1000;
         cpu.state.halted = false;
-        cpu.state.cr0 = (cpu.state.cr0 & !0x2E) | if g.next() % 2 == 0 { CR0_NE } else { 0 };
+        cpu.state.cr0 = (cpu.state.cr0 & !0x2E)
+            | if g.next().is_multiple_of(2) {
+                CR0_NE
+            } else {
+                0
+            };
         for r in 0..8 {
             cpu.state.gpr[r] = 0x4000 + (g.next() % 0x3000);
         }
