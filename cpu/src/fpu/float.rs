@@ -92,6 +92,12 @@ impl F80 {
             sig: self.sig,
         }
     }
+    pub fn with_sign(self, sign: bool) -> F80 {
+        F80 {
+            se: (self.se & 0x7FFF) | ((sign as u16) << 15),
+            sig: self.sig,
+        }
+    }
     pub fn abs(self) -> F80 {
         F80 {
             se: self.se & 0x7FFF,

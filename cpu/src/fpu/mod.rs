@@ -5,8 +5,8 @@
 //! the control word (see [`float`]). Unmasked exceptions set ES and B and are delivered at
 //! the next waiting x87 instruction or WAIT as #MF (CR0.NE = 1).
 //!
-//! The transcendental instructions are computed through `f64` and are approximations
-//! (about 53 correct bits); their special cases and argument ranges are exact
+//! The transcendental instructions are computed in extended precision by series on top
+//! of the same soft-float; they are accurate to a few ulps, not bit-exact with the P6
 //! (see [`transcendental`]).
 
 mod env;

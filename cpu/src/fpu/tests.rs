@@ -1066,3 +1066,93 @@ fn fuzz_instructions() {
     }
     assert!(ran > 10_000, "{ran}");
 }
+
+/// The extended kernels against f64 references (which they must match to f64 accuracy)
+/// and against identities at extended precision.
+#[test]
+fn transcendental_accuracy() {
+    let ctx = Ctx::from_control(0x37F);
+    let x = |v: f64| float::from_ieee(v.to_bits(), 11, 52).0;
+    let close = |a: F80, b: f64, tol: f64| {
+        let d = as_f64(a);
+        assert!((d - b).abs() <= tol * b.abs().max(1e-300), "{d} vs {b}");
+    };
+    for &v in &[0.1, 0.5, 0.99, -0.3, -1.0, 1.0, 1e-5] {
+        close(
+            transcendental::f2xm1(x(v), ctx).0,
+            (v * std::f64::consts::LN_2).exp_m1(),
+            4e-16,
+        );
+    }
+    for &v in &[0.1, 0.7, 1.5, 3.0, 1e10, 1e-10, 1.000001] {
+        close(
+            transcendental::fyl2x(x(v), F80::ONE, ctx).0,
+            v.log2(),
+            4e-16,
+        );
+    }
+    for &v in &[0.1, -0.2, 0.29, 1e-8] {
+        close(
+            transcendental::fyl2xp1(x(v), F80::ONE, ctx).0,
+            v.ln_1p() / std::f64::consts::LN_2,
+            4e-16,
+        );
+    }
+    for &(yy, xx) in &[
+        (1.0, 2.0),
+        (2.0, 1.0),
+        (-1.0, -3.0),
+        (3.0, -0.5),
+        (1e-3, 1.0),
+    ] {
+        close(
+            transcendental::fpatan(x(xx), x(yy), ctx).0,
+            f64::atan2(yy, xx),
+            4e-16,
+        );
+    }
+    for &v in &[0.5, 1.0, 2.0, 3.0, -4.0, 10.0, 100.0] {
+        let (s, c, _) = transcendental::trig(M::Fsincos, x(v), ctx);
+        close(s, v.sin(), 1e-15);
+        close(c.unwrap(), v.cos(), 1e-15);
+    }
+    // Extended-precision identities: log2(8) = 3 exactly after rounding, 2^1 - 1 = 1,
+    // atan2(1, 1) = pi/4 to within an ulp or two of the 64-bit constant.
+    assert_eq!(
+        transcendental::fyl2x(float::from_i64(8), F80::ONE, ctx).0,
+        float::from_i64(3)
+    );
+    assert_eq!(transcendental::f2xm1(F80::ONE, ctx).0, F80::ONE);
+    let q = transcendental::fpatan(F80::ONE, F80::ONE, ctx).0;
+    assert_eq!(q.se, 0x3FFE);
+    assert!(q.sig.abs_diff(0xC90F_DAA2_2168_C235) <= 2, "{:x}", q.sig);
+    let s = transcendental::trig(M::Fsin, F80::new(false, 0x3FFE, 0xC90F_DAA2_2168_C235), ctx).0;
+    // sin(pi/4) = 0xB504F333F9DE6484 * 2^-64
+    assert!(s.sig.abs_diff(0xB504_F333_F9DE_6484) <= 2, "{:x}", s.sig);
+}
+
+#[test]
+fn transcendental_extended_bits() {
+    let ctx = Ctx::from_control(0x37F);
+    let near = |v: F80, se: u16, sig: u64| {
+        assert_eq!(v.se, se);
+        assert!(v.sig.abs_diff(sig) <= 2, "{:x} vs {sig:x}", v.sig);
+    };
+    near(
+        transcendental::fyl2x(float::from_i64(3), F80::ONE, ctx).0,
+        0x3FFF,
+        0xCAE0_0D1C_FDEB_43D0,
+    );
+    let half = F80::new(false, 0x3FFE, 1 << 63);
+    near(
+        transcendental::f2xm1(half, ctx).0,
+        0x3FFD,
+        0xD413_CCCF_E779_9211,
+    );
+    let x = float::from_ieee(0.1f64.to_bits(), 11, 52).0;
+    near(
+        transcendental::fyl2xp1(x, F80::ONE, ctx).0,
+        0x3FFC,
+        0x8CCD_B946_5CE8_4219,
+    );
+}
