@@ -12,6 +12,7 @@
 //! - FSIN/FCOS/FSINCOS/FPTAN: the argument is reduced exactly modulo pi/2 against the
 //!   P6's 66-bit pi (integer arithmetic), so large arguments and arguments near multiples
 //!   of pi behave like the hardware; then sin/cos series on [0, pi/4].
+//!
 //! Outside the documented ranges (F2XM1 |x| > 1, FYL2XP1 |x| >= 1/2), where the hardware
 //! result is undefined, the value is an `f64` approximation.
 //! Special operands (zeros, infinities, NaNs, unsupported encodings, denormals) and the
