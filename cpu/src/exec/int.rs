@@ -357,7 +357,9 @@ impl Cpu {
                 self.write_loc(bus, loc, size, r)
             }
             M::Bt | M::Bts | M::Btr | M::Btc => self.exec_bt(bus, ins),
-            M::Bsf | M::Bsr => {
+            // A P6 has no TZCNT/LZCNT: F3 0F BC/BD are BSF/BSR with an ignored REP prefix
+            // (Linux uses `rep bsf` for exactly this reason).
+            M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt => {
                 let size = Self::op_size(ins, 0);
                 let v = self.read_op(bus, ins, 1)? & size_mask(size);
                 if v == 0 {
@@ -365,7 +367,7 @@ impl Cpu {
                     self.state.flags.set_arith(ZF);
                     return Ok(());
                 }
-                let r = if ins.mnemonic() == M::Bsf {
+                let r = if matches!(ins.mnemonic(), M::Bsf | M::Tzcnt) {
                     v.trailing_zeros()
                 } else {
                     31 - v.leading_zeros()
@@ -670,8 +672,12 @@ impl Cpu {
             M::Ud0 | M::Ud1 | M::Ud2 | M::INVALID => Err(Exception::ud()),
             _ => {
                 let oc = ins.code().op_code();
-                // x87 forms with a fixed ModRM (D9 E8, DB E3, ...) report two opcode bytes.
-                let first = oc.op_code() >> (8 * (oc.op_code_len().max(1) - 1));
+                // Register forms of x87 instructions have two-byte opcodes (DB E3).
+                let first = if oc.op_code_len() == 2 {
+                    oc.op_code() >> 8
+                } else {
+                    oc.op_code()
+                };
                 if oc.table() == iced_x86::OpCodeTableKind::Normal && (0xD8..=0xDF).contains(&first)
                 {
                     return self.exec_fpu(bus, ins);
