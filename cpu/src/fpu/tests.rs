@@ -1228,3 +1228,113 @@ fn precision_control_vs_apfloat() {
     }
     assert_eq!(checked, 80_000);
 }
+
+/// Values in and near the denormal range against rustc_apfloat's x87 format (values only:
+/// the flags follow the P6's tininess rule, checked separately).
+#[test]
+fn denormal_results_vs_apfloat() {
+    use rustc_apfloat::ieee::X87DoubleExtended as X;
+    use rustc_apfloat::{Float, Round};
+    let mut g = Rng(0x5555_AAAA_1357_9BDF);
+    let rounds = [
+        Round::NearestTiesToEven,
+        Round::TowardNegative,
+        Round::TowardPositive,
+        Round::TowardZero,
+    ];
+    for n in 0..20_000u64 {
+        let rc = (n % 4) as u16;
+        let ctx = Ctx::from_control(0x037F | (rc << 10));
+        let r = rounds[rc as usize];
+        let a = F80::new(
+            g.next() & 1 == 0,
+            1 + (g.next() % 70) as u16,
+            g.next() | 1 << 63,
+        );
+        let b = F80::new(
+            g.next() & 1 == 0,
+            0x3FFF - 40 + (g.next() % 80) as u16,
+            g.next() | 1 << 63,
+        );
+        let xa = X::from_bits(((a.se as u128) << 64) | a.sig as u128);
+        let xb = X::from_bits(((b.se as u128) << 64) | b.sig as u128);
+        let bits = |v: F80| ((v.se as u128) << 64) | v.sig as u128;
+        assert_eq!(
+            bits(float::mul(a, b, ctx).0),
+            xa.mul_r(xb, r).value.to_bits(),
+            "mul {a:?} {b:?} {rc}"
+        );
+        assert_eq!(
+            bits(float::div(a, b, ctx).0),
+            xa.div_r(xb, r).value.to_bits(),
+            "div {a:?} {b:?} {rc}"
+        );
+        let c = F80::new(!a.sign(), a.exp(), a.sig ^ (g.next() & 0xFFFF_FFFF));
+        let xc = X::from_bits(bits(c));
+        assert_eq!(
+            bits(float::add(a, c, false, ctx).0),
+            xa.add_r(xc, r).value.to_bits(),
+            "add {a:?} {c:?} {rc}"
+        );
+    }
+}
+
+/// FNSAVE/FRSTOR and FNSTENV through the interpreter in 32-bit protected mode (flat
+/// segments loaded straight into the descriptor caches).
+#[test]
+fn protected_mode_fsave_frstor() {
+    use crate::state::*;
+    let mut a = CodeAssembler::new(32).unwrap();
+    a.fninit().unwrap();
+    a.fld1().unwrap();
+    a.fldpi().unwrap();
+    a.fld(dword_ptr(0x2000)).unwrap();
+    a.fnsave(ptr(0x3000)).unwrap(); // 108 bytes
+    a.fldz().unwrap();
+    a.frstor(ptr(0x3000)).unwrap();
+    a.fnstenv(ptr(0x3100)).unwrap(); // 28 bytes
+    a.hlt().unwrap();
+    let code = a.assemble(0x1000).unwrap();
+    let mut cpu = Cpu::new(1 << 20, 0).unwrap();
+    cpu.write_phys(0x1000, &code);
+    cpu.write_phys(0x2000, &2.5f32.to_le_bytes());
+    cpu.state.cr0 |= CR0_PE;
+    let data = ATTR_P | ATTR_S | ATTR_RW | ATTR_ACCESSED | ATTR_DB | ATTR_G;
+    for s in [ES, SS, DS, FS, GS] {
+        cpu.state.seg[s] = Segment {
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            selector: 0x10,
+            attr: data,
+        };
+    }
+    cpu.state.seg[CS] = Segment {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector: 0x08,
+        attr: data | ATTR_CODE,
+    };
+    cpu.state.rip = 0x1000;
+    cpu.run(&mut NullBus, 100);
+    assert!(cpu.state.halted);
+    let img = mem(&cpu, 0x3000, 108);
+    let d = |o: usize| u32::from_le_bytes(img[o..o + 4].try_into().unwrap());
+    assert_eq!(d(0), 0xFFFF_037F);
+    assert_eq!((d(4) >> 11) & 7, 5); // TOP
+    assert_eq!(d(8) & 0xFFFF, 0x03FF); // phys 5,6,7 valid; rest empty
+    let fld_eip = 0x1000 + 2 + 2 + 2; // fninit, fld1, fldpi
+    assert_eq!(d(12), fld_eip);
+    assert_eq!(d(16), 0x08 | (0x100 << 16) | (0x05 << 16)); // CS, FOP D9 05
+    assert_eq!(d(20), 0x2000);
+    assert_eq!(d(24), 0xFFFF_0010);
+    assert_eq!(
+        &img[28..38],
+        &float::from_ieee(2.5f32.to_bits() as u64, 8, 23)
+            .0
+            .to_bytes()
+    );
+    assert_eq!(&img[48..58], &F80::ONE.to_bytes());
+    // After FRSTOR the stack is back and FNSTENV sees the same environment.
+    assert_eq!(mem(&cpu, 0x3100, 28), img[..28]);
+    assert_eq!(st(&cpu, 2), F80::ONE);
+}
