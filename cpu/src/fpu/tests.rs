@@ -1338,3 +1338,19 @@ fn protected_mode_fsave_frstor() {
     assert_eq!(mem(&cpu, 0x3100, 28), img[..28]);
     assert_eq!(st(&cpu, 2), F80::ONE);
 }
+
+#[test]
+fn fscale_extremes() {
+    let ctx = Ctx::from_control(0x37F);
+    let big = float::from_ieee(1e30f64.to_bits(), 11, 52).0;
+    let (r, fl) = transcendental::fscale(F80::ONE, big, ctx);
+    assert_eq!((r, fl & float::OE), (F80::inf(false), float::OE));
+    let (r, fl) = transcendental::fscale(F80::ONE, big.negate(), ctx);
+    assert_eq!((r, fl & float::UE), (F80::ZERO, float::UE));
+    let (r, _) = transcendental::fscale(
+        float::from_i64(3),
+        float::from_ieee((-1.5f64).to_bits(), 11, 52).0,
+        ctx,
+    );
+    assert_eq!(r, float::from_ieee(1.5f64.to_bits(), 11, 52).0);
+}

@@ -93,8 +93,18 @@ pub fn fscale(a: F80, b: F80, ctx: Ctx) -> Out {
     if ca == Class::Zero || ca == Class::Inf {
         return (a, de);
     }
-    let (n, _) = float::to_int(b, 64, Ctx { rc: 3, ..ctx });
-    let n = n.clamp(-200_000, 200_000) as i32;
+    // trunc(ST(1)); anything beyond +-2^31 over- or underflows the same way.
+    let n = if cb == Class::Zero || uexp(b) < 0 {
+        0
+    } else if uexp(b) >= 31 {
+        if b.sign() {
+            -200_000
+        } else {
+            200_000
+        }
+    } else {
+        float::to_int(b, 64, Ctx { rc: 3, ..ctx }).0 as i32
+    };
     let (s, e, m) = a.unpack();
     let r = float::round_pack(s, e + n, (m as u128) << 64, float::EXT, 64, ctx);
     (r.f80(), r.flags | de)
