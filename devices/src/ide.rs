@@ -1243,3 +1243,545 @@ impl PortDevice for IdeChannel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u16 = 0x1F0;
+    const CTRL: u16 = 0x3F6;
+
+    /// A disk image whose every byte encodes its sector and offset.
+    fn pattern_disk(sectors: usize) -> Vec<u8> {
+        (0..sectors * SECTOR_SIZE)
+            .map(|i| ((i / SECTOR_SIZE) as u8).wrapping_mul(7) ^ (i as u8))
+            .collect()
+    }
+
+    fn disk_channel(sectors: usize) -> IdeChannel {
+        IdeChannel::primary(
+            Some(IdeDevice::Disk(Box::new(MemBackend(pattern_disk(sectors))))),
+            None,
+        )
+    }
+
+    fn cd_image(sectors: usize) -> Vec<u8> {
+        (0..sectors * CD_SECTOR_SIZE)
+            .map(|i| ((i / CD_SECTOR_SIZE) as u8) ^ (i as u8).wrapping_mul(3))
+            .collect()
+    }
+
+    fn cd_channel(medium: Option<Vec<u8>>) -> IdeChannel {
+        IdeChannel::secondary(
+            Some(IdeDevice::Cdrom(
+                medium.map(|m| Box::new(MemBackend(m)) as Box<dyn BlockBackend>),
+            )),
+            None,
+        )
+    }
+
+    fn outb(ch: &mut IdeChannel, port: u16, v: u8) {
+        ch.write(port, 1, u32::from(v), 0);
+    }
+    fn inb(ch: &mut IdeChannel, port: u16) -> u8 {
+        ch.read(port, 1, 0) as u8
+    }
+
+    fn read_words(ch: &mut IdeChannel, base: u16, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.extend_from_slice(&(ch.read(base, 2, 0) as u16).to_le_bytes());
+        }
+        out
+    }
+
+    fn lba28_command(ch: &mut IdeChannel, cmd: u8, lba: u32, count: u8) {
+        outb(ch, BASE + 6, 0xE0 | ((lba >> 24) as u8 & 0x0F));
+        outb(ch, BASE + 2, count);
+        outb(ch, BASE + 3, lba as u8);
+        outb(ch, BASE + 4, (lba >> 8) as u8);
+        outb(ch, BASE + 5, (lba >> 16) as u8);
+        outb(ch, BASE + 7, cmd);
+    }
+
+    #[test]
+    fn identify_device_contents_and_protocol() {
+        let mut ch = disk_channel(100_000);
+        outb(&mut ch, BASE + 6, 0xA0);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        outb(&mut ch, BASE + 7, 0xEC);
+        assert!(ch.irq_level());
+        // Alternate status does not clear the interrupt; status does.
+        assert_eq!(inb(&mut ch, CTRL), DRDY | DSC | DRQ);
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | DRQ);
+        assert!(!ch.irq_level());
+        let id = read_words(&mut ch, BASE, 256);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        assert!(!ch.irq_level());
+        let word = |i: usize| u16::from_le_bytes([id[2 * i], id[2 * i + 1]]);
+        let string = |from: usize, to: usize| -> String {
+            (from..to)
+                .flat_map(|i| word(i).to_be_bytes())
+                .map(char::from)
+                .collect::<String>()
+                .trim_end()
+                .to_string()
+        };
+        assert_eq!(string(27, 47), "HOSPES HARDDISK");
+        assert_eq!(string(23, 27), "1.0");
+        assert_eq!(word(0), 0x0040);
+        assert_eq!(word(49) & 0x0200, 0x0200);
+        assert_eq!(word(49) & 0x0100, 0, "no DMA advertised");
+        assert_eq!(u32::from(word(60)) | (u32::from(word(61)) << 16), 100_000);
+        assert_eq!(word(83) & 0x0400, 0x0400);
+        assert_eq!(word(86) & 0x0400, 0x0400);
+        assert_eq!(word(100), 100_000u32 as u16);
+        assert_eq!(word(101), 1);
+        assert_eq!(word(47) & 0xFF, 16);
+        assert_eq!(word(55), 16);
+        assert_eq!(word(56), 63);
+        assert_eq!(word(54), (100_000 / (16 * 63)) as u16);
+        assert_eq!(word(88), 0);
+        assert_ne!(word(80) & 0x01C0, 0);
+    }
+
+    #[test]
+    fn read_two_sectors_via_16_and_32_bit_accesses() {
+        let image = pattern_disk(64);
+        let mut ch = disk_channel(64);
+        lba28_command(&mut ch, 0x20, 5, 2);
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | DRQ);
+        let first = read_words(&mut ch, BASE, 256);
+        assert_eq!(first, image[5 * 512..6 * 512]);
+        // The second block raises the interrupt again.
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | DRQ);
+        let mut second = Vec::new();
+        for _ in 0..128 {
+            second.extend_from_slice(&ch.read(BASE, 4, 0).to_le_bytes());
+        }
+        assert_eq!(second, image[6 * 512..7 * 512]);
+        assert!(!ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+    }
+
+    #[test]
+    fn write_sectors_then_read_back_from_backend() {
+        let mut ch = disk_channel(16);
+        lba28_command(&mut ch, 0x30, 3, 2);
+        // First block requested without an interrupt.
+        assert!(!ch.irq_level());
+        assert_eq!(inb(&mut ch, CTRL), DRDY | DSC | DRQ);
+        for i in 0..256u32 {
+            ch.write(BASE, 2, 0xAB00 | (i & 0xFF), 0);
+        }
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | DRQ);
+        for i in 0..128u32 {
+            ch.write(BASE, 4, 0x1111_0000 | i, 0);
+        }
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        // Read back through the device.
+        lba28_command(&mut ch, 0x20, 3, 2);
+        inb(&mut ch, BASE + 7);
+        let data = read_words(&mut ch, BASE, 512);
+        assert_eq!(&data[0..4], &[0x00, 0xAB, 0x01, 0xAB]);
+        assert_eq!(&data[512..520], &[0, 0, 0x11, 0x11, 1, 0, 0x11, 0x11]);
+        // And directly from the backend.
+        let drive = ch.drives[0].as_mut().unwrap();
+        let IdeDevice::Disk(backend) = &mut drive.device else {
+            panic!()
+        };
+        let mut sector = [0u8; 512];
+        backend.read(4 * 512, &mut sector).unwrap();
+        assert_eq!(&sector[0..4], &[0, 0, 0x11, 0x11]);
+    }
+
+    #[test]
+    fn lba48_read_sectors_ext_uses_hob_registers() {
+        // LBA 0x1_0000_0005 would need a huge disk; use a high 24-bit LBA and check the
+        // HOB bytes are combined, then an out-of-range 48-bit LBA.
+        let image = pattern_disk(0x200);
+        let mut ch = disk_channel(0x200);
+        outb(&mut ch, BASE + 6, 0x40);
+        // HOB bytes first, then the low bytes.
+        outb(&mut ch, BASE + 2, 0);
+        outb(&mut ch, BASE + 3, 0);
+        outb(&mut ch, BASE + 4, 0);
+        outb(&mut ch, BASE + 5, 0);
+        outb(&mut ch, BASE + 2, 3);
+        outb(&mut ch, BASE + 3, 0x10);
+        outb(&mut ch, BASE + 4, 0x01);
+        outb(&mut ch, BASE + 5, 0);
+        // HOB readback.
+        outb(&mut ch, CTRL, CTRL_HOB);
+        assert_eq!(inb(&mut ch, BASE + 2), 0);
+        assert_eq!(inb(&mut ch, BASE + 4), 0);
+        outb(&mut ch, CTRL, 0);
+        assert_eq!(inb(&mut ch, BASE + 2), 3);
+        assert_eq!(inb(&mut ch, BASE + 4), 1);
+        outb(&mut ch, BASE + 7, 0x24);
+        let mut data = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | DRQ);
+            data.extend(read_words(&mut ch, BASE, 256));
+        }
+        assert_eq!(data, image[0x110 * 512..0x113 * 512]);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+
+        // HOB sector (LBA bits 24-31) set: beyond the disk.
+        outb(&mut ch, BASE + 3, 1);
+        outb(&mut ch, BASE + 3, 0);
+        outb(&mut ch, BASE + 7, 0x24);
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | ERR);
+        assert_eq!(inb(&mut ch, BASE + 1), IDNF);
+    }
+
+    #[test]
+    fn read_multiple_after_set_multiple() {
+        let image = pattern_disk(64);
+        let mut ch = disk_channel(64);
+        // READ MULTIPLE before SET MULTIPLE aborts.
+        lba28_command(&mut ch, 0xC4, 0, 1);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | ERR);
+        assert_eq!(inb(&mut ch, BASE + 1), ABRT);
+        // Invalid block size aborts.
+        outb(&mut ch, BASE + 2, 3);
+        outb(&mut ch, BASE + 7, 0xC6);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | ERR);
+        outb(&mut ch, BASE + 2, 4);
+        outb(&mut ch, BASE + 7, 0xC6);
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        // 6 sectors in blocks of 4 + 2: two interrupts.
+        lba28_command(&mut ch, 0xC4, 10, 6);
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | DRQ);
+        let block1 = read_words(&mut ch, BASE, 4 * 256);
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | DRQ);
+        let block2 = read_words(&mut ch, BASE, 2 * 256);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        assert_eq!(block1, image[10 * 512..14 * 512]);
+        assert_eq!(block2, image[14 * 512..16 * 512]);
+        // Word 59 reports the current multiple setting.
+        outb(&mut ch, BASE + 7, 0xEC);
+        let id = read_words(&mut ch, BASE, 256);
+        assert_eq!(u16::from_le_bytes([id[118], id[119]]), 0x0104);
+    }
+
+    #[test]
+    fn out_of_range_and_unknown_commands_fail_cleanly() {
+        let mut ch = disk_channel(16);
+        lba28_command(&mut ch, 0x20, 15, 2);
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | ERR);
+        assert_eq!(inb(&mut ch, BASE + 1), IDNF);
+        lba28_command(&mut ch, 0x30, 0x0FFF_FFFF, 0);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | ERR);
+        lba28_command(&mut ch, 0x40, 14, 3);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | ERR);
+        lba28_command(&mut ch, 0x40, 14, 2);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        for cmd in [0xA0, 0xA1, 0xC8, 0xFF] {
+            outb(&mut ch, BASE + 7, cmd);
+            assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | ERR, "command {cmd:#x}");
+            assert_eq!(inb(&mut ch, BASE + 1), ABRT);
+        }
+        // Data port without DRQ is harmless.
+        ch.write(BASE, 4, 0, 0);
+        assert_eq!(ch.read(BASE, 2, 0), 0xFFFF);
+        // Simple no-data commands complete with an interrupt.
+        for (cmd, feature) in [
+            (0xE7, 0),
+            (0xEA, 0),
+            (0xEF, 0x03),
+            (0xEF, 0x02),
+            (0xE0, 0),
+            (0xE1, 0),
+            (0xE3, 0),
+        ] {
+            outb(&mut ch, BASE + 1, feature);
+            outb(&mut ch, BASE + 2, 0x0C);
+            outb(&mut ch, BASE + 7, cmd);
+            assert!(ch.irq_level());
+            assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC, "command {cmd:#x}");
+        }
+        // SET FEATURES to a DMA mode is refused (no DMA).
+        outb(&mut ch, BASE + 1, 0x03);
+        outb(&mut ch, BASE + 2, 0x42);
+        outb(&mut ch, BASE + 7, 0xEF);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | ERR);
+    }
+
+    #[test]
+    fn chs_addressing_and_initialize_device_parameters() {
+        let image = pattern_disk(2 * 16 * 63);
+        let mut ch = disk_channel(2 * 16 * 63);
+        outb(&mut ch, BASE + 2, 63);
+        outb(&mut ch, BASE + 6, 0xA0 | 15);
+        outb(&mut ch, BASE + 7, 0x91);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        // Cylinder 1, head 2, sector 3 → LBA (1*16+2)*63+2.
+        outb(&mut ch, BASE + 6, 0xA0 | 2);
+        outb(&mut ch, BASE + 2, 1);
+        outb(&mut ch, BASE + 3, 3);
+        outb(&mut ch, BASE + 4, 1);
+        outb(&mut ch, BASE + 5, 0);
+        outb(&mut ch, BASE + 7, 0x20);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | DRQ);
+        let lba = (16 + 2) * 63 + 2;
+        assert_eq!(
+            read_words(&mut ch, BASE, 256),
+            image[lba * 512..(lba + 1) * 512]
+        );
+        // Sector 0 is invalid in CHS.
+        outb(&mut ch, BASE + 3, 0);
+        outb(&mut ch, BASE + 7, 0x20);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | ERR);
+    }
+
+    #[test]
+    fn srst_resets_and_sets_signatures() {
+        let mut ch = IdeChannel::primary(
+            Some(IdeDevice::Disk(Box::new(MemBackend(vec![0; 4096])))),
+            Some(IdeDevice::Cdrom(None)),
+        );
+        lba28_command(&mut ch, 0x20, 0, 1);
+        assert!(ch.irq_level());
+        outb(&mut ch, CTRL, CTRL_SRST);
+        assert_eq!(inb(&mut ch, CTRL), BSY);
+        assert_eq!(inb(&mut ch, BASE + 7), BSY);
+        assert!(!ch.irq_level());
+        outb(&mut ch, CTRL, 0);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        assert_eq!(inb(&mut ch, BASE + 1), 0x01);
+        assert_eq!(inb(&mut ch, BASE + 2), 1);
+        assert_eq!(inb(&mut ch, BASE + 3), 1);
+        assert_eq!(inb(&mut ch, BASE + 4), 0);
+        assert_eq!(inb(&mut ch, BASE + 5), 0);
+        outb(&mut ch, BASE + 6, 0xB0);
+        assert_eq!(inb(&mut ch, BASE + 7), 0);
+        assert_eq!(inb(&mut ch, BASE + 2), 1);
+        assert_eq!(inb(&mut ch, BASE + 3), 1);
+        assert_eq!(inb(&mut ch, BASE + 4), 0x14);
+        assert_eq!(inb(&mut ch, BASE + 5), 0xEB);
+        // The transfer in progress was cancelled.
+        outb(&mut ch, BASE + 6, 0xA0);
+        assert_eq!(ch.read(BASE, 2, 0), 0xFFFF);
+    }
+
+    #[test]
+    fn nien_masks_the_interrupt() {
+        let mut ch = disk_channel(16);
+        outb(&mut ch, CTRL, CTRL_NIEN);
+        lba28_command(&mut ch, 0x20, 0, 1);
+        assert!(!ch.irq_level());
+        outb(&mut ch, CTRL, 0);
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | DRQ);
+        assert!(!ch.irq_level());
+    }
+
+    #[test]
+    fn absent_slave_reads_zero() {
+        let mut ch = disk_channel(16);
+        outb(&mut ch, BASE + 6, 0xB0);
+        // libata's device check: write a pattern, read it back.
+        outb(&mut ch, BASE + 2, 0x55);
+        outb(&mut ch, BASE + 3, 0xAA);
+        assert_eq!(inb(&mut ch, BASE + 2), 0);
+        assert_eq!(inb(&mut ch, BASE + 3), 0);
+        assert_eq!(inb(&mut ch, BASE + 7), 0);
+        assert_eq!(inb(&mut ch, CTRL), 0);
+        outb(&mut ch, BASE + 7, 0xEC);
+        assert!(!ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), 0);
+        // The master still answers and saw the writes.
+        outb(&mut ch, BASE + 6, 0xA0);
+        assert_eq!(inb(&mut ch, BASE + 2), 0x55);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        // An empty channel reads zero everywhere.
+        let mut empty = IdeChannel::secondary(None, None);
+        assert_eq!(empty.read(0x177, 1, 0), 0);
+        assert_eq!(empty.read(0x376, 1, 0), 0);
+    }
+
+    // ---- ATAPI ----
+
+    const SBASE: u16 = 0x170;
+    const SCTRL: u16 = 0x376;
+
+    /// Sends a PACKET command with `cdb`; returns the data (chunk by chunk) and checks
+    /// the interrupt reason sequence. Returns (data, chunk sizes, final status).
+    fn packet(ch: &mut IdeChannel, cdb: &[u8], limit: u16) -> (Vec<u8>, Vec<usize>, u8) {
+        outb(ch, SBASE + 6, 0xA0);
+        outb(ch, SBASE + 1, 0);
+        outb(ch, SBASE + 4, limit as u8);
+        outb(ch, SBASE + 5, (limit >> 8) as u8);
+        outb(ch, SBASE + 7, 0xA0);
+        assert_eq!(inb(ch, SCTRL) & (BSY | DRQ), DRQ);
+        assert_eq!(inb(ch, SBASE + 2), IREASON_COD);
+        assert!(!ch.irq_level(), "no interrupt before the packet");
+        let mut padded = [0u8; 12];
+        padded[..cdb.len()].copy_from_slice(cdb);
+        for pair in padded.chunks(2) {
+            ch.write(
+                SBASE,
+                2,
+                u32::from(u16::from_le_bytes([pair[0], pair[1]])),
+                0,
+            );
+        }
+        let mut data = Vec::new();
+        let mut chunks = Vec::new();
+        loop {
+            assert!(ch.irq_level());
+            let status = inb(ch, SBASE + 7);
+            assert!(!ch.irq_level());
+            if status & DRQ == 0 {
+                assert_eq!(inb(ch, SBASE + 2), IREASON_IO | IREASON_COD);
+                return (data, chunks, status);
+            }
+            assert_eq!(inb(ch, SBASE + 2), IREASON_IO);
+            let len = usize::from(inb(ch, SBASE + 4)) | (usize::from(inb(ch, SBASE + 5)) << 8);
+            assert!(len <= usize::from(limit).max(1));
+            chunks.push(len);
+            for _ in 0..len / 2 {
+                data.extend_from_slice(&(ch.read(SBASE, 2, 0) as u16).to_le_bytes());
+            }
+            if len % 2 == 1 {
+                data.push(ch.read(SBASE, 1, 0) as u8);
+            }
+        }
+    }
+
+    #[test]
+    fn cdrom_signature_after_identify_device_abort() {
+        let mut ch = cd_channel(None);
+        outb(&mut ch, SBASE + 6, 0xA0);
+        outb(&mut ch, SBASE + 4, 0);
+        outb(&mut ch, SBASE + 5, 0);
+        outb(&mut ch, SBASE + 7, 0xEC);
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, SBASE + 7) & ERR, ERR);
+        assert_eq!(inb(&mut ch, SBASE + 1), ABRT);
+        assert_eq!(inb(&mut ch, SBASE + 4), 0x14);
+        assert_eq!(inb(&mut ch, SBASE + 5), 0xEB);
+        // IDENTIFY PACKET DEVICE works.
+        outb(&mut ch, SBASE + 7, 0xA1);
+        assert_eq!(inb(&mut ch, SBASE + 7), DRDY | DSC | DRQ);
+        let id = read_words(&mut ch, SBASE, 256);
+        assert_eq!(u16::from_le_bytes([id[0], id[1]]), 0x85C0);
+        let model: String = id[54..94]
+            .chunks(2)
+            .flat_map(|p| [p[1], p[0]])
+            .map(char::from)
+            .collect();
+        assert_eq!(model.trim_end(), "HOSPES CD-ROM");
+    }
+
+    #[test]
+    fn inquiry_in_byte_count_limited_chunks() {
+        let mut ch = cd_channel(Some(cd_image(4)));
+        let (data, chunks, status) = packet(&mut ch, &[0x12, 0, 0, 0, 36], 16);
+        assert_eq!(status, DRDY | DSC);
+        assert_eq!(chunks, vec![16, 16, 4]);
+        assert_eq!(data.len(), 36);
+        assert_eq!(data[0], 0x05);
+        assert_eq!(data[1], 0x80);
+        assert_eq!(&data[8..14], b"HOSPES");
+        assert_eq!(&data[16..22], b"CD-ROM");
+        // Allocation length cuts the reply.
+        let (data, chunks, _) = packet(&mut ch, &[0x12, 0, 0, 0, 5], 0xFFFF);
+        assert_eq!(data.len(), 5);
+        assert_eq!(chunks, vec![5]);
+    }
+
+    #[test]
+    fn read10_and_read_capacity() {
+        let image = cd_image(40);
+        let mut ch = cd_channel(Some(image.clone()));
+        let (data, _, status) = packet(&mut ch, &[0x25], 0xFFFE);
+        assert_eq!(status, DRDY | DSC);
+        assert_eq!(data, vec![0, 0, 0, 39, 0, 0, 8, 0]);
+        let (data, chunks, status) = packet(&mut ch, &[0x28, 0, 0, 0, 0, 2, 0, 0, 1], 0x8000);
+        assert_eq!(status, DRDY | DSC);
+        assert_eq!(chunks, vec![2048]);
+        assert_eq!(data, image[2 * 2048..3 * 2048]);
+        // A multi-buffer read: 20 sectors from 19, in 0xFFFE-limited chunks.
+        let (data, _, status) = packet(&mut ch, &[0x28, 0, 0, 0, 0, 19, 0, 0, 20], 0xFFFE);
+        assert_eq!(status, DRDY | DSC);
+        assert_eq!(data, image[19 * 2048..39 * 2048]);
+        // READ(12).
+        let (data, _, _) = packet(&mut ch, &[0xA8, 0, 0, 0, 0, 39, 0, 0, 0, 1], 0x800);
+        assert_eq!(data, image[39 * 2048..40 * 2048]);
+        // Past the end: ILLEGAL REQUEST / LBA OUT OF RANGE.
+        let (_, _, status) = packet(&mut ch, &[0x28, 0, 0, 0, 0, 39, 0, 0, 2], 0x800);
+        assert_eq!(status, DRDY | DSC | ERR);
+        assert_eq!(inb(&mut ch, SBASE + 1) >> 4, SENSE_ILLEGAL_REQUEST);
+        let (sense, _, _) = packet(&mut ch, &[0x03, 0, 0, 0, 18], 0xFFFE);
+        assert_eq!(
+            (sense[2], sense[12]),
+            (SENSE_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE)
+        );
+    }
+
+    #[test]
+    fn test_unit_ready_without_medium_then_request_sense() {
+        let mut ch = cd_channel(None);
+        let (_, _, status) = packet(&mut ch, &[0x00], 0xFFFE);
+        assert_eq!(status, DRDY | DSC | ERR);
+        assert_eq!(inb(&mut ch, SBASE + 1), SENSE_NOT_READY << 4);
+        let (sense, _, status) = packet(&mut ch, &[0x03, 0, 0, 0, 18], 0xFFFE);
+        assert_eq!(status, DRDY | DSC);
+        assert_eq!(sense[0], 0x70);
+        assert_eq!(sense[2], 0x02);
+        assert_eq!(sense[12], 0x3A);
+        // Inserting a medium: UNIT ATTENTION once, then ready.
+        assert!(ch.change_medium(0, Some(Box::new(MemBackend(cd_image(2))))));
+        let (_, _, status) = packet(&mut ch, &[0x00], 0xFFFE);
+        assert_eq!(status & ERR, ERR);
+        assert_eq!(inb(&mut ch, SBASE + 1) >> 4, SENSE_UNIT_ATTENTION);
+        let (_, _, status) = packet(&mut ch, &[0x00], 0xFFFE);
+        assert_eq!(status, DRDY | DSC);
+        // Event status reports the new medium once.
+        let (ev, _, _) = packet(&mut ch, &[0x4A, 1, 0, 0, 0x10, 0, 0, 0, 8], 0xFFFE);
+        assert_eq!((ev[2], ev[4], ev[5]), (0x04, 2, 0x02));
+        let (ev, _, _) = packet(&mut ch, &[0x4A, 1, 0, 0, 0x10, 0, 0, 0, 8], 0xFFFE);
+        assert_eq!(ev[4], 0);
+    }
+
+    #[test]
+    fn read_toc_formats() {
+        let mut ch = cd_channel(Some(cd_image(1000)));
+        let (toc, _, status) = packet(&mut ch, &[0x43, 0, 0, 0, 0, 0, 0, 0x03, 0x24], 0xFFFE);
+        assert_eq!(status, DRDY | DSC);
+        assert_eq!(toc.len(), 20);
+        assert_eq!(&toc[0..4], &[0, 18, 1, 1]);
+        assert_eq!(&toc[4..12], &[0, 0x14, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(&toc[12..20], &[0, 0x14, 0xAA, 0, 0, 0, 0x03, 0xE8]);
+        // MSF: lead-out at 1000 + 150 frames = 00:15:25.
+        let (toc, _, _) = packet(&mut ch, &[0x43, 2, 0, 0, 0, 0, 0, 0x03, 0x24], 0xFFFE);
+        assert_eq!(&toc[8..12], &[0, 0, 2, 0]);
+        assert_eq!(&toc[16..20], &[0, 0, 15, 25]);
+        // Format 1: multi-session info.
+        let (toc, _, _) = packet(&mut ch, &[0x43, 0, 1, 0, 0, 0, 0, 0, 12], 0xFFFE);
+        assert_eq!(toc, vec![0, 10, 1, 1, 0, 0x14, 1, 0, 0, 0, 0, 0]);
+        // Mode sense page 2A, get configuration, disc info.
+        let (ms, _, status) = packet(&mut ch, &[0x5A, 0, 0x2A, 0, 0, 0, 0, 0, 64], 0xFFFE);
+        assert_eq!(status, DRDY | DSC);
+        assert_eq!(ms[8], 0x2A);
+        assert_eq!(usize::from(ms[1]) + 2, ms.len());
+        let (conf, _, _) = packet(&mut ch, &[0x46, 0, 0, 0, 0, 0, 0, 0, 16], 0xFFFE);
+        assert_eq!(&conf[6..8], &[0, 8]);
+        let (_, _, status) = packet(&mut ch, &[0x51, 0, 0, 0, 0, 0, 0, 0, 34], 0xFFFE);
+        assert_eq!(status, DRDY | DSC);
+        let (_, _, status) = packet(&mut ch, &[0xFF], 0xFFFE);
+        assert_eq!(status & ERR, ERR);
+    }
+}
