@@ -359,7 +359,7 @@ impl Drive {
                 }
                 self.start_write(cmd == 0x39, self.multiple);
             }
-            0x40 | 0x41 | 0x42 => match self.check_range(cmd == 0x42) {
+            0x40..=0x42 => match self.check_range(cmd == 0x42) {
                 Some(_) => self.complete(),
                 None => self.fail(IDNF),
             },
