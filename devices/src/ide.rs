@@ -870,6 +870,9 @@ impl Drive {
                 self.atapi_reply(data, usize::from(cdb[4]));
             }
             0x12 => {
+                if cdb[1] & 0x01 != 0 {
+                    return self.invalid_field(); // no vital product data pages
+                }
                 let mut data = vec![0u8; 36];
                 data[0] = 0x05; // CD/DVD device
                 data[1] = 0x80; // removable
@@ -1151,6 +1154,18 @@ impl IdeChannel {
             if self.device_control & CTRL_SRST != 0 {
                 return;
             }
+            if value == 0x90 {
+                // EXECUTE DEVICE DIAGNOSTIC runs on both devices; the selected one
+                // reports completion.
+                let selected = self.selected;
+                for (index, drive) in self.drives.iter_mut().enumerate() {
+                    if let Some(drive) = drive {
+                        drive.command(value);
+                        drive.intrq &= index == selected;
+                    }
+                }
+                return;
+            }
             if let Some(drive) = self.selected_drive() {
                 drive.command(value);
             }
@@ -1183,8 +1198,10 @@ impl IdeChannel {
         let reset = value & CTRL_SRST != 0;
         self.device_control = value;
         if was_reset && !reset {
+            // Reset leaves device 0 selected (device register 00h).
             for drive in self.drives.iter_mut().flatten() {
                 drive.reset();
+                drive.tf.select = 0;
             }
             self.selected = 0;
         } else if reset {
