@@ -1801,4 +1801,88 @@ mod tests {
         let (_, _, status) = packet(&mut ch, &[0xFF], 0xFFFE);
         assert_eq!(status & ERR, ERR);
     }
+
+    #[test]
+    fn random_port_traffic_never_panics() {
+        let mut channel = IdeChannel::primary(
+            Some(IdeDevice::Disk(Box::new(MemBackend(pattern_disk(40))))),
+            Some(IdeDevice::Cdrom(Some(Box::new(MemBackend(cd_image(3)))))),
+        );
+        let mut seed = 0x1234_5678_9ABC_DEF0u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for _ in 0..200_000 {
+            let r = next();
+            let port = match r % 10 {
+                8 => CTRL,
+                9 => BASE,
+                n => BASE + n as u16 % 8,
+            };
+            let size = [1u8, 2, 4][(r >> 8) as usize % 3];
+            let value = next();
+            // Favour commands and packets that move data.
+            let value = if port == BASE + 7 && value % 4 == 0 {
+                [0x20, 0x24, 0x30, 0xC4, 0xC5, 0xA0, 0xA1, 0xEC, 0xC6, 0x91][value as usize % 10]
+            } else if port == CTRL {
+                value & 0x86
+            } else {
+                value
+            };
+            if r & 0x8000_0000 != 0 {
+                channel.read(port, size, 0);
+            } else {
+                channel.write(port, size, value, 0);
+            }
+            let _ = channel.irq_level();
+        }
+    }
+
+    #[test]
+    fn random_packets_never_panic() {
+        let mut ch = cd_channel(Some(cd_image(5)));
+        let opcodes = [
+            0x00, 0x03, 0x12, 0x1A, 0x1B, 0x1E, 0x25, 0x28, 0x2B, 0x43, 0x46, 0x4A, 0x51, 0x5A,
+            0xA8, 0xBB, 0xBD, 0xBE,
+        ];
+        let mut seed = 42u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u8
+        };
+        for round in 0..5000 {
+            let mut cdb = [0u8; 12];
+            for b in cdb.iter_mut() {
+                *b = if next() & 1 == 0 { next() } else { next() & 3 };
+            }
+            cdb[0] = opcodes[round % opcodes.len()];
+            let limit = u16::from(next()) << (next() % 9);
+            outb(&mut ch, SBASE + 6, 0xA0);
+            outb(&mut ch, SBASE + 1, next() & 1);
+            outb(&mut ch, SBASE + 4, limit as u8);
+            outb(&mut ch, SBASE + 5, (limit >> 8) as u8);
+            outb(&mut ch, SBASE + 7, 0xA0);
+            for pair in cdb.chunks(2) {
+                ch.write(
+                    SBASE,
+                    2,
+                    u32::from(u16::from_le_bytes([pair[0], pair[1]])),
+                    0,
+                );
+            }
+            // Drain up to 64 KiB of whatever came back.
+            for _ in 0..16384 {
+                if inb(&mut ch, SCTRL) & DRQ == 0 {
+                    break;
+                }
+                ch.read(SBASE, 4, 0);
+            }
+            assert_eq!(inb(&mut ch, SBASE + 7) & (BSY | DRQ), 0);
+        }
+    }
 }
