@@ -11,7 +11,13 @@
 //! libata's register write/read-back check sees no device. Commands sent to an absent
 //! device are ignored.
 //!
-//! Bus-master DMA is not implemented and not advertised in IDENTIFY, so guests use PIO.
+//! Bus-master DMA (PIIX-style BMIDE registers, PRD scatter-gather, READ/WRITE DMA and
+//! their EXT forms for disks) is opt-in: until [`IdeChannel::set_dma_enabled`] is
+//! called, IDENTIFY does not advertise DMA and guests use PIO. The machine routes the
+//! channel's 8 BMIDE ports (BAR4 + 0 / + 8) to [`IdeChannel::bus_master_read`] /
+//! [`IdeChannel::bus_master_write`] and calls [`IdeChannel::run_dma`] whenever
+//! [`IdeChannel::dma_pending`] says a started transfer is waiting. ATAPI DMA is not
+//! implemented (the CD never advertises it).
 
 use crate::{Nanos, PortDevice};
 
@@ -187,6 +193,12 @@ enum Phase {
         next_lba: u64,
         remaining: u64,
     },
+    /// A disk DMA command waiting for the bus master; `to_memory` for reads.
+    Dma {
+        lba: u64,
+        count: u64,
+        to_memory: bool,
+    },
 }
 
 /// One device on the channel with its registers and transfer state.
@@ -217,6 +229,10 @@ struct Drive {
     /// ATAPI: a media event (2 = new media, 3 = removal) for GET EVENT STATUS.
     media_event: u8,
     serial: &'static str,
+    /// Whether IDENTIFY advertises (and commands accept) multiword DMA.
+    dma_enabled: bool,
+    /// Multiword DMA mode selected by SET FEATURES (bit n = mode n), for word 63.
+    mwdma_selected: u16,
 }
 
 const IDENTIFY_MODEL_DISK: &str = "HOSPES HARDDISK";
@@ -273,6 +289,8 @@ impl Drive {
             unit_attention: false,
             media_event: 0,
             serial,
+            dma_enabled: false,
+            mwdma_selected: 0,
         };
         drive.reset();
         drive
@@ -396,6 +414,25 @@ impl Drive {
                 self.sectors_per_track = spt;
                 self.complete();
             }
+            0xC8 | 0xC9 | 0x25 | 0xCA | 0xCB | 0x35 => {
+                let to_memory = matches!(cmd, 0xC8 | 0xC9 | 0x25);
+                let read_only = matches!(&self.device, IdeDevice::Disk(b) if b.read_only());
+                if !self.dma_enabled || (!to_memory && read_only) {
+                    return self.abort();
+                }
+                match self.check_range(matches!(cmd, 0x25 | 0x35)) {
+                    Some((lba, count)) => {
+                        self.phase = Phase::Dma {
+                            lba,
+                            count,
+                            to_memory,
+                        };
+                        self.status = DRDY | DSC | DRQ;
+                        self.error = 0;
+                    }
+                    None => self.fail(IDNF),
+                }
+            }
             0x10..=0x1F | 0x70 => self.complete(), // RECALIBRATE, SEEK
             // IDLE / STANDBY / SLEEP family: no power states to model.
             0x94..=0x99 | 0xE0..=0xE3 | 0xE6 => self.complete(),
@@ -416,8 +453,11 @@ impl Drive {
         match self.tf.feature {
             0x02 => self.write_cache = true,
             0x82 => self.write_cache = false,
-            // Set transfer mode: PIO modes only (no DMA implemented).
+            // Set transfer mode: PIO modes, and multiword DMA 0-2 when DMA is enabled.
             0x03 if self.tf.nsector < 0x10 => {}
+            0x03 if self.dma_enabled && (0x20..=0x22).contains(&self.tf.nsector) => {
+                self.mwdma_selected = 1 << (self.tf.nsector & 0x07);
+            }
             0x03 => return self.abort(),
             0x55 | 0xAA | 0x66 | 0xCC | 0x33 | 0xBB | 0x44 => {}
             _ => return self.abort(),
@@ -620,7 +660,7 @@ impl Drive {
         w[6] = 63;
         self.identify_common(&mut w, IDENTIFY_MODEL_DISK);
         w[47] = 0x8000 | MAX_MULTIPLE as u16;
-        w[49] = 0x0200; // LBA supported, no DMA
+        w[49] = if self.dma_enabled { 0x0300 } else { 0x0200 }; // LBA, DMA if enabled
         w[50] = 0x4000;
         w[51] = 0x0200; // PIO timing mode 2 (obsolete field)
         w[53] = 0x0003; // words 54-58 and 64-70 valid
@@ -639,6 +679,9 @@ impl Drive {
         let lba28 = total.min(0x0FFF_FFFF);
         w[60] = lba28 as u16;
         w[61] = (lba28 >> 16) as u16;
+        if self.dma_enabled {
+            w[63] = 0x0007 | (self.mwdma_selected << 8); // multiword DMA 0-2
+        }
         w[64] = 0x0003; // PIO modes 3 and 4
         w[65] = 120;
         w[66] = 120;
@@ -1050,6 +1093,23 @@ impl Drive {
     }
 }
 
+/// Guest physical memory as seen by a bus-master DMA transfer.
+pub trait DmaMemory {
+    fn read(&mut self, addr: u32, buf: &mut [u8]);
+    fn write(&mut self, addr: u32, data: &[u8]);
+}
+
+// Bus-master IDE command and status register bits.
+const BM_CMD_START: u8 = 0x01;
+const BM_CMD_TO_MEMORY: u8 = 0x08;
+const BM_STATUS_ACTIVE: u8 = 0x01;
+const BM_STATUS_ERROR: u8 = 0x02;
+const BM_STATUS_INTERRUPT: u8 = 0x04;
+/// Drive 0/1 DMA capable: plain storage for firmware.
+const BM_STATUS_CAPABLE: u8 = 0x60;
+/// Upper bound on PRD entries walked per transfer (a 64 KiB table holds 8192).
+const MAX_PRD_ENTRIES: u32 = 8192;
+
 /// One IDE channel (primary or secondary) with up to two devices.
 pub struct IdeChannel {
     command_base: u16,
@@ -1058,6 +1118,9 @@ pub struct IdeChannel {
     /// Index of the selected device (DEV bit of the device register).
     selected: usize,
     device_control: u8,
+    bm_command: u8,
+    bm_status: u8,
+    prd_table: u32,
 }
 
 impl IdeChannel {
@@ -1077,6 +1140,9 @@ impl IdeChannel {
             ],
             selected: 0,
             device_control: 0,
+            bm_command: 0,
+            bm_status: 0,
+            prd_table: 0,
         }
     }
 
@@ -1111,6 +1177,170 @@ impl IdeChannel {
         *slot = medium;
         drive.unit_attention = true;
         true
+    }
+
+    /// Lets the disks advertise and accept multiword DMA (needs the machine to route
+    /// the BMIDE ports and call [`IdeChannel::run_dma`]).
+    pub fn set_dma_enabled(&mut self, enabled: bool) {
+        for drive in self.drives.iter_mut().flatten() {
+            drive.dma_enabled = enabled && !drive.is_atapi();
+        }
+    }
+
+    /// Reads a bus-master register; `offset` is relative to this channel's BMIDE block
+    /// (0 command, 2 status, 4-7 PRD table address).
+    pub fn bus_master_read(&mut self, offset: u16, size: u8) -> u32 {
+        let regs = [
+            self.bm_command,
+            0,
+            self.bm_status,
+            0,
+            self.prd_table as u8,
+            (self.prd_table >> 8) as u8,
+            (self.prd_table >> 16) as u8,
+            (self.prd_table >> 24) as u8,
+        ];
+        let mut value = 0u32;
+        for i in 0..usize::from(size.min(4)) {
+            let byte = regs.get(usize::from(offset) + i).copied().unwrap_or(0);
+            value |= u32::from(byte) << (8 * i);
+        }
+        value
+    }
+
+    /// Writes a bus-master register (see [`IdeChannel::bus_master_read`]).
+    pub fn bus_master_write(&mut self, offset: u16, size: u8, value: u32) {
+        for i in 0..u16::from(size.min(4)) {
+            let byte = (value >> (8 * i)) as u8;
+            match offset.wrapping_add(i) {
+                0 => {
+                    let start = byte & BM_CMD_START != 0;
+                    if start && self.bm_command & BM_CMD_START == 0 {
+                        self.bm_status |= BM_STATUS_ACTIVE;
+                    } else if !start {
+                        // Stopping the engine ends (or abandons) the transfer.
+                        self.bm_status &= !BM_STATUS_ACTIVE;
+                    }
+                    self.bm_command = byte & (BM_CMD_START | BM_CMD_TO_MEMORY);
+                }
+                2 => {
+                    let cleared = byte & (BM_STATUS_ERROR | BM_STATUS_INTERRUPT);
+                    self.bm_status = (self.bm_status & !cleared & !BM_STATUS_CAPABLE)
+                        | (byte & BM_STATUS_CAPABLE);
+                }
+                n @ 4..=7 => {
+                    let shift = 8 * u32::from(n - 4);
+                    self.prd_table =
+                        (self.prd_table & !(0xFF << shift)) | (u32::from(byte) << shift);
+                    self.prd_table &= !3;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether a started bus-master transfer is waiting for [`IdeChannel::run_dma`].
+    pub fn dma_pending(&self) -> bool {
+        self.bm_command & BM_CMD_START != 0
+            && self.bm_status & BM_STATUS_ACTIVE != 0
+            && self.drives[self.selected]
+                .as_ref()
+                .is_some_and(|d| matches!(d.phase, Phase::Dma { .. }))
+    }
+
+    /// Performs a pending DMA transfer at once: walks the PRD table in guest memory,
+    /// moves the sectors, then completes the command (drive interrupt, BMIDE
+    /// interrupt bit). Does nothing unless [`IdeChannel::dma_pending`].
+    pub fn run_dma(&mut self, mem: &mut dyn DmaMemory) {
+        if !self.dma_pending() {
+            return;
+        }
+        let prd_table = self.prd_table;
+        let Some(drive) = self.drives[self.selected].as_mut() else {
+            return;
+        };
+        let Phase::Dma {
+            lba,
+            count,
+            to_memory,
+        } = drive.phase
+        else {
+            return;
+        };
+        let IdeDevice::Disk(backend) = &mut drive.device else {
+            return;
+        };
+        let mut sector = [0u8; SECTOR_SIZE];
+        // Bytes of `sector` already sent to memory (reads) or filled from it (writes).
+        let mut sector_pos = if to_memory { SECTOR_SIZE } else { 0 };
+        let mut next_lba = lba;
+        let mut sectors_left = count;
+        let mut failed = false;
+        let mut table_exhausted = false;
+        let mut entry = 0u32;
+        'table: while sectors_left > 0 {
+            if entry >= MAX_PRD_ENTRIES {
+                table_exhausted = true;
+                break;
+            }
+            let mut prd = [0u8; 8];
+            mem.read(prd_table.wrapping_add(entry * 8), &mut prd);
+            entry += 1;
+            let mut addr = u32::from_le_bytes([prd[0], prd[1], prd[2], prd[3]]) & !1;
+            let mut left = match u32::from(u16::from_le_bytes([prd[4], prd[5]])) & !1 {
+                0 => 0x10000,
+                n => n,
+            };
+            let end_of_table = prd[7] & 0x80 != 0;
+            while left > 0 && sectors_left > 0 {
+                if to_memory && sector_pos == SECTOR_SIZE {
+                    let offset = next_lba * SECTOR_SIZE as u64;
+                    if backend.read(offset, &mut sector).is_err() {
+                        failed = true;
+                        break 'table;
+                    }
+                    sector_pos = 0;
+                }
+                let n = (left as usize).min(SECTOR_SIZE - sector_pos);
+                let piece = &mut sector[sector_pos..sector_pos + n];
+                if to_memory {
+                    mem.write(addr, piece);
+                } else {
+                    mem.read(addr, piece);
+                }
+                sector_pos += n;
+                addr = addr.wrapping_add(n as u32);
+                left -= n as u32;
+                if sector_pos == SECTOR_SIZE {
+                    if !to_memory {
+                        let offset = next_lba * SECTOR_SIZE as u64;
+                        if backend.write(offset, &sector).is_err() {
+                            failed = true;
+                            break 'table;
+                        }
+                        sector_pos = 0;
+                    }
+                    next_lba += 1;
+                    sectors_left -= 1;
+                }
+            }
+            if end_of_table && sectors_left > 0 {
+                table_exhausted = true;
+                break;
+            }
+        }
+        let mut bm_status = self.bm_status & !BM_STATUS_ACTIVE;
+        if failed {
+            drive.fail(if to_memory { UNC | ABRT } else { ABRT });
+            bm_status |= BM_STATUS_ERROR;
+        } else if table_exhausted {
+            // The guest's table was too small for the command: the device aborts.
+            drive.abort();
+            bm_status |= BM_STATUS_ERROR;
+        } else {
+            drive.complete();
+        }
+        self.bm_status = bm_status | BM_STATUS_INTERRUPT;
     }
 
     fn selected_drive(&mut self) -> Option<&mut Drive> {
@@ -1884,5 +2114,112 @@ mod tests {
             }
             assert_eq!(inb(&mut ch, SBASE + 7) & (BSY | DRQ), 0);
         }
+    }
+
+    // ---- bus-master DMA ----
+
+    /// Flat guest memory for DMA tests.
+    struct TestMemory(Vec<u8>);
+
+    impl DmaMemory for TestMemory {
+        fn read(&mut self, addr: u32, buf: &mut [u8]) {
+            let start = addr as usize;
+            buf.copy_from_slice(&self.0[start..start + buf.len()]);
+        }
+        fn write(&mut self, addr: u32, data: &[u8]) {
+            let start = addr as usize;
+            self.0[start..start + data.len()].copy_from_slice(data);
+        }
+    }
+
+    fn put_prd(mem: &mut TestMemory, at: usize, addr: u32, len: u16, last: bool) {
+        mem.0[at..at + 4].copy_from_slice(&addr.to_le_bytes());
+        mem.0[at + 4..at + 6].copy_from_slice(&len.to_le_bytes());
+        mem.0[at + 6..at + 8].copy_from_slice(&(u16::from(last) << 15).to_le_bytes());
+    }
+
+    #[test]
+    fn dma_is_not_advertised_or_accepted_by_default() {
+        let mut ch = disk_channel(16);
+        lba28_command(&mut ch, 0xC8, 0, 1);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | ERR);
+        ch.set_dma_enabled(true);
+        outb(&mut ch, BASE + 7, 0xEC);
+        let id = read_words(&mut ch, BASE, 256);
+        assert_eq!(u16::from_le_bytes([id[98], id[99]]) & 0x0100, 0x0100);
+        assert_eq!(u16::from_le_bytes([id[126], id[127]]) & 0x0007, 0x0007);
+    }
+
+    #[test]
+    fn read_dma_through_split_prd_table() {
+        let image = pattern_disk(32);
+        let mut ch = disk_channel(32);
+        ch.set_dma_enabled(true);
+        let mut mem = TestMemory(vec![0; 0x10000]);
+        // 3 sectors into 0x2000 (700 bytes) and 0x4000 (836 bytes).
+        put_prd(&mut mem, 0x1000, 0x2000, 700, false);
+        put_prd(&mut mem, 0x1008, 0x4000, 836, true);
+        ch.bus_master_write(4, 4, 0x1000);
+        assert_eq!(ch.bus_master_read(4, 4), 0x1000);
+        ch.bus_master_write(0, 1, u32::from(BM_CMD_TO_MEMORY));
+        lba28_command(&mut ch, 0xC8, 7, 3);
+        assert!(!ch.dma_pending());
+        ch.bus_master_write(0, 1, u32::from(BM_CMD_TO_MEMORY | BM_CMD_START));
+        assert_eq!(
+            ch.bus_master_read(2, 1) as u8 & BM_STATUS_ACTIVE,
+            BM_STATUS_ACTIVE
+        );
+        assert!(ch.dma_pending());
+        ch.run_dma(&mut mem);
+        assert!(!ch.dma_pending());
+        assert!(ch.irq_level());
+        assert_eq!(ch.bus_master_read(2, 1) as u8, BM_STATUS_INTERRUPT);
+        ch.bus_master_write(0, 1, 0);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        assert_eq!(mem.0[0x2000..0x2000 + 700], image[7 * 512..7 * 512 + 700]);
+        assert_eq!(mem.0[0x4000..0x4000 + 836], image[7 * 512 + 700..10 * 512]);
+        // Interrupt bit is write-one-to-clear.
+        ch.bus_master_write(2, 1, u32::from(BM_STATUS_INTERRUPT));
+        assert_eq!(ch.bus_master_read(2, 1), 0);
+    }
+
+    #[test]
+    fn write_dma_ext_and_short_prd_table() {
+        let mut ch = disk_channel(32);
+        ch.set_dma_enabled(true);
+        let mut mem = TestMemory((0..0x10000).map(|i| (i * 13) as u8).collect());
+        put_prd(&mut mem, 0x100, 0x3000, 1024, true);
+        ch.bus_master_write(4, 4, 0x100);
+        outb(&mut ch, BASE + 6, 0x40);
+        outb(&mut ch, BASE + 2, 0);
+        outb(&mut ch, BASE + 2, 2);
+        outb(&mut ch, BASE + 3, 0);
+        outb(&mut ch, BASE + 3, 20);
+        outb(&mut ch, BASE + 4, 0);
+        outb(&mut ch, BASE + 4, 0);
+        outb(&mut ch, BASE + 5, 0);
+        outb(&mut ch, BASE + 5, 0);
+        outb(&mut ch, BASE + 7, 0x35);
+        ch.bus_master_write(0, 1, u32::from(BM_CMD_START));
+        ch.run_dma(&mut mem);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        let expected = mem.0[0x3000..0x3400].to_vec();
+        ch.bus_master_write(0, 1, 0);
+        let drive = ch.drives[0].as_mut().unwrap();
+        let IdeDevice::Disk(backend) = &mut drive.device else {
+            panic!()
+        };
+        let mut written = vec![0u8; 1024];
+        backend.read(20 * 512, &mut written).unwrap();
+        assert_eq!(written, expected);
+        // A table too small for the command: error in both status registers.
+        lba28_command(&mut ch, 0xCA, 0, 4);
+        ch.bus_master_write(0, 1, u32::from(BM_CMD_START));
+        ch.run_dma(&mut mem);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | ERR);
+        assert_eq!(
+            ch.bus_master_read(2, 1) as u8,
+            BM_STATUS_ERROR | BM_STATUS_INTERRUPT
+        );
     }
 }
