@@ -969,10 +969,13 @@ impl Drive {
                 };
                 let mut data = vec![0u8; 8];
                 data[6..8].copy_from_slice(&profile.to_be_bytes());
-                // Feature 0: profile list with the CD-ROM profile.
-                data.extend_from_slice(&[0x00, 0x00, 0x03, 0x04, 0x00, 0x08]);
-                data.push(u8::from(profile == 0x0008));
-                data.push(0);
+                // Feature 0 (profile list with the CD-ROM profile) is the only feature
+                // described; a request starting past it gets the header alone.
+                if be16(&cdb[2..4]) == 0 {
+                    data.extend_from_slice(&[0x00, 0x00, 0x03, 0x04, 0x00, 0x08]);
+                    data.push(u8::from(profile == 0x0008));
+                    data.push(0);
+                }
                 let len = (data.len() - 4) as u32;
                 data[0..4].copy_from_slice(&len.to_be_bytes());
                 self.atapi_reply(data, be16(&cdb[7..9]));
@@ -2026,6 +2029,10 @@ mod tests {
         assert_eq!(usize::from(ms[1]) + 2, ms.len());
         let (conf, _, _) = packet(&mut ch, &[0x46, 0, 0, 0, 0, 0, 0, 0, 16], 0xFFFE);
         assert_eq!(&conf[6..8], &[0, 8]);
+        assert_eq!(&conf[8..14], &[0, 0, 3, 4, 0, 8]);
+        // Asking for the MRW feature (0x28): header only.
+        let (conf, _, _) = packet(&mut ch, &[0x46, 2, 0, 0x28, 0, 0, 0, 0, 16], 0xFFFE);
+        assert_eq!(conf, vec![0, 0, 0, 4, 0, 0, 0, 8]);
         let (_, _, status) = packet(&mut ch, &[0x51, 0, 0, 0, 0, 0, 0, 0, 34], 0xFFFE);
         assert_eq!(status, DRDY | DSC);
         let (_, _, status) = packet(&mut ch, &[0xFF], 0xFFFE);
