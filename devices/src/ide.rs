@@ -1863,6 +1863,66 @@ mod tests {
 
     // ---- ATAPI ----
 
+    /// The order of register accesses libata's SFF softreset and classification use.
+    #[test]
+    fn libata_style_probe_of_disk_and_cd() {
+        let mut ch = IdeChannel::primary(
+            Some(IdeDevice::Disk(Box::new(MemBackend(vec![0; 64 * 512])))),
+            Some(IdeDevice::Cdrom(None)),
+        );
+        // ata_devchk on both devices.
+        for dev in [0xA0u8, 0xB0] {
+            outb(&mut ch, BASE + 6, dev);
+            for (a, b) in [(0x55, 0xAA), (0xAA, 0x55), (0x55, 0xAA)] {
+                outb(&mut ch, BASE + 2, a);
+                outb(&mut ch, BASE + 3, b);
+            }
+            assert_eq!(
+                (inb(&mut ch, BASE + 2), inb(&mut ch, BASE + 3)),
+                (0x55, 0xAA)
+            );
+        }
+        // Soft reset.
+        outb(&mut ch, CTRL, 0x00);
+        outb(&mut ch, CTRL, CTRL_SRST);
+        outb(&mut ch, CTRL, 0x00);
+        assert_eq!(inb(&mut ch, BASE + 7) & BSY, 0);
+        outb(&mut ch, BASE + 6, 0xB0);
+        assert_eq!((inb(&mut ch, BASE + 2), inb(&mut ch, BASE + 3)), (1, 1));
+        // Classification: error 1 and signatures.
+        let classify = |ch: &mut IdeChannel, dev: u8| {
+            outb(ch, BASE + 6, dev);
+            (inb(ch, BASE + 1), inb(ch, BASE + 4), inb(ch, BASE + 5))
+        };
+        assert_eq!(classify(&mut ch, 0xA0), (1, 0x00, 0x00));
+        assert_eq!(classify(&mut ch, 0xB0), (1, 0x14, 0xEB));
+        // IDENTIFY and IDENTIFY PACKET through 32-bit PIO.
+        outb(&mut ch, BASE + 6, 0xA0);
+        outb(&mut ch, BASE + 7, 0xEC);
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | DRQ);
+        for _ in 0..128 {
+            ch.read(BASE, 4, 0);
+        }
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        outb(&mut ch, BASE + 6, 0xB0);
+        outb(&mut ch, BASE + 7, 0xA1);
+        assert!(ch.irq_level());
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC | DRQ);
+        for _ in 0..128 {
+            ch.read(BASE, 4, 0);
+        }
+        assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        // SET FEATURES transfer mode PIO4 on both.
+        for dev in [0xA0u8, 0xB0] {
+            outb(&mut ch, BASE + 6, dev);
+            outb(&mut ch, BASE + 1, 0x03);
+            outb(&mut ch, BASE + 2, 0x0C);
+            outb(&mut ch, BASE + 7, 0xEF);
+            assert!(ch.irq_level());
+            assert_eq!(inb(&mut ch, BASE + 7), DRDY | DSC);
+        }
+    }
+
     const SBASE: u16 = 0x170;
     const SCTRL: u16 = 0x376;
 
