@@ -17,6 +17,8 @@
 //! Nothing here reads host time: the only clock is the `now` the machine passes in.
 
 pub mod i8042;
+pub mod ide;
+pub mod pci;
 pub mod pic;
 pub mod pit;
 pub mod rtc;
