@@ -50,6 +50,9 @@ pub struct Devices {
     pub a20: bool,
     /// The A20 gate changed since the run loop last looked.
     pub a20_changed: bool,
+    /// A timer device was written: its next event may now come before the end of the
+    /// CPU's current slice, so the slice must end and the deadline be recomputed.
+    pub timers_changed: bool,
 }
 
 const COM_BASES: [u16; 4] = [0x3F8, 0x2F8, 0x3E8, 0x2E8];
@@ -72,6 +75,7 @@ impl Devices {
             power_event: None,
             a20: true,
             a20_changed: false,
+            timers_changed: false,
         }
     }
 
@@ -163,6 +167,11 @@ impl Devices {
 
     pub fn port_write(&mut self, port: u16, size: u8, value: u32) {
         let now = self.now();
+        if matches!(port, 0x40..=0x43 | 0x61 | 0x70 | 0x71)
+            || COM_BASES.iter().any(|&b| (b..b + 8).contains(&port))
+        {
+            self.timers_changed = true;
+        }
         match port {
             0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1 => self.pic.write(port, size, value, now),
             0x40..=0x43 => self.pit.write(port, size, value, now),
@@ -247,7 +256,9 @@ impl Bus for Board {
         v
     }
     fn stop_requested(&mut self) -> bool {
-        self.devices.power_event.is_some() || self.devices.a20_changed
+        self.devices.power_event.is_some()
+            || self.devices.a20_changed
+            || std::mem::take(&mut self.devices.timers_changed)
     }
     fn sync_time(&mut self, icount: u64) {
         self.devices.set_icount(icount);

@@ -168,6 +168,8 @@ impl Machine {
                     }
                     // Idle until the next device event (or, with none scheduled, for a
                     // slice, waiting for outside input).
+                    // The guest may have reprogrammed a timer just before HLT: ask again.
+                    let deadline = self.board.devices.next_event().map(clock::icount_at);
                     let wake = deadline.unwrap_or(self.cpu.state.icount + MAX_SLICE);
                     self.cpu.state.icount = self.cpu.state.icount.max(wake);
                 }
