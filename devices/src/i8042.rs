@@ -6,11 +6,15 @@
 //! bit (on by default, as a BIOS leaves it) the controller translates to set 1. The
 //! output port carries the A20 gate and the reset line, which the machine reads back.
 
-use crate::{Nanos, PortDevice};
+use crate::{Nanos, PortDevice, Timed};
 use std::collections::VecDeque;
 
 /// Bytes a device may have queued (a keyboard's buffer is about this size).
 const QUEUE_LIMIT: usize = 16;
+/// After the guest reads a byte, the next one arrives this much later (a PS/2 byte takes
+/// about a millisecond on the wire). The gap makes the IRQ line fall and rise again, so
+/// an edge-triggered interrupt controller sees every byte.
+const NEXT_BYTE_DELAY: Nanos = 100_000;
 
 // Status register bits.
 const ST_OBF: u8 = 1 << 0;
@@ -84,6 +88,9 @@ pub struct I8042 {
     reset_request: bool,
     /// Translation state: the next set-2 byte follows an F0 (break) prefix.
     xlate_break: bool,
+    /// When the next queued byte moves into the output buffer (after a read).
+    refill_at: Option<Nanos>,
+    last_byte: u8,
 }
 
 impl Default for I8042 {
@@ -112,6 +119,8 @@ impl I8042 {
             mouse: Mouse::new(),
             reset_request: false,
             xlate_break: false,
+            refill_at: None,
+            last_byte: 0,
         }
     }
 
@@ -183,7 +192,7 @@ impl I8042 {
 
     /// Moves the next pending byte into the output buffer if it is empty.
     fn fill_output(&mut self) {
-        if self.out.is_some() {
+        if self.out.is_some() || self.refill_at.is_some() {
             return;
         }
         if let Some(b) = self.controller_queue.pop_front() {
@@ -479,11 +488,18 @@ impl Mouse {
 }
 
 impl PortDevice for I8042 {
-    fn read(&mut self, port: u16, _size: u8, _now: Nanos) -> u32 {
+    fn read(&mut self, port: u16, _size: u8, now: Nanos) -> u32 {
         match port {
             0x60 => {
-                let v = self.out.take().map(|(b, _)| b).unwrap_or(0);
-                self.fill_output();
+                // Reading an empty buffer returns the last byte again, as hardware does.
+                let v = match self.out.take() {
+                    Some((b, _)) => {
+                        self.last_byte = b;
+                        self.refill_at = Some(now + NEXT_BYTE_DELAY);
+                        b
+                    }
+                    None => self.last_byte,
+                };
                 v as u32
             }
             _ => self.status() as u32,
@@ -525,6 +541,19 @@ impl PortDevice for I8042 {
                 self.fill_output();
             }
             DataTarget::Mouse => self.mouse_command(v),
+        }
+    }
+}
+
+impl Timed for I8042 {
+    fn next_event(&self) -> Option<Nanos> {
+        self.refill_at
+    }
+
+    fn advance(&mut self, now: Nanos) {
+        if self.refill_at.is_some_and(|t| now >= t) {
+            self.refill_at = None;
+            self.fill_output();
         }
     }
 }
@@ -634,12 +663,18 @@ fn set2_to_set1(b: u8) -> u8 {
 mod tests {
     use super::*;
 
+    /// Reads every byte the controller has, letting time pass between bytes.
     fn read_all(k: &mut I8042) -> Vec<u8> {
         let mut v = Vec::new();
-        while k.read(0x64, 1, 0) as u8 & ST_OBF != 0 {
+        loop {
+            if let Some(t) = k.next_event() {
+                k.advance(t);
+            }
+            if k.read(0x64, 1, 0) as u8 & ST_OBF == 0 {
+                return v;
+            }
             v.push(k.read(0x60, 1, 0) as u8);
         }
-        v
     }
 
     #[test]
@@ -754,6 +789,11 @@ mod tests {
         k.key_set2(0x1C, true);
         assert_eq!(k.read(0x64, 1, 0) as u8 & ST_AUX, ST_AUX);
         assert_eq!(k.read(0x60, 1, 0), 0x77);
+        // The next byte arrives a little later: the IRQ line drops in between.
+        assert!(!k.irq1_level() && !k.irq12_level());
+        assert_eq!(k.read(0x64, 1, 0) as u8 & ST_OBF, 0);
+        k.advance(k.next_event().expect("next byte scheduled"));
+        assert!(k.irq1_level());
         assert_eq!(k.read(0x64, 1, 0) as u8 & ST_AUX, 0);
         assert_eq!(k.read(0x60, 1, 0), 0x1E);
     }
