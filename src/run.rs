@@ -1,6 +1,8 @@
 //! `hospes run`: build a PC from the command line and run it.
 
-use hospes_bios::{BootDevice, BootOptions, DriveKind, LinuxBoot, CDROM, FIRST_HARD_DISK, FLOPPY_A};
+use hospes_bios::{
+    BootDevice, BootOptions, DriveKind, LinuxBoot, CDROM, FIRST_HARD_DISK, FLOPPY_A,
+};
 use hospes_machine::board::DriveSlot;
 use hospes_machine::disk::RawDrive;
 use hospes_machine::{Machine, MachineConfig, Stop};
@@ -23,7 +25,9 @@ impl std::str::FromStr for Serial {
             "none" | "null" => Ok(Serial::None),
             _ => match s.strip_prefix("file:") {
                 Some(p) if !p.is_empty() => Ok(Serial::File(PathBuf::from(p))),
-                _ => Err(format!("unknown serial backend '{s}' (stdio, none, file:PATH)")),
+                _ => Err(format!(
+                    "unknown serial backend '{s}' (stdio, none, file:PATH)"
+                )),
             },
         }
     }
@@ -38,7 +42,12 @@ pub enum Display {
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Guest RAM in MiB.
-    #[arg(short = 'm', long = "memory", default_value_t = 128, value_name = "MIB")]
+    #[arg(
+        short = 'm',
+        long = "memory",
+        default_value_t = 128,
+        value_name = "MIB"
+    )]
     pub memory: u64,
     /// A Linux bzImage to boot directly.
     #[arg(long, value_name = "FILE")]
@@ -140,7 +149,11 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     if let Some(k) = &args.kernel {
         boot.linux = Some(LinuxBoot {
             kernel: read(k, "kernel")?,
-            initrd: args.initrd.as_ref().map(|p| read(p, "initrd")).transpose()?,
+            initrd: args
+                .initrd
+                .as_ref()
+                .map(|p| read(p, "initrd"))
+                .transpose()?,
             cmdline: args.append.clone(),
         });
     }
@@ -181,11 +194,17 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     match machine.run(args.max_instructions) {
         Stop::PowerOff => Ok(0),
         Stop::HaltedForever => {
-            eprintln!("hospes: the guest halted with interrupts disabled: {}", machine.describe_cpu());
+            eprintln!(
+                "hospes: the guest halted with interrupts disabled: {}",
+                machine.describe_cpu()
+            );
             Ok(1)
         }
         Stop::InstructionLimit => {
-            eprintln!("hospes: instruction limit reached: {}", machine.describe_cpu());
+            eprintln!(
+                "hospes: instruction limit reached: {}",
+                machine.describe_cpu()
+            );
             Ok(3)
         }
     }
@@ -198,19 +217,33 @@ mod tests {
     #[test]
     fn qemu_spellings_become_ours() {
         let v = qemu_aliases(
-            ["hospes", "run", "-kernel", "k", "-m", "64", "--hda", "d", "-append", "x"]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                "hospes", "run", "-kernel", "k", "-m", "64", "--hda", "d", "-append", "x",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
-        assert_eq!(v, ["hospes", "run", "--kernel", "k", "-m", "64", "--hda", "d", "--append", "x"]);
+        assert_eq!(
+            v,
+            ["hospes", "run", "--kernel", "k", "-m", "64", "--hda", "d", "--append", "x"]
+        );
     }
 
     #[test]
     fn boot_orders() {
-        assert_eq!(boot_order("dc").unwrap(), vec![BootDevice::Cdrom, BootDevice::HardDisk]);
-        assert_eq!(boot_order("order=a,menu=on").unwrap(), vec![BootDevice::Floppy]);
+        assert_eq!(
+            boot_order("dc").unwrap(),
+            vec![BootDevice::Cdrom, BootDevice::HardDisk]
+        );
+        assert_eq!(
+            boot_order("order=a,menu=on").unwrap(),
+            vec![BootDevice::Floppy]
+        );
         assert!(boot_order("x").is_err());
-        assert_eq!("file:/tmp/x".parse::<Serial>().unwrap(), Serial::File("/tmp/x".into()));
+        assert_eq!(
+            "file:/tmp/x".parse::<Serial>().unwrap(),
+            Serial::File("/tmp/x".into())
+        );
         assert!("bogus".parse::<Serial>().is_err());
     }
 }

@@ -138,7 +138,8 @@ fn boots_a_hard_disk_reads_with_chs_and_powers_off() {
     let mut second = b"hello from sector 2\r\n\0".to_vec();
     second.resize(512, 0);
     write_image(&path, &[disk_boot_program(512, None), second], 1 << 20);
-    let (code, out, err) = run_hospes(&["--hda", path.to_str().unwrap(), "--boot", "c", "-m", "16"]);
+    let (code, out, err) =
+        run_hospes(&["--hda", path.to_str().unwrap(), "--boot", "c", "-m", "16"]);
     assert_eq!(out, "hello from sector 2\r\ne820 ok\r\n", "stderr: {err}");
     assert_eq!(code, 0);
 }
@@ -186,9 +187,9 @@ fn boots_a_cd_with_el_torito() {
     img[cat] = 1; // validation entry
     img[cat + 0x1E] = 0x55;
     img[cat + 0x1F] = 0xAA;
-    let sum = img[cat..cat + 32]
-        .chunks(2)
-        .fold(0u16, |s, w| s.wrapping_add(u16::from_le_bytes([w[0], w[1]])));
+    let sum = img[cat..cat + 32].chunks(2).fold(0u16, |s, w| {
+        s.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+    });
     img[cat + 0x1C..cat + 0x1E].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
     img[cat + 32] = 0x88; // bootable, no emulation
     img[cat + 32 + 6..cat + 32 + 8].copy_from_slice(&4u16.to_le_bytes());

@@ -18,7 +18,10 @@ fn images() -> Option<PathBuf> {
     if needed.iter().all(|f| dir.join(f).is_file()) {
         Some(dir)
     } else {
-        eprintln!("skipped: no guest images in {} (run scripts/guest-images)", dir.display());
+        eprintln!(
+            "skipped: no guest images in {} (run scripts/guest-images)",
+            dir.display()
+        );
         None
     }
 }
@@ -43,8 +46,19 @@ fn boot(name: &str, args: &[&str]) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{name}: {:.1} s", start.elapsed().as_secs_f64());
-    let tail: String = stdout.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-    let context = format!("status {:?}\nstderr: {stderr}\nlast output:\n{tail}", out.status);
+    let tail: String = stdout
+        .lines()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    let context = format!(
+        "status {:?}\nstderr: {stderr}\nlast output:\n{tail}",
+        out.status
+    );
     for marker in ["HOSPES-INIT-START", "HOSPES-INIT-DONE"] {
         assert!(stdout.contains(marker), "{name}: no {marker}\n{context}");
     }
@@ -52,7 +66,10 @@ fn boot(name: &str, args: &[&str]) {
         .lines()
         .find_map(|l| l.trim_end().strip_prefix("HOSPES-UNAME "))
         .unwrap_or_else(|| panic!("{name}: no uname line\n{context}"));
-    assert!(uname.starts_with("Linux ") && uname.contains("6.1.") && uname.contains("i686"), "{uname}");
+    assert!(
+        uname.starts_with("Linux ") && uname.contains("6.1.") && uname.contains("i686"),
+        "{uname}"
+    );
     let sha = stdout
         .lines()
         .find_map(|l| l.trim_end().strip_prefix("HOSPES-SHA256 "))
@@ -70,7 +87,14 @@ fn boot(name: &str, args: &[&str]) {
 fn linux_direct_kernel_boot() {
     boot(
         "kernel",
-        &["--kernel", "vmlinuz", "--initrd", "initrd.img", "--append", "console=ttyS0 panic=-1"],
+        &[
+            "--kernel",
+            "vmlinuz",
+            "--initrd",
+            "initrd.img",
+            "--append",
+            "console=ttyS0 panic=-1",
+        ],
     );
 }
 

@@ -102,10 +102,14 @@ impl Devices {
 
     /// The earliest virtual time at which a device needs attention.
     pub fn next_event(&self) -> Option<Nanos> {
-        let mut next = [self.pit.next_event(), self.rtc.next_event()]
-            .into_iter()
-            .flatten()
-            .min();
+        let mut next = [
+            self.pit.next_event(),
+            self.rtc.next_event(),
+            self.kbc.next_event(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         for u in &self.uarts {
             if let Some(t) = u.next_event() {
                 next = Some(next.map_or(t, |n| n.min(t)));
@@ -119,6 +123,7 @@ impl Devices {
         let now = self.now();
         self.pit.advance(now);
         self.rtc.advance(now);
+        self.kbc.advance(now);
         for u in &mut self.uarts {
             u.advance(now);
         }
@@ -135,6 +140,10 @@ impl Devices {
 
     pub fn port_read(&mut self, port: u16, size: u8) -> u32 {
         let now = self.now();
+        // Reading received data schedules the next byte (keyboard) or a timeout (UART).
+        if port == 0x60 || COM_BASES.contains(&port) {
+            self.timers_changed = true;
+        }
         let v = match port {
             0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1 => self.pic.read(port, size, now),
             0x40..=0x43 => self.pit.read(port, size, now),
@@ -167,7 +176,7 @@ impl Devices {
 
     pub fn port_write(&mut self, port: u16, size: u8, value: u32) {
         let now = self.now();
-        if matches!(port, 0x40..=0x43 | 0x61 | 0x70 | 0x71)
+        if matches!(port, 0x40..=0x43 | 0x60 | 0x61 | 0x64 | 0x70 | 0x71)
             || COM_BASES.iter().any(|&b| (b..b + 8).contains(&port))
         {
             self.timers_changed = true;

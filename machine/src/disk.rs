@@ -38,10 +38,17 @@ impl RawDrive {
             .len();
         let sector_size = if kind == DriveKind::Cdrom { 2048 } else { 512 };
         if len < sector_size as u64 {
-            return Err(format!("{} is too small to be a disk image", path.display()));
+            return Err(format!(
+                "{} is too small to be a disk image",
+                path.display()
+            ));
         }
         Ok(RawDrive {
-            writable: writable && !file.metadata().map(|m| m.permissions().readonly()).unwrap_or(true),
+            writable: writable
+                && !file
+                    .metadata()
+                    .map(|m| m.permissions().readonly())
+                    .unwrap_or(true),
             file,
             kind,
             sector_size,

@@ -79,8 +79,11 @@ impl Machine {
         cpu.mem
             .map_rom(hospes_bios::rom::ROM_BASE as u64, &rom)
             .map_err(|e| MachineError(e.to_string()))?;
-        cpu.mem
-            .alias(HIGH_ROM_ALIAS, hospes_bios::rom::ROM_BASE as u64, rom.len() as u64);
+        cpu.mem.alias(
+            HIGH_ROM_ALIAS,
+            hospes_bios::rom::ROM_BASE as u64,
+            rom.len() as u64,
+        );
         let devices = Devices::new(config.rtc_start_unix, config.drives);
         let mut m = Machine {
             cpu,
