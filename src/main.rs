@@ -40,7 +40,7 @@ enum Command {
         list_differences: bool,
     },
     /// Run a PC: boot a kernel, a disk, a CD or a floppy.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Run the built-in demo guest (the same as running hospes with no arguments).
     Demo,
 }
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         None | Some(Command::Demo) => demo::run(),
-        Some(Command::Run(args)) => match run::run(args) {
+        Some(Command::Run(args)) => match run::run(*args) {
             Ok(0) => Ok(()),
             Ok(code) => return ExitCode::from(code as u8),
             Err(e) => Err(e),
