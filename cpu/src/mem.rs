@@ -185,6 +185,13 @@ impl PhysMem {
         }
     }
 
+    /// The host address range of the whole mapping (RAM and ROM space), for checks that
+    /// nothing points outside guest memory.
+    pub fn host_range(&self) -> std::ops::Range<usize> {
+        let start = self.map.as_ptr() as usize;
+        start..start + self.map.len()
+    }
+
     /// Host pointer to the start of the page at `offset` in the mapping.
     #[inline]
     pub fn host_ptr(&mut self, offset: usize) -> *mut u8 {

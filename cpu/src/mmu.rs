@@ -63,6 +63,28 @@ impl Tlb {
     pub fn index(lin: u64) -> usize {
         (lin >> 12) as usize & (TLB_ENTRIES - 1)
     }
+    /// Checks that every valid entry maps its page inside guest memory (for tests).
+    pub fn check_invariants(&self, mem: &PhysMem) -> Result<(), String> {
+        let range = mem.host_range();
+        for (kind, table) in self.entries.iter().enumerate() {
+            for e in table.iter() {
+                for tag in [e.read_tag, e.write_tag] {
+                    if tag == INVALID {
+                        continue;
+                    }
+                    let host = e.addend.wrapping_add(tag as usize);
+                    if host < range.start || host + PAGE_SIZE as usize > range.end {
+                        return Err(format!(
+                            "{} entry for linear {tag:#x} maps host {host:#x}, outside {range:x?}",
+                            if kind == 0 { "supervisor" } else { "user" }
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn flush_all(&mut self) {
         for t in self.entries.iter_mut() {
             t.fill(TlbEntry::EMPTY);
