@@ -42,12 +42,7 @@ fn measure(name: &str, mut cpu: Cpu, code: Vec<u8>, entry: u64) {
     cpu.state.rip = entry;
     let start = Instant::now();
     let mut bus = NullBus;
-    loop {
-        match cpu.run(&mut bus, 10_000_000) {
-            Exit::Budget => {}
-            _ => break,
-        }
-    }
+    while cpu.run(&mut bus, 10_000_000) == Exit::Budget {}
     let secs = start.elapsed().as_secs_f64();
     let n = cpu.state.icount;
     println!(
