@@ -3,8 +3,9 @@
 use hospes_bios::{
     BootDevice, BootOptions, DriveKind, LinuxBoot, CDROM, FIRST_HARD_DISK, FLOPPY_A,
 };
+use hospes_devices::ide::IdeDevice;
 use hospes_machine::board::DriveSlot;
-use hospes_machine::disk::RawDrive;
+use hospes_machine::disk::{FileBackend, RawDrive};
 use hospes_machine::{Machine, MachineConfig, Stop};
 use std::io::Write;
 use std::path::PathBuf;
@@ -142,6 +143,20 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
             });
         }
     }
+    // IDE as QEMU wires it: hda/hdb on the primary channel, the CD-ROM as the secondary
+    // master.
+    let disk = |p: &Option<PathBuf>| -> Result<Option<IdeDevice>, String> {
+        p.as_ref()
+            .map(|p| FileBackend::open(p, false).map(|b| IdeDevice::Disk(Box::new(b))))
+            .transpose()
+    };
+    let cd = match &args.cdrom {
+        Some(p) => Some(IdeDevice::Cdrom(Some(Box::new(FileBackend::open(
+            p, true,
+        )?)))),
+        None => None,
+    };
+    let ide = [(disk(&args.hda)?, disk(&args.hdb)?), (cd, None)];
     let mut boot = BootOptions::default();
     if let Some(order) = &args.boot {
         boot.order = boot_order(order)?;
@@ -169,6 +184,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         ram_mib: args.memory,
         boot,
         drives,
+        ide,
         rtc_start_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)

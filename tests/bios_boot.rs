@@ -227,3 +227,74 @@ fn bad_arguments_are_one_line_errors() {
         assert!(err.starts_with("hospes: "), "{args:?}: {err}");
     }
 }
+
+/// A boot sector that talks to the chipset directly: PCI configuration mechanism #1
+/// (the i440FX host bridge's IDs) and an ATA PIO read of its own disk's sector 0
+/// through the primary IDE channel, then powers off.
+#[test]
+fn pci_config_space_and_ata_pio_from_a_boot_sector() {
+    let mut a = CodeAssembler::new(16).unwrap();
+    let mut print = a.create_label();
+    let mut fail = a.create_label();
+    let mut wait = a.create_label();
+    const OK_MSG: u16 = 0x1A0;
+    const FAIL_MSG: u16 = 0x1B0;
+    a.xor(ax, ax).unwrap();
+    a.mov(ds, ax).unwrap();
+    a.mov(es, ax).unwrap();
+    a.mov(ss, ax).unwrap();
+    a.mov(sp, 0x7C00u32).unwrap();
+    // PCI 00:00.0 dword 0: vendor 8086, device 1237.
+    a.mov(dx, 0xCF8u32).unwrap();
+    a.mov(eax, 0x8000_0000u32).unwrap();
+    a.out(dx, eax).unwrap();
+    a.mov(dx, 0xCFCu32).unwrap();
+    a.in_(eax, dx).unwrap();
+    a.cmp(eax, 0x1237_8086).unwrap();
+    a.jne(fail).unwrap();
+    // ATA: LBA 0, one sector, READ SECTORS.
+    for (port, v) in [
+        (0x1F6u32, 0xE0u32),
+        (0x1F2, 1),
+        (0x1F3, 0),
+        (0x1F4, 0),
+        (0x1F5, 0),
+        (0x1F7, 0x20),
+    ] {
+        a.mov(dx, port).unwrap();
+        a.mov(al, v).unwrap();
+        a.out(dx, al).unwrap();
+    }
+    a.set_label(&mut wait).unwrap();
+    a.in_(al, dx).unwrap();
+    a.test(al, 0x80).unwrap(); // BSY
+    a.jnz(wait).unwrap();
+    a.test(al, 0x08).unwrap(); // DRQ
+    a.jz(fail).unwrap();
+    a.mov(dx, 0x1F0u32).unwrap();
+    a.mov(di, 0x8000u32).unwrap();
+    a.mov(cx, 256u32).unwrap();
+    a.rep().insw().unwrap();
+    a.cmp(word_ptr(0x8000u32 + 510), 0xAA55u32).unwrap();
+    a.jne(fail).unwrap();
+    a.mov(si, 0x7C00 + OK_MSG as u32).unwrap();
+    a.call(print).unwrap();
+    power_off(&mut a);
+    a.set_label(&mut fail).unwrap();
+    a.mov(si, 0x7C00 + FAIL_MSG as u32).unwrap();
+    a.call(print).unwrap();
+    power_off(&mut a);
+    print_routine(&mut a, &mut print);
+    let mut code = a.assemble(0x7C00).unwrap();
+    assert!(code.len() <= OK_MSG as usize);
+    code.resize(512, 0);
+    code[OK_MSG as usize..OK_MSG as usize + 13].copy_from_slice(b"pci+ata ok\r\n\0");
+    code[FAIL_MSG as usize..FAIL_MSG as usize + 7].copy_from_slice(b"FAIL\r\n\0");
+    code[510] = 0x55;
+    code[511] = 0xAA;
+    let path = temp_path("ata.img");
+    write_image(&path, &[code], 1 << 20);
+    let (code, out, err) = run_hospes(&["--hda", path.to_str().unwrap()]);
+    assert_eq!(out, "pci+ata ok\r\n", "stderr: {err}");
+    assert_eq!(code, 0);
+}

@@ -7,6 +7,8 @@ use hospes_bios::{Bios, Drive, Platform};
 use hospes_cpu::mem::Bus;
 use hospes_cpu::Cpu;
 use hospes_devices::i8042::I8042;
+use hospes_devices::ide::{IdeChannel, IdeDevice};
+use hospes_devices::pci::PciBus;
 use hospes_devices::pic::Pic;
 use hospes_devices::pit::Pit;
 use hospes_devices::rtc::Rtc;
@@ -35,6 +37,9 @@ pub struct Devices {
     pub rtc: Rtc,
     pub uarts: [Uart; 4],
     pub kbc: I8042,
+    pub pci: PciBus,
+    /// Primary (IRQ 14) and secondary (IRQ 15) IDE channels.
+    pub ide: [IdeChannel; 2],
     pub drives: Vec<DriveSlot>,
     /// Port 92h (fast A20 and reset).
     port92: u8,
@@ -60,13 +65,21 @@ const COM_BASES: [u16; 4] = [0x3F8, 0x2F8, 0x3E8, 0x2E8];
 const COM_IRQS: [u8; 4] = [4, 3, 4, 3];
 
 impl Devices {
-    pub fn new(rtc_start_unix: i64, drives: Vec<DriveSlot>) -> Devices {
+    /// `ide` holds the (master, slave) devices of the primary and secondary channels.
+    pub fn new(
+        rtc_start_unix: i64,
+        drives: Vec<DriveSlot>,
+        ide: [(Option<IdeDevice>, Option<IdeDevice>); 2],
+    ) -> Devices {
+        let [(pm, ps), (sm, ss)] = ide;
         Devices {
             pic: Pic::new(),
             pit: Pit::new(),
             rtc: Rtc::new(rtc_start_unix),
             uarts: COM_BASES.map(Uart::new),
             kbc: I8042::new(),
+            pci: PciBus::new(),
+            ide: [IdeChannel::primary(pm, ps), IdeChannel::secondary(sm, ss)],
             drives,
             port92: 0,
             port61: 0,
@@ -93,6 +106,8 @@ impl Devices {
         self.pic.set_irq(1, self.kbc.irq1_level());
         self.pic.set_irq(8, self.rtc.irq_level());
         self.pic.set_irq(12, self.kbc.irq12_level());
+        self.pic.set_irq(14, self.ide[0].irq_level());
+        self.pic.set_irq(15, self.ide[1].irq_level());
         // COM1/COM3 share IRQ 4 and COM2/COM4 IRQ 3: the line is the OR of both.
         for line in [3u8, 4] {
             let level = (0..4).any(|i| COM_IRQS[i] == line && self.uarts[i].irq_level());
@@ -157,6 +172,9 @@ impl Devices {
             }
             0x70 | 0x71 => self.rtc.read(port, size, now),
             0x92 => self.port92 as u32,
+            0xCF8..=0xCFF => self.pci.read(port, size, now),
+            0x1F0..=0x1F7 | 0x3F6 => self.ide[0].read(port, size, now),
+            0x170..=0x177 | 0x376 => self.ide[1].read(port, size, now),
             p if p == acpi::PM1A_EVT => 0,
             p if p == acpi::PM1A_EVT + 2 => self.pm1_enable as u32,
             p if p == acpi::PM1A_CNT => 1, // SCI_EN: ACPI is always on
@@ -167,7 +185,10 @@ impl Devices {
             }
             p => match COM_BASES.iter().position(|&b| (b..b + 8).contains(&p)) {
                 Some(i) => self.uarts[i].read(port, size, now),
-                None => hospes_cpu::mem::ones(size) as u32,
+                None => match self.bus_master_port(p) {
+                    Some((ch, off)) => self.ide[ch].bus_master_read(off, size),
+                    None => hospes_cpu::mem::ones(size) as u32,
+                },
             },
         };
         self.after_access();
@@ -190,6 +211,9 @@ impl Devices {
                 self.pit.set_gate2(value & 1 != 0, now);
             }
             0x70 | 0x71 => self.rtc.write(port, size, value, now),
+            0xCF8..=0xCFF => self.pci.write(port, size, value, now),
+            0x1F0..=0x1F7 | 0x3F6 => self.ide[0].write(port, size, value, now),
+            0x170..=0x177 | 0x376 => self.ide[1].write(port, size, value, now),
             0x92 => {
                 if value & 1 != 0 && self.port92 & 1 == 0 {
                     self.power_event = Some(PowerEvent::Reset);
@@ -206,10 +230,19 @@ impl Devices {
             p => {
                 if let Some(i) = COM_BASES.iter().position(|&b| (b..b + 8).contains(&p)) {
                     self.uarts[i].write(port, size, value, now);
+                } else if let Some((ch, off)) = self.bus_master_port(p) {
+                    self.ide[ch].bus_master_write(off, size, value);
                 }
             }
         }
         self.after_access();
+    }
+
+    /// The IDE bus-master registers, wherever the guest put BAR4: (channel, offset).
+    fn bus_master_port(&mut self, port: u16) -> Option<(usize, u16)> {
+        let base = self.pci.ide_bus_master_base()?;
+        let off = port.checked_sub(base)?;
+        (off < 16).then_some(((off / 8) as usize, off % 8))
     }
 
     fn after_access(&mut self) {

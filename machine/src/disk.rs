@@ -87,3 +87,63 @@ impl Drive for RawDrive {
             .map_err(|e| DriveError(e.to_string()))
     }
 }
+
+/// An image file as the IDE controller sees it (byte offsets). It opens its own handle
+/// on the file, beside the BIOS's [`RawDrive`]; both write straight through, so each
+/// sees the other's writes.
+pub struct FileBackend {
+    file: File,
+    len: u64,
+    read_only: bool,
+}
+
+impl FileBackend {
+    pub fn open(path: &Path, read_only: bool) -> Result<FileBackend, String> {
+        let file = if read_only {
+            File::open(path)
+        } else {
+            OpenOptions::new().read(true).write(true).open(path)
+        }
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .len();
+        Ok(FileBackend {
+            file,
+            len,
+            read_only,
+        })
+    }
+}
+
+impl hospes_devices::ide::BlockBackend for FileBackend {
+    fn sector_count(&self) -> u64 {
+        self.len / 512
+    }
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        if offset.saturating_add(buf.len() as u64) > self.len {
+            return Err("read past the end of the image".into());
+        }
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| e.to_string())
+    }
+    fn write(&mut self, offset: u64, buf: &[u8]) -> Result<(), String> {
+        if self.read_only {
+            return Err("the image is read-only".into());
+        }
+        if offset.saturating_add(buf.len() as u64) > self.len {
+            return Err("write past the end of the image".into());
+        }
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| e.to_string())
+    }
+    fn flush(&mut self) -> Result<(), String> {
+        self.file.sync_data().map_err(|e| e.to_string())
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+}

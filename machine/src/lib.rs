@@ -27,6 +27,11 @@ pub struct MachineConfig {
     pub ram_mib: u64,
     pub boot: BootOptions,
     pub drives: Vec<DriveSlot>,
+    /// IDE (master, slave) devices of the primary and secondary channels.
+    pub ide: [(
+        Option<hospes_devices::ide::IdeDevice>,
+        Option<hospes_devices::ide::IdeDevice>,
+    ); 2],
     /// Seconds since the Unix epoch the RTC starts at.
     pub rtc_start_unix: i64,
 }
@@ -84,7 +89,7 @@ impl Machine {
             hospes_bios::rom::ROM_BASE as u64,
             rom.len() as u64,
         );
-        let devices = Devices::new(config.rtc_start_unix, config.drives);
+        let devices = Devices::new(config.rtc_start_unix, config.drives, config.ide);
         let mut m = Machine {
             cpu,
             board: Board { devices, bios },
