@@ -5,17 +5,23 @@
 //! CPUID, the switch to 32-bit protected mode, paging with 4 KiB and 4 MiB pages, an
 //! interrupt descriptor table, a TSS and a drop to ring 3, a system call back to ring 0
 //! and a page fault caught by its handler. It reports on COM1 (port 3F8h), the serial
-//! console, and ends with HLT.
+//! console, and powers the machine off. It boots from an in-memory hard disk on the
+//! real PC: our BIOS loads its boot sector, which loads the rest with INT 13h.
 
-use hospes_cpu::mem::Bus;
-use hospes_cpu::state::CS;
-use hospes_cpu::{Cpu, Exit};
+use hospes_bios::{BootDevice, BootOptions, Drive, DriveError, DriveKind, FIRST_HARD_DISK};
+use hospes_machine::board::DriveSlot;
+use hospes_machine::{Machine, MachineConfig, Stop};
 use iced_x86::code_asm::*;
 use iced_x86::BlockEncoderOptions;
 use std::io::Write;
 
 /// Where the pieces of the demo live in guest-physical memory (identity-mapped).
-const REAL_CODE: u64 = 0x7C00;
+/// The boot sector (loaded by the BIOS) and the real-mode start it jumps to after
+/// loading the rest of the image (everything from [`LOAD_BASE`] up) with INT 13h.
+const BOOT_SECTOR: u64 = 0x7C00;
+const REAL_CODE: u64 = 0x7000;
+const LOAD_BASE: u64 = 0x0800;
+const LOAD_END: u64 = 0x7400;
 const GDT: u64 = 0x0800;
 const IDT: u64 = 0x1000;
 /// The IDTR image (limit, base) right after the 256-entry IDT.
@@ -41,7 +47,7 @@ const SEL_UDATA: u16 = 0x20 | 3;
 const SEL_TSS: u16 = 0x28;
 
 const COM1: u16 = 0x3F8;
-const RAM: usize = 16 << 20;
+const RAM_MIB: u64 = 16;
 /// The demo needs well under a million instructions; this bounds a broken CPU.
 const MAX_INSTRUCTIONS: u64 = 50_000_000;
 
@@ -60,10 +66,9 @@ impl Data {
     }
 }
 
-/// The assembled demo: memory contents and the entry point.
+/// The assembled demo: memory contents (entered at 0000:[`REAL_CODE`]).
 pub struct DemoImage {
     pub chunks: Vec<(u64, Vec<u8>)>,
-    pub entry: (u16, u16),
 }
 
 fn asm_err(e: IcedError) -> String {
@@ -144,10 +149,7 @@ pub fn build() -> Result<DemoImage, String> {
     chunks.push((REAL_CODE, r.assemble(REAL_CODE).map_err(asm_err)?));
 
     chunks.push((DATA, data.bytes));
-    Ok(DemoImage {
-        chunks,
-        entry: (0, REAL_CODE as u16),
-    })
+    Ok(DemoImage { chunks })
 }
 
 fn assemble_real_mode(
@@ -157,7 +159,9 @@ fn assemble_real_mode(
     kernel_entry: u64,
 ) -> Result<(), String> {
     let mut print = a.create_label();
-    let hello = data.string("hospes demo guest\r\n  real mode: started at 0000:7C00\r\n");
+    let hello = data.string(
+        "hospes demo guest\r\n  real mode: booted from hard disk 80h by the hospes BIOS\r\n",
+    );
     // The vendor string is stored into the middle of this message.
     let vendor_msg = data.string("  CPUID vendor: ????????????\r\n");
     let vendor = vendor_msg + 16;
@@ -168,7 +172,7 @@ fn assemble_real_mode(
     a.mov(ds, ax).map_err(e)?;
     a.mov(es, ax).map_err(e)?;
     a.mov(ss, ax).map_err(e)?;
-    a.mov(sp, REAL_CODE as u32).map_err(e)?;
+    a.mov(sp, BOOT_SECTOR as u32).map_err(e)?;
     a.mov(si, hello).map_err(e)?;
     a.call(print).map_err(e)?;
     // CPUID leaf 0: the vendor string in EBX EDX ECX.
@@ -238,7 +242,7 @@ fn assemble_kernel(a: &mut CodeAssembler, data: &mut Data) -> Result<KernelLabel
     let m_pf = data.string("  ring 0: caught #PF from ring 3, CR2=");
     let m_err = data.string(" error code=");
     let m_gp = data.string("  unexpected #GP, error code=");
-    let m_done = data.string("demo finished: halting\r\n");
+    let m_done = data.string("demo finished: powering off\r\n");
     let m_fail = data.string("\r\ndemo FAILED\r\n");
     let m_space = data.string(" ");
     let m_newline = data.string("\r\n");
@@ -397,6 +401,10 @@ fn assemble_kernel(a: &mut CodeAssembler, data: &mut Data) -> Result<KernelLabel
     a.set_label(&mut finish).map_err(e)?;
     a.mov(esi, m_done).map_err(e)?;
     a.call(print).map_err(e)?;
+    // ACPI soft-off: SLP_TYP=5 | SLP_EN in PM1a control; then stop.
+    a.mov(dx, 0x604u32).map_err(e)?;
+    a.mov(ax, 0x3400u32).map_err(e)?;
+    a.out(dx, ax).map_err(e)?;
     a.cli().map_err(e)?;
     a.hlt().map_err(e)?;
     a.set_label(&mut fail).map_err(e)?;
@@ -514,54 +522,102 @@ fn assemble_user(a: &mut CodeAssembler) -> Result<Vec<u8>, String> {
     Ok(code)
 }
 
-/// The demo's bus: COM1's transmitter goes to `out`, its status always says "ready".
-struct DemoBus<W: Write> {
-    out: W,
-}
-
-impl<W: Write> Bus for DemoBus<W> {
-    fn io_read(&mut self, port: u16, size: u8) -> u32 {
-        match port {
-            // Line status: transmitter holding register and shift register empty.
-            p if p == COM1 + 5 => 0x60,
-            _ => hospes_cpu::mem::ones(size) as u32,
-        }
-    }
-    fn io_write(&mut self, port: u16, _size: u8, value: u32) {
-        if port == COM1 {
-            let _ = self.out.write_all(&[value as u8]);
-        }
-    }
-    fn mmio_read(&mut self, _addr: u64, size: u8) -> u64 {
-        hospes_cpu::mem::ones(size)
-    }
-    fn mmio_write(&mut self, _addr: u64, _size: u8, _value: u64) {}
-}
-
-/// Runs the demo with its serial output going to `out`. Returns the instructions run.
-pub fn run_to<W: Write>(out: W) -> Result<u64, String> {
+/// The demo as a hard-disk image: a boot sector that loads the rest with INT 13h
+/// (EDD) and jumps to the real-mode start, then guest memory from [`LOAD_BASE`] on.
+pub fn disk_image() -> Result<Vec<u8>, String> {
     let image = build()?;
-    let mut cpu = Cpu::new(RAM, 0).map_err(|e| format!("cannot allocate guest memory: {e}"))?;
+    let mut memory = vec![0u8; (LOAD_END - LOAD_BASE) as usize];
     for (addr, bytes) in &image.chunks {
-        cpu.write_phys(*addr, bytes);
-    }
-    cpu.load_seg_real(CS, image.entry.0);
-    cpu.state.rip = image.entry.1 as u64;
-    let mut bus = DemoBus { out };
-    loop {
-        match cpu.run(&mut bus, 1_000_000) {
-            Exit::Halted => break,
-            Exit::Shutdown => return Err("the demo guest triple-faulted".into()),
-            Exit::Budget if cpu.state.icount >= MAX_INSTRUCTIONS => {
-                return Err("the demo guest did not finish".into())
-            }
-            Exit::Budget => {}
+        let at = (*addr - LOAD_BASE) as usize;
+        if at + bytes.len() > memory.len() {
+            return Err("the demo image does not fit below its boot sector".into());
         }
+        memory[at..at + bytes.len()].copy_from_slice(bytes);
     }
-    let _ = bus.out.flush();
-    Ok(cpu.state.icount)
+    let sectors = memory.len().div_ceil(512) as u32;
+    let e = asm_err;
+    let mut a = CodeAssembler::new(16).map_err(e)?;
+    let mut failed = a.create_label();
+    a.xor(ax, ax).map_err(e)?;
+    a.mov(ds, ax).map_err(e)?;
+    a.mov(ss, ax).map_err(e)?;
+    a.mov(sp, BOOT_SECTOR as u32).map_err(e)?;
+    // Disk address packet at 0000:0600: `sectors` from LBA 1 to LOAD_BASE.
+    a.mov(word_ptr(0x600u32), 0x0010u32).map_err(e)?;
+    a.mov(word_ptr(0x602u32), sectors).map_err(e)?;
+    a.mov(word_ptr(0x604u32), LOAD_BASE as u32).map_err(e)?;
+    a.mov(word_ptr(0x606u32), 0u32).map_err(e)?;
+    a.mov(dword_ptr(0x608u32), 1u32).map_err(e)?;
+    a.mov(dword_ptr(0x60Cu32), 0u32).map_err(e)?;
+    a.mov(si, 0x600u32).map_err(e)?;
+    a.mov(ah, 0x42).map_err(e)?;
+    a.int(0x13).map_err(e)?;
+    a.jc(failed).map_err(e)?;
+    a.db(&[0xEA]).map_err(e)?; // JMP FAR 0000:REAL_CODE
+    a.db(&(REAL_CODE as u16).to_le_bytes()).map_err(e)?;
+    a.db(&[0, 0]).map_err(e)?;
+    a.set_label(&mut failed).map_err(e)?;
+    a.int(0x18).map_err(e)?;
+    let mut disk = a.assemble(BOOT_SECTOR).map_err(e)?;
+    disk.resize(512, 0);
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk.extend_from_slice(&memory);
+    disk.resize(disk.len().div_ceil(512) * 512 + 512 * 16, 0);
+    Ok(disk)
+}
+
+/// A disk held in memory.
+struct MemDisk(Vec<u8>);
+
+impl Drive for MemDisk {
+    fn kind(&self) -> DriveKind {
+        DriveKind::HardDisk
+    }
+    fn sector_size(&self) -> u32 {
+        512
+    }
+    fn sectors(&self) -> u64 {
+        self.0.len() as u64 / 512
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DriveError> {
+        let at = (lba * 512) as usize;
+        let src = self
+            .0
+            .get(at..at + buf.len())
+            .ok_or_else(|| DriveError("read past the end".into()))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write(&mut self, _lba: u64, _buf: &[u8]) -> Result<(), DriveError> {
+        Err(DriveError("the demo disk is read-only".into()))
+    }
+}
+
+/// Boots the demo disk on the PC (our BIOS, the real devices) with COM1 going to `out`.
+pub fn run_to(out: Box<dyn Write>) -> Result<(), String> {
+    let config = MachineConfig {
+        ram_mib: RAM_MIB,
+        boot: BootOptions {
+            order: vec![BootDevice::HardDisk],
+            linux: None,
+        },
+        drives: vec![DriveSlot {
+            number: FIRST_HARD_DISK,
+            drive: Box::new(MemDisk(disk_image()?)),
+        }],
+        ide: [(None, None), (None, None)],
+        // A fixed date: the demo's output does not depend on when it runs.
+        rtc_start_unix: 1_764_028_800,
+    };
+    let mut machine = Machine::new(config, out).map_err(|e| e.to_string())?;
+    match machine.run(Some(MAX_INSTRUCTIONS)) {
+        Stop::PowerOff => Ok(()),
+        Stop::HaltedForever => Err(format!("the demo guest halted: {}", machine.describe_cpu())),
+        Stop::InstructionLimit => Err("the demo guest did not finish".into()),
+    }
 }
 
 pub fn run() -> Result<(), String> {
-    run_to(std::io::stdout().lock()).map(|_| ())
+    run_to(Box::new(std::io::stdout()))
 }

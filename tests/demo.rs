@@ -16,7 +16,7 @@ fn demo_guest_runs_to_completion() {
     );
     let expected = "\
 hospes demo guest
-  real mode: started at 0000:7C00
+  real mode: booted from hard disk 80h by the hospes BIOS
   CPUID vendor: GenuineIntel
   protected mode: 32-bit flat segments, CPL 0
   paging: on, 4 KiB pages + a 4 MiB page; alias 0x80003000 -> 0x00003000 ok
@@ -24,7 +24,7 @@ hospes demo guest
   TSS and IDT loaded; IRET to ring 3
   ring 3: hello from user mode, CPL=3, via INT 80h
   ring 0: caught #PF from ring 3, CR2=0x00003000 error code=0x00000007
-demo finished: halting
+demo finished: powering off
 ";
     assert_eq!(stdout, expected);
 }
