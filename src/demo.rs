@@ -609,6 +609,7 @@ pub fn run_to(out: Box<dyn Write>) -> Result<(), String> {
         ide: [(None, None), (None, None)],
         // A fixed date: the demo's output does not depend on when it runs.
         rtc_start_unix: 1_764_028_800,
+        firmware: None,
     };
     let mut machine = Machine::new(config, out).map_err(|e| e.to_string())?;
     match machine.run(Some(MAX_INSTRUCTIONS)) {

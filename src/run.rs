@@ -74,9 +74,13 @@ pub struct RunArgs {
     /// Boot order: a (floppy), c (hard disk), d (CD-ROM), e.g. `dc`.
     #[arg(long, value_name = "ORDER")]
     pub boot: Option<String>,
-    /// A BIOS ROM image to use in place of hospes's own.
+    /// A firmware ROM image (SeaBIOS's bios.bin, say) to run in place of hospes's own
+    /// BIOS: mapped below 4 GiB, its last 128 KiB also at E0000-FFFFF.
     #[arg(long, value_name = "FILE")]
     pub bios: Option<PathBuf>,
+    /// Where the firmware's debug console (port 0x402) goes, besides the debug log.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub debugcon: Option<PathBuf>,
     /// Where COM1 goes: stdio, none or file:PATH.
     #[arg(long, value_name = "BACKEND")]
     pub serial: Option<Serial>,
@@ -125,9 +129,21 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     if args.display == Display::Window {
         return Err("--display window is not available yet (use --display none)".into());
     }
-    if args.bios.is_some() {
-        return Err("--bios: running another firmware is not available yet".into());
-    }
+    let firmware = match &args.bios {
+        None => None,
+        Some(path) => {
+            if args.kernel.is_some() {
+                return Err("--kernel cannot be used with --bios: only hospes's own BIOS loads kernels directly (boot a disk or CD with a boot loader instead)".into());
+            }
+            if args.fda.is_some() {
+                return Err("--fda cannot be used with --bios: there is no floppy controller for another firmware to drive".into());
+            }
+            let image = read(path, "BIOS image")?;
+            hospes_machine::firmware::check_image(image.len())
+                .map_err(|e| format!("--bios {}: {e}", path.display()))?;
+            Some(image)
+        }
+    };
     let mut drives = Vec::new();
     for (path, number, kind) in [
         (&args.fda, FLOPPY_A, DriveKind::Floppy),
@@ -189,9 +205,15 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
+        firmware,
     };
     let stdio = matches!(args.serial.clone().unwrap_or(Serial::Stdio), Serial::Stdio);
     let mut machine = Machine::new(config, serial).map_err(|e| e.to_string())?;
+    if let Some(p) = &args.debugcon {
+        let file = std::fs::File::create(p)
+            .map_err(|e| format!("cannot create debug console output {}: {e}", p.display()))?;
+        machine.set_debugcon_output(Box::new(file));
+    }
     if stdio {
         // Typed lines go to COM1 (the terminal stays in line mode).
         let (tx, rx) = std::sync::mpsc::channel();

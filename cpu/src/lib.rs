@@ -99,6 +99,20 @@ impl Cpu {
         self.end_block = true;
     }
 
+    /// The machine changed which memory backs the physical pages `[base, base + len)`
+    /// (chipset shadowing): drops the code decoded from them and every TLB entry (entries
+    /// cache host addresses, and a page may be reached through any linear address), and
+    /// ends the current block so the next instruction is fetched through the new map.
+    pub fn memory_map_changed(&mut self, base: u64, len: u64) {
+        let mut page = base & !(mem::PAGE_SIZE - 1);
+        while page < base.saturating_add(len) {
+            self.invalidate_code_page(page);
+            page += mem::PAGE_SIZE;
+        }
+        self.flush_tlb();
+        self.end_block = true;
+    }
+
     /// Sets the A20 gate (port 92h, the keyboard controller).
     pub fn set_a20(&mut self, enabled: bool) {
         let mask = if enabled { !0 } else { !(1u64 << 20) };

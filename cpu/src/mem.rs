@@ -88,11 +88,17 @@ pub enum Backing {
     Mmio,
 }
 
+/// Page-map flag: writes to this page go to the RAM at the same guest address, whatever
+/// reads see (chipset shadowing in write-only mode: reads from ROM, writes into the shadow
+/// RAM beneath it). The rest of the entry says where reads go.
+const WRITES_TO_RAM: u32 = 1 << 31;
+
 pub struct PhysMem {
     map: MmapMut,
     ram_size: usize,
     rom_used: usize,
-    /// Per guest page: 0 = MMIO; otherwise `(host page index + 1) << 1 | writable`.
+    /// Per guest page: 0 = MMIO; otherwise `(host page index + 1) << 1 | writable`; either
+    /// may carry [`WRITES_TO_RAM`].
     pages: Vec<u32>,
     /// One bit per guest page: the page holds decoded or translated code.
     code: Vec<u64>,
@@ -158,7 +164,8 @@ impl PhysMem {
             let gp = (base >> PAGE_SHIFT) as usize + i;
             let tp = (target >> PAGE_SHIFT) as usize + i;
             if gp < MAPPED_PAGES && tp < MAPPED_PAGES {
-                self.pages[gp] = self.pages[tp];
+                // Only the read side is aliased: shadow RAM belongs to one address.
+                self.pages[gp] = self.pages[tp] & !WRITES_TO_RAM;
             }
         }
     }
@@ -173,11 +180,69 @@ impl PhysMem {
         }
     }
 
+    /// Routes one guest page of RAM below the top of RAM, as a memory controller's
+    /// shadowing does (the i440FX PAM registers): reads go to the RAM at `paddr` when
+    /// `read_ram`, else to `other`, which must be a read-only host page (ROM) or MMIO;
+    /// writes go to that RAM when `write_ram`, else to `other` (dropped for ROM).
+    /// The caller flushes what the CPU cached about the page (TLB, decoded code).
+    pub fn route_page(
+        &mut self,
+        paddr: u64,
+        read_ram: bool,
+        write_ram: bool,
+        other: Backing,
+    ) -> Result<(), MemError> {
+        let gp = (paddr >> PAGE_SHIFT) as usize;
+        if paddr as usize >= self.ram_size || !paddr.is_multiple_of(PAGE_SIZE) {
+            return Err(MemError(format!(
+                "no RAM page at {paddr:#x} to route (RAM ends at {:#x})",
+                self.ram_size
+            )));
+        }
+        let ram_entry = ((gp as u32) + 1) << 1;
+        let entry = if read_ram {
+            ram_entry | write_ram as u32
+        } else {
+            let other_entry = match other {
+                Backing::Mmio => 0,
+                Backing::Host {
+                    offset,
+                    writable: false,
+                } if offset.is_multiple_of(PAGE_SIZE as usize)
+                    && offset + PAGE_SIZE as usize <= self.map.len() =>
+                {
+                    (((offset >> PAGE_SHIFT) + 1) as u32) << 1
+                }
+                _ => {
+                    return Err(MemError(format!(
+                        "cannot route reads of {paddr:#x} to {other:?}"
+                    )))
+                }
+            };
+            other_entry | if write_ram { WRITES_TO_RAM } else { 0 }
+        };
+        self.pages[gp] = entry;
+        Ok(())
+    }
+
+    /// Where a write to a page that is not writable (ROM or MMIO for reads) lands instead:
+    /// the host offset of the RAM beneath, if the page is routed so.
+    #[inline]
+    pub fn redirected_write(&self, paddr: u64) -> Option<usize> {
+        let gp = (paddr >> PAGE_SHIFT) as usize;
+        match self.pages.get(gp) {
+            Some(&e) if e & WRITES_TO_RAM != 0 && gp << PAGE_SHIFT < self.ram_size => {
+                Some(gp << PAGE_SHIFT)
+            }
+            _ => None,
+        }
+    }
+
     #[inline]
     pub fn backing(&self, paddr: u64) -> Backing {
         let gp = (paddr >> PAGE_SHIFT) as usize;
-        match self.pages.get(gp) {
-            Some(&e) if e != 0 => Backing::Host {
+        match self.pages.get(gp).map(|&e| e & !WRITES_TO_RAM) {
+            Some(e) if e != 0 => Backing::Host {
                 offset: (((e >> 1) - 1) as usize) << PAGE_SHIFT,
                 writable: e & 1 != 0,
             },
@@ -212,16 +277,19 @@ impl PhysMem {
         }
     }
 
-    /// Writes guest-physical memory, RAM only (ROM and MMIO bytes are dropped).
-    /// Returns the guest pages written that hold code, so callers can invalidate them.
+    /// Writes guest-physical memory, RAM only (ROM and MMIO bytes are dropped, unless
+    /// the page sends writes to the RAM beneath it).
     pub fn write(&mut self, paddr: u64, data: &[u8]) {
         for (i, &b) in data.iter().enumerate() {
             let a = paddr.wrapping_add(i as u64);
-            if let Backing::Host {
-                offset,
-                writable: true,
-            } = self.backing(a)
-            {
+            let target = match self.backing(a) {
+                Backing::Host {
+                    offset,
+                    writable: true,
+                } => Some(offset),
+                _ => self.redirected_write(a),
+            };
+            if let Some(offset) = target {
                 self.map[offset + (a & (PAGE_SIZE - 1)) as usize] = b;
             }
         }
@@ -291,5 +359,46 @@ mod tests {
         assert_eq!(m.read_u8(0x2000_0000), 0xFF, "unbacked reads as ones");
         m.alias(0xFFFF_0000, 0xF0000, 0x1000);
         assert_eq!(m.read_u8(0xFFFF_0000), 0xAA);
+    }
+
+    #[test]
+    fn shadow_routing_of_a_rom_page() {
+        let mut m = PhysMem::new(1 << 20, 64 << 10).unwrap();
+        m.map_rom(0xF0000, &[0xAA; 4096]).unwrap();
+        let rom = m.backing(0xF0000);
+        // Read ROM, write RAM: reads keep seeing the ROM, writes fill the RAM beneath.
+        m.route_page(0xF0000, false, true, rom).unwrap();
+        m.write(0xF0010, &[0x11]);
+        assert_eq!(m.read_u8(0xF0010), 0xAA);
+        assert_eq!(m.redirected_write(0xF0010), Some(0xF0000));
+        // Read RAM, writes dropped: the byte written before shows, new writes do not.
+        m.route_page(0xF0000, true, false, rom).unwrap();
+        assert_eq!(m.read_u8(0xF0010), 0x11);
+        m.write(0xF0010, &[0x22]);
+        assert_eq!(m.read_u8(0xF0010), 0x11);
+        assert_eq!(m.redirected_write(0xF0010), None);
+        // RAM both ways.
+        m.route_page(0xF0000, true, true, rom).unwrap();
+        m.write(0xF0010, &[0x33]);
+        assert_eq!(m.read_u8(0xF0010), 0x33);
+        // Back to the ROM.
+        m.route_page(0xF0000, false, false, rom).unwrap();
+        assert_eq!(m.read_u8(0xF0010), 0xAA);
+        assert_eq!(m.backing(0xF0000), rom);
+        // Read MMIO, write RAM.
+        m.route_page(0xC0000, false, true, Backing::Mmio).unwrap();
+        assert_eq!(m.backing(0xC0000), Backing::Mmio);
+        m.write(0xC0000, &[0x44]);
+        m.route_page(0xC0000, true, false, Backing::Mmio).unwrap();
+        assert_eq!(m.read_u8(0xC0000), 0x44);
+        // Nonsense is refused: no RAM there, or a writable or foreign page for reads.
+        assert!(m.route_page(0x20_0000, true, true, Backing::Mmio).is_err());
+        let ram = m.backing(0x1000);
+        assert!(m.route_page(0xF0000, false, false, ram).is_err());
+        let far = Backing::Host {
+            offset: 1 << 30,
+            writable: false,
+        };
+        assert!(m.route_page(0xF0000, false, false, far).is_err());
     }
 }

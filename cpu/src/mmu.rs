@@ -372,6 +372,16 @@ impl Cpu {
                 }
                 self.mem.write(paddr, &val.to_le_bytes()[..size as usize]);
             }
+            // Shadowing may send writes to the RAM beneath a ROM or MMIO page. That RAM
+            // is not what reads of the page see, so no decoded code depends on it.
+            Backing::Host {
+                writable: false, ..
+            }
+            | Backing::Mmio
+                if self.mem.redirected_write(paddr).is_some() =>
+            {
+                self.mem.write(paddr, &val.to_le_bytes()[..size as usize]);
+            }
             Backing::Host {
                 writable: false, ..
             } => {}

@@ -148,11 +148,49 @@ pub fn piix3_ide() -> ConfigSpace {
     space
 }
 
+/// The host bridge's first PAM (Programmable Attribute Map) register; PAM0-PAM6 are
+/// 0x59-0x5F.
+pub const PAM0: u8 = 0x59;
+/// PAM register values at power-on: every area reads ROM (or the PCI bus).
+pub const PAM_RESET: [u8; 7] = [0; 7];
+
+/// One area of the BIOS and option-ROM space (C0000-FFFFF) whose routing a PAM field sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PamArea {
+    pub base: u32,
+    pub len: u32,
+    /// Reads (and instruction fetches) go to RAM rather than ROM / the PCI bus.
+    pub read_ram: bool,
+    /// Writes go to RAM rather than ROM / the PCI bus (where they are dropped).
+    pub write_ram: bool,
+}
+
+/// Decodes PAM0-PAM6: PAM0 bits 5:4 set F0000-FFFFF; each nibble of PAM1-PAM6 sets one
+/// 16 KiB area from C0000 up (low nibble first). In each field bit 0 enables reads from
+/// RAM and bit 1 writes to RAM.
+pub fn pam_areas(pam: [u8; 7]) -> [PamArea; 13] {
+    let area = |base: u32, len: u32, field: u8| PamArea {
+        base,
+        len,
+        read_ram: field & 1 != 0,
+        write_ram: field & 2 != 0,
+    };
+    let mut areas = [area(0xF_0000, 0x1_0000, pam[0] >> 4); 13];
+    for (i, a) in areas.iter_mut().skip(1).enumerate() {
+        let field = pam[1 + i / 2] >> (4 * (i % 2));
+        *a = area(0xC_0000 + 0x4000 * i as u32, 0x4000, field);
+    }
+    areas
+}
+
 /// Bus 0 behind configuration mechanism #1.
 pub struct PciBus {
     address: u32,
     /// Functions by device << 3 | function.
     functions: Vec<(u8, Box<dyn PciFunction>)>,
+    /// A PAM register was written since [`PciBus::take_pam_written`] was last called: the
+    /// machine must re-route the BIOS area.
+    pam_written: bool,
 }
 
 impl Default for PciBus {
@@ -167,6 +205,7 @@ impl PciBus {
         let mut bus = PciBus {
             address: 0,
             functions: Vec::new(),
+            pam_written: false,
         };
         bus.add_function(0, 0, Box::new(host_bridge()));
         bus.add_function(1, 0, Box::new(piix3_isa_bridge()));
@@ -199,9 +238,45 @@ impl PciBus {
     /// Writes a dword of bus 0 configuration space, bytes selected by `mask`.
     pub fn config_write(&mut self, device: u8, func: u8, offset: u8, value: u32, mask: u32) {
         let devfn = ((device & 0x1F) << 3) | (func & 0x07);
-        if let Some(f) = self.function_mut(devfn) {
-            f.config_write(offset & 0xFC, value, mask);
+        self.write_function(devfn, offset & 0xFC, value, mask);
+    }
+
+    fn write_function(&mut self, devfn: u8, offset: u8, value: u32, mask: u32) {
+        // PAM0-PAM6 live in the host bridge's dwords 0x58 (bytes 1-3) and 0x5C.
+        if devfn == 0
+            && ((offset == 0x58 && mask & 0xFFFF_FF00 != 0) || (offset == 0x5C && mask != 0))
+        {
+            self.pam_written = true;
         }
+        if let Some(f) = self.function_mut(devfn) {
+            f.config_write(offset, value, mask);
+        }
+    }
+
+    /// The host bridge's PAM0-PAM6 registers.
+    pub fn pam(&mut self) -> [u8; 7] {
+        let lo = self.config_read(0, 0, 0x58).to_le_bytes();
+        let hi = self.config_read(0, 0, 0x5C).to_le_bytes();
+        [lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
+    }
+
+    /// Sets PAM0-PAM6 (at power-on, reset, or as firmware that runs outside the guest
+    /// would have programmed them).
+    pub fn set_pam(&mut self, pam: [u8; 7]) {
+        let lo = u32::from_le_bytes([0, pam[0], pam[1], pam[2]]);
+        let hi = u32::from_le_bytes([pam[3], pam[4], pam[5], pam[6]]);
+        self.write_function(0, 0x58, lo, 0xFFFF_FF00);
+        self.write_function(0, 0x5C, hi, 0xFFFF_FFFF);
+    }
+
+    /// Whether a PAM register was written since the last call (and clears the flag).
+    pub fn take_pam_written(&mut self) -> bool {
+        std::mem::take(&mut self.pam_written)
+    }
+
+    /// Whether a PAM register was written and the machine has not acted on it yet.
+    pub fn pam_written(&self) -> bool {
+        self.pam_written
     }
 
     /// The I/O base the guest gave the IDE bus-master registers (BAR4 of 01.1), if
@@ -266,9 +341,7 @@ impl PortDevice for PciBus {
                     _ => 0xFFFF_FFFF,
                 };
                 let mask = size_mask << shift;
-                if let Some(f) = self.function_mut(devfn) {
-                    f.config_write(offset, value << shift, mask);
-                }
+                self.write_function(devfn, offset, value << shift, mask);
             }
             _ => {}
         }
@@ -374,6 +447,45 @@ mod tests {
         assert_eq!(bus.read(CONFIG_DATA, 4, 0), 0xFFFF_FFFF);
         bus.write(CONFIG_DATA, 4, 0, 0);
         assert_eq!(read(&mut bus, 0, 0, 0, 4), 0x1237_8086);
+    }
+
+    #[test]
+    fn pam_registers_are_tracked_and_decoded() {
+        let mut bus = PciBus::new();
+        assert_eq!(bus.pam(), PAM_RESET);
+        assert!(!bus.take_pam_written());
+        // Other host bridge registers and other functions do not count.
+        write(&mut bus, 0, 0, 0x58, 1, 0xFF);
+        write(&mut bus, 0, 0, 0x72, 1, 0x0A);
+        write(&mut bus, 1, 0, 0x5C, 4, 0x1234_5678);
+        assert!(!bus.take_pam_written());
+        assert_eq!(read(&mut bus, 0, 0, 0x72, 1), 0x0A, "SMRAM is plain storage");
+        write(&mut bus, 0, 0, 0x59, 1, 0x30);
+        assert!(bus.pam_written());
+        assert!(bus.take_pam_written());
+        assert!(!bus.pam_written());
+        write(&mut bus, 0, 0, 0x5C, 4, 0x3311_2233);
+        assert!(bus.take_pam_written());
+        assert_eq!(bus.pam(), [0x30, 0, 0, 0x33, 0x22, 0x11, 0x33]);
+        let areas = pam_areas(bus.pam());
+        assert_eq!(areas[0].base, 0xF_0000);
+        assert!(areas[0].read_ram && areas[0].write_ram);
+        // PAM3 = 0x33: D0000 and D4000 RAM read/write.
+        assert_eq!((areas[5].base, areas[5].len), (0xD_0000, 0x4000));
+        assert!(areas[5].read_ram && areas[5].write_ram);
+        // PAM4 = 0x22: D8000 write-only.
+        assert_eq!(areas[7].base, 0xD_8000);
+        assert!(!areas[7].read_ram && areas[7].write_ram);
+        // PAM5 = 0x11: E0000 read-only RAM.
+        assert_eq!(areas[9].base, 0xE_0000);
+        assert!(areas[9].read_ram && !areas[9].write_ram);
+        assert_eq!(areas[1].base, 0xC_0000);
+        assert!(!areas[1].read_ram && !areas[1].write_ram);
+        assert_eq!(areas[12].base + areas[12].len, 0xF_0000);
+        bus.set_pam(PAM_RESET);
+        assert!(bus.take_pam_written());
+        assert_eq!(bus.pam(), PAM_RESET);
+        assert_eq!(read(&mut bus, 0, 0, 0x58, 1), 0xFF, "byte 0x58 kept");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use hospes_bios::acpi;
 use hospes_bios::{Bios, Drive, Platform};
 use hospes_cpu::mem::Bus;
 use hospes_cpu::Cpu;
+use hospes_devices::debugcon::{DebugConsole, DEBUGCON_PORT};
 use hospes_devices::i8042::I8042;
 use hospes_devices::ide::{IdeChannel, IdeDevice};
 use hospes_devices::pci::PciBus;
@@ -41,6 +42,8 @@ pub struct Devices {
     /// Primary (IRQ 14) and secondary (IRQ 15) IDE channels.
     pub ide: [IdeChannel; 2],
     pub drives: Vec<DriveSlot>,
+    /// Firmware's log port (0x402).
+    pub debugcon: DebugConsole,
     /// Port 92h (fast A20 and reset).
     port92: u8,
     /// Port 61h: speaker gate (bit 0) and speaker data (bit 1).
@@ -81,6 +84,7 @@ impl Devices {
             pci: PciBus::new(),
             ide: [IdeChannel::primary(pm, ps), IdeChannel::secondary(sm, ss)],
             drives,
+            debugcon: DebugConsole::new(),
             port92: 0,
             port61: 0,
             pm1_enable: 0,
@@ -172,6 +176,7 @@ impl Devices {
             }
             0x70 | 0x71 => self.rtc.read(port, size, now),
             0x92 => self.port92 as u32,
+            DEBUGCON_PORT => self.debugcon.read(port, size, now),
             0xCF8..=0xCFF => self.pci.read(port, size, now),
             0x1F0..=0x1F7 | 0x3F6 => self.ide[0].read(port, size, now),
             0x170..=0x177 | 0x376 => self.ide[1].read(port, size, now),
@@ -212,6 +217,7 @@ impl Devices {
             }
             0x70 | 0x71 => self.rtc.write(port, size, value, now),
             0xCF8..=0xCFF => self.pci.write(port, size, value, now),
+            DEBUGCON_PORT => self.debugcon.write(port, size, value, now),
             0x1F0..=0x1F7 | 0x3F6 => self.ide[0].write(port, size, value, now),
             0x170..=0x177 | 0x376 => self.ide[1].write(port, size, value, now),
             0x92 => {
@@ -275,7 +281,9 @@ impl Platform for Devices {
 /// What the CPU sees: the devices plus the BIOS behind its emulator calls.
 pub struct Board {
     pub devices: Devices,
-    pub bios: Bios,
+    /// The built-in BIOS; None when a firmware image runs in its place (its emulator
+    /// calls are then not honoured).
+    pub bios: Option<Bios>,
 }
 
 impl Bus for Board {
@@ -300,13 +308,17 @@ impl Bus for Board {
     fn stop_requested(&mut self) -> bool {
         self.devices.power_event.is_some()
             || self.devices.a20_changed
+            || self.devices.pci.pam_written()
             || std::mem::take(&mut self.devices.timers_changed)
     }
     fn sync_time(&mut self, icount: u64) {
         self.devices.set_icount(icount);
     }
     fn emulator_call(&mut self, cpu: &mut Cpu) -> bool {
+        let Some(bios) = &mut self.bios else {
+            return false;
+        };
         self.devices.set_icount(cpu.state.icount);
-        self.bios.call(cpu, &mut self.devices)
+        bios.call(cpu, &mut self.devices)
     }
 }

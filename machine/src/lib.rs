@@ -8,6 +8,8 @@
 pub mod board;
 pub mod clock;
 pub mod disk;
+pub mod firmware;
+pub mod shadow;
 
 use board::{Board, Devices, DriveSlot, PowerEvent};
 use hospes_bios::{Bios, BootOptions};
@@ -34,7 +36,15 @@ pub struct MachineConfig {
     ); 2],
     /// Seconds since the Unix epoch the RTC starts at.
     pub rtc_start_unix: i64,
+    /// A firmware image to run in place of the built-in BIOS (SeaBIOS's bios.bin, say).
+    /// It finds the disks through the IDE controller; `boot.order` reaches it through
+    /// CMOS, and `drives` and `boot.linux` are not used.
+    pub firmware: Option<Vec<u8>>,
 }
+
+/// PAM0-PAM6 as the built-in BIOS leaves them (its POST runs outside the guest): the
+/// option-ROM space C0000-DFFFF is RAM, the BIOS at E0000-FFFFF reads ROM.
+const BUILTIN_BIOS_PAM: [u8; 7] = [0x00, 0x33, 0x33, 0x33, 0x33, 0x00, 0x00];
 
 /// Errors building or running the machine.
 #[derive(Debug)]
@@ -67,6 +77,10 @@ pub struct Machine {
     /// Bytes from outside for COM1, taken at slice boundaries.
     serial_in: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
     resets: u64,
+    shadow: shadow::Shadowing,
+    /// Where the firmware's debug console (port 0x402) goes, besides the log.
+    debugcon_out: Option<Box<dyn Write>>,
+    debugcon_line: Vec<u8>,
 }
 
 impl Machine {
@@ -78,24 +92,47 @@ impl Machine {
             )));
         }
         let ram = config.ram_mib << 20;
-        let bios = Bios::new(ram, config.boot).map_err(|e| MachineError(e.to_string()))?;
-        let rom = bios.rom().to_vec();
-        let mut cpu = Cpu::new(ram as usize, rom.len()).map_err(|e| MachineError(e.to_string()))?;
-        cpu.mem
-            .map_rom(hospes_bios::rom::ROM_BASE as u64, &rom)
-            .map_err(|e| MachineError(e.to_string()))?;
-        cpu.mem.alias(
-            HIGH_ROM_ALIAS,
-            hospes_bios::rom::ROM_BASE as u64,
-            rom.len() as u64,
-        );
-        let devices = Devices::new(config.rtc_start_unix, config.drives, config.ide);
+        let boot_order = config.boot.order.clone();
+        let (bios, mut cpu, pam) = match config.firmware {
+            None => {
+                let bios =
+                    Bios::new(ram, config.boot).map_err(|e| MachineError(e.to_string()))?;
+                let rom = bios.rom().to_vec();
+                let mut cpu =
+                    Cpu::new(ram as usize, rom.len()).map_err(|e| MachineError(e.to_string()))?;
+                cpu.mem
+                    .map_rom(hospes_bios::rom::ROM_BASE as u64, &rom)
+                    .map_err(|e| MachineError(e.to_string()))?;
+                cpu.mem.alias(
+                    HIGH_ROM_ALIAS,
+                    hospes_bios::rom::ROM_BASE as u64,
+                    rom.len() as u64,
+                );
+                (Some(bios), cpu, BUILTIN_BIOS_PAM)
+            }
+            Some(image) => {
+                firmware::check_image(image.len())?;
+                let mut cpu = Cpu::new(ram as usize, image.len())
+                    .map_err(|e| MachineError(e.to_string()))?;
+                firmware::map_image(&mut cpu.mem, &image)?;
+                (None, cpu, hospes_devices::pci::PAM_RESET)
+            }
+        };
+        let mut devices = Devices::new(config.rtc_start_unix, config.drives, config.ide);
+        firmware::init_cmos(&mut devices.rtc, ram, &boot_order);
+        let mut shadow = shadow::Shadowing::new(&cpu.mem);
+        devices.pci.set_pam(pam);
+        devices.pci.take_pam_written();
+        shadow.apply(pam, &mut cpu);
         let mut m = Machine {
             cpu,
             board: Board { devices, bios },
             serial_out,
             serial_in: None,
             resets: 0,
+            shadow,
+            debugcon_out: None,
+            debugcon_line: Vec::new(),
         };
         m.cpu.reset();
         m.board.devices.sync_irqs();
@@ -151,6 +188,10 @@ impl Machine {
             if std::mem::take(&mut self.board.devices.a20_changed) {
                 self.cpu.set_a20(self.board.devices.a20);
             }
+            if self.board.devices.pci.take_pam_written() {
+                let pam = self.board.devices.pci.pam();
+                self.shadow.apply(pam, &mut self.cpu);
+            }
             if let Some(l) = limit {
                 if icount >= l {
                     return Stop::InstructionLimit;
@@ -196,6 +237,34 @@ impl Machine {
         if !out.is_empty() {
             let _ = self.serial_out.write_all(&out);
             let _ = self.serial_out.flush();
+        }
+        self.drain_debugcon();
+    }
+
+    /// Also sends the firmware's debug console (port 0x402) to `out`.
+    pub fn set_debugcon_output(&mut self, out: Box<dyn Write>) {
+        self.debugcon_out = Some(out);
+    }
+
+    /// Passes the debug console's bytes on: whole lines to the log, everything to the
+    /// output set with [`Machine::set_debugcon_output`].
+    fn drain_debugcon(&mut self) {
+        let out = self.board.devices.debugcon.take_output();
+        if out.is_empty() {
+            return;
+        }
+        if let Some(w) = &mut self.debugcon_out {
+            let _ = w.write_all(&out);
+            let _ = w.flush();
+        }
+        for &b in &out {
+            if b == b'\n' || self.debugcon_line.len() >= 4096 {
+                let line = String::from_utf8_lossy(&self.debugcon_line);
+                log::debug!(target: "debugcon", "{}", line.trim_end());
+                self.debugcon_line.clear();
+            } else {
+                self.debugcon_line.push(b);
+            }
         }
     }
 
