@@ -482,7 +482,10 @@ fn check_memory_and_clock(serial: &str, ram: u64) {
             .unwrap()
             .as_secs()
             / 31_556_952) as u32;
-    assert!(year.abs_diff(now_year) <= 1, "year {year}, expected {now_year}");
+    assert!(
+        year.abs_diff(now_year) <= 1,
+        "year {year}, expected {now_year}"
+    );
     assert!((1..=12).contains(&bcd(&date[4..6])) && (1..=31).contains(&bcd(&date[6..8])));
     // The tick count advances over the 200 ms wait (18.2 Hz: about 3-4 ticks).
     let ticks: Vec<u32> = serial
@@ -506,7 +509,10 @@ fn seabios_boots_a_hard_disk() {
         "hd",
         &["--bios", bios, "-m", "64", "--hda", path.to_str().unwrap()],
     );
-    eprintln!("SeaBIOS hard-disk boot: {:.2} s", start.elapsed().as_secs_f64());
+    eprintln!(
+        "SeaBIOS hard-disk boot: {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
     let s = &run.serial;
     let ctx = run.context();
     assert!(s.contains("BOOT dl=80"), "{ctx}");
@@ -530,4 +536,191 @@ fn seabios_boots_a_hard_disk() {
     assert_eq!(run.code, 0, "{ctx}");
     assert!(run.debugcon.contains("SeaBIOS (version"), "{ctx}");
     assert!(run.debugcon.contains("RamSize: 0x04000000 [cmos]"), "{ctx}");
+}
+
+/// The CD's boot program (El Torito, no emulation, loaded at 0000:7C00).
+fn cd_program(p: &mut Program) {
+    flat_segments(&mut p.a);
+    p.a.mov(byte_ptr(BOOT_DRIVE), dl).unwrap();
+    p.print("BOOT dl=");
+    p.a.movzx(eax, byte_ptr(BOOT_DRIVE)).unwrap();
+    p.print_eax(2);
+    p.print("\r\n");
+    // The primary volume descriptor: "CD001" at byte 1 of sector 16.
+    edd_read(p, 16, 1);
+    p.a.mov(byte_ptr(0x9006u32), 0).unwrap();
+    p.print(" ");
+    p.print_at(0x9001);
+    p.print("\r\n");
+    edd_read(p, CD_DATA_SECTOR, 1);
+    p.print(" ");
+    p.print_at(0x9000);
+    p.print("\r\n");
+    memory_and_clock_checks(p);
+}
+
+/// The CD's sector the boot program reads, and its text.
+const CD_DATA_SECTOR: u32 = 21;
+const CD_DATA: &[u8] = b"cd sector 21\0";
+
+/// A minimal El Torito CD: primary volume descriptor at sector 16, boot record at 17,
+/// terminator at 18, boot catalog at 19, the boot image at 20 (4 virtual sectors) and a
+/// data sector at 21.
+fn cd_image() -> Vec<u8> {
+    let mut img = vec![0u8; 2048 * 32];
+    let mut descriptor = |sector: usize, kind: u8| {
+        img[sector * 2048] = kind;
+        img[sector * 2048 + 1..sector * 2048 + 6].copy_from_slice(b"CD001");
+        img[sector * 2048 + 6] = 1;
+        sector * 2048
+    };
+    descriptor(16, 1);
+    let brvd = descriptor(17, 0);
+    descriptor(18, 255);
+    img[brvd + 7..brvd + 30].copy_from_slice(b"EL TORITO SPECIFICATION");
+    img[brvd + 0x47..brvd + 0x4B].copy_from_slice(&19u32.to_le_bytes());
+    let cat = 19 * 2048;
+    img[cat] = 1; // validation entry, x86
+    img[cat + 0x1E] = 0x55;
+    img[cat + 0x1F] = 0xAA;
+    let sum = img[cat..cat + 32].chunks(2).fold(0u16, |s, w| {
+        s.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+    });
+    img[cat + 0x1C..cat + 0x1E].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
+    img[cat + 32] = 0x88; // bootable, no emulation, default load segment
+    img[cat + 32 + 6..cat + 32 + 8].copy_from_slice(&4u16.to_le_bytes());
+    img[cat + 32 + 8..cat + 32 + 12].copy_from_slice(&20u32.to_le_bytes());
+    let program = Program::build(0x7C00, cd_program);
+    assert!(program.len() <= 2048, "CD boot program too long");
+    img[20 * 2048..20 * 2048 + program.len()].copy_from_slice(&program);
+    let data = CD_DATA_SECTOR as usize * 2048;
+    img[data..data + CD_DATA.len()].copy_from_slice(CD_DATA);
+    img
+}
+
+#[test]
+fn seabios_boots_an_el_torito_cd() {
+    let Some(bios) = seabios() else { return };
+    let path = temp_path("cd.iso");
+    std::fs::write(&path, cd_image()).unwrap();
+    let start = Instant::now();
+    let run = run_hospes(
+        "cd",
+        &[
+            "--bios",
+            bios,
+            "-m",
+            "32",
+            "--cdrom",
+            path.to_str().unwrap(),
+            "-boot",
+            "d",
+        ],
+    );
+    eprintln!("SeaBIOS CD boot: {:.2} s", start.elapsed().as_secs_f64());
+    let s = &run.serial;
+    let ctx = run.context();
+    assert!(s.contains("BOOT dl="), "{ctx}");
+    let reads: Vec<&str> = s.lines().filter_map(|l| l.strip_prefix("EDD42 ")).collect();
+    assert_eq!(
+        reads,
+        ["cf=0 ah=00 CD001", "cf=0 ah=00 cd sector 21"],
+        "{ctx}"
+    );
+    check_memory_and_clock(s, 32 << 20);
+    assert_eq!(run.code, 0, "{ctx}");
+    assert!(run.debugcon.contains("Booting from DVD/CD"), "{ctx}");
+}
+
+/// Hard disk first in the boot order, but only a CD has something to boot: SeaBIOS
+/// follows the order CMOS gives it and falls through to the CD.
+#[test]
+fn seabios_follows_the_boot_order() {
+    let Some(bios) = seabios() else { return };
+    let cd = temp_path("order.iso");
+    std::fs::write(&cd, cd_image()).unwrap();
+    let blank = temp_path("blank.img");
+    std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
+    let run = run_hospes(
+        "order",
+        &[
+            "--bios",
+            bios,
+            "--hda",
+            blank.to_str().unwrap(),
+            "--cdrom",
+            cd.to_str().unwrap(),
+            "-boot",
+            "cd",
+        ],
+    );
+    let ctx = run.context();
+    assert!(run.serial.contains("DONE"), "{ctx}");
+    let hd = run.debugcon.find("Booting from Hard Disk").expect(&ctx);
+    let cd = run.debugcon.find("Booting from DVD/CD").expect(&ctx);
+    assert!(hd < cd, "{ctx}");
+    assert_eq!(run.code, 0, "{ctx}");
+}
+
+fn run_plain(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hospes"))
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("run hospes");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_firmware_arguments_are_one_line_errors() {
+    let small = temp_path("small.bin");
+    std::fs::write(&small, vec![0u8; 32 << 10]).unwrap();
+    let odd = temp_path("odd.bin");
+    std::fs::write(&odd, vec![0u8; 100 << 10]).unwrap();
+    let big = temp_path("big.bin");
+    std::fs::write(&big, vec![0u8; (16 << 20) + (64 << 10)]).unwrap();
+    let good = temp_path("good.bin");
+    std::fs::write(&good, vec![0xF4u8; 64 << 10]).unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--bios", "/nonexistent/bios.bin"],
+            "/nonexistent/bios.bin",
+        ),
+        (&["--bios", small.to_str().unwrap()], "multiple of 64 KiB"),
+        (&["--bios", odd.to_str().unwrap()], "multiple of 64 KiB"),
+        (&["--bios", big.to_str().unwrap()], "16 MiB"),
+        (
+            &["--bios", good.to_str().unwrap(), "--kernel", "/x/vmlinuz"],
+            "--kernel",
+        ),
+        (
+            &["--bios", good.to_str().unwrap(), "--fda", "/x/fd.img"],
+            "--fda",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, err) = run_plain(args);
+        assert_ne!(code, 0, "{args:?}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("hospes: "), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+/// A firmware image that is nothing but HLT: the CPU starts at FFFFFFF0 inside it, halts
+/// with interrupts off, and hospes reports that (status 1) rather than hanging.
+#[test]
+fn a_firmware_that_halts_is_reported() {
+    let hlt = temp_path("hlt.bin");
+    std::fs::write(&hlt, vec![0xF4u8; 64 << 10]).unwrap();
+    let (code, err) = run_plain(&["--bios", hlt.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("halted"), "{err}");
+    assert!(
+        err.contains("f000:0000fff0") || err.contains("fff1"),
+        "{err}"
+    );
 }

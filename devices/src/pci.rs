@@ -459,7 +459,11 @@ mod tests {
         write(&mut bus, 0, 0, 0x72, 1, 0x0A);
         write(&mut bus, 1, 0, 0x5C, 4, 0x1234_5678);
         assert!(!bus.take_pam_written());
-        assert_eq!(read(&mut bus, 0, 0, 0x72, 1), 0x0A, "SMRAM is plain storage");
+        assert_eq!(
+            read(&mut bus, 0, 0, 0x72, 1),
+            0x0A,
+            "SMRAM is plain storage"
+        );
         write(&mut bus, 0, 0, 0x59, 1, 0x30);
         assert!(bus.pam_written());
         assert!(bus.take_pam_written());

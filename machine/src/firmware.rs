@@ -89,7 +89,14 @@ mod tests {
         assert!(check_image(64 << 10).is_ok());
         assert!(check_image(256 << 10).is_ok());
         assert!(check_image(16 << 20).is_ok());
-        for bad in [0, 512, 32 << 10, (64 << 10) + 1, 100 << 10, (16 << 20) + (64 << 10)] {
+        for bad in [
+            0,
+            512,
+            32 << 10,
+            (64 << 10) + 1,
+            100 << 10,
+            (16 << 20) + (64 << 10),
+        ] {
             assert!(check_image(bad).is_err(), "{bad}");
         }
     }

@@ -95,8 +95,7 @@ impl Machine {
         let boot_order = config.boot.order.clone();
         let (bios, mut cpu, pam) = match config.firmware {
             None => {
-                let bios =
-                    Bios::new(ram, config.boot).map_err(|e| MachineError(e.to_string()))?;
+                let bios = Bios::new(ram, config.boot).map_err(|e| MachineError(e.to_string()))?;
                 let rom = bios.rom().to_vec();
                 let mut cpu =
                     Cpu::new(ram as usize, rom.len()).map_err(|e| MachineError(e.to_string()))?;
@@ -112,8 +111,8 @@ impl Machine {
             }
             Some(image) => {
                 firmware::check_image(image.len())?;
-                let mut cpu = Cpu::new(ram as usize, image.len())
-                    .map_err(|e| MachineError(e.to_string()))?;
+                let mut cpu =
+                    Cpu::new(ram as usize, image.len()).map_err(|e| MachineError(e.to_string()))?;
                 firmware::map_image(&mut cpu.mem, &image)?;
                 (None, cpu, hospes_devices::pci::PAM_RESET)
             }

@@ -51,10 +51,7 @@ impl Shadowing {
             let (base, len) = (area.base as u64, area.len as u64);
             for page in (base..base + len).step_by(PAGE_SIZE as usize) {
                 let rom = self.rom[((page - SHADOW_BASE) / PAGE_SIZE) as usize];
-                if let Err(e) = cpu
-                    .mem
-                    .route_page(page, area.read_ram, area.write_ram, rom)
-                {
+                if let Err(e) = cpu.mem.route_page(page, area.read_ram, area.write_ram, rom) {
                     // Only possible if RAM ended below 1 MiB, which the machine refuses.
                     log::warn!("shadowing: {e}");
                 }
@@ -88,7 +85,9 @@ mod tests {
         assert_eq!(cpu.mem.read_u8(0xF_0000), 0xAB);
         // Write-only shadow of F0000: copy the ROM into RAM beneath itself.
         shadow.apply([0x20, 0, 0, 0, 0, 0, 0], &mut cpu);
-        let rom = (0..16).map(|i| cpu.mem.read_u8(0xF_0000 + i)).collect::<Vec<_>>();
+        let rom = (0..16)
+            .map(|i| cpu.mem.read_u8(0xF_0000 + i))
+            .collect::<Vec<_>>();
         cpu.mem.write(0xF_0000, &[0x5A; 16]);
         assert_eq!(cpu.mem.read_u8(0xF_0000), 0xAB, "reads still see the ROM");
         cpu.mem.write(0xF_0000, &rom);
