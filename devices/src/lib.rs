@@ -17,6 +17,7 @@
 //! Nothing here reads host time: the only clock is the `now` the machine passes in.
 
 pub mod debugcon;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod ide;
 pub mod pci;

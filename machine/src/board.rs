@@ -7,6 +7,7 @@ use hospes_bios::{Bios, Drive, Platform};
 use hospes_cpu::mem::Bus;
 use hospes_cpu::Cpu;
 use hospes_devices::debugcon::{DebugConsole, DEBUGCON_PORT};
+use hospes_devices::fw_cfg::{self, FwCfg};
 use hospes_devices::i8042::I8042;
 use hospes_devices::ide::{IdeChannel, IdeDevice};
 use hospes_devices::pci::PciBus;
@@ -44,6 +45,8 @@ pub struct Devices {
     pub drives: Vec<DriveSlot>,
     /// Firmware's log port (0x402).
     pub debugcon: DebugConsole,
+    /// QEMU's firmware configuration ports, for a firmware image that reads them.
+    pub fw_cfg: Option<FwCfg>,
     /// Port 92h (fast A20 and reset).
     port92: u8,
     /// Port 61h: speaker gate (bit 0) and speaker data (bit 1).
@@ -85,6 +88,7 @@ impl Devices {
             ide: [IdeChannel::primary(pm, ps), IdeChannel::secondary(sm, ss)],
             drives,
             debugcon: DebugConsole::new(),
+            fw_cfg: None,
             port92: 0,
             port61: 0,
             pm1_enable: 0,
@@ -177,6 +181,9 @@ impl Devices {
             0x70 | 0x71 => self.rtc.read(port, size, now),
             0x92 => self.port92 as u32,
             DEBUGCON_PORT => self.debugcon.read(port, size, now),
+            fw_cfg::SELECTOR_PORT | fw_cfg::DATA_PORT if self.fw_cfg.is_some() => {
+                self.fw_cfg.as_mut().map_or(0, |f| f.read(port, size, now))
+            }
             0xCF8..=0xCFF => self.pci.read(port, size, now),
             0x1F0..=0x1F7 | 0x3F6 => self.ide[0].read(port, size, now),
             0x170..=0x177 | 0x376 => self.ide[1].read(port, size, now),
@@ -218,6 +225,11 @@ impl Devices {
             0x70 | 0x71 => self.rtc.write(port, size, value, now),
             0xCF8..=0xCFF => self.pci.write(port, size, value, now),
             DEBUGCON_PORT => self.debugcon.write(port, size, value, now),
+            fw_cfg::SELECTOR_PORT | fw_cfg::DATA_PORT => {
+                if let Some(f) = &mut self.fw_cfg {
+                    f.write(port, size, value, now);
+                }
+            }
             0x1F0..=0x1F7 | 0x3F6 => self.ide[0].write(port, size, value, now),
             0x170..=0x177 | 0x376 => self.ide[1].write(port, size, value, now),
             0x92 => {

@@ -119,6 +119,9 @@ impl Machine {
         };
         let mut devices = Devices::new(config.rtc_start_unix, config.drives, config.ide);
         firmware::init_cmos(&mut devices.rtc, ram, &boot_order);
+        if bios.is_none() {
+            devices.fw_cfg = Some(firmware::fw_cfg(ram));
+        }
         let mut shadow = shadow::Shadowing::new(&cpu.mem);
         devices.pci.set_pam(pam);
         devices.pci.take_pam_written();
