@@ -724,3 +724,115 @@ fn a_firmware_that_halts_is_reported() {
         "{err}"
     );
 }
+
+/// SHA-256 of 16 MiB of zeros, as `sha256sum` prints it (see tests/linux_boot.rs).
+const ZEROS_SHA256: &str = "080acf35a507ac9849cfcba47dc2ad83e01b75663a516279c8b9d243b719643e";
+
+/// Debian's Linux from the SYSLINUX disk of scripts/guest-images, booted by SeaBIOS: the
+/// initramfs's markers as tests/linux_boot.rs checks them, and power-off through the ACPI
+/// tables SeaBIOS installed from fw_cfg.
+#[test]
+fn seabios_boots_linux_from_a_disk() {
+    let Some(bios) = seabios() else { return };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/guest");
+    let disk = dir.join("linux-disk.img");
+    if !disk.is_file() {
+        eprintln!("skipped: no {} (run scripts/guest-images)", disk.display());
+        return;
+    }
+    let start = Instant::now();
+    let run = run_hospes(
+        "linux",
+        &[
+            "--bios",
+            bios,
+            "-m",
+            "256",
+            "--display",
+            "none",
+            "-hda",
+            disk.to_str().unwrap(),
+        ],
+    );
+    eprintln!(
+        "SeaBIOS Linux disk boot: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let s = &run.serial;
+    let tail: Vec<&str> = s.lines().rev().take(40).collect();
+    let ctx = format!(
+        "status {}\nstderr: {}\nlast output:\n{}",
+        run.code,
+        run.stderr,
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+    for marker in ["HOSPES-INIT-START", "HOSPES-INIT-DONE"] {
+        assert!(s.contains(marker), "no {marker}\n{ctx}");
+    }
+    let uname = line(s, "HOSPES-UNAME ");
+    assert!(
+        uname.starts_with("Linux ") && uname.contains("6.1.") && uname.contains("i686"),
+        "{uname}"
+    );
+    assert!(line(s, "HOSPES-SHA256 ").starts_with(ZEROS_SHA256), "{ctx}");
+    let awk: u64 = (0..200_000u64).map(|i| i % 7).sum();
+    assert_eq!(line(s, "HOSPES-AWK "), awk.to_string(), "{ctx}");
+    assert!(run.debugcon.contains("Booting from Hard Disk"), "{ctx}");
+    assert_eq!(run.code, 0, "exit status\n{ctx}");
+}
+
+/// A boot program that resets the machine through the keyboard controller the first
+/// time (keeping a count in CMOS byte 7Eh), then prints and powers off: SeaBIOS must
+/// come back through its reset path with shadow RAM still locked, and boot again.
+fn reboot_program(p: &mut Program) {
+    flat_segments(&mut p.a);
+    let a = &mut p.a;
+    a.mov(al, 0x7E).unwrap();
+    a.out(0x70, al).unwrap();
+    a.in_(al, 0x71).unwrap();
+    a.inc(al).unwrap();
+    a.mov(bl, al).unwrap();
+    a.mov(al, 0x7E).unwrap();
+    a.out(0x70, al).unwrap();
+    a.mov(al, bl).unwrap();
+    a.out(0x71, al).unwrap();
+    p.print("BOOT ");
+    p.a.movzx(eax, bl).unwrap();
+    p.print_eax(2);
+    p.print("\r\n");
+    let mut second = p.a.create_label();
+    p.a.cmp(bl, 2).unwrap();
+    p.a.jae(second).unwrap();
+    // Pulse the reset line (i8042 output port bit 0).
+    p.a.mov(al, 0xFE).unwrap();
+    p.a.out(0x64, al).unwrap();
+    let mut stop = p.a.create_label();
+    p.a.set_label(&mut stop).unwrap();
+    p.a.hlt().unwrap();
+    p.a.jmp(stop).unwrap();
+    p.a.set_label(&mut second).unwrap();
+    p.print("DONE\r\n");
+    p.power_off();
+}
+
+#[test]
+fn seabios_survives_a_reset() {
+    let Some(bios) = seabios() else { return };
+    let mut sector = Program::build(0x7C00, reboot_program);
+    assert!(sector.len() <= 510);
+    sector.resize(512, 0);
+    sector[510] = 0x55;
+    sector[511] = 0xAA;
+    sector.resize(1 << 20, 0);
+    let path = temp_path("reboot.img");
+    std::fs::write(&path, sector).unwrap();
+    let run = run_hospes("reboot", &["--bios", bios, "--hda", path.to_str().unwrap()]);
+    let ctx = run.context();
+    assert_eq!(run.serial, "BOOT 01\r\nBOOT 02\r\nDONE\r\n", "{ctx}");
+    assert_eq!(run.code, 0, "{ctx}");
+    assert_eq!(
+        run.debugcon.matches("Booting from Hard Disk").count(),
+        2,
+        "{ctx}"
+    );
+}

@@ -49,7 +49,8 @@ impl FwCfg {
             offset: 0,
         };
         cfg.items.insert(KEY_SIGNATURE, b"QEMU".to_vec());
-        cfg.items.insert(KEY_ID, ID_TRADITIONAL.to_le_bytes().to_vec());
+        cfg.items
+            .insert(KEY_ID, ID_TRADITIONAL.to_le_bytes().to_vec());
         cfg.items.insert(KEY_FILE_DIR, 0u32.to_be_bytes().to_vec());
         cfg
     }
@@ -127,7 +128,11 @@ mod tests {
         let mut cfg = FwCfg::new();
         assert_eq!(read_item(&mut cfg, KEY_SIGNATURE, 6), b"QEMU\0\0");
         assert_eq!(read_item(&mut cfg, KEY_ID, 4), [1, 0, 0, 0]);
-        assert_eq!(read_item(&mut cfg, 0x1234, 2), [0, 0], "absent items read 0");
+        assert_eq!(
+            read_item(&mut cfg, 0x1234, 2),
+            [0, 0],
+            "absent items read 0"
+        );
         cfg.set_item(KEY_NB_CPUS, 1u16.to_le_bytes().to_vec());
         assert_eq!(read_item(&mut cfg, KEY_NB_CPUS, 2), [1, 0]);
         assert_eq!(read_item(&mut cfg, KEY_FILE_DIR, 4), [0, 0, 0, 0]);

@@ -225,7 +225,7 @@ impl Devices {
             0x70 | 0x71 => self.rtc.write(port, size, value, now),
             0xCF8..=0xCFF => self.pci.write(port, size, value, now),
             DEBUGCON_PORT => self.debugcon.write(port, size, value, now),
-            fw_cfg::SELECTOR_PORT | fw_cfg::DATA_PORT => {
+            fw_cfg::SELECTOR_PORT | fw_cfg::DATA_PORT if self.fw_cfg.is_some() => {
                 if let Some(f) = &mut self.fw_cfg {
                     f.write(port, size, value, now);
                 }

@@ -17,7 +17,7 @@ const LOW_WINDOW: usize = 128 << 10;
 /// Checks that a firmware image can be mapped: a whole number of 64 KiB blocks, from
 /// 64 KiB to 16 MiB.
 pub fn check_image(len: usize) -> Result<(), MachineError> {
-    if len < MIN_IMAGE || len > MAX_IMAGE || !len.is_multiple_of(MIN_IMAGE) {
+    if !(MIN_IMAGE..=MAX_IMAGE).contains(&len) || !len.is_multiple_of(MIN_IMAGE) {
         return Err(MachineError(format!(
             "firmware image of {len} bytes: the size must be a multiple of 64 KiB, from 64 KiB to 16 MiB"
         )));
@@ -315,16 +315,25 @@ mod tests {
         let local = |a: u32| (a - addr[0]) as usize;
         let rsdt = local(u32_at(rsdp, 16));
         assert_eq!(&tables[rsdt..rsdt + 4], b"RSDT");
-        assert_eq!(sum(&tables[rsdt..rsdt + u32_at(tables, rsdt + 4) as usize]), 0);
+        assert_eq!(
+            sum(&tables[rsdt..rsdt + u32_at(tables, rsdt + 4) as usize]),
+            0
+        );
         let fadt = local(u32_at(tables, rsdt + 36));
         assert_eq!(&tables[fadt..fadt + 4], b"FACP");
-        assert_eq!(sum(&tables[fadt..fadt + u32_at(tables, fadt + 4) as usize]), 0);
+        assert_eq!(
+            sum(&tables[fadt..fadt + u32_at(tables, fadt + 4) as usize]),
+            0
+        );
         let facs = u32_at(tables, fadt + 36);
         assert_eq!(facs % 64, 0);
         assert_eq!(&tables[local(facs)..local(facs) + 4], b"FACS");
         let dsdt = local(u32_at(tables, fadt + 40));
         assert_eq!(&tables[dsdt..dsdt + 4], b"DSDT");
-        assert_eq!(sum(&tables[dsdt..dsdt + u32_at(tables, dsdt + 4) as usize]), 0);
+        assert_eq!(
+            sum(&tables[dsdt..dsdt + u32_at(tables, dsdt + 4) as usize]),
+            0
+        );
     }
 
     #[test]

@@ -107,4 +107,53 @@ mod tests {
         assert_eq!(cpu.mem.read_u8(0xC_4000), 0xFF);
         cpu.tlb.check_invariants(&cpu.mem).unwrap();
     }
+
+    /// Runs the CPU from F000:0000 until it halts; returns AL.
+    fn run_from_f000(cpu: &mut Cpu) -> u8 {
+        use hospes_cpu::state::{CS, DS};
+        cpu.load_seg_real(CS, 0xF000);
+        cpu.load_seg_real(DS, 0xF000);
+        cpu.state.rip = 0;
+        cpu.state.halted = false;
+        let exit = cpu.run(&mut hospes_cpu::mem::NullBus, 100);
+        assert_eq!(exit, hospes_cpu::Exit::Halted);
+        cpu.state.reg8(0)
+    }
+
+    /// What the CPU caches (decoded blocks, TLB write permission) never outlives a
+    /// change of routing: code runs from whichever memory reads now see, and a write
+    /// that was fast while the page was RAM is dropped once it is read-only.
+    #[test]
+    fn cpu_caches_follow_the_routing() {
+        let mut cpu = Cpu::new(2 << 20, 64 << 10).unwrap();
+        // ROM at F0000: mov al, 1; mov byte [1000h], 11h; hlt.
+        let mut rom = vec![0xF4u8; 64 << 10];
+        rom[..8].copy_from_slice(&[0xB0, 0x01, 0xC6, 0x06, 0x00, 0x10, 0x11, 0xF4]);
+        cpu.mem.map_rom(0xF_0000, &rom).unwrap();
+        let mut shadow = Shadowing::new(&cpu.mem);
+        shadow.apply([0; 7], &mut cpu);
+        assert_eq!(run_from_f000(&mut cpu), 1);
+        assert_eq!(cpu.mem.read_u8(0xF_1000), 0xF4, "ROM write dropped");
+        // RAM read/write holding different code: mov al, 2; mov byte [1000h], 22h.
+        shadow.apply([0x30, 0, 0, 0, 0, 0, 0], &mut cpu);
+        cpu.mem
+            .write(0xF_0000, &[0xB0, 0x02, 0xC6, 0x06, 0x00, 0x10, 0x22, 0xF4]);
+        assert_eq!(run_from_f000(&mut cpu), 2);
+        assert_eq!(cpu.mem.read_u8(0xF_1000), 0x22);
+        // Read-only RAM: same code, and its store to F1000 (fast before) is now dropped.
+        cpu.mem.write(0xF_1000, &[0x00]);
+        shadow.apply([0x10, 0, 0, 0, 0, 0, 0], &mut cpu);
+        assert_eq!(run_from_f000(&mut cpu), 2);
+        assert_eq!(cpu.mem.read_u8(0xF_1000), 0x00);
+        // Back to the ROM: its code runs again, not the decoding of the RAM copy.
+        shadow.apply([0x00, 0, 0, 0, 0, 0, 0], &mut cpu);
+        assert_eq!(run_from_f000(&mut cpu), 1);
+        // Write-only RAM: the ROM's code runs and its store lands in the RAM beneath.
+        shadow.apply([0x20, 0, 0, 0, 0, 0, 0], &mut cpu);
+        assert_eq!(run_from_f000(&mut cpu), 1);
+        assert_eq!(cpu.mem.read_u8(0xF_1000), 0xF4, "reads still see the ROM");
+        shadow.apply([0x10, 0, 0, 0, 0, 0, 0], &mut cpu);
+        assert_eq!(cpu.mem.read_u8(0xF_1000), 0x11);
+        cpu.tlb.check_invariants(&cpu.mem).unwrap();
+    }
 }
