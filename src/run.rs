@@ -1,5 +1,6 @@
 //! `hospes run`: build a PC from the command line and run it.
 
+use crate::screen::{self, Display, DisplayArgs, Ended, Presentation};
 use hospes_bios::{
     BootDevice, BootOptions, DriveKind, LinuxBoot, CDROM, FIRST_HARD_DISK, FLOPPY_A,
 };
@@ -32,12 +33,6 @@ impl std::str::FromStr for Serial {
             },
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Display {
-    None,
-    Window,
 }
 
 #[derive(clap::Args, Debug)]
@@ -80,9 +75,8 @@ pub struct RunArgs {
     /// Where COM1 goes: stdio, none or file:PATH.
     #[arg(long, value_name = "BACKEND")]
     pub serial: Option<Serial>,
-    /// none: headless; window: show the screen.
-    #[arg(long, value_enum, default_value = "none")]
-    pub display: Display,
+    #[command(flatten)]
+    pub screen: DisplayArgs,
     /// Stop after this many instructions (for tests and benchmarks).
     #[arg(long, value_name = "N", hide = true)]
     pub max_instructions: Option<u64>,
@@ -122,9 +116,6 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
 }
 
 pub fn run(args: RunArgs) -> Result<i32, String> {
-    if args.display == Display::Window {
-        return Err("--display window is not available yet (use --display none)".into());
-    }
     if args.bios.is_some() {
         return Err("--bios: running another firmware is not available yet".into());
     }
@@ -207,7 +198,16 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         });
         machine.set_serial_input(rx);
     }
-    match machine.run(args.max_instructions) {
+    let how = Presentation {
+        display: args.screen.display.unwrap_or(Display::None),
+        title: "PC",
+        linger: false,
+    };
+    let stop = match screen::run(&mut machine, args.max_instructions, &args.screen, &how)? {
+        Ended::Guest(stop) => stop,
+        Ended::Closed => return Ok(0),
+    };
+    match stop {
         Stop::PowerOff => Ok(0),
         Stop::HaltedForever => {
             eprintln!(

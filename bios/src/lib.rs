@@ -9,6 +9,7 @@
 
 pub mod acpi;
 mod disk;
+pub mod font;
 mod keyboard;
 pub mod linux;
 mod post;
@@ -62,6 +63,10 @@ pub trait Platform {
     fn drive(&mut self, number: u8) -> Option<&mut dyn Drive>;
     /// Virtual time in nanoseconds (the machine's clock).
     fn now(&self) -> u64;
+    /// A byte of memory-mapped I/O (the VGA window at A0000h-BFFFFh): what the CPU would
+    /// read there.
+    fn mmio_read8(&mut self, addr: u32) -> u8;
+    fn mmio_write8(&mut self, addr: u32, value: u8);
 }
 
 /// Drive numbers.
@@ -85,6 +90,8 @@ pub struct Bios {
     /// INT 13h AH=4Bh.
     cd_boot_image_lba: u32,
     cd_boot_sectors: u16,
+    /// The 8x16 font a text mode set loads into the VGA.
+    font_8x16: Vec<u8>,
 }
 
 /// Why the BIOS could not be set up.
@@ -117,6 +124,7 @@ impl Bios {
             keyboard_e0: false,
             cd_boot_image_lba: 0,
             cd_boot_sectors: 0,
+            font_8x16: font::font_8x16(),
         })
     }
 

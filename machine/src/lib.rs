@@ -84,6 +84,10 @@ impl Machine {
         cpu.mem
             .map_rom(hospes_bios::rom::ROM_BASE as u64, &rom)
             .map_err(|e| MachineError(e.to_string()))?;
+        cpu.mem.set_mmio(
+            board::VGA_WINDOW.start,
+            board::VGA_WINDOW.end - board::VGA_WINDOW.start,
+        );
         cpu.mem.alias(
             HIGH_ROM_ALIAS,
             hospes_bios::rom::ROM_BASE as u64,
@@ -213,6 +217,46 @@ impl Machine {
         if !got.is_empty() {
             self.serial_input(&got);
         }
+    }
+
+    /// A key pressed or released on the host keyboard, as its set-2 make code (E0xxh for
+    /// extended keys); the i8042 translates it if the guest asks for set 1.
+    pub fn key_event(&mut self, make: u16, pressed: bool) {
+        self.board.devices.kbc.key_set2(make, pressed);
+        self.board.devices.sync_irqs();
+        self.cpu.irq_changed();
+    }
+
+    /// Virtual time now, in nanoseconds.
+    pub fn now(&self) -> u64 {
+        clock::nanos(self.cpu.state.icount)
+    }
+
+    /// Draws the screen as the monitor would show it now.
+    pub fn render_screen(&self, frame: &mut hospes_devices::vga::Frame) {
+        self.board.devices.vga.render(self.now(), frame);
+    }
+
+    /// The text-mode screen as lines of text (code page 437 bytes outside printable
+    /// ASCII become '?'; trailing blanks are trimmed). Empty in graphics modes.
+    pub fn screen_text(&self) -> Vec<String> {
+        self.board
+            .devices
+            .vga
+            .text_rows()
+            .iter()
+            .map(|row| {
+                let line: String = row
+                    .iter()
+                    .map(|&c| match c {
+                        0x20..=0x7E => c as char,
+                        0 => ' ',
+                        _ => '?',
+                    })
+                    .collect();
+                line.trim_end().to_string()
+            })
+            .collect()
     }
 
     /// Bytes typed on the serial console (COM1).
