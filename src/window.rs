@@ -7,7 +7,9 @@
 use crate::screen::Ended;
 use hospes_devices::vga::Frame;
 use hospes_machine::{Machine, Stop};
-use minifb::{Key, KeyRepeat, Scale, ScaleMode, Window, WindowOptions};
+use minifb::{InputCallback, Key, Scale, ScaleMode, Window, WindowOptions};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Instructions the machine runs between looks at the window and the clock (1 ms of
@@ -17,6 +19,18 @@ const SLICE: u64 = 1_000_000;
 const FRAME_INTERVAL: Duration = Duration::from_millis(16);
 /// How far the guest may run ahead of the wall clock before it waits.
 const AHEAD_LIMIT: Duration = Duration::from_millis(2);
+/// Every key press and release the window saw, in order. (Polling the window's key
+/// state instead would lose a key pressed and released between two redraws.)
+#[derive(Clone, Default)]
+struct KeyEvents(Rc<RefCell<Vec<(Key, bool)>>>);
+
+impl InputCallback for KeyEvents {
+    fn add_char(&mut self, _uni_char: u32) {}
+    fn set_key_state(&mut self, key: Key, pressed: bool) {
+        self.0.borrow_mut().push((key, pressed));
+    }
+}
+
 /// A guest further behind than this (the host could not keep up) gives up the lost
 /// time instead of racing to catch up.
 const BEHIND_LIMIT: Duration = Duration::from_millis(100);
@@ -42,6 +56,8 @@ pub fn run(
         options,
     )
     .map_err(|e| format!("cannot open a window ({e}); use --display none"))?;
+    let keys = KeyEvents::default();
+    window.set_input_callback(Box::new(keys.clone()));
 
     let mut wall_start = Instant::now();
     let mut guest_start = machine.now();
@@ -73,14 +89,9 @@ pub fn run(
             last_draw = Some(Instant::now());
             machine.render_screen(&mut frame);
             show(&mut window, &frame)?;
-            for key in window.get_keys_pressed(KeyRepeat::Yes) {
+            for (key, pressed) in keys.0.borrow_mut().drain(..) {
                 if let Some(code) = set2_make_code(key) {
-                    machine.key_event(code, true);
-                }
-            }
-            for key in window.get_keys_released() {
-                if let Some(code) = set2_make_code(key) {
-                    machine.key_event(code, false);
+                    machine.key_event(code, pressed);
                 }
             }
         }
@@ -90,8 +101,17 @@ pub fn run(
         window.set_title(&format!(
             "hospes: {title} (powered off; press Esc or close the window)"
         ));
-        while window.is_open() && !window.is_key_down(Key::Escape) {
+        keys.0.borrow_mut().clear();
+        while window.is_open() {
             show(&mut window, &frame)?;
+            if keys
+                .0
+                .borrow_mut()
+                .drain(..)
+                .any(|e| e == (Key::Escape, true))
+            {
+                break;
+            }
             std::thread::sleep(FRAME_INTERVAL);
         }
     } else {
