@@ -600,7 +600,7 @@ pub fn run_to(out: Box<dyn Write>) -> Result<(), String> {
         ram_mib: RAM_MIB,
         boot: BootOptions {
             order: vec![BootDevice::HardDisk],
-            linux: None,
+            kernel: None,
         },
         drives: vec![DriveSlot {
             number: FIRST_HARD_DISK,
