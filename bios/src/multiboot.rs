@@ -65,6 +65,7 @@ const GDT_ENTRIES: [u64; 3] = [
     0x00CF_9300_0000_FFFF,
 ];
 const MMAP_OFFSET: usize = GDT_OFFSET + 8 * GDT_ENTRIES.len();
+const _: () = assert!(MBI_SIZE <= GDT_OFFSET);
 /// An MBI memory map entry: size (20), base (u64), length (u64), type.
 const MMAP_ENTRY_SIZE: usize = 24;
 /// A module entry: mod_start, mod_end, string, reserved.
@@ -525,7 +526,6 @@ pub fn load(boot: MultibootBoot, ram_size: u64) -> Result<MultibootImage, Multib
     put(&mut area, 44, (map.len() * MMAP_ENTRY_SIZE) as u32);
     put(&mut area, 48, addr(MMAP_OFFSET));
     put(&mut area, 64, loader_name);
-    debug_assert!(MBI_SIZE <= GDT_OFFSET);
 
     chunks.push((base, area));
     for (m, &(start, _)) in boot.modules.into_iter().zip(&module_places) {
