@@ -690,7 +690,7 @@ pub fn run(args: &DisplayArgs) -> Result<(), String> {
         ram_mib: RAM_MIB,
         boot: BootOptions {
             order: vec![BootDevice::HardDisk],
-            linux: None,
+            kernel: None,
         },
         drives: vec![DriveSlot {
             number: FIRST_HARD_DISK,
