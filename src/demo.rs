@@ -5,15 +5,16 @@
 //! CPUID, the switch to 32-bit protected mode, paging with 4 KiB and 4 MiB pages, an
 //! interrupt descriptor table, a TSS and a drop to ring 3, a system call back to ring 0
 //! and a page fault caught by its handler. It reports on COM1 (port 3F8h), the serial
-//! console, and powers the machine off. It boots from an in-memory hard disk on the
+//! console, and on the screen (through INT 10h in real mode, straight into the VGA text
+//! buffer in protected mode), and powers the machine off. It boots from an in-memory hard disk on the
 //! real PC: our BIOS loads its boot sector, which loads the rest with INT 13h.
 
+use crate::screen::{self, DisplayArgs, Ended, Presentation};
 use hospes_bios::{BootDevice, BootOptions, Drive, DriveError, DriveKind, FIRST_HARD_DISK};
 use hospes_machine::board::DriveSlot;
 use hospes_machine::{Machine, MachineConfig, Stop};
 use iced_x86::code_asm::*;
 use iced_x86::BlockEncoderOptions;
-use std::io::Write;
 
 /// Where the pieces of the demo live in guest-physical memory (identity-mapped).
 /// The boot sector (loaded by the BIOS) and the real-mode start it jumps to after
@@ -47,6 +48,15 @@ const SEL_UDATA: u16 = 0x20 | 3;
 const SEL_TSS: u16 = 0x28;
 
 const COM1: u16 = 0x3F8;
+/// The VGA text buffer (80x25 cells of character and attribute) and the kernel's
+/// cursor in it, kept in kernel memory.
+const TEXT_BUFFER: u32 = 0xB_8000;
+const SCREEN_COLUMNS: i32 = 80;
+const SCREEN_ROWS: i32 = 25;
+const CURSOR_COL: u64 = KERNEL_DATA + 0x200;
+const CURSOR_ROW: u64 = KERNEL_DATA + 0x204;
+/// Light green on black: what the protected-mode kernel writes stands out.
+const KERNEL_TEXT_ATTR: u8 = 0x0A;
 const RAM_MIB: u64 = 16;
 /// The demo needs well under a million instructions; this bounds a broken CPU.
 const MAX_INSTRUCTIONS: u64 = 50_000_000;
@@ -209,6 +219,10 @@ fn assemble_real_mode(
     a.mov(al, ah).map_err(e)?;
     a.mov(dx, COM1 as u32).map_err(e)?;
     a.out(dx, al).map_err(e)?;
+    // And on the screen, through the BIOS (INT 10h teletype, page 0).
+    a.mov(ah, 0x0E).map_err(e)?;
+    a.mov(bx, 0x0007).map_err(e)?;
+    a.int(0x10).map_err(e)?;
     a.jmp(print).map_err(e)?;
     a.set_label(&mut done).map_err(e)?;
     a.ret().map_err(e)?;
@@ -227,6 +241,7 @@ fn assemble_kernel(a: &mut CodeAssembler, data: &mut Data) -> Result<KernelLabel
     let e = asm_err;
     let mut entry = a.create_label();
     let mut print = a.create_label();
+    let mut put_screen = a.create_label();
     let mut print_hex = a.create_label();
     let mut print_dec = a.create_label();
     let mut gp_handler = a.create_label();
@@ -237,7 +252,7 @@ fn assemble_kernel(a: &mut CodeAssembler, data: &mut Data) -> Result<KernelLabel
     let m_pm = data.string("  protected mode: 32-bit flat segments, CPL 0\r\n");
     let m_paging = data
         .string("  paging: on, 4 KiB pages + a 4 MiB page; alias 0x80003000 -> 0x00003000 ok\r\n");
-    let m_primes = data.string("  primes below 100:");
+    let m_primes = data.string("  primes below 100:\r\n   ");
     let m_ring3 = data.string("  TSS and IDT loaded; IRET to ring 3\r\n");
     let m_pf = data.string("  ring 0: caught #PF from ring 3, CR2=");
     let m_err = data.string(" error code=");
@@ -255,6 +270,11 @@ fn assemble_kernel(a: &mut CodeAssembler, data: &mut Data) -> Result<KernelLabel
     a.mov(fs, ax).map_err(e)?;
     a.mov(gs, ax).map_err(e)?;
     a.mov(esp, KERNEL_STACK_TOP as u32).map_err(e)?;
+    // The screen cursor continues where the BIOS left it (BDA 450h: column, row).
+    a.movzx(eax, byte_ptr(0x450u32)).map_err(e)?;
+    a.mov(dword_ptr(CURSOR_COL as u32), eax).map_err(e)?;
+    a.movzx(eax, byte_ptr(0x451u32)).map_err(e)?;
+    a.mov(dword_ptr(CURSOR_ROW as u32), eax).map_err(e)?;
     a.mov(esi, m_pm).map_err(e)?;
     a.call(print).map_err(e)?;
 
@@ -413,7 +433,7 @@ fn assemble_kernel(a: &mut CodeAssembler, data: &mut Data) -> Result<KernelLabel
     a.cli().map_err(e)?;
     a.hlt().map_err(e)?;
 
-    // print: ESI = NUL-terminated string, to COM1.
+    // print: ESI = NUL-terminated string, to COM1 and the screen.
     a.set_label(&mut print).map_err(e)?;
     a.push(eax).map_err(e)?;
     a.push(edx).map_err(e)?;
@@ -433,10 +453,79 @@ fn assemble_kernel(a: &mut CodeAssembler, data: &mut Data) -> Result<KernelLabel
     a.mov(al, ah).map_err(e)?;
     a.mov(dx, COM1 as u32).map_err(e)?;
     a.out(dx, al).map_err(e)?;
+    a.call(put_screen).map_err(e)?;
     a.jmp(next).map_err(e)?;
     a.set_label(&mut done).map_err(e)?;
     a.pop(edx).map_err(e)?;
     a.pop(eax).map_err(e)?;
+    a.ret().map_err(e)?;
+
+    // put_screen: AL = character, written straight into the VGA text buffer at the
+    // kernel's cursor (CR and LF move it; the screen scrolls at the bottom), then the
+    // CRTC cursor follows.
+    a.set_label(&mut put_screen).map_err(e)?;
+    a.pushad().map_err(e)?;
+    a.cld().map_err(e)?;
+    a.mov(ecx, dword_ptr(CURSOR_COL as u32)).map_err(e)?;
+    a.mov(edx, dword_ptr(CURSOR_ROW as u32)).map_err(e)?;
+    let mut not_cr = a.create_label();
+    let mut printable = a.create_label();
+    let mut moved = a.create_label();
+    let mut store = a.create_label();
+    a.cmp(al, 13).map_err(e)?;
+    a.jne(not_cr).map_err(e)?;
+    a.xor(ecx, ecx).map_err(e)?;
+    a.jmp(moved).map_err(e)?;
+    a.set_label(&mut not_cr).map_err(e)?;
+    a.cmp(al, 10).map_err(e)?;
+    a.jne(printable).map_err(e)?;
+    a.inc(edx).map_err(e)?;
+    a.jmp(moved).map_err(e)?;
+    a.set_label(&mut printable).map_err(e)?;
+    a.imul_3(ebx, edx, SCREEN_COLUMNS).map_err(e)?;
+    a.add(ebx, ecx).map_err(e)?;
+    a.mov(byte_ptr(ebx * 2 + TEXT_BUFFER), al).map_err(e)?;
+    a.mov(byte_ptr(ebx * 2 + TEXT_BUFFER + 1), KERNEL_TEXT_ATTR as u32)
+        .map_err(e)?;
+    a.inc(ecx).map_err(e)?;
+    a.cmp(ecx, SCREEN_COLUMNS).map_err(e)?;
+    a.jb(moved).map_err(e)?;
+    a.xor(ecx, ecx).map_err(e)?;
+    a.inc(edx).map_err(e)?;
+    a.set_label(&mut moved).map_err(e)?;
+    a.cmp(edx, SCREEN_ROWS).map_err(e)?;
+    a.jb(store).map_err(e)?;
+    // Scroll: rows 1-24 up by one, then a blank bottom row.
+    a.push(ecx).map_err(e)?;
+    a.mov(esi, TEXT_BUFFER + SCREEN_COLUMNS as u32 * 2)
+        .map_err(e)?;
+    a.mov(edi, TEXT_BUFFER).map_err(e)?;
+    a.mov(ecx, (SCREEN_ROWS - 1) as u32 * SCREEN_COLUMNS as u32 / 2)
+        .map_err(e)?;
+    a.rep().movsd().map_err(e)?;
+    a.mov(eax, 0x0720_0720u32).map_err(e)?;
+    a.mov(ecx, SCREEN_COLUMNS as u32 / 2).map_err(e)?;
+    a.rep().stosd().map_err(e)?;
+    a.pop(ecx).map_err(e)?;
+    a.mov(edx, (SCREEN_ROWS - 1) as u32).map_err(e)?;
+    a.set_label(&mut store).map_err(e)?;
+    a.mov(dword_ptr(CURSOR_COL as u32), ecx).map_err(e)?;
+    a.mov(dword_ptr(CURSOR_ROW as u32), edx).map_err(e)?;
+    a.imul_3(ebx, edx, SCREEN_COLUMNS).map_err(e)?;
+    a.add(ebx, ecx).map_err(e)?;
+    a.mov(dx, 0x3D4u32).map_err(e)?;
+    a.mov(al, 0x0E).map_err(e)?;
+    a.out(dx, al).map_err(e)?;
+    a.inc(dx).map_err(e)?;
+    a.mov(al, bh).map_err(e)?;
+    a.out(dx, al).map_err(e)?;
+    a.dec(dx).map_err(e)?;
+    a.mov(al, 0x0F).map_err(e)?;
+    a.out(dx, al).map_err(e)?;
+    a.inc(dx).map_err(e)?;
+    a.mov(al, bl).map_err(e)?;
+    a.out(dx, al).map_err(e)?;
+    a.popad().map_err(e)?;
     a.ret().map_err(e)?;
 
     // print_hex: EAX as 0x + 8 hex digits (built on the stack, printed with `print`).
@@ -594,13 +683,14 @@ impl Drive for MemDisk {
     }
 }
 
-/// Boots the demo disk on the PC (our BIOS, the real devices) with COM1 going to `out`.
-pub fn run_to(out: Box<dyn Write>) -> Result<(), String> {
+/// Boots the demo disk on the PC (our BIOS, the real devices): COM1 on stdout, the
+/// screen in a window when there is a graphical display (or as `args` say).
+pub fn run(args: &DisplayArgs) -> Result<(), String> {
     let config = MachineConfig {
         ram_mib: RAM_MIB,
         boot: BootOptions {
             order: vec![BootDevice::HardDisk],
-            linux: None,
+            kernel: None,
         },
         drives: vec![DriveSlot {
             number: FIRST_HARD_DISK,
@@ -611,14 +701,18 @@ pub fn run_to(out: Box<dyn Write>) -> Result<(), String> {
         rtc_start_unix: 1_764_028_800,
         firmware: None,
     };
-    let mut machine = Machine::new(config, out).map_err(|e| e.to_string())?;
-    match machine.run(Some(MAX_INSTRUCTIONS)) {
-        Stop::PowerOff => Ok(()),
-        Stop::HaltedForever => Err(format!("the demo guest halted: {}", machine.describe_cpu())),
-        Stop::InstructionLimit => Err("the demo guest did not finish".into()),
+    let mut machine =
+        Machine::new(config, Box::new(std::io::stdout())).map_err(|e| e.to_string())?;
+    let how = Presentation {
+        display: args.display.unwrap_or_else(screen::default_display),
+        title: "demo guest",
+        linger: true,
+    };
+    match screen::run(&mut machine, Some(MAX_INSTRUCTIONS), args, &how)? {
+        Ended::Guest(Stop::PowerOff) | Ended::Closed => Ok(()),
+        Ended::Guest(Stop::HaltedForever) => {
+            Err(format!("the demo guest halted: {}", machine.describe_cpu()))
+        }
+        Ended::Guest(Stop::InstructionLimit) => Err("the demo guest did not finish".into()),
     }
-}
-
-pub fn run() -> Result<(), String> {
-    run_to(Box::new(std::io::stdout()))
 }

@@ -3,6 +3,8 @@
 mod conformance;
 mod demo;
 mod run;
+mod screen;
+mod window;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -42,7 +44,7 @@ enum Command {
     /// Run a PC: boot a kernel, a disk, a CD or a floppy.
     Run(Box<run::RunArgs>),
     /// Run the built-in demo guest (the same as running hospes with no arguments).
-    Demo,
+    Demo(screen::DisplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,7 +64,12 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        None | Some(Command::Demo) => demo::run(),
+        None => demo::run(&screen::DisplayArgs {
+            display: None,
+            screenshot_on_exit: None,
+            screen_text_on_exit: None,
+        }),
+        Some(Command::Demo(args)) => demo::run(&args),
         Some(Command::Run(args)) => match run::run(*args) {
             Ok(0) => Ok(()),
             Ok(code) => return ExitCode::from(code as u8),

@@ -1,14 +1,16 @@
 //! `hospes run`: build a PC from the command line and run it.
 
+use crate::screen::{self, Display, DisplayArgs, Ended, Presentation};
 use hospes_bios::{
-    BootDevice, BootOptions, DriveKind, LinuxBoot, CDROM, FIRST_HARD_DISK, FLOPPY_A,
+    BootDevice, BootOptions, DirectKernel, DriveKind, KernelFormat, LinuxBoot, Module,
+    MultibootBoot, CDROM, FIRST_HARD_DISK, FLOPPY_A,
 };
 use hospes_devices::ide::IdeDevice;
 use hospes_machine::board::DriveSlot;
 use hospes_machine::disk::{FileBackend, RawDrive};
 use hospes_machine::{Machine, MachineConfig, Stop};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where COM1 goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,12 +36,6 @@ impl std::str::FromStr for Serial {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Display {
-    None,
-    Window,
-}
-
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Guest RAM in MiB.
@@ -50,10 +46,11 @@ pub struct RunArgs {
         value_name = "MIB"
     )]
     pub memory: u64,
-    /// A Linux bzImage to boot directly.
+    /// A Linux bzImage or a Multiboot kernel to boot directly.
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
-    /// An initrd for --kernel.
+    /// An initrd for a Linux --kernel. For a Multiboot kernel, its modules:
+    /// comma-separated "FILE ARGS..." entries (",," is a literal comma).
     #[arg(long, value_name = "FILE", requires = "kernel")]
     pub initrd: Option<PathBuf>,
     /// The kernel command line for --kernel.
@@ -84,9 +81,8 @@ pub struct RunArgs {
     /// Where COM1 goes: stdio, none or file:PATH.
     #[arg(long, value_name = "BACKEND")]
     pub serial: Option<Serial>,
-    /// none: headless; window: show the screen.
-    #[arg(long, value_enum, default_value = "none")]
-    pub display: Display,
+    #[command(flatten)]
+    pub screen: DisplayArgs,
     /// Stop after this many instructions (for tests and benchmarks).
     #[arg(long, value_name = "N", hide = true)]
     pub max_instructions: Option<u64>,
@@ -121,14 +117,88 @@ fn boot_order(spec: &str) -> Result<Vec<BootDevice>, String> {
         .collect()
 }
 
-fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, String> {
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
 }
 
-pub fn run(args: RunArgs) -> Result<i32, String> {
-    if args.display == Display::Window {
-        return Err("--display window is not available yet (use --display none)".into());
+/// QEMU's Multiboot module list: entries separated by commas, ",," standing for a
+/// comma inside an entry.
+fn split_module_list(spec: &str) -> Vec<String> {
+    let mut entries = Vec::new();
+    let mut entry = String::new();
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                entry.push(',');
+            }
+            ',' => entries.push(std::mem::take(&mut entry)),
+            _ => entry.push(c),
+        }
     }
+    entries.push(entry);
+    entries
+}
+
+/// Reads the modules of a `--initrd` list: each entry's first word is the file, and the
+/// whole entry is the module's string (as QEMU does).
+fn multiboot_modules(spec: &Path) -> Result<Vec<Module>, String> {
+    let spec = spec
+        .to_str()
+        .ok_or("--initrd: a Multiboot module list must be valid UTF-8")?;
+    split_module_list(spec)
+        .into_iter()
+        .map(|entry| {
+            let file = entry
+                .split_whitespace()
+                .next()
+                .ok_or_else(|| format!("--initrd: an empty module entry in '{spec}'"))?;
+            Ok(Module {
+                data: read(Path::new(file), "module")?,
+                string: entry,
+            })
+        })
+        .collect()
+}
+
+/// Reads `--kernel` and what goes with it, telling a Linux kernel from a Multiboot one.
+fn direct_kernel(args: &RunArgs, path: &Path) -> Result<DirectKernel, String> {
+    let kernel = read(path, "kernel")?;
+    match KernelFormat::detect(&kernel) {
+        Some(KernelFormat::Linux) => Ok(DirectKernel::Linux(LinuxBoot {
+            kernel,
+            initrd: args
+                .initrd
+                .as_ref()
+                .map(|p| read(p, "initrd"))
+                .transpose()?,
+            cmdline: args.append.clone(),
+        })),
+        Some(KernelFormat::Multiboot) => {
+            // The kernel sees its own file name first, as QEMU passes it.
+            let mut cmdline = path.display().to_string();
+            if !args.append.is_empty() {
+                cmdline.push(' ');
+                cmdline.push_str(&args.append);
+            }
+            Ok(DirectKernel::Multiboot(MultibootBoot {
+                kernel,
+                cmdline,
+                modules: match &args.initrd {
+                    Some(spec) => multiboot_modules(spec)?,
+                    None => Vec::new(),
+                },
+            }))
+        }
+        None => Err(format!(
+            "{}: not a Linux bzImage or Multiboot kernel",
+            path.display()
+        )),
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<i32, String> {
     let firmware = match &args.bios {
         None => None,
         Some(path) => {
@@ -178,15 +248,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         boot.order = boot_order(order)?;
     }
     if let Some(k) = &args.kernel {
-        boot.linux = Some(LinuxBoot {
-            kernel: read(k, "kernel")?,
-            initrd: args
-                .initrd
-                .as_ref()
-                .map(|p| read(p, "initrd"))
-                .transpose()?,
-            cmdline: args.append.clone(),
-        });
+        boot.kernel = Some(direct_kernel(&args, k)?);
     }
     let serial: Box<dyn Write> = match args.serial.clone().unwrap_or(Serial::Stdio) {
         Serial::Stdio => Box::new(std::io::stdout()),
@@ -229,7 +291,16 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         });
         machine.set_serial_input(rx);
     }
-    match machine.run(args.max_instructions) {
+    let how = Presentation {
+        display: args.screen.display.unwrap_or(Display::None),
+        title: "PC",
+        linger: false,
+    };
+    let stop = match screen::run(&mut machine, args.max_instructions, &args.screen, &how)? {
+        Ended::Guest(stop) => stop,
+        Ended::Closed => return Ok(0),
+    };
+    match stop {
         Stop::PowerOff => Ok(0),
         Stop::HaltedForever => {
             eprintln!(
@@ -265,6 +336,19 @@ mod tests {
             v,
             ["hospes", "run", "--kernel", "k", "-m", "64", "--hda", "d", "--append", "x"]
         );
+    }
+
+    #[test]
+    fn module_lists_split_on_single_commas() {
+        assert_eq!(
+            split_module_list("mod1.bin arg1,mod2.bin"),
+            ["mod1.bin arg1", "mod2.bin"]
+        );
+        assert_eq!(split_module_list("a x,,y,b"), ["a x,y", "b"]);
+        assert_eq!(split_module_list("a,"), ["a", ""]);
+        assert_eq!(split_module_list("a,,,b"), ["a,", "b"]);
+        let e = multiboot_modules(Path::new(",a")).unwrap_err();
+        assert!(e.contains("empty module entry"), "{e}");
     }
 
     #[test]

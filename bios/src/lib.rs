@@ -9,8 +9,10 @@
 
 pub mod acpi;
 mod disk;
+pub mod font;
 mod keyboard;
 pub mod linux;
+pub mod multiboot;
 mod post;
 pub mod rom;
 mod system;
@@ -21,8 +23,9 @@ use hospes_cpu::Cpu;
 use rom::{Rom, Service};
 use std::fmt;
 
-pub use post::{BootDevice, BootOptions, LinuxBoot};
-pub use system::{e820_map, E820Entry};
+pub use multiboot::{Module, MultibootBoot};
+pub use post::{BootDevice, BootOptions, DirectKernel, KernelFormat, LinuxBoot};
+pub use system::{e820_map, e820_map_with_boot_data, E820Entry};
 
 /// Kinds of drives the BIOS boots from and serves through INT 13h.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +65,10 @@ pub trait Platform {
     fn drive(&mut self, number: u8) -> Option<&mut dyn Drive>;
     /// Virtual time in nanoseconds (the machine's clock).
     fn now(&self) -> u64;
+    /// A byte of memory-mapped I/O (the VGA window at A0000h-BFFFFh): what the CPU would
+    /// read there.
+    fn mmio_read8(&mut self, addr: u32) -> u8;
+    fn mmio_write8(&mut self, addr: u32, value: u8);
 }
 
 /// Drive numbers.
@@ -73,8 +80,14 @@ pub const CDROM: u8 = 0xE0;
 pub struct Bios {
     rom: Rom,
     options: BootOptions,
+    /// The kernel to boot directly, already laid out (checked when the BIOS is built,
+    /// so a bad kernel is an error before the machine starts).
+    kernel: Option<post::LoadedKernel>,
     /// Where the guest-visible memory map ends (RAM size in bytes).
     ram_size: u64,
+    /// Start of the conventional memory reserved below the EBDA for a Multiboot
+    /// kernel's boot information (the EBDA itself when there is none).
+    boot_data_base: u32,
     /// The status of the last INT 13h operation, per drive class (AH=01h).
     last_disk_status: u8,
     /// Virtual time at which a pending INT 15h AH=86h wait ends.
@@ -85,6 +98,8 @@ pub struct Bios {
     /// INT 13h AH=4Bh.
     cd_boot_image_lba: u32,
     cd_boot_sectors: u16,
+    /// The 8x16 font a text mode set loads into the VGA.
+    font_8x16: Vec<u8>,
 }
 
 /// Why the BIOS could not be set up.
@@ -100,10 +115,19 @@ impl fmt::Display for BiosError {
 impl std::error::Error for BiosError {}
 
 impl Bios {
-    pub fn new(ram_size: u64, options: BootOptions) -> Result<Bios, BiosError> {
+    pub fn new(ram_size: u64, mut options: BootOptions) -> Result<Bios, BiosError> {
         if ram_size < 2 << 20 {
             return Err(BiosError("the BIOS needs at least 2 MiB of RAM".into()));
         }
+        let kernel = options
+            .kernel
+            .take()
+            .map(|k| post::LoadedKernel::load(k, ram_size))
+            .transpose()?;
+        let boot_data_base = match &kernel {
+            Some(post::LoadedKernel::Multiboot(image)) => image.boot_data_base,
+            _ => EBDA,
+        };
         let mut rom = rom::build().map_err(BiosError)?;
         let acpi = acpi::build(ram_size);
         let at = rom::RSDP as usize;
@@ -111,12 +135,15 @@ impl Bios {
         Ok(Bios {
             rom,
             options,
+            kernel,
             ram_size,
+            boot_data_base,
             last_disk_status: 0,
             wait_until: None,
             keyboard_e0: false,
             cd_boot_image_lba: 0,
             cd_boot_sectors: 0,
+            font_8x16: font::font_8x16(),
         })
     }
 

@@ -73,6 +73,12 @@ pub struct LinuxImage {
     pub initrd: Option<(u32, u32)>,
 }
 
+/// Whether `kernel` has the bzImage setup header signature ("HdrS" at 202h): it is a
+/// Linux kernel, good or bad, and not something else.
+pub fn has_setup_header(kernel: &[u8]) -> bool {
+    kernel.get(0x202..0x206) == Some(&HDRS_MAGIC.to_le_bytes()[..])
+}
+
 fn u16_at(d: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([d[off], d[off + 1]])
 }

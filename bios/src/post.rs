@@ -1,11 +1,16 @@
 //! POST and booting: the IVT and BIOS data areas, the interrupt controllers and timer,
 //! the CMOS memory-size bytes, then a boot sector from the first bootable device in the
-//! boot order (INT 19h), an El Torito CD image, or a Linux kernel loaded directly.
+//! boot order (INT 19h), an El Torito CD image, or a Linux or Multiboot kernel loaded
+//! directly.
 
 use crate::disk::el_torito_boot_entry;
-use crate::{linux, Bios, Platform, Regs, BDA, CDROM, EBDA, FIRST_HARD_DISK, FLOPPY_A};
+use crate::multiboot::{self, MultibootBoot, MultibootImage};
+use crate::{linux, Bios, BiosError, Platform, Regs, BDA, CDROM, EBDA, FIRST_HARD_DISK, FLOPPY_A};
 use hospes_cpu::flags::IF;
-use hospes_cpu::state::{CS, DS, ES, FS, GS, SS};
+use hospes_cpu::state::{
+    DescTable, Segment, ATTR_ACCESSED, ATTR_CODE, ATTR_DB, ATTR_G, ATTR_P, ATTR_RW, ATTR_S, CR0_PE,
+    CR0_PG, CS, DS, ES, FS, GS, SS,
+};
 use hospes_cpu::Cpu;
 
 /// A device to boot from.
@@ -16,7 +21,7 @@ pub enum BootDevice {
     Cdrom,
 }
 
-/// A kernel to boot directly instead of a boot sector.
+/// A Linux bzImage to boot directly.
 #[derive(Clone, Debug, Default)]
 pub struct LinuxBoot {
     pub kernel: Vec<u8>,
@@ -24,18 +29,75 @@ pub struct LinuxBoot {
     pub cmdline: String,
 }
 
+/// A kernel to boot directly instead of a boot sector.
+#[derive(Clone, Debug)]
+pub enum DirectKernel {
+    Linux(LinuxBoot),
+    Multiboot(MultibootBoot),
+}
+
+/// The kinds of kernel file the BIOS boots directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// A Linux bzImage (it has the "HdrS" setup header, whatever else is wrong with it).
+    Linux,
+    /// Anything else with a Multiboot header.
+    Multiboot,
+}
+
+impl KernelFormat {
+    /// What `kernel` is, if it is something the BIOS can boot.
+    pub fn detect(kernel: &[u8]) -> Option<KernelFormat> {
+        if linux::has_setup_header(kernel) {
+            Some(KernelFormat::Linux)
+        } else if multiboot::is_multiboot(kernel) {
+            Some(KernelFormat::Multiboot)
+        } else {
+            None
+        }
+    }
+}
+
 /// What POST boots.
 #[derive(Clone, Debug)]
 pub struct BootOptions {
     pub order: Vec<BootDevice>,
-    pub linux: Option<LinuxBoot>,
+    /// Boot this kernel, not the boot order.
+    pub kernel: Option<DirectKernel>,
 }
 
 impl Default for BootOptions {
     fn default() -> Self {
         BootOptions {
             order: vec![BootDevice::Floppy, BootDevice::HardDisk, BootDevice::Cdrom],
-            linux: None,
+            kernel: None,
+        }
+    }
+}
+
+/// A direct kernel laid out for guest memory, kept so that every POST (a reset too)
+/// loads it afresh.
+#[derive(Debug)]
+pub(crate) enum LoadedKernel {
+    Linux(linux::LinuxImage),
+    Multiboot(MultibootImage),
+}
+
+impl LoadedKernel {
+    pub(crate) fn load(kernel: DirectKernel, ram_size: u64) -> Result<LoadedKernel, BiosError> {
+        match kernel {
+            DirectKernel::Linux(k) => linux::load(
+                &k.kernel,
+                k.initrd.as_deref(),
+                &k.cmdline,
+                ram_size,
+                crate::acpi::tables_base(ram_size) as u64,
+            )
+            .map(LoadedKernel::Linux)
+            .map_err(|e| BiosError(format!("cannot boot the Linux kernel: {e}"))),
+            DirectKernel::Multiboot(k) => multiboot::load(k, ram_size)
+                .map(LoadedKernel::Multiboot)
+                .map_err(|e| BiosError(format!("cannot boot the Multiboot kernel: {e}"))),
         }
     }
 }
@@ -58,18 +120,11 @@ impl Bios {
         self.keyboard_init(&mut r);
         self.video_init(&mut r, p);
         self.print_screen(&mut r, p, "hospes BIOS\r\n");
-        if let Some(linux) = self.options.linux.clone() {
-            match self.boot_linux(&mut r, &linux) {
-                Ok(()) => return,
-                Err(e) => {
-                    let msg = format!("Linux boot failed: {e}\r\n");
-                    self.print(&mut r, p, &msg);
-                    self.no_boot_device(&mut r, p);
-                    return;
-                }
-            }
+        match &self.kernel {
+            Some(LoadedKernel::Linux(image)) => enter_linux(&mut r, image),
+            Some(LoadedKernel::Multiboot(image)) => enter_multiboot(&mut r, image),
+            None => self.boot(r.cpu, p),
         }
-        self.boot(r.cpu, p);
     }
 
     fn setup_ivt(&self, r: &mut Regs) {
@@ -163,28 +218,6 @@ impl Bios {
         }
     }
 
-    fn boot_linux(&mut self, r: &mut Regs, linux: &LinuxBoot) -> Result<(), linux::LinuxError> {
-        let image = linux::load(
-            &linux.kernel,
-            linux.initrd.as_deref(),
-            &linux.cmdline,
-            self.ram_size,
-            crate::acpi::tables_base(self.ram_size) as u64,
-        )?;
-        for (addr, bytes) in &image.chunks {
-            r.write(*addr, bytes);
-        }
-        let seg = image.segment;
-        for s in [DS, ES, FS, GS, SS] {
-            r.cpu.load_seg_real(s, seg);
-        }
-        r.cpu.load_seg_real(CS, seg + 0x20);
-        r.cpu.state.rip = 0;
-        r.cpu.state.set_reg32(4, image.stack as u32);
-        r.cpu.state.flags.set_bit(IF, false);
-        Ok(())
-    }
-
     /// INT 19h: the boot sequence.
     pub(crate) fn boot(&mut self, cpu: &mut Cpu, p: &mut dyn Platform) {
         let order = self.options.order.clone();
@@ -240,6 +273,74 @@ impl Bios {
         enter_boot_code(r, segment, 0, CDROM);
         true
     }
+}
+
+/// Loads a bzImage and enters its real-mode setup code.
+fn enter_linux(r: &mut Regs, image: &linux::LinuxImage) {
+    for (addr, bytes) in &image.chunks {
+        r.write(*addr, bytes);
+    }
+    let seg = image.segment;
+    for s in [DS, ES, FS, GS, SS] {
+        r.cpu.load_seg_real(s, seg);
+    }
+    r.cpu.load_seg_real(CS, seg + 0x20);
+    r.cpu.state.rip = 0;
+    r.cpu.state.set_reg32(4, image.stack as u32);
+    r.cpu.state.flags.set_bit(IF, false);
+}
+
+/// Loads a Multiboot kernel, its modules and boot information, and enters it in the
+/// state the specification (3.2, "Machine state") describes: 32-bit protected mode,
+/// paging off, flat 4 GiB code and data segments, A20 on (POST did it), IF and VM
+/// clear, EAX = 2BADB002h, EBX = the MBI.
+///
+/// The segment caches match a real GDT (in the reserved boot data area), so a kernel
+/// that reloads a selector before installing its own GDT gets the same segment. The
+/// IDT is empty (limit 0): the kernel must install its own before enabling interrupts,
+/// and until then any exception triple-faults at once (the machine resets) rather than
+/// running through a real-mode IVT read as gates. The specification leaves ESP
+/// undefined; we point it just below the boot data, in free conventional memory, so a
+/// kernel that pushes before setting up its stack does not clobber the MBI.
+fn enter_multiboot(r: &mut Regs, image: &MultibootImage) {
+    for (addr, bytes) in &image.chunks {
+        r.write(*addr, bytes);
+    }
+    const ZEROS: [u8; 4096] = [0; 4096];
+    for &(addr, len) in &image.zeros {
+        let end = addr as u64 + len as u64;
+        let mut at = addr as u64;
+        while at < end {
+            let n = (end - at).min(ZEROS.len() as u64) as usize;
+            r.write(at as u32, &ZEROS[..n]);
+            at += n as u64;
+        }
+    }
+    let flat = |selector: u16, attr: u16| Segment {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector,
+        attr: attr | ATTR_P | ATTR_S | ATTR_RW | ATTR_ACCESSED | ATTR_DB | ATTR_G,
+    };
+    let cpu = &mut *r.cpu;
+    cpu.state.gdtr = DescTable {
+        base: image.gdt_base as u64,
+        limit: image.gdt_limit as u32,
+    };
+    cpu.state.idtr = DescTable { base: 0, limit: 0 };
+    cpu.state.cr0 = (cpu.state.cr0 | CR0_PE) & !CR0_PG;
+    cpu.flush_tlb();
+    cpu.state.cpl = 0;
+    cpu.state.seg[CS] = flat(multiboot::CODE_SELECTOR, ATTR_CODE);
+    for s in [DS, ES, FS, GS, SS] {
+        cpu.state.seg[s] = flat(multiboot::DATA_SELECTOR, 0);
+    }
+    // EFLAGS: only the always-one bit 1.
+    cpu.state.flags.set(0x2);
+    cpu.state.rip = image.entry as u64;
+    cpu.state.set_reg32(0, multiboot::BOOTLOADER_MAGIC);
+    cpu.state.set_reg32(3, image.info_addr);
+    cpu.state.set_reg32(4, image.boot_data_base);
 }
 
 fn enter_boot_code(r: &mut Regs, cs: u16, ip: u16, drive: u8) {

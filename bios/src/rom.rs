@@ -16,6 +16,11 @@ pub const ROM_SIZE: usize = 0x2_0000;
 pub const ROM_SEGMENT: u16 = 0xF000;
 /// Where the stubs start inside segment F000.
 const CODE_OFFSET: u16 = 0xE000;
+/// Fonts in segment F000: 8x16 (4 KiB), 8x8 (2 KiB), and the IBM-compatible copy of
+/// the 8x8 characters 00h-7Fh.
+pub const FONT_8X16_OFFSET: u16 = 0xA000;
+pub const FONT_8X8_OFFSET: u16 = 0xB000;
+const COMPAT_FONT_OFFSET: u16 = 0xFA6E;
 /// The system configuration table (INT 15h AH=C0h) at F000:0100.
 pub const CONFIG_TABLE: u16 = 0x0100;
 /// Offset in the ROM image of the ACPI RSDP (F000:0200, 16-byte aligned as required).
@@ -178,8 +183,8 @@ pub fn build() -> Result<Rom, String> {
         .map_err(err)?;
     let code = &result.inner.code_buffer;
     let reset_vector = 0xFFF0usize;
-    if CODE_OFFSET as usize + code.len() > reset_vector {
-        return Err("the BIOS ROM stubs do not fit below the reset vector".into());
+    if CODE_OFFSET as usize + code.len() > COMPAT_FONT_OFFSET as usize {
+        return Err("the BIOS ROM stubs do not fit below the font at F000:FA6E".into());
     }
     let offset_of = |l: &CodeLabel| -> Result<u16, String> {
         Ok((result.label_ip(l).map_err(err)? - ROM_SEGMENT as u64 * 16) as u16)
@@ -195,6 +200,18 @@ pub fn build() -> Result<Rom, String> {
     image[r] = 0xEA;
     image[r + 1..r + 3].copy_from_slice(&post_ip.to_le_bytes());
     image[r + 3..r + 5].copy_from_slice(&ROM_SEGMENT.to_le_bytes());
+    // Fonts: 8x16 and 8x8 for INT 10h/1130h and INT 43h/1Fh, and the first half of the
+    // 8x8 font where the IBM PC BIOS had it (programs of that era read it directly).
+    let font8 = crate::font::font_8x8();
+    let font16 = crate::font::font_8x16();
+    for (offset, data) in [
+        (FONT_8X16_OFFSET, &font16[..]),
+        (FONT_8X8_OFFSET, &font8[..]),
+        (COMPAT_FONT_OFFSET, &font8[..1024]),
+    ] {
+        let at = seg_start + offset as usize;
+        image[at..at + data.len()].copy_from_slice(data);
+    }
     // BIOS date (MM/DD/YY at F000:FFF5) and model byte (FC = AT) at F000:FFFE.
     image[seg_start + 0xFFF5..seg_start + 0xFFFD].copy_from_slice(b"11/25/26");
     image[seg_start + 0xFFFE] = 0xFC;
@@ -213,6 +230,9 @@ pub fn build() -> Result<Rom, String> {
     for (v, l) in &entry {
         vectors[*v as usize] = offset_of(l)?;
     }
+    // Not handlers but pointers: the graphics-mode fonts (INT 1Fh: characters 80h-FFh).
+    vectors[0x1F] = FONT_8X8_OFFSET + 0x400;
+    vectors[0x43] = FONT_8X8_OFFSET;
     let mut services = HashMap::new();
     for (l, s) in &b.calls {
         services.insert(result.label_ip(l).map_err(err)? as u32, *s);
@@ -257,9 +277,22 @@ mod tests {
             assert!(rom.services.values().any(|s| *s == Service::Interrupt(v)));
         }
         assert!(rom.services.values().any(|s| *s == Service::TimerTick));
-        // Vectors point into segment F000 inside the ROM.
-        for &ip in rom.vectors.iter() {
-            assert!(ip >= CODE_OFFSET);
+        // Vectors point at the stubs in segment F000, except the two font pointers.
+        for (v, &ip) in rom.vectors.iter().enumerate() {
+            match v {
+                0x1F => assert_eq!(ip, FONT_8X8_OFFSET + 0x400),
+                0x43 => assert_eq!(ip, FONT_8X8_OFFSET),
+                _ => assert!(ip >= CODE_OFFSET),
+            }
+        }
+        // The fonts are where the pointers say: 'A' in the 8x8 font, twice as tall in
+        // the 8x16 one.
+        let seg = (ROM_SEGMENT as u32 * 16 - ROM_BASE) as usize;
+        let a8 = &rom.image[seg + FONT_8X8_OFFSET as usize + 8 * 0x41..][..8];
+        let a16 = &rom.image[seg + FONT_8X16_OFFSET as usize + 16 * 0x41..][..16];
+        assert!(a8.iter().any(|&r| r != 0));
+        for (i, &r) in a16.iter().enumerate() {
+            assert_eq!(r, a8[i / 2]);
         }
     }
 }

@@ -21,15 +21,24 @@ pub struct E820Entry {
 /// The memory map the BIOS reports for `ram_size` bytes of RAM (at least 2 MiB): the
 /// ACPI tables take the top [`crate::acpi::TABLES_SIZE`] bytes.
 pub fn e820_map(ram_size: u64) -> Vec<E820Entry> {
+    e820_map_with_boot_data(ram_size, EBDA)
+}
+
+/// The memory map when the BIOS also keeps boot data for a directly loaded kernel (the
+/// Multiboot information) in conventional memory from `boot_data_base` (at most the
+/// EBDA) up: that part is reserved with the EBDA. The map has as many entries whatever
+/// `boot_data_base` is.
+pub fn e820_map_with_boot_data(ram_size: u64, boot_data_base: u32) -> Vec<E820Entry> {
+    let low_end = boot_data_base.min(EBDA) as u64;
     let mut map = vec![
         E820Entry {
             base: 0,
-            length: EBDA as u64,
+            length: low_end,
             kind: 1,
         },
         E820Entry {
-            base: EBDA as u64,
-            length: 0xA_0000 - EBDA as u64,
+            base: low_end,
+            length: 0xA_0000 - low_end,
             kind: 2,
         },
         E820Entry {
@@ -184,7 +193,7 @@ impl Bios {
                     true
                 }
                 0x20 if r.edx() == SMAP && r.ecx() >= 20 => {
-                    let map = e820_map(self.ram_size);
+                    let map = e820_map_with_boot_data(self.ram_size, self.boot_data_base);
                     let i = r.ebx() as usize;
                     match map.get(i) {
                         Some(e) => {

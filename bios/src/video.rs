@@ -1,16 +1,19 @@
-//! INT 10h: video services for the colour text modes (80x25, mode 3).
+//! INT 10h: video services for the VGA's colour text modes (80x25 and 40x25).
 //!
-//! Characters go straight into the text buffer at B8000h and the cursor is kept in the
-//! BDA and programmed into the CRTC, as a VGA BIOS does. Graphics and VBE modes are not
-//! offered yet: mode sets other than text modes keep the text mode, and the VBE
-//! functions answer "not supported" (AL != 4Fh), which is how boot loaders and Linux's
-//! setup code detect a plain VGA.
+//! A mode set programs the VGA registers and loads the 8x16 font into plane 2, as a VGA
+//! BIOS does; characters then go through the VGA's memory window at B8000h, and the
+//! cursor is kept in the BDA and programmed into the CRTC. Graphics and VBE modes are
+//! not offered yet: other mode numbers give 80x25 text, and the VBE functions answer
+//! "not supported" (AL != 4Fh), which is how boot loaders and Linux's setup code detect
+//! a plain VGA.
 
 use crate::{Bios, Platform, Regs, BDA};
 
 pub(crate) const TEXT_BUFFER: u32 = 0xB_8000;
-const COLUMNS: u16 = 80;
+const FONT_WINDOW: u32 = 0xA_0000;
 const ROWS: u16 = 25;
+const CHAR_HEIGHT: u8 = 16;
+/// Bytes per text page (80x25 cells rounded up to 4 KiB, as VGA BIOSes lay them out).
 const PAGE_SIZE: u16 = 0x1000;
 const CRTC_INDEX: u16 = 0x3D4;
 const DEFAULT_ATTR: u8 = 0x07;
@@ -24,15 +27,184 @@ const CURSOR_POS: u32 = BDA + 0x50;
 const CURSOR_SHAPE: u32 = BDA + 0x60;
 const ACTIVE_PAGE: u32 = BDA + 0x62;
 const CRTC_PORT: u32 = BDA + 0x63;
+const MODE_CONTROL: u32 = BDA + 0x65;
 const ROWS_MINUS_ONE: u32 = BDA + 0x84;
-const CHAR_HEIGHT: u32 = BDA + 0x85;
+const BDA_CHAR_HEIGHT: u32 = BDA + 0x85;
+const VIDEO_CONTROL: u32 = BDA + 0x87;
+const VIDEO_SWITCHES: u32 = BDA + 0x88;
+const VGA_FLAGS: u32 = BDA + 0x89;
+
+use crate::rom::{FONT_8X16_OFFSET, FONT_8X8_OFFSET};
+
+/// The register values of a colour text mode.
+struct TextMode {
+    columns: u16,
+    misc: u8,
+    seq: [u8; 4],
+    crtc: [u8; 25],
+}
+
+/// Mode 3: 80x25, 9x16 cells, 720x400 at 70 Hz.
+const MODE_80X25: TextMode = TextMode {
+    columns: 80,
+    misc: 0x67,
+    seq: [0x00, 0x03, 0x00, 0x02],
+    crtc: [
+        0x5F, 0x4F, 0x50, 0x82, 0x55, 0x81, 0xBF, 0x1F, 0x00, 0x4F, 0x0D, 0x0E, 0x00, 0x00, 0x00,
+        0x00, 0x9C, 0x8E, 0x8F, 0x28, 0x1F, 0x96, 0xB9, 0xA3, 0xFF,
+    ],
+};
+
+/// Mode 1: 40x25, the same timing with a halved dot clock.
+const MODE_40X25: TextMode = TextMode {
+    columns: 40,
+    misc: 0x67,
+    seq: [0x08, 0x03, 0x00, 0x02],
+    crtc: [
+        0x2D, 0x27, 0x28, 0x90, 0x2B, 0xA0, 0xBF, 0x1F, 0x00, 0x4F, 0x0D, 0x0E, 0x00, 0x00, 0x00,
+        0x00, 0x9C, 0x8E, 0x8F, 0x14, 0x1F, 0x96, 0xB9, 0xA3, 0xFF,
+    ],
+};
+
+/// Graphics controller in text mode: odd/even, B8000h window.
+const TEXT_GC: [u8; 9] = [0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x0E, 0x00, 0xFF];
+/// Attribute controller: the EGA palette, line graphics and blink on.
+const TEXT_ATTR: [u8; 21] = [
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x14, 0x07, 0x38, 0x39, 0x3A, 0x3B, 0x3C, 0x3D, 0x3E, 0x3F,
+    0x0C, 0x00, 0x0F, 0x08, 0x00,
+];
+
+/// The 64 EGA colours as 6-bit DAC values: each of red, green, blue has a strong bit
+/// (2Ah) and a weak bit (15h), in the rgbRGB order of the EGA palette registers.
+fn ega_colour(i: u8) -> [u8; 3] {
+    let c = |strong: u8, weak: u8| {
+        (if i & strong != 0 { 0x2A } else { 0 }) + (if i & weak != 0 { 0x15 } else { 0 })
+    };
+    [c(4, 0x20), c(2, 0x10), c(1, 0x08)]
+}
+
+fn vram_read(p: &mut dyn Platform, addr: u32) -> u8 {
+    p.mmio_read8(addr)
+}
+
+fn vram_write(p: &mut dyn Platform, addr: u32, v: u8) {
+    p.mmio_write8(addr, v)
+}
+
+fn seq_write(p: &mut dyn Platform, index: u8, v: u8) {
+    p.port_write(0x3C4, 1, index as u32);
+    p.port_write(0x3C5, 1, v as u32);
+}
+
+fn gc_write(p: &mut dyn Platform, index: u8, v: u8) {
+    p.port_write(0x3CE, 1, index as u32);
+    p.port_write(0x3CF, 1, v as u32);
+}
+
+fn crtc_write(p: &mut dyn Platform, index: u8, v: u8) {
+    p.port_write(CRTC_INDEX, 1, index as u32);
+    p.port_write(CRTC_INDEX + 1, 1, v as u32);
+}
+
+/// Writes attribute controller registers, leaving the display on (palette address
+/// source set) afterwards.
+fn attr_write(p: &mut dyn Platform, index: u8, v: u8) {
+    p.port_read(0x3DA, 1); // reset the index/data flip-flop
+    p.port_write(0x3C0, 1, index as u32);
+    p.port_write(0x3C0, 1, v as u32);
+    p.port_write(0x3C0, 1, 0x20);
+}
+
+fn attr_read(p: &mut dyn Platform, index: u8) -> u8 {
+    p.port_read(0x3DA, 1);
+    p.port_write(0x3C0, 1, index as u32);
+    let v = p.port_read(0x3C1, 1) as u8;
+    p.port_read(0x3DA, 1);
+    p.port_write(0x3C0, 1, 0x20);
+    v
+}
+
+/// Loads `count` glyphs of `height` scan lines from `glyphs` into font block `block`
+/// of plane 2, starting at character `first` (each glyph has a 32-byte slot).
+fn load_font(p: &mut dyn Platform, glyphs: &[u8], height: usize, first: u16, block: u8) {
+    // Plane 2 alone, sequential addressing, A0000h window.
+    seq_write(p, 2, 0x04);
+    seq_write(p, 4, 0x07);
+    gc_write(p, 4, 0x02);
+    gc_write(p, 5, 0x00);
+    gc_write(p, 6, 0x04);
+    let base = FONT_WINDOW + (block as u32 & 3) * 0x4000 + (block as u32 >> 2 & 1) * 0x2000;
+    for (i, glyph) in glyphs.chunks(height.max(1)).enumerate() {
+        let ch = first as u32 + i as u32;
+        if ch > 255 {
+            break;
+        }
+        for line in 0..32 {
+            let v = glyph.get(line).copied().unwrap_or(0);
+            vram_write(p, base + ch * 32 + line as u32, v);
+        }
+    }
+    // Back to odd/even text addressing.
+    seq_write(p, 2, 0x03);
+    seq_write(p, 4, 0x02);
+    gc_write(p, 4, 0x00);
+    gc_write(p, 5, 0x10);
+    gc_write(p, 6, 0x0E);
+}
 
 impl Bios {
-    /// Sets mode 3 and clears the screen (POST and AH=00h).
+    /// Sets mode 3 and clears the screen (POST).
     pub(crate) fn video_init(&self, r: &mut Regs, p: &mut dyn Platform) {
-        r.wr8(MODE, 3);
-        r.wr16(COLS, COLUMNS);
-        r.wr16(PAGE_BYTES, PAGE_SIZE);
+        self.set_text_mode(r, p, 3, true);
+    }
+
+    /// Programs the VGA for a text mode, loads the font and resets the BDA's video state.
+    fn set_text_mode(&self, r: &mut Regs, p: &mut dyn Platform, mode: u8, clear: bool) {
+        let regs = if mode <= 1 { &MODE_40X25 } else { &MODE_80X25 };
+        // Screen off while the registers change.
+        seq_write(p, 0, 0x01);
+        seq_write(p, 1, regs.seq[0] | 0x20);
+        p.port_write(0x3C2, 1, regs.misc as u32);
+        for (i, &v) in regs.seq.iter().enumerate().skip(1) {
+            seq_write(p, i as u8 + 1, v);
+        }
+        seq_write(p, 0, 0x03);
+        crtc_write(p, 0x11, 0x00); // unprotect CR00-07
+        for (i, &v) in regs.crtc.iter().enumerate() {
+            crtc_write(p, i as u8, v);
+        }
+        for (i, &v) in TEXT_GC.iter().enumerate() {
+            gc_write(p, i as u8, v);
+        }
+        p.port_read(0x3DA, 1);
+        for (i, &v) in TEXT_ATTR.iter().enumerate() {
+            p.port_write(0x3C0, 1, i as u32);
+            p.port_write(0x3C0, 1, v as u32);
+        }
+        p.port_write(0x3C6, 1, 0xFF);
+        p.port_write(0x3C8, 1, 0);
+        for i in 0..=255u8 {
+            for c in ega_colour(i & 0x3F) {
+                p.port_write(0x3C9, 1, c as u32);
+            }
+        }
+        load_font(p, &self.font_8x16, CHAR_HEIGHT as usize, 0, 0);
+        if clear {
+            for i in 0..(0x8000 / 2) {
+                vram_write(p, TEXT_BUFFER + i * 2, b' ');
+                vram_write(p, TEXT_BUFFER + i * 2 + 1, DEFAULT_ATTR);
+            }
+        }
+        seq_write(p, 1, regs.seq[0]); // screen on
+        p.port_read(0x3DA, 1);
+        p.port_write(0x3C0, 1, 0x20);
+
+        r.wr8(MODE, mode);
+        r.wr16(COLS, regs.columns);
+        r.wr16(
+            PAGE_BYTES,
+            if regs.columns == 40 { 0x800 } else { PAGE_SIZE },
+        );
         r.wr16(PAGE_START, 0);
         for page in 0..8 {
             r.wr16(CURSOR_POS + page * 2, 0);
@@ -40,25 +212,30 @@ impl Bios {
         r.wr16(CURSOR_SHAPE, 0x0607);
         r.wr8(ACTIVE_PAGE, 0);
         r.wr16(CRTC_PORT, CRTC_INDEX);
+        r.wr8(MODE_CONTROL, 0x29);
         r.wr8(ROWS_MINUS_ONE, (ROWS - 1) as u8);
-        r.wr16(CHAR_HEIGHT, 16);
-        let blank: Vec<u8> = (0..COLUMNS * ROWS * 8)
-            .flat_map(|_| [b' ', DEFAULT_ATTR])
-            .collect();
-        r.write(TEXT_BUFFER, &blank);
+        r.wr16(BDA_CHAR_HEIGHT, CHAR_HEIGHT as u16);
+        r.wr8(VIDEO_CONTROL, if clear { 0x60 } else { 0xE0 });
+        r.wr8(VIDEO_SWITCHES, 0xF9);
+        r.wr8(VGA_FLAGS, 0x51);
+        set_cursor_shape(r, p, 0x0607);
         update_cursor(r, p, 0);
     }
 
     pub(crate) fn int10(&mut self, r: &mut Regs, p: &mut dyn Platform) {
         match r.ah() {
             0x00 => {
-                // Only text mode exists: any mode set gives a cleared 80x25 screen.
-                self.video_init(r, p);
+                // Text modes only: graphics mode numbers get 80x25 text as well. Bit 7
+                // asks to keep the screen contents.
                 let mode = r.al() & 0x7F;
-                r.wr8(MODE, if matches!(mode, 2 | 3 | 7) { mode } else { 3 });
-                r.set_al(0x30);
+                let text_mode = if matches!(mode, 0..=3) { mode } else { 3 };
+                self.set_text_mode(r, p, text_mode, r.al() & 0x80 == 0);
+                r.set_al(if text_mode == 3 { 0x30 } else { 0x20 });
             }
-            0x01 => r.wr16(CURSOR_SHAPE, r.cx()),
+            0x01 => {
+                r.wr16(CURSOR_SHAPE, r.cx());
+                set_cursor_shape(r, p, r.cx());
+            }
             0x02 => {
                 let page = (r.bh() & 7) as u32;
                 r.wr8(CURSOR_POS + page * 2, r.dl());
@@ -77,32 +254,44 @@ impl Bios {
             }
             0x05 => {
                 let page = r.al() & 7;
+                let start = page as u16 * r.rd16(PAGE_BYTES);
                 r.wr8(ACTIVE_PAGE, page);
-                r.wr16(PAGE_START, page as u16 * PAGE_SIZE);
+                r.wr16(PAGE_START, start);
+                crtc_write(p, 0x0C, ((start / 2) >> 8) as u8);
+                crtc_write(p, 0x0D, (start / 2) as u8);
                 update_cursor(r, p, page as u32);
             }
             0x06 | 0x07 => {
                 let (top, left, bottom, right) = (r.ch(), r.cl(), r.dh(), r.dl());
-                scroll(r, r.ah() == 0x06, r.al(), r.bh(), top, left, bottom, right);
+                let page = r.rd8(ACTIVE_PAGE) as u32;
+                let window = Window {
+                    top,
+                    left,
+                    bottom,
+                    right,
+                };
+                scroll_page(r, p, page, r.ah() == 0x06, r.al(), r.bh(), window);
             }
             0x08 => {
                 let page = (r.bh() & 7) as u32;
                 let (col, row) = cursor(r, page);
-                let at = cell(page, row, col);
-                let (ch, attr) = (r.rd8(at), r.rd8(at + 1));
+                let at = cell(r, page, row, col);
+                let (ch, attr) = (vram_read(p, at), vram_read(p, at + 1));
                 r.set_al(ch);
                 r.set_ah(attr);
             }
             0x09 | 0x0A => {
                 let page = (r.bh() & 7) as u32;
                 let (col, row) = cursor(r, page);
-                let start = row as u32 * COLUMNS as u32 + col as u32;
-                let end = (start + r.cx() as u32).min(COLUMNS as u32 * ROWS as u32);
+                let columns = columns(r) as u32;
+                let start = row as u32 * columns + col as u32;
+                let end = (start + r.cx() as u32).min(columns * ROWS as u32);
+                let base = page_base(r, page);
                 for i in start..end {
-                    let at = TEXT_BUFFER + page * PAGE_SIZE as u32 + i * 2;
-                    r.wr8(at, r.al());
+                    let at = base + i * 2;
+                    vram_write(p, at, r.al());
                     if r.ah() == 0x09 {
-                        r.wr8(at + 1, r.bl());
+                        vram_write(p, at + 1, r.bl());
                     }
                 }
             }
@@ -112,15 +301,11 @@ impl Bios {
             }
             0x0F => {
                 r.set_al(r.rd8(MODE));
-                r.set_ah(COLUMNS as u8);
+                r.set_ah(columns(r) as u8);
                 r.set_bh(r.rd8(ACTIVE_PAGE));
             }
-            0x10 => {} // palette registers: nothing to do in text mode
-            0x11 if r.al() == 0x30 => {
-                // Font information: 16 scan lines per character, 25 rows.
-                r.set_cx(16);
-                r.set_dl((ROWS - 1) as u8);
-            }
+            0x10 => palette(r, p),
+            0x11 => self.font_service(r, p),
             0x12 if r.bl() == 0x10 => {
                 // EGA/VGA information: colour, 256 KiB.
                 r.set_bh(0);
@@ -164,64 +349,193 @@ impl Bios {
             _ => {} // includes VBE (AH=4Fh): AL stays != 4Fh, "not supported"
         }
     }
+
+    /// AH=11h: character generator. Loading the ROM font or a user font, and font
+    /// information (AL=30h).
+    fn font_service(&mut self, r: &mut Regs, p: &mut dyn Platform) {
+        match r.al() {
+            // User font from ES:BP: CX glyphs of BH bytes from character DX, block BL.
+            0x00 | 0x10 => {
+                let height = (r.bh() as usize).clamp(1, 32);
+                let count = r.cx() as usize;
+                let mut glyphs = vec![0u8; (count * height).min(256 * 32)];
+                let src = r.lin(hospes_cpu::state::ES, r.cpu.state.reg16(5));
+                r.read(src, &mut glyphs);
+                load_font(p, &glyphs, height, r.dx(), r.bl());
+            }
+            // The ROM 8x16 font (8x14 requests get it too) into block BL.
+            0x01 | 0x04 | 0x11 | 0x14 => {
+                load_font(p, &self.font_8x16, CHAR_HEIGHT as usize, 0, r.bl())
+            }
+            0x03 => seq_write(p, 3, r.bl()),
+            0x30 => {
+                // Font information: pointer in ES:BP for the font BH asks for, CX =
+                // scan lines per character, DL = rows - 1.
+                let offset = match r.bh() {
+                    0 => r.rd16(0x1F * 4) as u32 | (r.rd16(0x1F * 4 + 2) as u32) << 16,
+                    1 => r.rd16(0x43 * 4) as u32 | (r.rd16(0x43 * 4 + 2) as u32) << 16,
+                    3 => 0xF000_0000 | FONT_8X8_OFFSET as u32,
+                    4 => 0xF000_0000 | (FONT_8X8_OFFSET as u32 + 0x400),
+                    _ => 0xF000_0000 | FONT_8X16_OFFSET as u32,
+                };
+                r.cpu
+                    .load_seg_real(hospes_cpu::state::ES, (offset >> 16) as u16);
+                r.cpu.state.set_reg16(5, offset as u16);
+                r.set_cx(r.rd16(BDA_CHAR_HEIGHT));
+                r.set_dl(r.rd8(ROWS_MINUS_ONE));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// AH=10h: the attribute controller's palette and the DAC.
+fn palette(r: &mut Regs, p: &mut dyn Platform) {
+    match r.al() {
+        0x00 => attr_write(p, r.bl() & 0x0F, r.bh()),
+        0x01 => attr_write(p, 0x11, r.bh()),
+        0x02 | 0x09 => {
+            // Set (02h) or read (09h) all 16 palette registers and the overscan at ES:DX.
+            let at = r.lin(hospes_cpu::state::ES, r.dx());
+            for i in 0..17u32 {
+                let index = if i == 16 { 0x11 } else { i as u8 };
+                if r.al() == 0x02 {
+                    let v = r.rd8(at + i);
+                    attr_write(p, index, v);
+                } else {
+                    let v = attr_read(p, index);
+                    r.wr8(at + i, v);
+                }
+            }
+        }
+        0x03 => {
+            // Blink (BL=1) or bright backgrounds (BL=0).
+            let mode = attr_read(p, 0x10);
+            let v = if r.bl() & 1 != 0 {
+                mode | 0x08
+            } else {
+                mode & !0x08
+            };
+            attr_write(p, 0x10, v);
+        }
+        0x07 => {
+            let v = attr_read(p, r.bl() & 0x1F);
+            r.set_bh(v);
+        }
+        0x08 => {
+            let v = attr_read(p, 0x11);
+            r.set_bh(v);
+        }
+        0x10 => {
+            p.port_write(0x3C8, 1, r.bx() as u32 & 0xFF);
+            for c in [r.dh(), r.ch(), r.cl()] {
+                p.port_write(0x3C9, 1, c as u32);
+            }
+        }
+        0x12 | 0x17 => {
+            // Set (12h) or read (17h) CX DAC entries from BX, at ES:DX.
+            let at = r.lin(hospes_cpu::state::ES, r.dx());
+            let first = r.bx() as u32 & 0xFF;
+            let count = (r.cx() as u32).min(256 - first);
+            if r.al() == 0x12 {
+                p.port_write(0x3C8, 1, first);
+                for i in 0..count * 3 {
+                    let v = r.rd8(at + i);
+                    p.port_write(0x3C9, 1, v as u32);
+                }
+            } else {
+                p.port_write(0x3C7, 1, first);
+                for i in 0..count * 3 {
+                    let v = p.port_read(0x3C9, 1) as u8;
+                    r.wr8(at + i, v);
+                }
+            }
+        }
+        0x15 => {
+            p.port_write(0x3C7, 1, r.bx() as u32 & 0xFF);
+            let rgb: Vec<u8> = (0..3).map(|_| p.port_read(0x3C9, 1) as u8).collect();
+            r.set_dh(rgb[0]);
+            r.set_ch(rgb[1]);
+            r.set_cl(rgb[2]);
+        }
+        _ => {}
+    }
+}
+
+fn columns(r: &Regs) -> u16 {
+    r.rd16(COLS).clamp(1, 80)
+}
+
+fn page_base(r: &Regs, page: u32) -> u32 {
+    TEXT_BUFFER + (page * r.rd16(PAGE_BYTES) as u32) % 0x8000
 }
 
 fn cursor(r: &Regs, page: u32) -> (u8, u8) {
     let pos = r.rd16(CURSOR_POS + page * 2);
     (
-        (pos as u8).min(COLUMNS as u8 - 1),
+        (pos as u8).min(columns(r) as u8 - 1),
         ((pos >> 8) as u8).min(ROWS as u8 - 1),
     )
 }
 
-fn cell(page: u32, row: u8, col: u8) -> u32 {
-    TEXT_BUFFER + page * PAGE_SIZE as u32 + (row as u32 * COLUMNS as u32 + col as u32) * 2
+fn cell(r: &Regs, page: u32, row: u8, col: u8) -> u32 {
+    page_base(r, page) + (row as u32 * columns(r) as u32 + col as u32) * 2
 }
 
 /// Programs the CRTC cursor location registers from the BDA.
 fn update_cursor(r: &mut Regs, p: &mut dyn Platform, page: u32) {
     let (col, row) = cursor(r, page);
-    let pos = page as u16 * PAGE_SIZE / 2 + row as u16 * COLUMNS + col as u16;
-    p.port_write(CRTC_INDEX, 1, 0x0E);
-    p.port_write(CRTC_INDEX + 1, 1, (pos >> 8) as u32);
-    p.port_write(CRTC_INDEX, 1, 0x0F);
-    p.port_write(CRTC_INDEX + 1, 1, (pos & 0xFF) as u32);
+    let pos =
+        ((page_base(r, page) - TEXT_BUFFER) / 2) as u16 + row as u16 * columns(r) + col as u16;
+    crtc_write(p, 0x0E, (pos >> 8) as u8);
+    crtc_write(p, 0x0F, pos as u8);
+}
+
+/// Programs the CRTC cursor shape. CGA-style shapes (scan lines 0-7) are scaled to the
+/// 16-line cell, as VGA BIOSes do with cursor emulation on; bit 5 of CH hides it.
+fn set_cursor_shape(_r: &mut Regs, p: &mut dyn Platform, shape: u16) {
+    let (mut start, mut end) = ((shape >> 8) as u8, shape as u8 & 0x1F);
+    let hidden = start & 0x20 != 0;
+    start &= 0x1F;
+    if start <= 7 && end <= 7 {
+        start = (start * 2 + 1).min(CHAR_HEIGHT - 1);
+        end = (end * 2).min(CHAR_HEIGHT - 1);
+    }
+    crtc_write(p, 0x0A, start | if hidden { 0x20 } else { 0 });
+    crtc_write(p, 0x0B, end);
 }
 
 /// Writes one character with teletype semantics (CR, LF, BS, BEL; wrap and scroll).
 pub(crate) fn teletype(r: &mut Regs, p: &mut dyn Platform, page: u32, ch: u8, attr: Option<u8>) {
     let (mut col, mut row) = cursor(r, page);
+    let cols = columns(r);
     match ch {
         b'\r' => col = 0,
         b'\n' => row += 1,
         0x08 => col = col.saturating_sub(1),
         0x07 => {}
         _ => {
-            let at = cell(page, row, col);
-            r.wr8(at, ch);
+            let at = cell(r, page, row, col);
+            vram_write(p, at, ch);
             if let Some(a) = attr {
-                r.wr8(at + 1, a);
+                vram_write(p, at + 1, a);
             }
             col += 1;
-            if col as u16 >= COLUMNS {
+            if col as u16 >= cols {
                 col = 0;
                 row += 1;
             }
         }
     }
     if row as u16 >= ROWS {
-        let keep = r.rd8(cell(page, ROWS as u8 - 1, 0) + 1);
-        scroll_page(
-            r,
-            page,
-            true,
-            1,
-            keep,
-            0,
-            0,
-            ROWS as u8 - 1,
-            COLUMNS as u8 - 1,
-        );
+        let keep = vram_read(p, cell(r, page, ROWS as u8 - 1, 0) + 1);
+        let window = Window {
+            top: 0,
+            left: 0,
+            bottom: ROWS as u8 - 1,
+            right: cols as u8 - 1,
+        };
+        scroll_page(r, p, page, true, 1, keep, window);
         row = ROWS as u8 - 1;
     }
     r.wr8(CURSOR_POS + page * 2, col);
@@ -229,27 +543,28 @@ pub(crate) fn teletype(r: &mut Regs, p: &mut dyn Platform, page: u32, ch: u8, at
     update_cursor(r, p, page);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn scroll(r: &mut Regs, up: bool, lines: u8, attr: u8, top: u8, left: u8, bottom: u8, right: u8) {
-    let page = r.rd8(ACTIVE_PAGE) as u32;
-    scroll_page(r, page, up, lines, attr, top, left, bottom, right);
-}
-
-/// Scrolls a window of a page by `lines` (0 = clear it), filling with blanks in `attr`.
-#[allow(clippy::too_many_arguments)]
-fn scroll_page(
-    r: &mut Regs,
-    page: u32,
-    up: bool,
-    lines: u8,
-    attr: u8,
+/// A rectangle of character cells, inclusive.
+#[derive(Clone, Copy)]
+struct Window {
     top: u8,
     left: u8,
     bottom: u8,
     right: u8,
+}
+
+/// Scrolls a window of a page by `lines` (0 = clear it), filling with blanks in `attr`.
+fn scroll_page(
+    r: &mut Regs,
+    p: &mut dyn Platform,
+    page: u32,
+    up: bool,
+    lines: u8,
+    attr: u8,
+    w: Window,
 ) {
-    let bottom = bottom.min(ROWS as u8 - 1);
-    let right = right.min(COLUMNS as u8 - 1);
+    let bottom = w.bottom.min(ROWS as u8 - 1);
+    let right = w.right.min(columns(r) as u8 - 1);
+    let (top, left) = (w.top, w.left);
     if top > bottom || left > right {
         return;
     }
@@ -259,8 +574,7 @@ fn scroll_page(
     } else {
         lines
     };
-    let width = (right - left + 1) as usize * 2;
-    let mut line = vec![0u8; width];
+    let width = (right - left + 1) as u32 * 2;
     let rows: Vec<u8> = if up {
         (top..=bottom).collect()
     } else {
@@ -272,14 +586,18 @@ fn scroll_page(
         } else {
             row as i32 - n as i32
         };
+        let dst = cell(r, page, row, left);
         if (top as i32..=bottom as i32).contains(&src) {
-            r.read(cell(page, src as u8, left), &mut line);
+            let from = cell(r, page, src as u8, left);
+            for i in 0..width {
+                let v = vram_read(p, from + i);
+                vram_write(p, dst + i, v);
+            }
         } else {
-            for c in line.chunks_mut(2) {
-                c[0] = b' ';
-                c[1] = attr;
+            for i in 0..width / 2 {
+                vram_write(p, dst + i * 2, b' ');
+                vram_write(p, dst + i * 2 + 1, attr);
             }
         }
-        r.write(cell(page, row, left), &line);
     }
 }

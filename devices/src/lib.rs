@@ -25,6 +25,7 @@ pub mod pic;
 pub mod pit;
 pub mod rtc;
 pub mod uart;
+pub mod vga;
 
 /// Virtual time in nanoseconds, derived by the machine from the instruction count.
 pub type Nanos = u64;

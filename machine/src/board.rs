@@ -15,6 +15,7 @@ use hospes_devices::pic::Pic;
 use hospes_devices::pit::Pit;
 use hospes_devices::rtc::Rtc;
 use hospes_devices::uart::Uart;
+use hospes_devices::vga::Vga;
 use hospes_devices::{Nanos, PortDevice, Timed};
 
 /// Why the machine stopped on its own.
@@ -42,6 +43,7 @@ pub struct Devices {
     pub pci: PciBus,
     /// Primary (IRQ 14) and secondary (IRQ 15) IDE channels.
     pub ide: [IdeChannel; 2],
+    pub vga: Vga,
     pub drives: Vec<DriveSlot>,
     /// Firmware's log port (0x402).
     pub debugcon: DebugConsole,
@@ -66,6 +68,12 @@ pub struct Devices {
     pub timers_changed: bool,
 }
 
+/// The VGA's registers (monochrome and colour CRTC sets included).
+const VGA_PORTS_START: u16 = 0x3B0;
+const VGA_PORTS_END: u16 = 0x3DF;
+/// The legacy VGA memory window.
+pub const VGA_WINDOW: std::ops::Range<u64> = 0xA_0000..0xC_0000;
+
 const COM_BASES: [u16; 4] = [0x3F8, 0x2F8, 0x3E8, 0x2E8];
 /// IRQ lines of COM1-COM4.
 const COM_IRQS: [u8; 4] = [4, 3, 4, 3];
@@ -86,6 +94,7 @@ impl Devices {
             kbc: I8042::new(),
             pci: PciBus::new(),
             ide: [IdeChannel::primary(pm, ps), IdeChannel::secondary(sm, ss)],
+            vga: Vga::new(),
             drives,
             debugcon: DebugConsole::new(),
             fw_cfg: None,
@@ -187,6 +196,7 @@ impl Devices {
             0xCF8..=0xCFF => self.pci.read(port, size, now),
             0x1F0..=0x1F7 | 0x3F6 => self.ide[0].read(port, size, now),
             0x170..=0x177 | 0x376 => self.ide[1].read(port, size, now),
+            VGA_PORTS_START..=VGA_PORTS_END => self.vga.read(port, size, now),
             p if p == acpi::PM1A_EVT => 0,
             p if p == acpi::PM1A_EVT + 2 => self.pm1_enable as u32,
             p if p == acpi::PM1A_CNT => 1, // SCI_EN: ACPI is always on
@@ -232,6 +242,7 @@ impl Devices {
             }
             0x1F0..=0x1F7 | 0x3F6 => self.ide[0].write(port, size, value, now),
             0x170..=0x177 | 0x376 => self.ide[1].write(port, size, value, now),
+            VGA_PORTS_START..=VGA_PORTS_END => self.vga.write(port, size, value, now),
             0x92 => {
                 if value & 1 != 0 && self.port92 & 1 == 0 {
                     self.power_event = Some(PowerEvent::Reset);
@@ -263,6 +274,26 @@ impl Devices {
         (off < 16).then_some(((off / 8) as usize, off % 8))
     }
 
+    /// A read from memory-mapped I/O: the VGA window, or nothing (all ones).
+    pub fn mmio_read(&mut self, addr: u64, size: u8) -> u64 {
+        if !VGA_WINDOW.contains(&addr) {
+            return hospes_cpu::mem::ones(size);
+        }
+        let mut v = 0u64;
+        for i in 0..size.min(8) as u64 {
+            v |= (self.vga.mem_read(addr + i) as u64) << (8 * i);
+        }
+        v
+    }
+
+    pub fn mmio_write(&mut self, addr: u64, size: u8, value: u64) {
+        if VGA_WINDOW.contains(&addr) {
+            for i in 0..size.min(8) as u64 {
+                self.vga.mem_write(addr + i, (value >> (8 * i)) as u8);
+            }
+        }
+    }
+
     fn after_access(&mut self) {
         if self.kbc.take_reset_request() {
             self.power_event = Some(PowerEvent::Reset);
@@ -288,6 +319,12 @@ impl Platform for Devices {
     fn now(&self) -> u64 {
         Devices::now(self)
     }
+    fn mmio_read8(&mut self, addr: u32) -> u8 {
+        self.mmio_read(addr as u64, 1) as u8
+    }
+    fn mmio_write8(&mut self, addr: u32, value: u8) {
+        self.mmio_write(addr as u64, 1, value as u64)
+    }
 }
 
 /// What the CPU sees: the devices plus the BIOS behind its emulator calls.
@@ -305,10 +342,12 @@ impl Bus for Board {
     fn io_write(&mut self, port: u16, size: u8, value: u32) {
         self.devices.port_write(port, size, value)
     }
-    fn mmio_read(&mut self, _addr: u64, size: u8) -> u64 {
-        hospes_cpu::mem::ones(size)
+    fn mmio_read(&mut self, addr: u64, size: u8) -> u64 {
+        self.devices.mmio_read(addr, size)
     }
-    fn mmio_write(&mut self, _addr: u64, _size: u8, _value: u64) {}
+    fn mmio_write(&mut self, addr: u64, size: u8, value: u64) {
+        self.devices.mmio_write(addr, size, value)
+    }
     fn intr_pending(&mut self) -> bool {
         self.devices.pic.intr()
     }

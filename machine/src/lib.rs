@@ -38,7 +38,7 @@ pub struct MachineConfig {
     pub rtc_start_unix: i64,
     /// A firmware image to run in place of the built-in BIOS (SeaBIOS's bios.bin, say).
     /// It finds the disks through the IDE controller; `boot.order` reaches it through
-    /// CMOS, and `drives` and `boot.linux` are not used.
+    /// CMOS, and `drives` and `boot.kernel` are not used.
     pub firmware: Option<Vec<u8>>,
 }
 
@@ -117,6 +117,11 @@ impl Machine {
                 (None, cpu, hospes_devices::pci::PAM_RESET)
             }
         };
+        // The VGA's memory window, whichever firmware runs.
+        cpu.mem.set_mmio(
+            board::VGA_WINDOW.start,
+            board::VGA_WINDOW.end - board::VGA_WINDOW.start,
+        );
         let mut devices = Devices::new(config.rtc_start_unix, config.drives, config.ide);
         firmware::init_cmos(&mut devices.rtc, ram, &boot_order);
         if bios.is_none() {
@@ -284,6 +289,46 @@ impl Machine {
         if !got.is_empty() {
             self.serial_input(&got);
         }
+    }
+
+    /// A key pressed or released on the host keyboard, as its set-2 make code (E0xxh for
+    /// extended keys); the i8042 translates it if the guest asks for set 1.
+    pub fn key_event(&mut self, make: u16, pressed: bool) {
+        self.board.devices.kbc.key_set2(make, pressed);
+        self.board.devices.sync_irqs();
+        self.cpu.irq_changed();
+    }
+
+    /// Virtual time now, in nanoseconds.
+    pub fn now(&self) -> u64 {
+        clock::nanos(self.cpu.state.icount)
+    }
+
+    /// Draws the screen as the monitor would show it now.
+    pub fn render_screen(&self, frame: &mut hospes_devices::vga::Frame) {
+        self.board.devices.vga.render(self.now(), frame);
+    }
+
+    /// The text-mode screen as lines of text (code page 437 bytes outside printable
+    /// ASCII become '?'; trailing blanks are trimmed). Empty in graphics modes.
+    pub fn screen_text(&self) -> Vec<String> {
+        self.board
+            .devices
+            .vga
+            .text_rows()
+            .iter()
+            .map(|row| {
+                let line: String = row
+                    .iter()
+                    .map(|&c| match c {
+                        0x20..=0x7E => c as char,
+                        0 => ' ',
+                        _ => '?',
+                    })
+                    .collect();
+                line.trim_end().to_string()
+            })
+            .collect()
     }
 
     /// Bytes typed on the serial console (COM1).

@@ -1,0 +1,1047 @@
+//! VGA: the sequencer, CRT controller, graphics controller, attribute controller and DAC
+//! registers, 256 KiB of display memory in four 64 KiB planes as the CPU reaches it
+//! through the A0000-BFFFF window (every read and write mode, latches, odd/even and
+//! chain-4 addressing), and a renderer from that state to RGB pixels.
+//!
+//! The device holds no font of its own: as on real hardware, text modes draw glyphs from
+//! plane 2, where the BIOS (or the guest) loads them.
+//!
+//! Plane addressing follows the hardware: in odd/even mode the CPU offset's bit 0
+//! selects the plane pair and the plane address keeps the offset with bit 0 cleared; in
+//! chain-4 the two low bits select the plane and are cleared in the plane address. The
+//! CRT controller's word and doubleword modes shift its address counter to match, so a
+//! text cell at CPU offset 2n is at plane address 2n, and a mode 13h pixel at offset o is
+//! in plane o & 3 at plane address o & !3.
+
+use crate::{Nanos, PortDevice};
+
+/// Bytes in one plane.
+pub const PLANE_SIZE: usize = 64 * 1024;
+
+const SEQ_REGS: usize = 5;
+const CRTC_REGS: usize = 0x19;
+const GC_REGS: usize = 9;
+const ATTR_REGS: usize = 0x15;
+
+/// An RGB picture: `pixels[y * width + x]` = 0x00RRGGBB.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u32>,
+}
+
+impl Frame {
+    fn resize(&mut self, width: usize, height: usize) {
+        self.width = width;
+        self.height = height;
+        self.pixels.clear();
+        self.pixels.resize(width * height, 0);
+    }
+}
+
+/// What the display hardware is showing, as far as a window title or a test cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisplayMode {
+    /// Alphanumeric mode: character cells.
+    Text { columns: usize, rows: usize },
+    /// All-points-addressable mode with 16 or 256 colours.
+    Graphics {
+        width: usize,
+        height: usize,
+        colours: u16,
+    },
+}
+
+pub struct Vga {
+    misc: u8,
+    feature: u8,
+    seq_index: u8,
+    seq: [u8; SEQ_REGS],
+    crtc_index: u8,
+    crtc: [u8; CRTC_REGS],
+    gc_index: u8,
+    gc: [u8; GC_REGS],
+    /// Attribute index register, including the palette address source bit (20h).
+    attr_index: u8,
+    attr: [u8; ATTR_REGS],
+    /// The attribute controller's flip-flop: true when the next write to 3C0h is data.
+    attr_data_next: bool,
+    /// 6-bit red, green, blue per DAC entry.
+    dac: [[u8; 3]; 256],
+    dac_write_index: u8,
+    dac_read_index: u8,
+    /// Which component (0-2) of the current entry the next 3C9h access moves.
+    dac_component: u8,
+    /// The last DAC index write was to 3C7h (read mode), as 3C7h reads report.
+    dac_read_mode: bool,
+    pel_mask: u8,
+    /// Plane bytes interleaved: `vram[address][plane]`.
+    vram: Vec<[u8; 4]>,
+    latch: [u8; 4],
+    /// Counts every change that can alter the picture (for redraw decisions).
+    changes: u64,
+}
+
+impl Default for Vga {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Vga {
+    /// A VGA as it comes out of reset, before any BIOS has programmed it: all registers
+    /// zero (which displays nothing) and memory cleared.
+    pub fn new() -> Vga {
+        Vga {
+            misc: 0,
+            feature: 0,
+            seq_index: 0,
+            seq: [0; SEQ_REGS],
+            crtc_index: 0,
+            crtc: [0; CRTC_REGS],
+            gc_index: 0,
+            gc: [0; GC_REGS],
+            attr_index: 0,
+            attr: [0; ATTR_REGS],
+            attr_data_next: false,
+            dac: [[0; 3]; 256],
+            dac_write_index: 0,
+            dac_read_index: 0,
+            dac_component: 0,
+            dac_read_mode: false,
+            pel_mask: 0xFF,
+            vram: vec![[0; 4]; PLANE_SIZE],
+            latch: [0; 4],
+            changes: 0,
+        }
+    }
+
+    /// Increases whenever registers or memory change in a way that can alter the picture.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// A plane byte (for tests and debugging).
+    pub fn plane_byte(&self, plane: usize, address: usize) -> u8 {
+        self.vram[address % PLANE_SIZE][plane & 3]
+    }
+
+    fn crtc_ports(&self) -> (u16, u16) {
+        if self.misc & 1 != 0 {
+            (0x3D4, 0x3DA)
+        } else {
+            (0x3B4, 0x3BA)
+        }
+    }
+
+    fn read_port(&mut self, port: u16, now: Nanos) -> u8 {
+        let (crtc, status) = self.crtc_ports();
+        match port {
+            0x3C0 => self.attr_index,
+            0x3C1 => self
+                .attr
+                .get((self.attr_index & 0x1F) as usize)
+                .copied()
+                .unwrap_or(0),
+            0x3C2 => 0x10, // input status 0: switch sense high (a colour monitor)
+            0x3C3 => 1,
+            0x3C4 => self.seq_index,
+            0x3C5 => self.seq.get(self.seq_index as usize).copied().unwrap_or(0),
+            0x3C6 => self.pel_mask,
+            0x3C7 => {
+                if self.dac_read_mode {
+                    3
+                } else {
+                    0
+                }
+            }
+            0x3C8 => self.dac_write_index,
+            0x3C9 => {
+                let v = self.dac[self.dac_read_index as usize][self.dac_component as usize];
+                self.next_dac_component(true);
+                v
+            }
+            0x3CA => self.feature,
+            0x3CC => self.misc,
+            0x3CE => self.gc_index,
+            0x3CF => self.gc.get(self.gc_index as usize).copied().unwrap_or(0),
+            p if p == crtc => self.crtc_index,
+            p if p == crtc + 1 => self
+                .crtc
+                .get(self.crtc_index as usize)
+                .copied()
+                .unwrap_or(0),
+            p if p == status => {
+                self.attr_data_next = false;
+                self.input_status_1(now)
+            }
+            _ => 0xFF,
+        }
+    }
+
+    fn write_port(&mut self, port: u16, v: u8) {
+        let (crtc, status) = self.crtc_ports();
+        self.changes += 1;
+        match port {
+            0x3C0 => {
+                if self.attr_data_next {
+                    if let Some(r) = self.attr.get_mut((self.attr_index & 0x1F) as usize) {
+                        *r = v;
+                    }
+                } else {
+                    self.attr_index = v & 0x3F;
+                }
+                self.attr_data_next = !self.attr_data_next;
+            }
+            0x3C2 => self.misc = v,
+            0x3C4 => self.seq_index = v,
+            0x3C5 => {
+                if let Some(r) = self.seq.get_mut(self.seq_index as usize) {
+                    *r = v;
+                }
+            }
+            0x3C6 => self.pel_mask = v,
+            0x3C7 => {
+                self.dac_read_index = v;
+                self.dac_component = 0;
+                self.dac_read_mode = true;
+            }
+            0x3C8 => {
+                self.dac_write_index = v;
+                self.dac_component = 0;
+                self.dac_read_mode = false;
+            }
+            0x3C9 => {
+                self.dac[self.dac_write_index as usize][self.dac_component as usize] = v & 0x3F;
+                self.next_dac_component(false);
+            }
+            0x3CE => self.gc_index = v,
+            0x3CF => {
+                if let Some(r) = self.gc.get_mut(self.gc_index as usize) {
+                    *r = v;
+                }
+            }
+            p if p == crtc => self.crtc_index = v,
+            p if p == crtc + 1 => self.write_crtc(v),
+            // Feature control is written where input status 1 is read.
+            p if p == status => self.feature = v,
+            _ => {}
+        }
+    }
+
+    fn write_crtc(&mut self, v: u8) {
+        let i = self.crtc_index as usize;
+        if i >= CRTC_REGS {
+            return;
+        }
+        // CR11 bit 7 write-protects CR00-CR07, except CR07 bit 4 (line compare bit 8).
+        if self.crtc[0x11] & 0x80 != 0 && i <= 7 {
+            if i == 7 {
+                self.crtc[7] = (self.crtc[7] & !0x10) | (v & 0x10);
+            }
+            return;
+        }
+        self.crtc[i] = v;
+    }
+
+    fn next_dac_component(&mut self, reading: bool) {
+        self.dac_component += 1;
+        if self.dac_component == 3 {
+            self.dac_component = 0;
+            if reading {
+                self.dac_read_index = self.dac_read_index.wrapping_add(1);
+            } else {
+                self.dac_write_index = self.dac_write_index.wrapping_add(1);
+            }
+        }
+    }
+
+    /// Nanoseconds per scan line and scan lines per frame, from the CRTC timing registers
+    /// and the dot clock (clamped to sane values so a guest cannot stop time).
+    fn timing(&self) -> (u64, u64) {
+        let dot_clock_hz: u64 = if (self.misc >> 2) & 3 == 1 {
+            28_322_000
+        } else {
+            25_175_000
+        };
+        let dots_per_char = if self.seq[1] & 1 != 0 { 8 } else { 9 };
+        let mut chars_per_line = self.crtc[0] as u64 + 5;
+        if self.seq[1] & 8 != 0 {
+            chars_per_line *= 2; // half dot clock
+        }
+        let line_ns = (chars_per_line * dots_per_char * 1_000_000_000 / dot_clock_hz).max(1_000);
+        let lines = (self.crtc[6] as u64
+            | (self.crtc[7] as u64 & 1) << 8
+            | (self.crtc[7] as u64 >> 5 & 1) << 9)
+            + 2;
+        (line_ns, lines.max(16))
+    }
+
+    fn vertical_display_end(&self) -> usize {
+        (self.crtc[0x12] as usize
+            | (self.crtc[7] as usize >> 1 & 1) << 8
+            | (self.crtc[7] as usize >> 6 & 1) << 9)
+            + 1
+    }
+
+    fn vertical_retrace_start(&self) -> u64 {
+        self.crtc[0x10] as u64
+            | (self.crtc[7] as u64 >> 2 & 1) << 8
+            | (self.crtc[7] as u64 >> 7) << 9
+    }
+
+    /// Input status 1: bit 0 while the display is not showing pixels (horizontal or
+    /// vertical blanking), bit 3 during vertical retrace. Derived from virtual time, so
+    /// programs that wait for retrace see the same thing on every run.
+    fn input_status_1(&self, now: Nanos) -> u8 {
+        let (line_ns, lines) = self.timing();
+        let frame_ns = line_ns * lines;
+        let in_frame = now % frame_ns;
+        let line = in_frame / line_ns;
+        let in_line = in_frame % line_ns;
+        let visible_lines = self.vertical_display_end() as u64;
+        let retrace_start = self.vertical_retrace_start();
+        let retrace_end =
+            retrace_start + ((self.crtc[0x11] as u64 & 0xF) + 16 - (retrace_start & 0xF)) % 16;
+        let retrace = line >= retrace_start && line < retrace_end.max(retrace_start + 1);
+        // The last fifth of every line is horizontal blanking.
+        let blank = line >= visible_lines || in_line * 5 >= line_ns * 4;
+        (blank as u8) | (retrace as u8) << 3
+    }
+
+    /// Where a physical address falls in display memory, given the memory map select.
+    fn window_offset(&self, addr: u64) -> Option<usize> {
+        let (base, size) = match (self.gc[6] >> 2) & 3 {
+            0 => (0xA_0000u64, 0x2_0000u64),
+            1 => (0xA_0000, 0x1_0000),
+            2 => (0xB_0000, 0x8000),
+            _ => (0xB_8000, 0x8000),
+        };
+        let off = addr.checked_sub(base)?;
+        (off < size).then_some(off as usize)
+    }
+
+    fn chain4(&self) -> bool {
+        self.seq[4] & 8 != 0
+    }
+
+    /// A CPU read from display memory (one byte at a physical address).
+    pub fn mem_read(&mut self, addr: u64) -> u8 {
+        let Some(off) = self.window_offset(addr) else {
+            return 0xFF;
+        };
+        let (address, plane) = if self.chain4() {
+            (off & !3, off & 3)
+        } else if self.gc[5] & 0x10 != 0 {
+            (off & !1, (self.gc[4] as usize & 2) | (off & 1))
+        } else {
+            (off, self.gc[4] as usize & 3)
+        };
+        self.latch = self.vram[address % PLANE_SIZE];
+        if self.gc[5] & 8 == 0 {
+            return self.latch[plane];
+        }
+        // Read mode 1: a bit is set where every plane enabled by colour don't care
+        // matches the colour compare register.
+        let mut result = 0xFF;
+        for p in 0..4 {
+            if self.gc[7] >> p & 1 != 0 {
+                let want = if self.gc[2] >> p & 1 != 0 { 0xFF } else { 0 };
+                result &= !(self.latch[p] ^ want);
+            }
+        }
+        result
+    }
+
+    /// A CPU write to display memory (one byte at a physical address).
+    pub fn mem_write(&mut self, addr: u64, value: u8) {
+        let Some(off) = self.window_offset(addr) else {
+            return;
+        };
+        let map_mask = self.seq[2] & 0xF;
+        let (address, planes) = if self.chain4() {
+            (off & !3, map_mask & (1 << (off & 3)))
+        } else if self.seq[4] & 4 == 0 {
+            let pair = if off & 1 != 0 { 0b1010 } else { 0b0101 };
+            (off & !1, map_mask & pair)
+        } else {
+            (off, map_mask)
+        };
+        if planes == 0 {
+            return;
+        }
+        let data = self.write_data(value);
+        let cell = &mut self.vram[address % PLANE_SIZE];
+        for (p, byte) in cell.iter_mut().enumerate() {
+            if planes >> p & 1 != 0 {
+                *byte = data[p];
+            }
+        }
+        self.changes += 1;
+    }
+
+    /// The four plane bytes a write produces, through the write mode, set/reset, data
+    /// rotate, logical function and bit mask of the graphics controller.
+    fn write_data(&self, value: u8) -> [u8; 4] {
+        let rotated = value.rotate_right(self.gc[3] as u32 & 7);
+        let set_reset = |p: usize| if self.gc[0] >> p & 1 != 0 { 0xFF } else { 0 };
+        let mut bit_mask = self.gc[8];
+        let mut data = [0u8; 4];
+        match self.gc[5] & 3 {
+            0 => {
+                for (p, d) in data.iter_mut().enumerate() {
+                    *d = if self.gc[1] >> p & 1 != 0 {
+                        set_reset(p)
+                    } else {
+                        rotated
+                    };
+                }
+            }
+            1 => return self.latch,
+            2 => {
+                for (p, d) in data.iter_mut().enumerate() {
+                    *d = if value >> p & 1 != 0 { 0xFF } else { 0 };
+                }
+            }
+            _ => {
+                bit_mask &= rotated;
+                for (p, d) in data.iter_mut().enumerate() {
+                    *d = set_reset(p);
+                }
+            }
+        }
+        for (p, d) in data.iter_mut().enumerate() {
+            let latch = self.latch[p];
+            let combined = match (self.gc[3] >> 3) & 3 {
+                0 => *d,
+                1 => *d & latch,
+                2 => *d | latch,
+                _ => *d ^ latch,
+            };
+            *d = (combined & bit_mask) | (latch & !bit_mask);
+        }
+        data
+    }
+
+    fn graphics_mode(&self) -> bool {
+        self.gc[6] & 1 != 0
+    }
+
+    fn char_height(&self) -> usize {
+        (self.crtc[9] as usize & 0x1F) + 1
+    }
+
+    /// Scan lines each row of memory is shown on (character height, or the repeat
+    /// count in graphics modes), including scan doubling.
+    fn lines_per_row(&self) -> usize {
+        self.char_height() * if self.crtc[9] & 0x80 != 0 { 2 } else { 1 }
+    }
+
+    /// The columns and rows of a text mode, or the pixels of a graphics mode.
+    pub fn mode(&self) -> DisplayMode {
+        let clocks = self.crtc[1] as usize + 1;
+        let lines = self.vertical_display_end();
+        if self.graphics_mode() {
+            let colours = if self.gc[5] & 0x40 != 0 { 256 } else { 16 };
+            let width = clocks * if colours == 256 { 4 } else { 8 };
+            DisplayMode::Graphics {
+                width,
+                height: lines / self.lines_per_row(),
+                colours,
+            }
+        } else {
+            DisplayMode::Text {
+                columns: clocks,
+                rows: lines / self.lines_per_row(),
+            }
+        }
+    }
+
+    /// The CRTC start address and the address step per row, in address counter units.
+    fn start_and_stride(&self) -> (usize, usize) {
+        let start = (self.crtc[0xC] as usize) << 8 | self.crtc[0xD] as usize;
+        (start, self.crtc[0x13] as usize * 2)
+    }
+
+    /// How far the CRTC shifts its address counter into a plane address: doubleword
+    /// mode 2, word mode 1, byte mode 0.
+    fn address_shift(&self) -> u32 {
+        if self.crtc[0x14] & 0x40 != 0 {
+            2
+        } else if self.crtc[0x17] & 0x40 == 0 {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// The screen is blanked (sequencer screen off, or the attribute controller's
+    /// palette address source bit clear while the palette is being programmed).
+    fn blanked(&self) -> bool {
+        self.seq[1] & 0x20 != 0 || self.attr_index & 0x20 == 0
+    }
+
+    /// The RGB colour of DAC entry `index` (after the pixel mask).
+    fn dac_rgb(&self, index: u8) -> u32 {
+        let [r, g, b] = self.dac[(index & self.pel_mask) as usize];
+        let wide = |c: u8| ((c << 2) | (c >> 4)) as u32;
+        wide(r) << 16 | wide(g) << 8 | wide(b)
+    }
+
+    /// A 4-bit attribute colour through the palette registers and colour select.
+    fn palette_rgb(&self, colour: u8) -> u32 {
+        let entry = self.attr[(colour & 0xF) as usize] & 0x3F;
+        let select = self.attr[0x14];
+        let index = if self.attr[0x10] & 0x80 != 0 {
+            (entry & 0x0F) | (select & 0x0F) << 4
+        } else {
+            entry | (select & 0x0C) << 4
+        };
+        self.dac_rgb(index)
+    }
+
+    /// Frames since time zero, for blinking.
+    fn frame_number(&self, now: Nanos) -> u64 {
+        let (line_ns, lines) = self.timing();
+        now / (line_ns * lines)
+    }
+
+    /// Draws what the monitor shows at virtual time `now` (blink phases depend on it).
+    pub fn render(&self, now: Nanos, frame: &mut Frame) {
+        match self.mode() {
+            DisplayMode::Text { columns, rows } => self.render_text(now, columns, rows, frame),
+            DisplayMode::Graphics {
+                width,
+                height,
+                colours,
+            } => self.render_graphics(width, height, colours, frame),
+        }
+    }
+
+    fn char_width(&self) -> usize {
+        if self.seq[1] & 1 != 0 {
+            8
+        } else {
+            9
+        }
+    }
+
+    /// Offset in plane 2 of the font a character uses: character map select A applies
+    /// to attributes with bit 3 set, map B to the others.
+    fn font_base(&self, attr: u8) -> usize {
+        let sel = self.seq[3] as usize;
+        let map = if attr & 8 != 0 {
+            (sel >> 2 & 3) | (sel >> 3 & 4)
+        } else {
+            (sel & 3) | (sel >> 2 & 4)
+        };
+        // Maps 0-3 start at 0, 16, 32, 48 KiB; the high bit adds 8 KiB.
+        (map & 3) * 0x4000 + (map >> 2) * 0x2000
+    }
+
+    fn render_text(&self, now: Nanos, columns: usize, rows: usize, frame: &mut Frame) {
+        let columns = columns.min(256);
+        let rows = rows.min(128);
+        let cw = self.char_width();
+        let ch_height = self.char_height();
+        let line_repeat = if self.crtc[9] & 0x80 != 0 { 2 } else { 1 };
+        let cell_h = ch_height * line_repeat;
+        frame.resize(columns * cw, rows * cell_h);
+        if self.blanked() {
+            return;
+        }
+        let (start, stride) = self.start_and_stride();
+        let shift = self.address_shift();
+        let blink_enabled = self.attr[0x10] & 8 != 0;
+        let line_graphics = self.attr[0x10] & 4 != 0;
+        let frame_no = self.frame_number(now);
+        let blink_on = (frame_no / 16).is_multiple_of(2);
+        let cursor_on = (frame_no / 8).is_multiple_of(2);
+        let cursor_at = (self.crtc[0xE] as usize) << 8 | self.crtc[0xF] as usize;
+        let cursor_start = self.crtc[0xA] as usize & 0x1F;
+        let cursor_end = self.crtc[0xB] as usize & 0x1F;
+        let cursor_shown = self.crtc[0xA] & 0x20 == 0 && cursor_on;
+        for row in 0..rows {
+            for col in 0..columns {
+                let counter = start + row * stride + col;
+                let cell = self.vram[(counter << shift) % PLANE_SIZE];
+                let (ch, attr) = (cell[0], cell[1]);
+                let mut fg = attr & 0xF;
+                let mut bg = attr >> 4;
+                if blink_enabled {
+                    bg &= 7;
+                    if attr & 0x80 != 0 && !blink_on {
+                        fg = bg;
+                    }
+                }
+                let fg_rgb = self.palette_rgb(fg);
+                let bg_rgb = self.palette_rgb(bg);
+                let glyph = self.font_base(attr) + ch as usize * 32;
+                let is_cursor = cursor_shown && counter & 0xFFFF == cursor_at;
+                for line in 0..ch_height {
+                    let mut bits = self.vram[(glyph + line) % PLANE_SIZE][2];
+                    if is_cursor && line >= cursor_start && line <= cursor_end {
+                        bits = 0xFF;
+                    }
+                    let ninth = cw == 9 && line_graphics && (0xC0..=0xDF).contains(&ch);
+                    for rep in 0..line_repeat {
+                        let y = row * cell_h + line * line_repeat + rep;
+                        let out = &mut frame.pixels[y * frame.width + col * cw..][..cw];
+                        for (x, px) in out.iter_mut().enumerate() {
+                            let on = if x < 8 {
+                                bits >> (7 - x) & 1 != 0
+                            } else {
+                                ninth && bits & 1 != 0
+                            };
+                            *px = if on { fg_rgb } else { bg_rgb };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn render_graphics(&self, width: usize, height: usize, colours: u16, frame: &mut Frame) {
+        let width = width.min(2048);
+        let height = height.min(1536);
+        frame.resize(width, height);
+        if self.blanked() {
+            return;
+        }
+        let (start, stride) = self.start_and_stride();
+        let shift = self.address_shift();
+        let plane_enable = self.attr[0x12] & 0xF;
+        for y in 0..height {
+            let row_counter = start + y * stride;
+            let out = &mut frame.pixels[y * width..][..width];
+            if colours == 256 {
+                for (x, px) in out.iter_mut().enumerate() {
+                    let cell = self.vram[((row_counter + x / 4) << shift) % PLANE_SIZE];
+                    *px = self.dac_rgb(cell[x % 4]);
+                }
+            } else {
+                for (x, px) in out.iter_mut().enumerate() {
+                    let cell = self.vram[((row_counter + x / 8) << shift) % PLANE_SIZE];
+                    let bit = 7 - (x % 8);
+                    let mut colour = 0u8;
+                    for (p, byte) in cell.iter().enumerate() {
+                        colour |= (byte >> bit & 1) << p;
+                    }
+                    *px = self.palette_rgb(colour & plane_enable);
+                }
+            }
+        }
+    }
+
+    /// The characters of the text screen, row by row (empty in graphics modes).
+    pub fn text_rows(&self) -> Vec<Vec<u8>> {
+        let DisplayMode::Text { columns, rows } = self.mode() else {
+            return Vec::new();
+        };
+        let (start, stride) = self.start_and_stride();
+        let shift = self.address_shift();
+        (0..rows.min(128))
+            .map(|row| {
+                (0..columns.min(256))
+                    .map(|col| self.vram[((start + row * stride + col) << shift) % PLANE_SIZE][0])
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl PortDevice for Vga {
+    fn read(&mut self, port: u16, size: u8, now: Nanos) -> u32 {
+        let mut v = 0u32;
+        for i in 0..size.min(4) {
+            v |= (self.read_port(port.wrapping_add(i as u16), now) as u32) << (8 * i);
+        }
+        v
+    }
+
+    fn write(&mut self, port: u16, size: u8, value: u32, _now: Nanos) {
+        // A 16-bit OUT to an index port writes the index, then the data port.
+        for i in 0..size.min(4) {
+            self.write_port(port.wrapping_add(i as u16), (value >> (8 * i)) as u8);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(v: &mut Vga, port: u16, value: u8) {
+        v.write(port, 1, value as u32, 0);
+    }
+    fn seq(v: &mut Vga, i: u8, value: u8) {
+        out(v, 0x3C4, i);
+        out(v, 0x3C5, value);
+    }
+    fn gc(v: &mut Vga, i: u8, value: u8) {
+        out(v, 0x3CE, i);
+        out(v, 0x3CF, value);
+    }
+    fn crtc(v: &mut Vga, i: u8, value: u8) {
+        out(v, 0x3D4, i);
+        out(v, 0x3D5, value);
+    }
+    fn attr(v: &mut Vga, i: u8, value: u8) {
+        v.read(0x3DA, 1, 0); // reset the flip-flop
+        out(v, 0x3C0, i);
+        out(v, 0x3C0, value);
+    }
+
+    /// The registers of 80x25 colour text (mode 3), as a BIOS programs them.
+    fn text_mode() -> Vga {
+        let mut v = Vga::new();
+        out(&mut v, 0x3C2, 0x67);
+        for (i, x) in [0x03, 0x00, 0x03, 0x00, 0x02].into_iter().enumerate() {
+            seq(&mut v, i as u8, x);
+        }
+        crtc(&mut v, 0x11, 0); // unprotect
+        let crtc_regs = [
+            0x5F, 0x4F, 0x50, 0x82, 0x55, 0x81, 0xBF, 0x1F, 0x00, 0x4F, 0x0D, 0x0E, 0x00, 0x00,
+            0x00, 0x00, 0x9C, 0x8E, 0x8F, 0x28, 0x1F, 0x96, 0xB9, 0xA3, 0xFF,
+        ];
+        for (i, x) in crtc_regs.into_iter().enumerate() {
+            crtc(&mut v, i as u8, x);
+        }
+        for (i, x) in [0, 0, 0, 0, 0, 0x10, 0x0E, 0, 0xFF].into_iter().enumerate() {
+            gc(&mut v, i as u8, x);
+        }
+        for i in 0..16u8 {
+            attr(&mut v, i, i);
+        }
+        attr(&mut v, 0x10, 0x0C);
+        attr(&mut v, 0x12, 0x0F);
+        out(&mut v, 0x3C0, 0x20); // palette address source: display on
+                                  // DAC entry i = grey level i, so colours are easy to check.
+        out(&mut v, 0x3C8, 0);
+        for i in 0..256u32 {
+            for _ in 0..3 {
+                out(&mut v, 0x3C9, (i & 0x3F) as u8);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn dac_write_then_read_back() {
+        let mut v = Vga::new();
+        out(&mut v, 0x3C8, 5);
+        for c in [0x11, 0x22, 0x33, 0x3F, 0x40, 0x01] {
+            out(&mut v, 0x3C9, c);
+        }
+        out(&mut v, 0x3C7, 5);
+        let read: Vec<u32> = (0..6).map(|_| v.read(0x3C9, 1, 0)).collect();
+        assert_eq!(
+            read,
+            [0x11, 0x22, 0x33, 0x3F, 0x00, 0x01],
+            "6-bit, auto-increment"
+        );
+        assert_eq!(v.read(0x3C7, 1, 0), 3, "DAC state: read mode");
+        assert_eq!(v.read(0x3C8, 1, 0), 7);
+    }
+
+    #[test]
+    fn attribute_flip_flop_and_crtc_protection() {
+        let mut v = text_mode();
+        v.read(0x3DA, 1, 0);
+        out(&mut v, 0x3C0, 0x21);
+        out(&mut v, 0x3C0, 0x3F);
+        assert_eq!(v.read(0x3C0, 1, 0), 0x21);
+        assert_eq!(v.read(0x3C1, 1, 0), 0x3F);
+        // CR11 bit 7 protects CR00-07, but not CR07 bit 4.
+        crtc(&mut v, 0x11, 0x80);
+        crtc(&mut v, 0x01, 0x27);
+        crtc(&mut v, 0x07, 0x00);
+        out(&mut v, 0x3D4, 1);
+        assert_eq!(v.read(0x3D5, 1, 0), 0x4F);
+        out(&mut v, 0x3D4, 7);
+        assert_eq!(v.read(0x3D5, 1, 0), 0x0F);
+        // 16-bit OUT: index then data.
+        v.write(0x3CE, 2, 0x0508, 0);
+        assert_eq!(v.gc[8], 0x05);
+        // With the mono CRTC selected, 3D4h no longer answers.
+        out(&mut v, 0x3C2, 0x66);
+        assert_eq!(v.read(0x3D4, 1, 0), 0xFF);
+        out(&mut v, 0x3B4, 0x0E);
+        assert_eq!(v.read(0x3B4, 1, 0), 0x0E);
+    }
+
+    #[test]
+    fn odd_even_text_memory() {
+        let mut v = text_mode();
+        v.mem_write(0xB8000, b'A');
+        v.mem_write(0xB8001, 0x1F);
+        v.mem_write(0xB8002, b'B');
+        assert_eq!(v.plane_byte(0, 0), b'A');
+        assert_eq!(v.plane_byte(1, 0), 0x1F);
+        assert_eq!(v.plane_byte(0, 2), b'B');
+        assert_eq!(v.plane_byte(2, 0), 0, "plane 2 untouched");
+        assert_eq!(v.mem_read(0xB8001), 0x1F);
+        assert_eq!(v.mem_read(0xA0000), 0xFF, "outside the B8000 window");
+        v.mem_write(0xA0000, 1);
+        assert_eq!(v.plane_byte(0, 0), b'A');
+        assert_eq!(v.text_rows()[0][..2], [b'A', b'B']);
+    }
+
+    #[test]
+    fn write_modes_latches_and_read_mode_1() {
+        let mut v = Vga::new();
+        seq(&mut v, 2, 0x0F);
+        seq(&mut v, 4, 0x06); // sequential addressing
+        gc(&mut v, 6, 0x05); // graphics, A0000 64K
+        gc(&mut v, 8, 0xFF);
+        // Write mode 0 with set/reset on planes 0 and 2.
+        gc(&mut v, 0, 0x05);
+        gc(&mut v, 1, 0x05);
+        v.mem_write(0xA0010, 0x3C);
+        assert_eq!(
+            (0..4).map(|p| v.plane_byte(p, 0x10)).collect::<Vec<_>>(),
+            [0xFF, 0x3C, 0xFF, 0x3C]
+        );
+        // Bit mask keeps the latched bits.
+        gc(&mut v, 1, 0);
+        v.mem_read(0xA0010);
+        gc(&mut v, 8, 0x0F);
+        v.mem_write(0xA0010, 0x00);
+        assert_eq!(v.plane_byte(0, 0x10), 0xF0);
+        assert_eq!(v.plane_byte(1, 0x10), 0x30);
+        // Write mode 1 copies the latches (a screen-to-screen copy).
+        gc(&mut v, 5, 0x01);
+        v.mem_read(0xA0010);
+        v.mem_write(0xA0020, 0x99);
+        assert_eq!(v.plane_byte(0, 0x20), 0xF0);
+        assert_eq!(v.plane_byte(3, 0x20), 0x30);
+        // Write mode 2: colour 0b1001 in the bit-masked pixels, with XOR.
+        gc(&mut v, 5, 0x02);
+        gc(&mut v, 8, 0x81);
+        gc(&mut v, 3, 0x18);
+        v.mem_read(0xA0030);
+        v.mem_write(0xA0030, 0x09);
+        assert_eq!(v.plane_byte(0, 0x30), 0x81);
+        assert_eq!(v.plane_byte(1, 0x30), 0x00);
+        assert_eq!(v.plane_byte(3, 0x30), 0x81);
+        // Write mode 3: rotated data ANDed with the bit mask, set/reset as colour.
+        gc(&mut v, 3, 0x01); // rotate right 1, replace
+        gc(&mut v, 5, 0x03);
+        gc(&mut v, 8, 0xFF);
+        gc(&mut v, 0, 0x02);
+        v.mem_read(0xA0040);
+        v.mem_write(0xA0040, 0x06);
+        assert_eq!(v.plane_byte(1, 0x40), 0x03);
+        assert_eq!(v.plane_byte(0, 0x40), 0x00);
+        // Read mode 1: where do planes 0 and 3 match colour 1001?
+        gc(&mut v, 5, 0x08);
+        gc(&mut v, 2, 0x09);
+        gc(&mut v, 7, 0x09);
+        assert_eq!(v.mem_read(0xA0030), 0x81);
+        // The map mask keeps planes out of a write.
+        gc(&mut v, 5, 0);
+        gc(&mut v, 3, 0);
+        gc(&mut v, 0, 0);
+        seq(&mut v, 2, 0x04);
+        v.mem_write(0xA0050, 0x77);
+        assert_eq!(v.plane_byte(2, 0x50), 0x77);
+        assert_eq!(v.plane_byte(1, 0x50), 0);
+        // Read map select.
+        gc(&mut v, 4, 2);
+        assert_eq!(v.mem_read(0xA0050), 0x77);
+    }
+
+    #[test]
+    fn chain4_addressing() {
+        let mut v = Vga::new();
+        seq(&mut v, 2, 0x0F);
+        seq(&mut v, 4, 0x0E);
+        gc(&mut v, 6, 0x05);
+        gc(&mut v, 8, 0xFF);
+        for (i, b) in [10u8, 11, 12, 13, 14].into_iter().enumerate() {
+            v.mem_write(0xA0100 + i as u64, b);
+        }
+        assert_eq!(v.plane_byte(0, 0x100), 10);
+        assert_eq!(v.plane_byte(3, 0x100), 13);
+        assert_eq!(v.plane_byte(0, 0x104), 14);
+        assert_eq!(v.mem_read(0xA0102), 12);
+    }
+
+    /// A glyph for 'H' in plane 2, then the rendered cell checked pixel by pixel.
+    #[test]
+    fn text_rendering_uses_the_font_in_plane_2() {
+        let mut v = text_mode();
+        let glyph = [
+            0x00, 0x00, 0xC6, 0xC6, 0xC6, 0xFE, 0xC6, 0xC6, 0xC6, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        // Load the font as a BIOS does: plane 2, sequential, A0000.
+        seq(&mut v, 2, 0x04);
+        seq(&mut v, 4, 0x06);
+        gc(&mut v, 4, 0x02);
+        gc(&mut v, 5, 0x00);
+        gc(&mut v, 6, 0x04);
+        for (i, row) in glyph.iter().enumerate() {
+            v.mem_write(0xA0000 + b'H' as u64 * 32 + i as u64, *row);
+        }
+        seq(&mut v, 2, 0x03);
+        seq(&mut v, 4, 0x02);
+        gc(&mut v, 4, 0x00);
+        gc(&mut v, 5, 0x10);
+        gc(&mut v, 6, 0x0E);
+        // Row 1, column 2: 'H', white on blue (attr 1Fh); cursor elsewhere.
+        let at = 0xB8000 + (80 + 2) * 2;
+        v.mem_write(at, b'H');
+        v.mem_write(at + 1, 0x1F);
+        let mut f = Frame::default();
+        v.render(0, &mut f);
+        assert_eq!((f.width, f.height), (720, 400));
+        assert_eq!(
+            v.mode(),
+            DisplayMode::Text {
+                columns: 80,
+                rows: 25
+            }
+        );
+        let (fg, bg) = (v.dac_rgb(15), v.dac_rgb(1));
+        for (line, bits) in glyph.iter().enumerate() {
+            for x in 0..9 {
+                let on = x < 8 && bits >> (7 - x) & 1 != 0;
+                let px = f.pixels[(16 + line) * 720 + 2 * 9 + x];
+                assert_eq!(px, if on { fg } else { bg }, "line {line} x {x}");
+            }
+        }
+        assert_eq!(fg, 0x3C3C3C, "grey level 15 through the 6-bit DAC");
+        // Blinking: attribute bit 7 hides the foreground half of the time.
+        v.mem_write(at + 1, 0x9F);
+        let (line_ns, lines) = v.timing();
+        let frame_ns = line_ns * lines;
+        v.render(0, &mut f);
+        assert_eq!(f.pixels[(16 + 2) * 720 + 18], fg);
+        v.render(16 * frame_ns, &mut f);
+        assert_eq!(f.pixels[(16 + 2) * 720 + 18], v.dac_rgb(1));
+        // The cursor: scan lines 13-14 of its cell, in the cell's foreground colour.
+        crtc(&mut v, 0x0A, 13);
+        crtc(&mut v, 0x0B, 14);
+        crtc(&mut v, 0x0E, 0);
+        crtc(&mut v, 0x0F, 80 + 2);
+        v.mem_write(at + 1, 0x1F);
+        v.render(0, &mut f);
+        assert_eq!(f.pixels[(16 + 13) * 720 + 18 + 4], fg);
+        assert_eq!(f.pixels[(16 + 12) * 720 + 18 + 4], bg);
+        v.render(8 * frame_ns, &mut f);
+        assert_eq!(f.pixels[(16 + 13) * 720 + 18 + 4], bg, "cursor blinks off");
+    }
+
+    #[test]
+    fn blanked_until_the_palette_source_is_set() {
+        let mut v = text_mode();
+        v.mem_write(0xB8000, 0xDB);
+        v.mem_write(0xB8001, 0x0F);
+        v.read(0x3DA, 1, 0);
+        out(&mut v, 0x3C0, 0x00); // PAS clear: the attribute palette is being written
+        let mut f = Frame::default();
+        v.render(0, &mut f);
+        assert!(f.pixels.iter().all(|&p| p == 0));
+    }
+
+    #[test]
+    fn mode_13h_and_planar_16_colour_rendering() {
+        let mut v = text_mode();
+        // Mode 13h: chain-4, 256-colour shift, doubleword CRTC, 320x200.
+        seq(&mut v, 1, 0x01);
+        seq(&mut v, 4, 0x0E);
+        gc(&mut v, 5, 0x40);
+        gc(&mut v, 6, 0x05);
+        crtc(&mut v, 0x01, 0x4F);
+        crtc(&mut v, 0x09, 0x41);
+        crtc(&mut v, 0x13, 0x28);
+        crtc(&mut v, 0x14, 0x40);
+        crtc(&mut v, 0x17, 0xA3);
+        attr(&mut v, 0x10, 0x41);
+        out(&mut v, 0x3C0, 0x20);
+        assert_eq!(
+            v.mode(),
+            DisplayMode::Graphics {
+                width: 320,
+                height: 200,
+                colours: 256
+            }
+        );
+        v.mem_write(0xA0000 + 320 * 7 + 5, 42);
+        let mut f = Frame::default();
+        v.render(0, &mut f);
+        assert_eq!(f.pixels[7 * 320 + 5], v.dac_rgb(42));
+        assert_eq!(f.pixels[7 * 320 + 4], v.dac_rgb(0));
+        // Mode 12h style: 640x480 planar, byte mode; pixel (9, 3) in colour 0Ah.
+        seq(&mut v, 2, 0x0F);
+        seq(&mut v, 4, 0x06);
+        gc(&mut v, 5, 0x00);
+        crtc(&mut v, 0x09, 0x40);
+        crtc(&mut v, 0x12, 0xDF);
+        crtc(&mut v, 0x07, 0x3E);
+        crtc(&mut v, 0x14, 0x00);
+        crtc(&mut v, 0x17, 0xE3);
+        attr(&mut v, 0x10, 0x01);
+        out(&mut v, 0x3C0, 0x20);
+        assert_eq!(
+            v.mode(),
+            DisplayMode::Graphics {
+                width: 640,
+                height: 480,
+                colours: 16
+            }
+        );
+        gc(&mut v, 5, 0x02);
+        gc(&mut v, 8, 0x40);
+        v.mem_read(0xA0000 + 3 * 80 + 1);
+        v.mem_write(0xA0000 + 3 * 80 + 1, 0x0A);
+        v.render(0, &mut f);
+        assert_eq!(f.pixels[3 * 640 + 9], v.palette_rgb(0x0A));
+        assert_eq!(f.pixels[3 * 640 + 8], v.palette_rgb(0));
+    }
+
+    #[test]
+    fn retrace_follows_virtual_time() {
+        let v = text_mode();
+        let (line_ns, lines) = v.timing();
+        assert_eq!(lines, 449, "70 Hz text timing");
+        assert!((31_000..32_500).contains(&line_ns));
+        let mut v = v;
+        assert_eq!(v.read(0x3DA, 1, 0) & 8, 0, "top of frame: no retrace");
+        let in_retrace = v.read(0x3DA, 1, 0x19C * line_ns + 10);
+        assert_eq!(in_retrace & 9, 9, "line 412: retrace and blanking");
+        assert_eq!(v.read(0x3DA, 1, 5 * line_ns + 10) & 1, 0, "displaying");
+        assert_eq!(
+            v.read(0x3DA, 1, 5 * line_ns + line_ns * 9 / 10) & 1,
+            1,
+            "hblank"
+        );
+    }
+
+    #[test]
+    fn hostile_register_values_do_not_panic() {
+        let mut v = Vga::new();
+        let mut f = Frame::default();
+        for round in 0..64u32 {
+            let x = round.wrapping_mul(2_654_435_761);
+            for (i, port) in [0x3C4u16, 0x3CE, 0x3D4].into_iter().enumerate() {
+                for r in 0..0x20u8 {
+                    v.write(port, 1, r as u32, 0);
+                    v.write(port + 1, 1, x.rotate_left(r as u32 + i as u32), 0);
+                }
+            }
+            v.write(0x3C2, 1, x, 0);
+            v.read(0x3DA, 1, 0);
+            for r in 0..0x20u8 {
+                out(&mut v, 0x3C0, r | 0x20);
+                out(&mut v, 0x3C0, x.rotate_right(r as u32) as u8);
+            }
+            v.mem_write(0xA0000 + (x as u64 & 0x1FFFF), x as u8);
+            v.mem_read(0xB8000 + (x as u64 & 0x7FFF));
+            v.render(x as u64 * 1000, &mut f);
+            v.read(0x3DA, 1, u64::MAX - x as u64);
+            let _ = v.text_rows();
+        }
+    }
+}
