@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// BIOS: mapped below 4 GiB, its last 128 KiB also at E0000-FFFFF.
     #[arg(long, value_name = "FILE")]
     pub bios: Option<PathBuf>,
+    /// A VGA BIOS for the --bios firmware to run (e.g. SeaVGABIOS,
+    /// /usr/share/seabios/vgabios-isavga.bin), so it and the guest can use the screen.
+    #[arg(long, value_name = "FILE")]
+    pub vga_bios: Option<PathBuf>,
     /// Where the firmware's debug console (port 0x402) goes, besides the debug log.
     #[arg(long, value_name = "FILE", hide = true)]
     pub debugcon: Option<PathBuf>,
@@ -200,6 +204,9 @@ fn direct_kernel(args: &RunArgs, path: &Path) -> Result<DirectKernel, String> {
 
 pub fn run(args: RunArgs) -> Result<i32, String> {
     let firmware = match &args.bios {
+        None if args.vga_bios.is_some() => {
+            return Err("--vga-bios is for a firmware given with --bios (hospes's own BIOS has its own video services)".into());
+        }
         None => None,
         Some(path) => {
             if args.kernel.is_some() {
@@ -211,7 +218,16 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
             let image = read(path, "BIOS image")?;
             hospes_machine::firmware::check_image(image.len())
                 .map_err(|e| format!("--bios {}: {e}", path.display()))?;
-            Some(image)
+            let vga_bios = match &args.vga_bios {
+                Some(p) => {
+                    let rom = read(p, "VGA BIOS")?;
+                    hospes_machine::firmware::check_option_rom(&rom)
+                        .map_err(|e| format!("--vga-bios {}: {e}", p.display()))?;
+                    Some(rom)
+                }
+                None => None,
+            };
+            Some(hospes_machine::Firmware { image, vga_bios })
         }
     };
     let mut drives = Vec::new();

@@ -381,8 +381,17 @@ fn hard_disk_image(sectors: u32) -> Vec<u8> {
     image
 }
 
+/// What the hard disk's boot program writes on the screen (INT 10h teletype).
+const SCREEN_TEXT: &str = "hello from INT 10h";
+
 /// The hard disk's boot program (after the MBR).
 fn hd_program(p: &mut Program) {
+    for b in SCREEN_TEXT.bytes() {
+        p.a.mov(ah, 0x0E).unwrap();
+        p.a.mov(al, b as u32).unwrap();
+        p.a.mov(bx, 0x0007u32).unwrap();
+        p.a.int(0x10).unwrap();
+    }
     p.print("BOOT dl=");
     p.a.movzx(eax, byte_ptr(BOOT_DRIVE)).unwrap();
     p.print_eax(2);
@@ -538,6 +547,41 @@ fn seabios_boots_a_hard_disk() {
     assert!(run.debugcon.contains("RamSize: 0x04000000 [cmos]"), "{ctx}");
 }
 
+/// With SeaVGABIOS from the same package as the VGA BIOS, SeaBIOS's banner and the boot
+/// program's INT 10h text appear on the VGA's text screen.
+#[test]
+fn seabios_runs_a_vga_bios() {
+    let Some(bios) = seabios() else { return };
+    let vga = "/usr/share/seabios/vgabios-isavga.bin";
+    if !Path::new(vga).is_file() {
+        eprintln!("skipped: no {vga}");
+        return;
+    }
+    let disk = temp_path("vga.img");
+    std::fs::write(&disk, hard_disk_image(8192)).unwrap();
+    let screen = temp_path("vga-screen.txt");
+    let run = run_hospes(
+        "vga",
+        &[
+            "--bios",
+            bios,
+            "--vga-bios",
+            vga,
+            "--hda",
+            disk.to_str().unwrap(),
+            "--screen-text-on-exit",
+            screen.to_str().unwrap(),
+        ],
+    );
+    let ctx = run.context();
+    assert_eq!(run.code, 0, "{ctx}");
+    assert!(run.debugcon.contains("Start SeaVGABIOS"), "{ctx}");
+    let text = std::fs::read_to_string(&screen).unwrap();
+    assert!(text.contains("SeaBIOS (version"), "screen:\n{text}");
+    assert!(text.contains("Booting from Hard Disk"), "screen:\n{text}");
+    assert!(text.contains(SCREEN_TEXT), "screen:\n{text}");
+}
+
 /// The CD's boot program (El Torito, no emulation, loaded at 0000:7C00).
 fn cd_program(p: &mut Program) {
     flat_segments(&mut p.a);
@@ -684,7 +728,9 @@ fn bad_firmware_arguments_are_one_line_errors() {
     std::fs::write(&big, vec![0u8; (16 << 20) + (64 << 10)]).unwrap();
     let good = temp_path("good.bin");
     std::fs::write(&good, vec![0xF4u8; 64 << 10]).unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let not_a_rom = temp_path("not-a-rom.bin");
+    std::fs::write(&not_a_rom, vec![0u8; 4096]).unwrap();
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--bios", "/nonexistent/bios.bin"],
             "/nonexistent/bios.bin",
@@ -699,6 +745,16 @@ fn bad_firmware_arguments_are_one_line_errors() {
         (
             &["--bios", good.to_str().unwrap(), "--fda", "/x/fd.img"],
             "--fda",
+        ),
+        (&["--vga-bios", not_a_rom.to_str().unwrap()], "--bios"),
+        (
+            &[
+                "--bios",
+                good.to_str().unwrap(),
+                "--vga-bios",
+                not_a_rom.to_str().unwrap(),
+            ],
+            "55h AAh",
         ),
     ];
     for (args, needle) in cases {

@@ -81,14 +81,35 @@ pub fn init_cmos(rtc: &mut Rtc, ram_size: u64, order: &[BootDevice]) {
     rtc.set_cmos(0x2F, sum as u8);
 }
 
-/// QEMU's fw_cfg as SeaBIOS reads it on this machine: one processor, and the ACPI
-/// tables (the same ones the built-in BIOS installs, for power-off) with the linker
-/// script that tells the firmware where to put them and how to fix up their pointers.
+/// Largest option ROM: the whole option-ROM space, C0000-DFFFF.
+const MAX_OPTION_ROM: usize = 128 << 10;
+
+/// Checks that an option ROM looks like one: the 55h AAh signature, and no larger than
+/// the option-ROM space.
+pub fn check_option_rom(rom: &[u8]) -> Result<(), MachineError> {
+    if rom.len() < 3 || rom[0] != 0x55 || rom[1] != 0xAA || rom.len() > MAX_OPTION_ROM {
+        return Err(MachineError(format!(
+            "option ROM of {} bytes: it must start with 55h AAh and be at most 128 KiB",
+            rom.len()
+        )));
+    }
+    Ok(())
+}
+
+/// QEMU's fw_cfg as SeaBIOS reads it on this machine: one processor, the ACPI tables
+/// (the same ones the built-in BIOS installs, for power-off) with the linker script that
+/// tells the firmware where to put them and how to fix up their pointers, and a VGA
+/// BIOS if one is given (SeaBIOS runs `vgaroms/*` files as the VGA's option ROM).
 /// Memory size and boot order come from CMOS ([`init_cmos`]).
-pub fn fw_cfg(ram_size: u64) -> FwCfg {
+pub fn fw_cfg(ram_size: u64, vga_bios: Option<Vec<u8>>) -> FwCfg {
     let mut cfg = FwCfg::new();
     cfg.set_item(fw_cfg::KEY_NB_CPUS, 1u16.to_le_bytes().to_vec());
     cfg.set_item(fw_cfg::KEY_MAX_CPUS, 1u16.to_le_bytes().to_vec());
+    if let Some(rom) = vga_bios {
+        if let Err(e) = cfg.add_file("vgaroms/vgabios.bin", rom) {
+            log::warn!("{e}");
+        }
+    }
     match acpi_files(ram_size) {
         Some(files) => {
             for (name, data) in files {
@@ -222,6 +243,17 @@ fn acpi_files(ram_size: u64) -> Option<Vec<(&'static str, Vec<u8>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn option_roms() {
+        assert!(check_option_rom(&[0x55, 0xAA, 0x40, 0xCB]).is_ok());
+        assert!(check_option_rom(&[0x55, 0xAA]).is_err());
+        assert!(check_option_rom(&[0xAA, 0x55, 0x40]).is_err());
+        let mut big = vec![0u8; (128 << 10) + 1];
+        big[0] = 0x55;
+        big[1] = 0xAA;
+        assert!(check_option_rom(&big).is_err());
+    }
 
     #[test]
     fn image_sizes() {

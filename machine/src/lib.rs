@@ -39,7 +39,14 @@ pub struct MachineConfig {
     /// A firmware image to run in place of the built-in BIOS (SeaBIOS's bios.bin, say).
     /// It finds the disks through the IDE controller; `boot.order` reaches it through
     /// CMOS, and `drives` and `boot.kernel` are not used.
-    pub firmware: Option<Vec<u8>>,
+    pub firmware: Option<Firmware>,
+}
+
+/// A firmware image given in place of the built-in BIOS, and what it is given to run.
+pub struct Firmware {
+    pub image: Vec<u8>,
+    /// A VGA BIOS option ROM (SeaVGABIOS, say) offered to the firmware through fw_cfg.
+    pub vga_bios: Option<Vec<u8>>,
 }
 
 /// PAM0-PAM6 as the built-in BIOS leaves them (its POST runs outside the guest): the
@@ -93,6 +100,7 @@ impl Machine {
         }
         let ram = config.ram_mib << 20;
         let boot_order = config.boot.order.clone();
+        let mut vga_bios = None;
         let (bios, mut cpu, pam) = match config.firmware {
             None => {
                 let bios = Bios::new(ram, config.boot).map_err(|e| MachineError(e.to_string()))?;
@@ -109,8 +117,15 @@ impl Machine {
                 );
                 (Some(bios), cpu, BUILTIN_BIOS_PAM)
             }
-            Some(image) => {
+            Some(Firmware {
+                image,
+                vga_bios: vga,
+            }) => {
                 firmware::check_image(image.len())?;
+                if let Some(rom) = &vga {
+                    firmware::check_option_rom(rom)?;
+                }
+                vga_bios = vga;
                 let mut cpu =
                     Cpu::new(ram as usize, image.len()).map_err(|e| MachineError(e.to_string()))?;
                 firmware::map_image(&mut cpu.mem, &image)?;
@@ -125,7 +140,7 @@ impl Machine {
         let mut devices = Devices::new(config.rtc_start_unix, config.drives, config.ide);
         firmware::init_cmos(&mut devices.rtc, ram, &boot_order);
         if bios.is_none() {
-            devices.fw_cfg = Some(firmware::fw_cfg(ram));
+            devices.fw_cfg = Some(firmware::fw_cfg(ram, vga_bios));
         }
         let mut shadow = shadow::Shadowing::new(&cpu.mem);
         devices.pci.set_pam(pam);
