@@ -94,8 +94,10 @@ impl Cpu {
         let Backing::Host { .. } = self.mem.backing(paddr) else {
             return self.decode_uncached(bus, lin, code32);
         };
-        let mut bytes = [0u8; PAGE_SIZE as usize];
-        let avail = PAGE_SIZE as usize - page_off;
+        // A block is at most MAX_BLOCK instructions of at most 15 bytes, and never
+        // crosses the page.
+        let mut bytes = [0u8; MAX_BLOCK * 15];
+        let avail = (PAGE_SIZE as usize - page_off).min(bytes.len());
         self.mem.read(paddr, &mut bytes[..avail]);
         let bitness = if code32 { 32 } else { 16 };
         let mut dec = Decoder::with_ip(bitness, &bytes[..avail], 0, DecoderOptions::NONE);

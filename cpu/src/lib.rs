@@ -19,7 +19,7 @@ use exception::Exception;
 use mem::PhysMem;
 use state::CpuState;
 
-pub use exec::Exit;
+pub use exec::{BlockRunner, Exit};
 
 pub struct Cpu {
     pub state: CpuState,
@@ -28,9 +28,9 @@ pub struct Cpu {
     pub(crate) blocks: block::BlockCache,
     /// Set by an instruction after which the current block must not continue (a write to
     /// a code page, a change of paging or of the code segment's mode).
-    pub(crate) end_block: bool,
+    pub end_block: bool,
     /// Set by an instruction that may have changed whether an interrupt is deliverable.
-    pub(crate) check_irq: bool,
+    pub check_irq: bool,
     /// EIP of the instruction being executed (for faults).
     pub(crate) cur_eip: u64,
     /// The machine asked for a shutdown (triple fault).

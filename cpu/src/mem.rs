@@ -266,22 +266,40 @@ impl PhysMem {
         unsafe { self.map.as_mut_ptr().add(offset) }
     }
 
+    /// Splits `[paddr, paddr + len)` into runs that stay within one page: (address,
+    /// offset into the range, length).
+    fn page_runs(paddr: u64, len: usize) -> impl Iterator<Item = (u64, usize, usize)> {
+        let mut done = 0;
+        std::iter::from_fn(move || {
+            if done >= len {
+                return None;
+            }
+            let a = paddr.wrapping_add(done as u64);
+            let n = ((PAGE_SIZE - (a & (PAGE_SIZE - 1))) as usize).min(len - done);
+            let run = (a, done, n);
+            done += n;
+            Some(run)
+        })
+    }
+
     /// Reads guest-physical memory; MMIO bytes read as 0xFF (no device is consulted).
     pub fn read(&self, paddr: u64, buf: &mut [u8]) {
-        for (i, b) in buf.iter_mut().enumerate() {
-            let a = paddr.wrapping_add(i as u64);
-            *b = match self.backing(a) {
-                Backing::Host { offset, .. } => self.map[offset + (a & (PAGE_SIZE - 1)) as usize],
-                Backing::Mmio => 0xFF,
-            };
+        for (a, at, n) in Self::page_runs(paddr, buf.len()) {
+            let out = &mut buf[at..at + n];
+            match self.backing(a) {
+                Backing::Host { offset, .. } => {
+                    let from = offset + (a & (PAGE_SIZE - 1)) as usize;
+                    out.copy_from_slice(&self.map[from..from + n]);
+                }
+                Backing::Mmio => out.fill(0xFF),
+            }
         }
     }
 
     /// Writes guest-physical memory, RAM only (ROM and MMIO bytes are dropped, unless
     /// the page sends writes to the RAM beneath it).
     pub fn write(&mut self, paddr: u64, data: &[u8]) {
-        for (i, &b) in data.iter().enumerate() {
-            let a = paddr.wrapping_add(i as u64);
+        for (a, at, n) in Self::page_runs(paddr, data.len()) {
             let target = match self.backing(a) {
                 Backing::Host {
                     offset,
@@ -289,18 +307,19 @@ impl PhysMem {
                 } => Some(offset),
                 _ => self.redirected_write(a),
             };
-            if let Some(offset) = target {
-                self.map[offset + (a & (PAGE_SIZE - 1)) as usize] = b;
+            if let Some(page) = target {
+                let to = page + (a & (PAGE_SIZE - 1)) as usize;
+                self.map[to..to + n].copy_from_slice(&data[at..at + n]);
             }
         }
     }
 
     /// Writes into ROM as well as RAM: for loading firmware and test images.
     pub fn write_any(&mut self, paddr: u64, data: &[u8]) {
-        for (i, &b) in data.iter().enumerate() {
-            let a = paddr.wrapping_add(i as u64);
+        for (a, at, n) in Self::page_runs(paddr, data.len()) {
             if let Backing::Host { offset, .. } = self.backing(a) {
-                self.map[offset + (a & (PAGE_SIZE - 1)) as usize] = b;
+                let to = offset + (a & (PAGE_SIZE - 1)) as usize;
+                self.map[to..to + n].copy_from_slice(&data[at..at + n]);
             }
         }
     }

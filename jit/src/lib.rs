@@ -1,1 +1,210 @@
-//! placeholder
+//! The Cranelift tier: guest blocks translated to host code.
+//!
+//! The interpreter stays the reference. [`Jit`] is a [`BlockRunner`]: the CPU's run loop
+//! offers it every block, and it runs the block's compiled code when it has some (and
+//! the block can run whole within the instruction budget), or declines and the
+//! interpreter runs the block. Compiled code does the common instructions itself and
+//! calls the interpreter's own implementation for every other instruction, so no block
+//! is ever refused and both tiers give the same result by construction.
+//!
+//! Compiled code is keyed by the identity of the decoded block (`Rc<Block>`): the CPU
+//! drops a block when its page is written (self-modifying code, loaders) and decodes a
+//! new one, which is a different key, so stale code is never found. Code memory is
+//! bounded: past [`MAX_COMPILED_BLOCKS`] everything is flushed and compiled afresh.
+
+mod translate;
+
+use hospes_cpu::block::Block;
+use hospes_cpu::flags::TF;
+use hospes_cpu::mem::Bus;
+use hospes_cpu::state::CS;
+use hospes_cpu::{BlockRunner, Cpu};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Which tier runs guest code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// The interpreter only.
+    Interp,
+    /// Every block compiled the first time it runs (for tests: the JIT runs everything
+    /// it can).
+    Jit,
+    /// Blocks compiled once they have run [`HOT_THRESHOLD`] times.
+    Auto,
+}
+
+impl std::str::FromStr for Tier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Tier, String> {
+        match s {
+            "interp" => Ok(Tier::Interp),
+            "jit" => Ok(Tier::Jit),
+            "auto" => Ok(Tier::Auto),
+            _ => Err(format!("unknown tier '{s}' (interp, jit or auto)")),
+        }
+    }
+}
+
+/// Runs of a block before [`Tier::Auto`] compiles it.
+pub const HOT_THRESHOLD: u32 = 50;
+/// Compiled blocks kept before the code cache is flushed.
+pub const MAX_COMPILED_BLOCKS: usize = 20_000;
+
+struct Compiled {
+    /// Keeps the decoded block (the key, and the instructions helpers execute) alive.
+    _block: Rc<Block>,
+    /// None for a block with nothing to do natively: the interpreter runs it.
+    code: Option<translate::BlockFn>,
+}
+
+/// Counters for benchmarks and tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub compiled_blocks: u64,
+    /// Blocks left to the interpreter: nothing in them is done natively.
+    pub interpreted_blocks: u64,
+    pub compiled_instructions: u64,
+    pub native_instructions: u64,
+    pub flushes: u64,
+    pub block_runs: u64,
+}
+
+pub struct Jit {
+    tier: Tier,
+    translator: Option<translate::Translator>,
+    compiled: HashMap<usize, Compiled>,
+    /// Runs of blocks not compiled yet, by block identity.
+    heat: HashMap<usize, u32>,
+    pub stats: Stats,
+}
+
+impl Jit {
+    pub fn new(tier: Tier) -> Result<Jit, String> {
+        let translator = match tier {
+            Tier::Interp => None,
+            _ => Some(translate::Translator::new()?),
+        };
+        Ok(Jit {
+            tier,
+            translator,
+            compiled: HashMap::new(),
+            heat: HashMap::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// Drops all compiled code.
+    pub fn flush(&mut self) -> Result<(), String> {
+        self.compiled.clear();
+        self.heat.clear();
+        self.stats.flushes += 1;
+        if let Some(t) = self.translator.take() {
+            t.free();
+            self.translator = Some(translate::Translator::new()?);
+        }
+        Ok(())
+    }
+
+    fn lookup_or_compile(&mut self, block: &Rc<Block>) -> Option<translate::BlockFn> {
+        let key = Rc::as_ptr(block) as usize;
+        if let Some(c) = self.compiled.get(&key) {
+            return c.code;
+        }
+        if self.tier == Tier::Auto {
+            let heat = self.heat.entry(key).or_insert(0);
+            *heat += 1;
+            if *heat < HOT_THRESHOLD {
+                return None;
+            }
+        }
+        if self.compiled.len() >= MAX_COMPILED_BLOCKS {
+            if let Err(e) = self.flush() {
+                log::warn!("JIT flush failed, interpreting from now on: {e}");
+                self.tier = Tier::Interp;
+                return None;
+            }
+        }
+        self.heat.remove(&key);
+        if !translate::has_native(&block.instrs) {
+            self.stats.interpreted_blocks += 1;
+            self.compiled.insert(
+                key,
+                Compiled {
+                    _block: block.clone(),
+                    code: None,
+                },
+            );
+            return None;
+        }
+        let translator = self.translator.as_mut()?;
+        match translator.compile(&block.instrs) {
+            Ok((code, native)) => {
+                self.stats.compiled_blocks += 1;
+                self.stats.compiled_instructions += block.instrs.len() as u64;
+                self.stats.native_instructions += native as u64;
+                self.compiled.insert(
+                    key,
+                    Compiled {
+                        _block: block.clone(),
+                        code: Some(code),
+                    },
+                );
+                Some(code)
+            }
+            Err(e) => {
+                log::warn!("JIT: cannot compile a block, interpreting it: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl BlockRunner for Jit {
+    fn run_block(&mut self, cpu: &mut Cpu, bus: &mut dyn Bus, block: &Rc<Block>, end: u64) -> bool {
+        if self.tier == Tier::Interp {
+            return false;
+        }
+        let n = block.instrs.len() as u64;
+        let Some(last) = block.instrs.last() else {
+            return false;
+        };
+        // Compiled code runs a block whole: it must fit the budget, and nothing may be
+        // due between instructions (an interrupt check, a single-step trap, the
+        // instruction after STI or MOV SS).
+        if end.saturating_sub(cpu.state.icount) < n
+            || cpu.check_irq
+            || cpu.state.irq_shadow
+            || cpu.state.flags.bits & TF != 0
+        {
+            return false;
+        }
+        // Every instruction inside the CS limit, and no 16-bit IP wrap: the checks the
+        // interpreter makes per instruction, made once.
+        let base = cpu.state.rip;
+        let span = last.ip() + last.len() as u64;
+        let code16 = last.code_size() == iced_x86::CodeSize::Code16;
+        if base + span - 1 > cpu.state.seg[CS].limit as u64 || (code16 && base + span >= 0x1_0000) {
+            return false;
+        }
+        let Some(code) = self.lookup_or_compile(block) else {
+            return false;
+        };
+        self.stats.block_runs += 1;
+        translate::call(code, cpu, bus, &block.instrs, base);
+        true
+    }
+}
+
+impl Drop for Jit {
+    fn drop(&mut self) {
+        self.compiled.clear();
+        if let Some(t) = self.translator.take() {
+            t.free();
+        }
+    }
+}

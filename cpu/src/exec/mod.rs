@@ -53,9 +53,35 @@ pub fn seg_index(r: Register) -> usize {
     (r as usize).wrapping_sub(Register::ES as usize)
 }
 
+/// Another execution tier (the JIT): offered each block before the interpreter runs it.
+pub trait BlockRunner {
+    /// Runs `block`, which starts at the current CS:EIP, and returns true; or returns
+    /// false, having changed nothing, to let the interpreter run it. A runner that takes
+    /// a block must leave the CPU exactly as the interpreter would: the same
+    /// instructions executed and counted (never past `end`, the instruction count the
+    /// run must stop at), and the same state.
+    fn run_block(
+        &mut self,
+        cpu: &mut Cpu,
+        bus: &mut dyn Bus,
+        block: &std::rc::Rc<crate::block::Block>,
+        end: u64,
+    ) -> bool;
+}
+
 impl Cpu {
     /// Runs at most `budget` instructions. Returns early on HLT or shutdown.
     pub fn run(&mut self, bus: &mut dyn Bus, budget: u64) -> Exit {
+        self.run_with(bus, budget, None)
+    }
+
+    /// [`Cpu::run`], offering every block to `runner` first.
+    pub fn run_with(
+        &mut self,
+        bus: &mut dyn Bus,
+        budget: u64,
+        mut runner: Option<&mut dyn BlockRunner>,
+    ) -> Exit {
         let end = self.state.icount.saturating_add(budget);
         self.budget_end = end;
         while self.state.icount < end {
@@ -81,6 +107,11 @@ impl Cpu {
             };
             let base = self.state.rip;
             self.end_block = false;
+            if let Some(r) = runner.as_deref_mut() {
+                if r.run_block(self, bus, &block, end) {
+                    continue;
+                }
+            }
             for ins in block.instrs.iter() {
                 if self.state.icount >= end {
                     break;
@@ -100,7 +131,7 @@ impl Cpu {
     /// Executes one instruction. Returns false if control left the straight-line path
     /// (a taken branch, an exception), so the block must not go on.
     #[inline]
-    fn step_one(&mut self, bus: &mut dyn Bus, ins: &Instruction, base: u64) -> bool {
+    pub fn step_one(&mut self, bus: &mut dyn Bus, ins: &Instruction, base: u64) -> bool {
         let eip = (base + ins.ip()) & 0xFFFF_FFFF;
         if eip != self.state.rip {
             return false;
@@ -168,7 +199,12 @@ impl Cpu {
 
     /// Delivers a fault. Nested faults during delivery follow the double-fault rules;
     /// a fault while delivering #DF shuts the CPU down.
+    ///
+    /// Delivering takes one tick of the clock, as an instruction does: a guest whose
+    /// exception handler itself faults (an endless exception loop) still lets virtual
+    /// time pass, so budgets run out, devices get their turn and the host stays in control.
     pub(crate) fn deliver_exception(&mut self, bus: &mut dyn Bus, e: Exception) {
+        self.state.icount += 1;
         let mut cur = e;
         for _ in 0..4 {
             let ret = self.cur_eip;

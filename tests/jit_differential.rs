@@ -1,0 +1,133 @@
+//! The JIT against the interpreter on random instruction streams in every mode: two
+//! identical machines, one interpreting and one with every block compiled, run in the
+//! same random budget slices; after every slice the exit, the whole CPU state and, at
+//! the end of each stream, all of RAM must be identical.
+
+mod random_streams;
+
+use hospes_cpu::{BlockRunner, Cpu};
+use hospes_jit::{Jit, Tier};
+use random_streams::*;
+
+fn ram(cpu: &Cpu) -> Vec<u8> {
+    let mut bytes = vec![0u8; RAM];
+    cpu.mem.read(0, &mut bytes);
+    bytes
+}
+
+/// For debugging a difference: `HOSPES_JIT_DIFF_STOP=stream:slice:budget` runs that
+/// slice with that budget and stops there.
+fn debug_stop() -> Option<(u64, u64, u64)> {
+    let v = std::env::var("HOSPES_JIT_DIFF_STOP").ok()?;
+    let mut it = v.split(':').map(|x| x.parse().ok());
+    Some((it.next()??, it.next()??, it.next()??))
+}
+
+/// Streams that run the same random code.
+const CODE_REUSE: u64 = 16;
+
+/// Returns how many instructions ran and how many the JIT compiled natively.
+fn compare(mode: Mode, seed: u64, target: u64) -> (u64, u64) {
+    let mut machines: Vec<Cpu> = (0..2).map(|_| Cpu::new(RAM, 0).unwrap()).collect();
+    let mut rngs = [Rng(seed), Rng(seed)];
+    let mut slices = Rng(seed ^ 0x5EED);
+    let mut jit = Jit::new(Tier::Jit).expect("JIT");
+    for (cpu, rng) in machines.iter_mut().zip(rngs.iter_mut()) {
+        let noise: Vec<u8> = (0..RAM / 4).map(|_| rng.next() as u8).collect();
+        cpu.write_phys(0x40_0000, &noise);
+        setup_tables(cpu, rng);
+    }
+    let mut executed = 0;
+    let mut stream = 0;
+    while executed < target {
+        stream += 1;
+        // Fresh code every few streams; in between the same code (and its compiled
+        // blocks) runs again from new random states, so compiling does not dominate.
+        let new_code = stream % CODE_REUSE == 1;
+        for (cpu, rng) in machines.iter_mut().zip(rngs.iter_mut()) {
+            if new_code {
+                cpu.write_phys(CODE as u64, &jit_friendly_code(rng));
+            }
+            setup_tables(cpu, rng);
+            enter_mode(cpu, mode, rng);
+            cpu.shutdown = false;
+        }
+        for slice in 0..40 {
+            let mut budget = 1 + slices.below(4000);
+            let stop = debug_stop().filter(|&(st, sl, _)| st == stream && sl == slice);
+            if let Some((_, _, k)) = stop {
+                budget = k;
+            }
+            let before = machines[0].state.icount;
+            let (a, b) = machines.split_at_mut(1);
+            let exit_interp = a[0].run(&mut NoiseBus, budget);
+            let exit_jit = b[0].run_with(
+                &mut NoiseBus,
+                budget,
+                Some(&mut jit as &mut dyn BlockRunner),
+            );
+            let (i, j) = (&machines[0], &machines[1]);
+            if exit_interp != exit_jit || format!("{:?}", i.state) != format!("{:?}", j.state) {
+                panic!(
+                    "{mode:?} seed {seed} stream {stream} slice {slice} (budget {budget}): \
+                     the tiers differ\ninterp: {exit_interp:?} {:?}\njit:    {exit_jit:?} {:?}",
+                    i.state, j.state
+                );
+            }
+            if stop.is_some() {
+                eprintln!("DEBUG-STOP same; interp at {:#x}", i.state.rip);
+                std::process::exit(0);
+            }
+            executed += i.state.icount - before;
+            if exit_interp != hospes_cpu::Exit::Budget {
+                break;
+            }
+        }
+        assert!(
+            ram(&machines[0]) == ram(&machines[1]),
+            "{mode:?} seed {seed} stream {stream}: memory differs"
+        );
+    }
+    eprintln!("{mode:?}: {stream} streams, {:?}", jit.stats);
+    (executed, jit.stats.native_instructions)
+}
+
+/// Instructions compared per mode (the acceptance figure); `HOSPES_JIT_DIFF_INSTRUCTIONS`
+/// overrides it for quick runs.
+fn target() -> u64 {
+    std::env::var("HOSPES_JIT_DIFF_INSTRUCTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000)
+}
+
+fn check(mode: Mode, seed: u64) {
+    let (executed, native) = compare(mode, seed, target());
+    eprintln!("{mode:?}: {executed} instructions identical; {native} compiled natively");
+    assert!(native > 0, "the JIT compiled nothing natively");
+}
+
+#[test]
+fn jit_matches_interpreter_real_mode() {
+    check(Mode::Real, 11);
+}
+
+#[test]
+fn jit_matches_interpreter_protected_16() {
+    check(Mode::Protected16, 12);
+}
+
+#[test]
+fn jit_matches_interpreter_protected_32() {
+    check(Mode::Protected32, 13);
+}
+
+#[test]
+fn jit_matches_interpreter_paged() {
+    check(Mode::Paged, 14);
+}
+
+#[test]
+fn jit_matches_interpreter_v86() {
+    check(Mode::V86, 15);
+}
