@@ -20,6 +20,21 @@ const MAX_BLOCK: usize = 64;
 pub struct Block {
     /// Decoded with IP = offset from the block's first byte.
     pub instrs: Box<[Instruction]>,
+    /// For another execution tier (the JIT): its code for this block, 0 if none. The
+    /// tier owns what it stores here and clears it before freeing the code.
+    pub tier_code: std::cell::Cell<usize>,
+    /// For another execution tier: how often the block has run (its heat).
+    pub tier_heat: std::cell::Cell<u32>,
+}
+
+impl Block {
+    pub fn new(instrs: Box<[Instruction]>) -> Block {
+        Block {
+            instrs,
+            tier_code: std::cell::Cell::new(0),
+            tier_heat: std::cell::Cell::new(0),
+        }
+    }
 }
 
 /// A multiplicative hasher for integer keys (the std SipHash is needlessly slow here).
@@ -45,8 +60,8 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
 #[derive(Default)]
 pub struct BlockCache {
     blocks: FastMap<u64, Rc<Block>>,
-    /// Keys of the blocks decoded from each physical page.
-    by_page: FastMap<u64, Vec<u64>>,
+    /// The blocks decoded from each physical page: key and byte range in the page.
+    by_page: FastMap<u64, Vec<(u64, std::ops::Range<u16>)>>,
 }
 
 impl BlockCache {
@@ -56,10 +71,33 @@ impl BlockCache {
     }
     pub fn invalidate_page(&mut self, paddr: u64) {
         if let Some(keys) = self.by_page.remove(&(paddr >> 12)) {
-            for k in keys {
+            for (k, _) in keys {
                 self.blocks.remove(&k);
             }
         }
+    }
+    /// Drops the blocks whose bytes overlap `[paddr, paddr + len)` (within one page).
+    /// Returns whether any was dropped and whether blocks remain on the page.
+    pub fn invalidate_range(&mut self, paddr: u64, len: u64) -> (bool, bool) {
+        let Some(keys) = self.by_page.get_mut(&(paddr >> 12)) else {
+            return (false, false);
+        };
+        let start = paddr & (PAGE_SIZE - 1);
+        let end = start + len;
+        let mut dropped = false;
+        keys.retain(|(k, r)| {
+            let overlaps = (r.start as u64) < end && start < r.end as u64;
+            if overlaps {
+                self.blocks.remove(k);
+                dropped = true;
+            }
+            !overlaps
+        });
+        let remain = !keys.is_empty();
+        if !remain {
+            self.by_page.remove(&(paddr >> 12));
+        }
+        (dropped, remain)
     }
     pub fn len(&self) -> usize {
         self.blocks.len()
@@ -117,12 +155,16 @@ impl Cpu {
             // The first instruction crosses into the next page.
             return self.decode_uncached(bus, lin, code32);
         }
-        let block = Rc::new(Block {
-            instrs: instrs.into_boxed_slice(),
-        });
+        let block = Rc::new(Block::new(instrs.into_boxed_slice()));
         self.blocks.blocks.insert(key, block.clone());
         let page = paddr >> 12;
-        self.blocks.by_page.entry(page).or_default().push(key);
+        let last = &block.instrs[block.instrs.len() - 1];
+        let span = page_off as u64..page_off as u64 + last.ip() + last.len() as u64;
+        self.blocks
+            .by_page
+            .entry(page)
+            .or_default()
+            .push((key, span.start as u16..span.end as u16));
         if !self.mem.is_code_page(paddr) {
             self.mem.set_code_page(paddr, true);
             self.tlb.protect_phys_page(paddr & !(PAGE_SIZE - 1));
@@ -147,8 +189,6 @@ impl Cpu {
                 break;
             }
         }
-        Ok(Rc::new(Block {
-            instrs: vec![ins].into_boxed_slice(),
-        }))
+        Ok(Rc::new(Block::new(vec![ins].into_boxed_slice())))
     }
 }

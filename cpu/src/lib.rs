@@ -92,6 +92,20 @@ impl Cpu {
         self.mem.write(paddr, data);
     }
 
+    /// A store of `len` bytes at `paddr` (within one page) to a page holding code:
+    /// drops only the blocks decoded from the bytes written, so code sharing a page with
+    /// data (real-mode programs, stubs beside their variables) is not decoded and
+    /// compiled again after every store. The current block ends if any was dropped.
+    pub(crate) fn invalidate_code_range(&mut self, paddr: u64, len: u64) {
+        let (dropped, remain) = self.blocks.invalidate_range(paddr, len);
+        if !remain {
+            self.mem.set_code_page(paddr, false);
+        }
+        if dropped {
+            self.end_block = true;
+        }
+    }
+
     /// Invalidates every decoded block on a physical page.
     pub(crate) fn invalidate_code_page(&mut self, paddr: u64) {
         self.blocks.invalidate_page(paddr);

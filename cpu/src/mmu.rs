@@ -368,7 +368,7 @@ impl Cpu {
         match self.mem.backing(paddr) {
             Backing::Host { writable: true, .. } => {
                 if self.mem.is_code_page(paddr) {
-                    self.invalidate_code_page(paddr);
+                    self.invalidate_code_range(paddr, size as u64);
                 }
                 self.mem.write(paddr, &val.to_le_bytes()[..size as usize]);
             }

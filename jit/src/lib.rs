@@ -7,10 +7,11 @@
 //! calls the interpreter's own implementation for every other instruction, so no block
 //! is ever refused and both tiers give the same result by construction.
 //!
-//! Compiled code is keyed by the identity of the decoded block (`Rc<Block>`): the CPU
-//! drops a block when its page is written (self-modifying code, loaders) and decodes a
-//! new one, which is a different key, so stale code is never found. Code memory is
-//! bounded: past [`MAX_COMPILED_BLOCKS`] everything is flushed and compiled afresh.
+//! Compiled code hangs off the decoded block itself (`Block::tier_code`), so finding it
+//! costs no lookup: the CPU drops a block when its page is written (self-modifying
+//! code, loaders) and decodes a new one, which has no code yet, so stale code is never
+//! found. Code memory is bounded: past [`MAX_COMPILED_BLOCKS`] everything is flushed
+//! (every slot cleared, the code memory freed) and compiled afresh.
 
 mod translate;
 
@@ -19,7 +20,6 @@ use hospes_cpu::flags::TF;
 use hospes_cpu::mem::Bus;
 use hospes_cpu::state::CS;
 use hospes_cpu::{BlockRunner, Cpu};
-use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Which tier runs guest code.
@@ -51,12 +51,9 @@ pub const HOT_THRESHOLD: u32 = 50;
 /// Compiled blocks kept before the code cache is flushed.
 pub const MAX_COMPILED_BLOCKS: usize = 20_000;
 
-struct Compiled {
-    /// Keeps the decoded block (the key, and the instructions helpers execute) alive.
-    _block: Rc<Block>,
-    /// None for a block with nothing to do natively: the interpreter runs it.
-    code: Option<translate::BlockFn>,
-}
+/// Marks a block in [`Block::tier_code`] as having nothing to compile: the
+/// interpreter runs it.
+const INTERPRETED: usize = 1;
 
 /// Counters for benchmarks and tests.
 #[derive(Clone, Copy, Debug, Default)]
@@ -73,9 +70,9 @@ pub struct Stats {
 pub struct Jit {
     tier: Tier,
     translator: Option<translate::Translator>,
-    compiled: HashMap<usize, Compiled>,
-    /// Runs of blocks not compiled yet, by block identity.
-    heat: HashMap<usize, u32>,
+    /// Every block whose `tier_code` is set, kept alive so its slot can be cleared
+    /// when the code is freed (and so its instructions outlive the code using them).
+    owned: Vec<Rc<Block>>,
     pub stats: Stats,
 }
 
@@ -88,8 +85,7 @@ impl Jit {
         Ok(Jit {
             tier,
             translator,
-            compiled: HashMap::new(),
-            heat: HashMap::new(),
+            owned: Vec::new(),
             stats: Stats::default(),
         })
     }
@@ -100,8 +96,10 @@ impl Jit {
 
     /// Drops all compiled code.
     pub fn flush(&mut self) -> Result<(), String> {
-        self.compiled.clear();
-        self.heat.clear();
+        for b in self.owned.drain(..) {
+            b.tier_code.set(0);
+            b.tier_heat.set(0);
+        }
         self.stats.flushes += 1;
         if let Some(t) = self.translator.take() {
             t.free();
@@ -111,34 +109,33 @@ impl Jit {
     }
 
     fn lookup_or_compile(&mut self, block: &Rc<Block>) -> Option<translate::BlockFn> {
-        let key = Rc::as_ptr(block) as usize;
-        if let Some(c) = self.compiled.get(&key) {
-            return c.code;
+        match block.tier_code.get() {
+            0 => {}
+            INTERPRETED => return None,
+            // SAFETY: only `compile` below stores into `tier_code` (besides the
+            // INTERPRETED marker), and it stores a `BlockFn` from the current
+            // translator; `flush` clears every slot before that translator's code is
+            // freed.
+            code => return Some(unsafe { std::mem::transmute::<usize, translate::BlockFn>(code) }),
         }
         if self.tier == Tier::Auto {
-            let heat = self.heat.entry(key).or_insert(0);
-            *heat += 1;
-            if *heat < HOT_THRESHOLD {
+            let heat = block.tier_heat.get() + 1;
+            block.tier_heat.set(heat);
+            if heat < HOT_THRESHOLD {
                 return None;
             }
         }
-        if self.compiled.len() >= MAX_COMPILED_BLOCKS {
+        if self.owned.len() >= MAX_COMPILED_BLOCKS {
             if let Err(e) = self.flush() {
                 log::warn!("JIT flush failed, interpreting from now on: {e}");
                 self.tier = Tier::Interp;
                 return None;
             }
         }
-        self.heat.remove(&key);
         if !translate::has_native(&block.instrs) {
             self.stats.interpreted_blocks += 1;
-            self.compiled.insert(
-                key,
-                Compiled {
-                    _block: block.clone(),
-                    code: None,
-                },
-            );
+            block.tier_code.set(INTERPRETED);
+            self.owned.push(block.clone());
             return None;
         }
         let translator = self.translator.as_mut()?;
@@ -147,17 +144,14 @@ impl Jit {
                 self.stats.compiled_blocks += 1;
                 self.stats.compiled_instructions += block.instrs.len() as u64;
                 self.stats.native_instructions += native as u64;
-                self.compiled.insert(
-                    key,
-                    Compiled {
-                        _block: block.clone(),
-                        code: Some(code),
-                    },
-                );
+                block.tier_code.set(code as usize);
+                self.owned.push(block.clone());
                 Some(code)
             }
             Err(e) => {
                 log::warn!("JIT: cannot compile a block, interpreting it: {e}");
+                block.tier_code.set(INTERPRETED);
+                self.owned.push(block.clone());
                 None
             }
         }
@@ -202,7 +196,10 @@ impl BlockRunner for Jit {
 
 impl Drop for Jit {
     fn drop(&mut self) {
-        self.compiled.clear();
+        for b in self.owned.drain(..) {
+            b.tier_code.set(0);
+            b.tier_heat.set(0);
+        }
         if let Some(t) = self.translator.take() {
             t.free();
         }

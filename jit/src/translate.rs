@@ -3,26 +3,42 @@
 //! The function is `fn(state, ctx, base) -> u32`: `state` points at the CPU's
 //! architectural state, `ctx` at a [`HelperCtx`] for the helpers, `base` is EIP at the
 //! block's first instruction (blocks are decoded with IPs relative to their start). It
-//! runs the block's instructions in order. Those it knows (register moves, ALU
-//! operations on registers and immediates with lazy flags, LEA, NOP) it does itself,
-//! reading and writing the state in memory; every other instruction is a call to
-//! [`helper_step`], which runs the interpreter's implementation of it. A helper that
-//! reports the straight-line path left (a taken branch, an exception, an instruction
-//! after which the block must end) makes the function return at once.
+//! runs the block's instructions in order.
 //!
-//! Instruction count and EIP are written back lazily: before each helper call (which
-//! expects EIP at its instruction) and at the end.
+//! - Instructions it knows (MOV, MOVZX/MOVSX, ADD/SUB/AND/OR/XOR/CMP/TEST of 8, 16 and
+//!   32 bits on registers, immediates and memory, LEA, PUSH/POP, NOP, and a final near
+//!   JMP or Jcc) it does itself. Guest registers live in SSA values from their first use
+//!   and go back to the state only where the interpreter needs them; lazy flags are
+//!   recorded as the interpreter's `Flags::set_lazy` would, and a Jcc after a compiled
+//!   CMP/TEST/ADD/SUB/logic operation tests its operands directly.
+//! - Memory operands take the TLB's fast path inline (the same entries and tags the
+//!   interpreter uses) when the segment is a plain writable data segment and the access
+//!   stays inside the limit and the page. Otherwise the interpreter runs that one
+//!   instruction (faults, MMIO, pages holding code, odd segments) and the paths merge.
+//! - Every other run of instructions is one call to [`helper_step`], which runs the
+//!   interpreter's implementation. A helper that reports the straight-line path left (a
+//!   taken branch, an exception, an instruction after which the block must end) makes
+//!   the function return at once.
+//!
+//! EIP and the instruction count are written only at exits and before helpers, as
+//! `base + ip` and `count at entry + instructions done`, both known when compiling.
 
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, UserFuncName, Value};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{
+    types, AbiParam, BlockArg, FuncRef, InstBuilder, MemFlagsData, UserFuncName, Value,
+};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use hospes_cpu::flags::{FlagOp, Flags, TF};
 use hospes_cpu::mem::Bus;
-use hospes_cpu::state::CpuState;
+use hospes_cpu::mmu::{TlbEntry, TLB_ENTRIES};
+use hospes_cpu::state::{
+    CpuState, Segment, ATTR_CODE, ATTR_DB, ATTR_DC, ATTR_P, ATTR_RW, ATTR_S, CS, ESP, SS,
+};
 use hospes_cpu::Cpu;
-use iced_x86::{Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind, Register};
 use std::mem::offset_of;
 
 /// Compiled code for one block.
@@ -35,6 +51,8 @@ pub struct HelperCtx<'a> {
     bus: *mut (dyn Bus + 'a),
     instrs: *const Instruction,
     base: u64,
+    /// The CPU's TLB (both tables), read by compiled code's memory fast path.
+    tlb: *const TlbEntry,
 }
 
 /// Runs the interpreter for instructions `from..to` of the block. Returns 1 if compiled
@@ -54,7 +72,14 @@ extern "C" fn helper_step(ctx: *mut HelperCtx<'_>, from: u32, to: u32) -> u32 {
         )
     };
     for ins in instrs {
+        let before = cpu.state.icount;
         if !cpu.step_one(bus, ins, base) || cpu.end_block || cpu.check_irq {
+            return 1;
+        }
+        // A repeated string instruction counts its iterations: the compiled code's
+        // count of instructions done would be wrong, and the rest of the block might
+        // not fit the budget any more.
+        if cpu.state.icount != before + 1 {
             return 1;
         }
         // After MOV SS / POP SS (an interrupt shadow) or with TF set, the next
@@ -81,6 +106,7 @@ pub fn call(code: BlockFn, cpu: &mut Cpu, bus: &mut dyn Bus, instrs: &[Instructi
             bus: bus as *mut (dyn Bus + '_),
             instrs: instrs.as_ptr(),
             base,
+            tlb: (*cpu).tlb.entries.as_ptr().cast(),
         };
         let ctx: *mut HelperCtx<'_> = &mut ctx;
         code(state, ctx.cast(), base);
@@ -106,49 +132,140 @@ const FLAG_A: i32 = FLAGS + offset_of!(Flags, a) as i32;
 const FLAG_B: i32 = FLAGS + offset_of!(Flags, b) as i32;
 const FLAG_RES: i32 = FLAGS + offset_of!(Flags, res) as i32;
 
-/// A general register operand of 16 or 32 bits: (index 0-7, size in bytes).
-fn gpr(r: Register) -> Option<(i32, u8)> {
-    let n = r as i32;
-    if (Register::EAX as i32..=Register::EDI as i32).contains(&n) {
-        Some((n - Register::EAX as i32, 4))
-    } else if (Register::AX as i32..=Register::DI as i32).contains(&n) {
-        Some((n - Register::AX as i32, 2))
+const SEG: i32 = offset_of!(CpuState, seg) as i32;
+const SEG_SIZE: i32 = std::mem::size_of::<Segment>() as i32;
+const SEG_BASE: i32 = offset_of!(Segment, base) as i32;
+const SEG_LIMIT: i32 = offset_of!(Segment, limit) as i32;
+const SEG_ATTR: i32 = offset_of!(Segment, attr) as i32;
+const CPL: i32 = offset_of!(CpuState, cpl) as i32;
+const TLB_ENTRY: i64 = std::mem::size_of::<TlbEntry>() as i64;
+const TLB_READ_TAG: i32 = offset_of!(TlbEntry, read_tag) as i32;
+const TLB_WRITE_TAG: i32 = offset_of!(TlbEntry, write_tag) as i32;
+const TLB_ADDEND: i32 = offset_of!(TlbEntry, addend) as i32;
+const CTX_TLB: i32 = offset_of!(HelperCtx<'static>, tlb) as i32;
+/// Attribute bits a segment must have (present, code/data, data, expand-up, writable)
+/// for compiled code to access it without the interpreter's full checks.
+const FAST_SEG_MASK: u16 = ATTR_P | ATTR_S | ATTR_CODE | ATTR_DC | ATTR_RW;
+const FAST_SEG_ATTR: u16 = ATTR_P | ATTR_S | ATTR_RW;
+
+/// A general register: index 0-7, size in bytes, and for AH/CH/DH/BH the high byte.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Gpr {
+    n: usize,
+    size: u8,
+    high: bool,
+}
+
+fn gpr(r: Register) -> Option<Gpr> {
+    let n = r as usize;
+    let in_range = |lo: Register, hi: Register| (lo as usize..=hi as usize).contains(&n);
+    if in_range(Register::EAX, Register::EDI) {
+        Some(Gpr {
+            n: n - Register::EAX as usize,
+            size: 4,
+            high: false,
+        })
+    } else if in_range(Register::AX, Register::DI) {
+        Some(Gpr {
+            n: n - Register::AX as usize,
+            size: 2,
+            high: false,
+        })
+    } else if in_range(Register::AL, Register::BL) {
+        Some(Gpr {
+            n: n - Register::AL as usize,
+            size: 1,
+            high: false,
+        })
+    } else if in_range(Register::AH, Register::BH) {
+        Some(Gpr {
+            n: n - Register::AH as usize,
+            size: 1,
+            high: true,
+        })
     } else {
         None
     }
 }
 
-fn is_immediate(k: OpKind) -> bool {
-    matches!(
-        k,
-        OpKind::Immediate8to16 | OpKind::Immediate8to32 | OpKind::Immediate16 | OpKind::Immediate32
-    )
+/// A memory operand: segment, base, scaled index, displacement, address size.
+#[derive(Clone, Copy)]
+struct MemRef {
+    seg: usize,
+    base: Option<usize>,
+    index: Option<(usize, u32)>,
+    disp: u32,
+    addr16: bool,
 }
 
-/// A source operand compiled code can read: a register of the operation's size or an
-/// immediate (already sign-extended to it by the decoder).
-enum Source {
-    Reg(i32),
+fn mem_ref(ins: &Instruction) -> Option<MemRef> {
+    let seg = (ins.memory_segment() as usize).wrapping_sub(Register::ES as usize);
+    if seg > 5 {
+        return None;
+    }
+    let addr16 = Cpu::addr16(ins);
+    let want = if addr16 { 2 } else { 4 };
+    let reg = |r: Register| -> Option<Option<usize>> {
+        if r == Register::None {
+            return Some(None);
+        }
+        let g = gpr(r)?;
+        (g.size == want).then_some(Some(g.n))
+    };
+    let base = reg(ins.memory_base())?;
+    let index = reg(ins.memory_index())?.map(|n| (n, ins.memory_index_scale().trailing_zeros()));
+    Some(MemRef {
+        seg,
+        base,
+        index,
+        disp: ins.memory_displacement32(),
+        addr16,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Operand {
+    Reg(Gpr),
+    Mem(MemRef),
     Imm(u32),
 }
 
-fn source(ins: &Instruction, size: u8) -> Option<Source> {
-    match ins.op1_kind() {
-        OpKind::Register => match gpr(ins.op1_register()) {
-            Some((r, s)) if s == size => Some(Source::Reg(r)),
-            _ => None,
-        },
-        k if is_immediate(k) => Some(Source::Imm(ins.immediate(1) as u32 & mask(size))),
+fn mask(size: u8) -> u32 {
+    match size {
+        1 => 0xFF,
+        2 => 0xFFFF,
+        _ => u32::MAX,
+    }
+}
+
+fn operand(ins: &Instruction, i: u32, size: u8) -> Option<Operand> {
+    match ins.op_kind(i) {
+        OpKind::Register => {
+            let g = gpr(ins.op_register(i))?;
+            (g.size == size).then_some(Operand::Reg(g))
+        }
+        OpKind::Memory => {
+            if ins.memory_size().size() != size as usize {
+                return None;
+            }
+            Some(Operand::Mem(mem_ref(ins)?))
+        }
+        OpKind::Immediate8
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate16
+        | OpKind::Immediate32 => Some(Operand::Imm(ins.immediate(i) as u32 & mask(size))),
         _ => None,
     }
 }
 
-fn mask(size: u8) -> u32 {
-    if size == 4 {
-        u32::MAX
-    } else {
-        0xFFFF
-    }
+fn operand_size(ins: &Instruction, i: u32) -> Option<u8> {
+    let size = match ins.op_kind(i) {
+        OpKind::Register => ins.op_register(i).size(),
+        OpKind::Memory => ins.memory_size().size(),
+        _ => return None,
+    };
+    matches!(size, 1 | 2 | 4).then_some(size as u8)
 }
 
 /// Whether compiled code would do any of `instrs` itself (if not, compiling the block
@@ -157,26 +274,56 @@ pub fn has_native(instrs: &[Instruction]) -> bool {
     instrs.iter().any(|i| classify(i).is_some())
 }
 
-/// The instructions compiled code does itself.
+/// The instructions compiled code does itself (memory accesses only on the TLB's fast
+/// path; anything else takes the interpreter for that one instruction).
 enum Native {
     Nop,
     Mov {
-        dst: i32,
+        dst: Operand,
+        src: Operand,
         size: u8,
-        src: Source,
+    },
+    /// MOVZX / MOVSX.
+    Movx {
+        dst: Gpr,
+        src: Operand,
+        src_size: u8,
+        signed: bool,
     },
     Alu {
         op: Mnemonic,
-        dst: i32,
+        dst: Operand,
+        src: Operand,
         size: u8,
-        src: Source,
     },
     Lea {
-        dst: i32,
-        base: Option<i32>,
-        index: Option<(i32, u32)>,
-        disp: u32,
+        dst: Gpr,
+        mem: MemRef,
     },
+    Push {
+        src: Operand,
+        size: u8,
+    },
+    Pop {
+        dst: Gpr,
+    },
+    Jmp {
+        target: u64,
+        mask: u64,
+    },
+    Jcc {
+        cc: ConditionCode,
+        target: u64,
+        mask: u64,
+    },
+}
+
+fn branch_target(ins: &Instruction) -> Option<(u64, u64)> {
+    match ins.op0_kind() {
+        OpKind::NearBranch16 => Some((ins.near_branch16() as u64, 0xFFFF)),
+        OpKind::NearBranch32 => Some((ins.near_branch32() as u64, 0xFFFF_FFFF)),
+        _ => None,
+    }
 }
 
 fn classify(ins: &Instruction) -> Option<Native> {
@@ -186,45 +333,70 @@ fn classify(ins: &Instruction) -> Option<Native> {
     }
     match ins.mnemonic() {
         M::Nop if ins.op_count() == 0 || ins.op0_kind() != OpKind::Register => Some(Native::Nop),
-        M::Mov if ins.op0_kind() == OpKind::Register => {
-            let (dst, size) = gpr(ins.op0_register())?;
-            Some(Native::Mov {
+        M::Mov => {
+            let size = operand_size(ins, 0)?;
+            let dst = operand(ins, 0, size)?;
+            let src = operand(ins, 1, size)?;
+            if matches!(dst, Operand::Imm(_)) {
+                return None;
+            }
+            Some(Native::Mov { dst, src, size })
+        }
+        M::Movzx | M::Movsx => {
+            let dst = gpr(ins.op0_register()).filter(|g| g.size > 1)?;
+            let src_size = operand_size(ins, 1)?;
+            Some(Native::Movx {
                 dst,
-                size,
-                src: source(ins, size)?,
+                src: operand(ins, 1, src_size)?,
+                src_size,
+                signed: ins.mnemonic() == M::Movsx,
             })
         }
-        M::Add | M::Sub | M::And | M::Or | M::Xor | M::Cmp | M::Test
-            if ins.op0_kind() == OpKind::Register =>
-        {
-            let (dst, size) = gpr(ins.op0_register())?;
+        M::Add | M::Sub | M::And | M::Or | M::Xor | M::Cmp | M::Test => {
+            let size = operand_size(ins, 0)?;
+            let dst = operand(ins, 0, size)?;
+            let src = operand(ins, 1, size)?;
             Some(Native::Alu {
                 op: ins.mnemonic(),
                 dst,
+                src,
                 size,
-                src: source(ins, size)?,
             })
         }
-        M::Lea if ins.op0_kind() == OpKind::Register && ins.op1_kind() == OpKind::Memory => {
-            let (dst, size) = gpr(ins.op0_register())?;
-            // 32-bit operand and address sizes only; the others are left to the helper.
-            let base = ins.memory_base();
-            let index = ins.memory_index();
-            let reg32 = |r: Register| gpr(r).filter(|&(_, s)| s == 4).map(|(n, _)| n);
-            if size != 4
-                || (base != Register::None && reg32(base).is_none())
-                || (index != Register::None && reg32(index).is_none())
-                || (base == Register::None
-                    && index == Register::None
-                    && ins.memory_displ_size() != 4)
-            {
-                return None;
-            }
+        M::Lea if ins.op1_kind() == OpKind::Memory => {
+            let dst = gpr(ins.op0_register()).filter(|g| g.size > 1)?;
             Some(Native::Lea {
                 dst,
-                base: reg32(base),
-                index: reg32(index).map(|n| (n, ins.memory_index_scale().trailing_zeros())),
-                disp: ins.memory_displacement32(),
+                mem: mem_ref(ins)?,
+            })
+        }
+        M::Push if ins.op0_kind() == OpKind::Register => {
+            let g = gpr(ins.op0_register()).filter(|g| g.size > 1)?;
+            Some(Native::Push {
+                src: Operand::Reg(g),
+                size: g.size,
+            })
+        }
+        M::Push if matches!(ins.op0_kind(), OpKind::Immediate8to32 | OpKind::Immediate32) => {
+            Some(Native::Push {
+                src: Operand::Imm(ins.immediate(0) as u32),
+                size: 4,
+            })
+        }
+        M::Pop if ins.op0_kind() == OpKind::Register => {
+            let g = gpr(ins.op0_register()).filter(|g| g.size > 1 && g.n != ESP)?;
+            Some(Native::Pop { dst: g })
+        }
+        M::Jmp => {
+            let (target, mask) = branch_target(ins)?;
+            Some(Native::Jmp { target, mask })
+        }
+        _ if ins.is_jcc_short_or_near() => {
+            let (target, mask) = branch_target(ins)?;
+            Some(Native::Jcc {
+                cc: ins.condition_code(),
+                target,
+                mask,
             })
         }
         _ => None,
@@ -239,7 +411,17 @@ impl Translator {
             .set("use_colocated_libcalls", "false")
             .map_err(|e| err(&e))?;
         flags.set("is_pic", "false").map_err(|e| err(&e))?;
-        flags.set("opt_level", "speed").map_err(|e| err(&e))?;
+        // Compile speed first: blocks are small and already come with registers in
+        // SSA values, and compiling is what the first runs of every block wait for.
+        // Cranelift's optimiser and backtracking allocator make compiling 2.4 times
+        // slower (measured on the differential test). HOSPES_JIT_OPT and
+        // HOSPES_JIT_REGALLOC override these, for measurements.
+        let opt = std::env::var("HOSPES_JIT_OPT").unwrap_or_else(|_| "none".into());
+        flags.set("opt_level", &opt).map_err(|e| err(&e))?;
+        let alloc = std::env::var("HOSPES_JIT_REGALLOC").unwrap_or_else(|_| "single_pass".into());
+        flags
+            .set("regalloc_algorithm", &alloc)
+            .map_err(|e| err(&e))?;
         // The verifier costs about a tenth of compile time; debug builds keep it.
         let verify = if cfg!(debug_assertions) {
             "true"
@@ -307,16 +489,29 @@ impl Translator {
             b.switch_to_block(entry);
             let params = b.block_params(entry).to_vec();
             let (state, hctx, base) = (params[0], params[1], params[2]);
-            let mut e = Emitter { b, state };
-            // Instructions run natively since EIP and the count were last written.
-            let mut pending = 0i64;
+            let icount0 = b.ins().load(types::I64, trusted(), state, ICOUNT);
+            let tlb = b.ins().load(ptr, trusted(), hctx, CTX_TLB);
+            let mut e = Emitter {
+                b,
+                state,
+                hctx,
+                base,
+                icount0,
+                tlb,
+                helper,
+                leave,
+                regs: [None; 8],
+                dirty: [false; 8],
+                flags: None,
+                done: 0,
+                ended: false,
+            };
             let natives: Vec<Option<Native>> = instrs.iter().map(classify).collect();
             let mut i = 0;
-            while i < instrs.len() {
+            while i < instrs.len() && !e.ended {
                 if let Some(native) = &natives[i] {
-                    e.native(native);
+                    e.native(native, instrs, i);
                     native_count += 1;
-                    pending += 1;
                     i += 1;
                     continue;
                 }
@@ -325,22 +520,12 @@ impl Translator {
                 while i < instrs.len() && natives[i].is_none() {
                     i += 1;
                 }
-                e.sync(base, instrs[from].ip() as i64, pending);
-                pending = 0;
-                let from = e.b.ins().iconst(types::I32, from as i64);
-                let to = e.b.ins().iconst(types::I32, i as i64);
-                let call = e.b.ins().call(helper, &[hctx, from, to]);
-                let must_leave = e.b.inst_results(call)[0];
-                let next = e.b.create_block();
-                e.b.ins().brif(must_leave, leave, &[], next, &[]);
-                e.b.switch_to_block(next);
+                e.interpret(instrs, from, i);
             }
-            if pending > 0 {
+            if !e.ended {
                 let last = &instrs[instrs.len() - 1];
-                e.sync(base, (last.ip() + last.len() as u64) as i64, pending);
+                e.exit((last.ip() + last.len() as u64) as i64);
             }
-            let zero = e.b.ins().iconst(types::I32, 0);
-            e.b.ins().return_(&[zero]);
             e.b.switch_to_block(leave);
             let one = e.b.ins().iconst(types::I32, 1);
             e.b.ins().return_(&[one]);
@@ -361,122 +546,711 @@ impl Translator {
     }
 }
 
+fn trusted() -> MemFlagsData {
+    MemFlagsData::trusted()
+}
+
+/// Guest memory through the TLB: may be unaligned; never traps (the TLB only maps
+/// pages inside guest memory).
+fn guest() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// Lazy flags recorded by a native instruction and not yet stored.
+#[derive(Clone, Copy)]
+struct PendingFlags {
+    op: FlagOp,
+    size: u8,
+    a: Value,
+    b: Value,
+    res: Value,
+}
+
+/// Emits one block's code, keeping guest registers in SSA values between the points
+/// where the interpreter needs them in memory.
 struct Emitter<'a> {
     b: FunctionBuilder<'a>,
     state: Value,
+    hctx: Value,
+    base: Value,
+    /// The instruction count at entry.
+    icount0: Value,
+    tlb: Value,
+    helper: FuncRef,
+    leave: cranelift_codegen::ir::Block,
+    /// Each register's current 32-bit value, if held in SSA.
+    regs: [Option<Value>; 8],
+    /// Registers whose value in SSA is newer than the state's.
+    dirty: [bool; 8],
+    flags: Option<PendingFlags>,
+    /// Instructions completed since entry.
+    done: i64,
+    /// The block's code has returned (a branch ended it).
+    ended: bool,
 }
 
 impl Emitter<'_> {
-    fn flags() -> MemFlagsData {
-        MemFlagsData::trusted()
+    fn iconst32(&mut self, v: u32) -> Value {
+        self.b.ins().iconst(types::I32, v as i64)
     }
 
-    fn load_gpr(&mut self, r: i32, size: u8) -> Value {
+    fn reg32(&mut self, n: usize) -> Value {
+        if let Some(v) = self.regs[n] {
+            return v;
+        }
         let v = self
             .b
             .ins()
-            .load(types::I32, Self::flags(), self.state, GPR + r * 8);
-        if size == 2 {
-            self.b.ins().band_imm_u(v, 0xFFFF)
-        } else {
-            v
+            .load(types::I32, trusted(), self.state, GPR + n as i32 * 8);
+        self.regs[n] = Some(v);
+        v
+    }
+
+    /// A register of any size, zero-extended to 32 bits.
+    fn get(&mut self, g: Gpr) -> Value {
+        let v = self.reg32(g.n);
+        match (g.size, g.high) {
+            (4, _) => v,
+            (2, _) => self.b.ins().band_imm_u(v, 0xFFFF),
+            (_, false) => self.b.ins().band_imm_u(v, 0xFF),
+            (_, true) => {
+                let x = self.b.ins().ushr_imm_u(v, 8);
+                self.b.ins().band_imm_u(x, 0xFF)
+            }
         }
     }
 
-    /// Writes a 32-bit register (zero-extending, as the interpreter does) or the low
-    /// half of one.
-    fn store_gpr(&mut self, r: i32, size: u8, v: Value) {
-        let at = GPR + r * 8;
-        let wide = self.b.ins().uextend(types::I64, v);
-        let value = if size == 2 {
-            let old = self.b.ins().load(types::I64, Self::flags(), self.state, at);
-            let kept = self.b.ins().band_imm_s(old, !0xFFFFi64);
-            let low = self.b.ins().band_imm_u(wide, 0xFFFF);
-            self.b.ins().bor(kept, low)
-        } else {
-            wide
+    /// Writes a register of any size (`v` holds the value in its low bits).
+    fn set(&mut self, g: Gpr, v: Value) {
+        let new = match (g.size, g.high) {
+            (4, _) => v,
+            (size, high) => {
+                let old = self.reg32(g.n);
+                let (m, shift) = match (size, high) {
+                    (2, _) => (0xFFFFu32, 0),
+                    (_, false) => (0xFF, 0),
+                    _ => (0xFF00, 8),
+                };
+                let kept = self.b.ins().band_imm_u(old, (!m) as i64);
+                let v = if shift > 0 {
+                    self.b.ins().ishl_imm_u(v, shift)
+                } else {
+                    v
+                };
+                let low = self.b.ins().band_imm_u(v, m as i64);
+                self.b.ins().bor(kept, low)
+            }
         };
-        self.b.ins().store(Self::flags(), value, self.state, at);
+        self.regs[g.n] = Some(new);
+        self.dirty[g.n] = true;
     }
 
-    fn source(&mut self, src: &Source, size: u8) -> Value {
-        match *src {
-            Source::Reg(r) => self.load_gpr(r, size),
-            Source::Imm(v) => self.b.ins().iconst(types::I32, v as i64),
+    fn value(&mut self, o: &Operand) -> Value {
+        match *o {
+            Operand::Reg(g) => self.get(g),
+            Operand::Imm(v) => self.iconst32(v),
+            Operand::Mem(_) => unreachable!("memory operands are read through the TLB"),
         }
     }
 
-    fn native(&mut self, n: &Native) {
+    /// Stores everything held only in SSA (registers, lazy flags), EIP = `base + ip` and
+    /// the count of instructions done, so the interpreter sees the machine as it is
+    /// before the instruction at `ip`. Emits code only; the tracked state is unchanged.
+    fn store_all(&mut self, ip: i64, done: i64) {
+        for n in 0..8 {
+            if self.dirty[n] {
+                let v = self.regs[n].expect("a dirty register is held");
+                let wide = self.b.ins().uextend(types::I64, v);
+                self.b
+                    .ins()
+                    .store(trusted(), wide, self.state, GPR + n as i32 * 8);
+            }
+        }
+        if let Some(f) = self.flags {
+            let op = self.b.ins().iconst(types::I8, f.op as i64);
+            let size = self.b.ins().iconst(types::I8, f.size as i64);
+            self.b.ins().store(trusted(), op, self.state, FLAG_OP);
+            self.b.ins().store(trusted(), size, self.state, FLAG_SIZE);
+            self.b.ins().store(trusted(), f.a, self.state, FLAG_A);
+            self.b.ins().store(trusted(), f.b, self.state, FLAG_B);
+            self.b.ins().store(trusted(), f.res, self.state, FLAG_RES);
+        }
+        let rip = self.b.ins().iadd_imm_s(self.base, ip);
+        self.b.ins().store(trusted(), rip, self.state, RIP);
+        let count = self.b.ins().iadd_imm_s(self.icount0, done);
+        self.b.ins().store(trusted(), count, self.state, ICOUNT);
+    }
+
+    /// Returns from the block with the machine at `ip` (everything stored).
+    fn exit(&mut self, ip: i64) {
+        self.store_all(ip, self.done);
+        let zero = self.b.ins().iconst(types::I32, 0);
+        self.b.ins().return_(&[zero]);
+        self.ended = true;
+    }
+
+    /// Calls the interpreter for instructions `from..to`: everything is stored first,
+    /// and afterwards nothing is assumed about registers or flags.
+    fn interpret(&mut self, instrs: &[Instruction], from: usize, to: usize) {
+        self.store_all(instrs[from].ip() as i64, self.done);
+        self.regs = [None; 8];
+        self.dirty = [false; 8];
+        self.flags = None;
+        let from_v = self.b.ins().iconst(types::I32, from as i64);
+        let to_v = self.b.ins().iconst(types::I32, to as i64);
+        let call = self.b.ins().call(self.helper, &[self.hctx, from_v, to_v]);
+        let must_leave = self.b.inst_results(call)[0];
+        let next = self.b.create_block();
+        self.b.ins().brif(must_leave, self.leave, &[], next, &[]);
+        self.b.switch_to_block(next);
+        self.done += (to - from) as i64;
+    }
+
+    /// Effective address (the offset in the segment) of a memory operand.
+    fn ea(&mut self, m: &MemRef) -> Value {
+        let mut v = self.iconst32(m.disp);
+        if let Some(n) = m.base {
+            let size = if m.addr16 { 2 } else { 4 };
+            let x = self.get(Gpr {
+                n,
+                size,
+                high: false,
+            });
+            v = self.b.ins().iadd(v, x);
+        }
+        if let Some((n, shift)) = m.index {
+            let size = if m.addr16 { 2 } else { 4 };
+            let x = self.get(Gpr {
+                n,
+                size,
+                high: false,
+            });
+            let x = self.b.ins().ishl_imm_u(x, shift as i64);
+            v = self.b.ins().iadd(v, x);
+        }
+        if m.addr16 {
+            v = self.b.ins().band_imm_u(v, 0xFFFF);
+        }
+        v
+    }
+
+    /// The TLB fast-path check for `size` bytes at `seg:off`: returns (hit, host address).
+    /// A hit needs a present, writable, expand-up data segment whose limit covers the
+    /// access (the interpreter checks every other case), and a TLB entry for the page
+    /// that allows this access kind, with the access inside the page.
+    fn fast_address(&mut self, seg: usize, off: Value, size: u8, write: bool) -> (Value, Value) {
+        let fl = trusted();
+        let at = SEG + seg as i32 * SEG_SIZE;
+        let attr = self
+            .b
+            .ins()
+            .uload16(types::I32, fl, self.state, at + SEG_ATTR);
+        let attr = self.b.ins().band_imm_u(attr, FAST_SEG_MASK as i64);
+        let seg_ok = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::Equal, attr, FAST_SEG_ATTR as i64);
+        let limit = self.b.ins().uload32(fl, self.state, at + SEG_LIMIT);
+        let off64 = self.b.ins().uextend(types::I64, off);
+        let last = self.b.ins().iadd_imm_u(off64, size as i64 - 1);
+        let in_limit = self
+            .b
+            .ins()
+            .icmp(IntCC::UnsignedLessThanOrEqual, last, limit);
+        let seg_base = self.b.ins().load(types::I64, fl, self.state, at + SEG_BASE);
+        let lin = self.b.ins().iadd(seg_base, off64);
+        let lin = self.b.ins().band_imm_u(lin, 0xFFFF_FFFF);
+        // The entry: table [cpl == 3], slot (lin >> 12) & (TLB_ENTRIES - 1).
+        let cpl = self.b.ins().uload8(types::I64, fl, self.state, CPL);
+        let user = self.b.ins().icmp_imm_u(IntCC::Equal, cpl, 3);
+        let user = self.b.ins().uextend(types::I64, user);
+        let table = self.b.ins().imul_imm_u(user, TLB_ENTRIES as i64);
+        let slot = self.b.ins().ushr_imm_u(lin, 12);
+        let slot = self.b.ins().band_imm_u(slot, TLB_ENTRIES as i64 - 1);
+        let slot = self.b.ins().iadd(table, slot);
+        let slot = self.b.ins().imul_imm_u(slot, TLB_ENTRY);
+        let entry = self.b.ins().iadd(self.tlb, slot);
+        let tag_at = if write { TLB_WRITE_TAG } else { TLB_READ_TAG };
+        let tag = self.b.ins().load(types::I64, fl, entry, tag_at);
+        let page = self.b.ins().band_imm_u(lin, !0xFFFi64);
+        let tag_ok = self.b.ins().icmp(IntCC::Equal, tag, page);
+        let in_page = self.b.ins().band_imm_u(lin, 0xFFF);
+        let in_page = self.b.ins().icmp_imm_u(
+            IntCC::UnsignedLessThanOrEqual,
+            in_page,
+            0x1000 - size as i64,
+        );
+        let ok = self.b.ins().band(seg_ok, in_limit);
+        let ok = self.b.ins().band(ok, tag_ok);
+        let ok = self.b.ins().band(ok, in_page);
+        let addend = self.b.ins().load(types::I64, fl, entry, TLB_ADDEND);
+        let host = self.b.ins().iadd(lin, addend);
+        (ok, host)
+    }
+
+    fn load_guest(&mut self, host: Value, size: u8) -> Value {
+        match size {
+            1 => self.b.ins().uload8(types::I32, guest(), host, 0),
+            2 => self.b.ins().uload16(types::I32, guest(), host, 0),
+            _ => self.b.ins().load(types::I32, guest(), host, 0),
+        }
+    }
+
+    fn store_guest(&mut self, host: Value, v: Value, size: u8) {
+        match size {
+            1 => self.b.ins().istore8(guest(), v, host, 0),
+            2 => self.b.ins().istore16(guest(), v, host, 0),
+            _ => self.b.ins().store(guest(), v, host, 0),
+        };
+    }
+
+    /// Runs a native instruction that accesses memory: `fast` emits the instruction on
+    /// the TLB's fast path (given `hit`); on a miss the interpreter runs the instruction
+    /// (faults, MMIO, pages holding code, segment checks) and both paths merge with the
+    /// registers in `touched` and, if the instruction sets them, the lazy flags.
+    fn with_slow_path(
+        &mut self,
+        ins: &Instruction,
+        index: usize,
+        hit: Value,
+        touched: &[usize],
+        sets_flags: bool,
+        fast: impl FnOnce(&mut Self),
+    ) {
+        // Every register cached now or touched by the instruction is merged.
+        let mut merged: Vec<usize> = (0..8)
+            .filter(|&n| self.regs[n].is_some() || touched.contains(&n))
+            .collect();
+        merged.dedup();
+        for &n in touched {
+            self.reg32(n);
+        }
+        let fast_blk = self.b.create_block();
+        let slow_blk = self.b.create_block();
+        let merge = self.b.create_block();
+        for _ in &merged {
+            self.b.append_block_param(merge, types::I32);
+        }
+        if sets_flags {
+            for _ in 0..3 {
+                self.b.append_block_param(merge, types::I32);
+            }
+        }
+        self.b.ins().brif(hit, fast_blk, &[], slow_blk, &[]);
+
+        // Slow path: the interpreter runs this one instruction.
+        self.b.switch_to_block(slow_blk);
+        let saved = (self.regs, self.dirty, self.flags);
+        self.store_all(ins.ip() as i64, self.done);
+        let from = self.b.ins().iconst(types::I32, index as i64);
+        let to = self.b.ins().iconst(types::I32, index as i64 + 1);
+        let call = self.b.ins().call(self.helper, &[self.hctx, from, to]);
+        let must_leave = self.b.inst_results(call)[0];
+        let reload = self.b.create_block();
+        self.b.ins().brif(must_leave, self.leave, &[], reload, &[]);
+        self.b.switch_to_block(reload);
+        let mut args: Vec<BlockArg> = Vec::new();
+        for &n in &merged {
+            let v = self
+                .b
+                .ins()
+                .load(types::I32, trusted(), self.state, GPR + n as i32 * 8);
+            args.push(v.into());
+        }
+        if sets_flags {
+            for at in [FLAG_A, FLAG_B, FLAG_RES] {
+                let v = self.b.ins().load(types::I32, trusted(), self.state, at);
+                args.push(v.into());
+            }
+        }
+        self.b.ins().jump(merge, &args);
+
+        // Fast path.
+        self.b.switch_to_block(fast_blk);
+        (self.regs, self.dirty, self.flags) = saved;
+        fast(self);
+        // Registers the fast path loaded but does not merge are defined only there.
+        for n in 0..8 {
+            if !merged.contains(&n) {
+                debug_assert!(
+                    self.dirty[n] == saved.1[n],
+                    "an unmerged register was written"
+                );
+                self.regs[n] = saved.0[n];
+            }
+        }
+        let mut args: Vec<BlockArg> = Vec::new();
+        for &n in &merged {
+            args.push(self.regs[n].expect("merged registers are held").into());
+        }
+        let fast_flags = self.flags;
+        if sets_flags {
+            let f = fast_flags.expect("the instruction set the flags");
+            args.extend([f.a, f.b, f.res].map(BlockArg::from));
+        }
+        self.b.ins().jump(merge, &args);
+
+        self.b.switch_to_block(merge);
+        let params = self.b.block_params(merge).to_vec();
+        for (k, &n) in merged.iter().enumerate() {
+            self.regs[n] = Some(params[k]);
+        }
+        if sets_flags {
+            let f = fast_flags.expect("the instruction set the flags");
+            let k = merged.len();
+            self.flags = Some(PendingFlags {
+                a: params[k],
+                b: params[k + 1],
+                res: params[k + 2],
+                ..f
+            });
+        }
+    }
+
+    fn alu(&mut self, op: Mnemonic, size: u8, a: Value, bv: Value) -> Value {
+        let (r, flag_op) = match op {
+            Mnemonic::Add => (self.b.ins().iadd(a, bv), FlagOp::Add),
+            Mnemonic::Sub | Mnemonic::Cmp => (self.b.ins().isub(a, bv), FlagOp::Sub),
+            Mnemonic::And | Mnemonic::Test => (self.b.ins().band(a, bv), FlagOp::Logic),
+            Mnemonic::Or => (self.b.ins().bor(a, bv), FlagOp::Logic),
+            _ => (self.b.ins().bxor(a, bv), FlagOp::Logic),
+        };
+        let r = if size < 4 {
+            self.b.ins().band_imm_u(r, mask(size) as i64)
+        } else {
+            r
+        };
+        self.flags = Some(PendingFlags {
+            op: flag_op,
+            size,
+            a,
+            b: bv,
+            res: r,
+        });
+        r
+    }
+
+    fn native(&mut self, n: &Native, instrs: &[Instruction], index: usize) {
+        let ins = &instrs[index];
+        let next_ip = (ins.ip() + ins.len() as u64) as i64;
         match *n {
             Native::Nop => {}
-            Native::Mov { dst, size, ref src } => {
-                let v = self.source(src, size);
-                self.store_gpr(dst, size, v);
+            Native::Lea { dst, ref mem } => {
+                let v = self.ea(mem);
+                self.set(dst, v);
+            }
+            Native::Mov {
+                dst: Operand::Reg(d),
+                src: Operand::Mem(ref m),
+                size,
+            } => {
+                let off = self.ea(m);
+                let (hit, host) = self.fast_address(m.seg, off, size, false);
+                self.with_slow_path(ins, index, hit, &[d.n], false, |e| {
+                    let v = e.load_guest(host, size);
+                    e.set(d, v);
+                });
+            }
+            Native::Mov {
+                dst: Operand::Mem(ref m),
+                ref src,
+                size,
+            } => {
+                let off = self.ea(m);
+                let v = self.value(src);
+                let (hit, host) = self.fast_address(m.seg, off, size, true);
+                self.with_slow_path(ins, index, hit, &[], false, |e| {
+                    e.store_guest(host, v, size);
+                });
+            }
+            Native::Mov {
+                dst: Operand::Reg(d),
+                ref src,
+                ..
+            } => {
+                let v = self.value(src);
+                self.set(d, v);
+            }
+            Native::Mov { .. } => unreachable!("MOV to an immediate"),
+            Native::Movx {
+                dst,
+                ref src,
+                src_size,
+                signed,
+            } => {
+                let extend = |e: &mut Self, v: Value| -> Value {
+                    if !signed {
+                        return v;
+                    }
+                    let narrow = if src_size == 1 { types::I8 } else { types::I16 };
+                    let t = e.b.ins().ireduce(narrow, v);
+                    let w = e.b.ins().sextend(types::I32, t);
+                    if dst.size == 2 {
+                        e.b.ins().band_imm_u(w, 0xFFFF)
+                    } else {
+                        w
+                    }
+                };
+                match *src {
+                    Operand::Mem(ref m) => {
+                        let off = self.ea(m);
+                        let (hit, host) = self.fast_address(m.seg, off, src_size, false);
+                        self.with_slow_path(ins, index, hit, &[dst.n], false, |e| {
+                            let v = e.load_guest(host, src_size);
+                            let v = extend(e, v);
+                            e.set(dst, v);
+                        });
+                    }
+                    _ => {
+                        let v = self.value(src);
+                        let v = extend(self, v);
+                        self.set(dst, v);
+                    }
+                }
             }
             Native::Alu {
                 op,
-                dst,
-                size,
+                ref dst,
                 ref src,
+                size,
             } => {
-                let a = self.load_gpr(dst, size);
-                let bv = self.source(src, size);
-                let (r, flag_op) = match op {
-                    Mnemonic::Add => (self.b.ins().iadd(a, bv), FlagOp::Add),
-                    Mnemonic::Sub | Mnemonic::Cmp => (self.b.ins().isub(a, bv), FlagOp::Sub),
-                    Mnemonic::And | Mnemonic::Test => (self.b.ins().band(a, bv), FlagOp::Logic),
-                    Mnemonic::Or => (self.b.ins().bor(a, bv), FlagOp::Logic),
-                    _ => (self.b.ins().bxor(a, bv), FlagOp::Logic),
-                };
-                let r = if size == 2 {
-                    self.b.ins().band_imm_u(r, 0xFFFF)
-                } else {
-                    r
-                };
-                if !matches!(op, Mnemonic::Cmp | Mnemonic::Test) {
-                    self.store_gpr(dst, size, r);
+                let writes = !matches!(op, Mnemonic::Cmp | Mnemonic::Test);
+                match (dst, src) {
+                    (Operand::Reg(d), Operand::Mem(m)) => {
+                        let d = *d;
+                        let off = self.ea(m);
+                        let (hit, host) = self.fast_address(m.seg, off, size, false);
+                        let touched: &[usize] = if writes { &[d.n] } else { &[] };
+                        self.with_slow_path(ins, index, hit, touched, true, |e| {
+                            let b = e.load_guest(host, size);
+                            let a = e.get(d);
+                            let r = e.alu(op, size, a, b);
+                            if writes {
+                                e.set(d, r);
+                            }
+                        });
+                    }
+                    (Operand::Mem(m), src) => {
+                        let off = self.ea(m);
+                        let b = self.value(src);
+                        let (hit, host) = self.fast_address(m.seg, off, size, writes);
+                        self.with_slow_path(ins, index, hit, &[], true, |e| {
+                            let a = e.load_guest(host, size);
+                            let r = e.alu(op, size, a, b);
+                            if writes {
+                                e.store_guest(host, r, size);
+                            }
+                        });
+                    }
+                    (Operand::Reg(d), src) => {
+                        let d = *d;
+                        let a = self.get(d);
+                        let b = self.value(src);
+                        let r = self.alu(op, size, a, b);
+                        if writes {
+                            self.set(d, r);
+                        }
+                    }
+                    _ => unreachable!("ALU destination is a register or memory"),
                 }
-                // Lazy flags, as `Flags::set_lazy` records them.
-                let fl = Self::flags();
-                let op_byte = self.b.ins().iconst(types::I8, flag_op as i64);
-                let size_byte = self.b.ins().iconst(types::I8, size as i64);
-                self.b.ins().store(fl, op_byte, self.state, FLAG_OP);
-                self.b.ins().store(fl, size_byte, self.state, FLAG_SIZE);
-                self.b.ins().store(fl, a, self.state, FLAG_A);
-                self.b.ins().store(fl, bv, self.state, FLAG_B);
-                self.b.ins().store(fl, r, self.state, FLAG_RES);
             }
-            Native::Lea {
-                dst,
-                base,
-                index,
-                disp,
-            } => {
-                let mut v = self.b.ins().iconst(types::I32, disp as i64);
-                if let Some(r) = base {
-                    let x = self.load_gpr(r, 4);
-                    v = self.b.ins().iadd(v, x);
-                }
-                if let Some((r, shift)) = index {
-                    let x = self.load_gpr(r, 4);
-                    let x = self.b.ins().ishl_imm_u(x, shift as i64);
-                    v = self.b.ins().iadd(v, x);
-                }
-                self.store_gpr(dst, 4, v);
+            Native::Push { ref src, size } => {
+                let v = self.value(src);
+                let esp = self.reg32(ESP);
+                let new_esp = self.b.ins().iadd_imm_s(esp, -(size as i64));
+                let (hit, host) = self.fast_stack(new_esp, size, true);
+                self.with_slow_path(ins, index, hit, &[ESP], false, |e| {
+                    e.store_guest(host, v, size);
+                    e.set(
+                        Gpr {
+                            n: ESP,
+                            size: 4,
+                            high: false,
+                        },
+                        new_esp,
+                    );
+                });
+            }
+            Native::Pop { dst } => {
+                let esp = self.reg32(ESP);
+                let (hit, host) = self.fast_stack(esp, dst.size, false);
+                self.with_slow_path(ins, index, hit, &[ESP, dst.n], false, |e| {
+                    let v = e.load_guest(host, dst.size);
+                    let esp = e.reg32(ESP);
+                    let new_esp = e.b.ins().iadd_imm_u(esp, dst.size as i64);
+                    e.set(
+                        Gpr {
+                            n: ESP,
+                            size: 4,
+                            high: false,
+                        },
+                        new_esp,
+                    );
+                    e.set(dst, v);
+                });
+            }
+            Native::Jmp { target, mask } => {
+                self.done += 1;
+                self.branch(ins, index, None, target, mask, next_ip);
+                return;
+            }
+            Native::Jcc { cc, target, mask } => {
+                let Some(taken) = self.condition(cc) else {
+                    self.interpret(instrs, index, index + 1);
+                    // The helper always ends the block at a branch.
+                    self.exit(next_ip);
+                    return;
+                };
+                self.done += 1;
+                self.branch(ins, index, Some(taken), target, mask, next_ip);
+                return;
             }
         }
+        self.done += 1;
     }
 
-    /// Writes EIP (`base + offset`) and adds `pending` to the instruction count.
-    fn sync(&mut self, base: Value, offset: i64, pending: i64) {
-        if pending == 0 {
-            return;
+    /// The stack fast path: 32-bit stack segments only (SS.B set).
+    fn fast_stack(&mut self, esp: Value, size: u8, write: bool) -> (Value, Value) {
+        let (hit, host) = self.fast_address(SS, esp, size, write);
+        let attr = self.b.ins().uload16(
+            types::I32,
+            trusted(),
+            self.state,
+            SEG + SS as i32 * SEG_SIZE + SEG_ATTR,
+        );
+        let big = self.b.ins().band_imm_u(attr, ATTR_DB as i64);
+        let big = self.b.ins().icmp_imm_u(IntCC::NotEqual, big, 0);
+        (self.b.ins().band(hit, big), host)
+    }
+
+    /// Ends the block at a near JMP or Jcc (already counted in `done`): EIP becomes the
+    /// target when `taken` (always for JMP), else the next instruction. A target beyond
+    /// the CS limit is the interpreter's to fault on.
+    fn branch(
+        &mut self,
+        ins: &Instruction,
+        index: usize,
+        taken: Option<Value>,
+        target: u64,
+        mask: u64,
+        next_ip: i64,
+    ) {
+        let target_blk = self.b.create_block();
+        if let Some(taken) = taken {
+            let fall = self.b.create_block();
+            self.b.ins().brif(taken, target_blk, &[], fall, &[]);
+            self.b.switch_to_block(fall);
+            self.exit(next_ip);
+        } else {
+            self.b.ins().jump(target_blk, &[]);
         }
-        let fl = Self::flags();
-        let rip = self.b.ins().iadd_imm_s(base, offset);
-        self.b.ins().store(fl, rip, self.state, RIP);
-        let count = self.b.ins().load(types::I64, fl, self.state, ICOUNT);
-        let count = self.b.ins().iadd_imm_s(count, pending);
-        self.b.ins().store(fl, count, self.state, ICOUNT);
+        self.b.switch_to_block(target_blk);
+        // base + target, wrapped to the operand size, inside the CS limit.
+        let t = self.b.ins().iadd_imm_u(self.base, target as i64);
+        let t = self.b.ins().band_imm_u(t, mask as i64);
+        let limit = self.b.ins().uload32(
+            trusted(),
+            self.state,
+            SEG + CS as i32 * SEG_SIZE + SEG_LIMIT,
+        );
+        let ok = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, t, limit);
+        let go = self.b.create_block();
+        let fault = self.b.create_block();
+        self.b.ins().brif(ok, go, &[], fault, &[]);
+        self.b.switch_to_block(fault);
+        // Not counted: the interpreter runs (and faults on) the branch.
+        self.store_all(ins.ip() as i64, self.done - 1);
+        let from = self.b.ins().iconst(types::I32, index as i64);
+        let to = self.b.ins().iconst(types::I32, index as i64 + 1);
+        self.b.ins().call(self.helper, &[self.hctx, from, to]);
+        self.b.ins().jump(self.leave, &[]);
+        self.b.switch_to_block(go);
+        self.store_all(0, self.done);
+        self.b.ins().store(trusted(), t, self.state, RIP);
+        let zero = self.b.ins().iconst(types::I32, 0);
+        self.b.ins().return_(&[zero]);
+        self.ended = true;
+    }
+
+    /// The condition `cc` from lazy flags known at compile time, for the flag
+    /// operations and conditions where that is simple; None otherwise.
+    fn condition(&mut self, cc: ConditionCode) -> Option<Value> {
+        use ConditionCode as C;
+        let f = self.flags?;
+        let narrow = |e: &mut Self, v: Value| match f.size {
+            1 => e.b.ins().ireduce(types::I8, v),
+            2 => e.b.ins().ireduce(types::I16, v),
+            _ => v,
+        };
+        let sign = |e: &mut Self, v: Value| {
+            let bit = 1i64 << (f.size as i64 * 8 - 1);
+            let s = e.b.ins().band_imm_u(v, bit);
+            e.b.ins().icmp_imm_u(IntCC::NotEqual, s, 0)
+        };
+        let zero = |e: &mut Self, v: Value| e.b.ins().icmp_imm_u(IntCC::Equal, v, 0);
+        let not = |e: &mut Self, v: Value| e.b.ins().bxor_imm_u(v, 1);
+        Some(match (f.op, cc) {
+            (FlagOp::Sub, _) => {
+                let a = narrow(self, f.a);
+                let b = narrow(self, f.b);
+                let ic = match cc {
+                    C::e => IntCC::Equal,
+                    C::ne => IntCC::NotEqual,
+                    C::b => IntCC::UnsignedLessThan,
+                    C::ae => IntCC::UnsignedGreaterThanOrEqual,
+                    C::be => IntCC::UnsignedLessThanOrEqual,
+                    C::a => IntCC::UnsignedGreaterThan,
+                    C::l => IntCC::SignedLessThan,
+                    C::ge => IntCC::SignedGreaterThanOrEqual,
+                    C::le => IntCC::SignedLessThanOrEqual,
+                    C::g => IntCC::SignedGreaterThan,
+                    C::s => return Some(sign(self, f.res)),
+                    C::ns => {
+                        let s = sign(self, f.res);
+                        return Some(not(self, s));
+                    }
+                    _ => return None,
+                };
+                self.b.ins().icmp(ic, a, b)
+            }
+            (FlagOp::Logic, C::e | C::be) => zero(self, f.res),
+            (FlagOp::Logic, C::ne | C::a) => {
+                let z = zero(self, f.res);
+                not(self, z)
+            }
+            (FlagOp::Logic, C::s | C::l) => sign(self, f.res),
+            (FlagOp::Logic, C::ns | C::ge) => {
+                let s = sign(self, f.res);
+                not(self, s)
+            }
+            (FlagOp::Logic, C::le) => {
+                let z = zero(self, f.res);
+                let s = sign(self, f.res);
+                self.b.ins().bor(z, s)
+            }
+            (FlagOp::Logic, C::g) => {
+                let z = zero(self, f.res);
+                let s = sign(self, f.res);
+                let either = self.b.ins().bor(z, s);
+                not(self, either)
+            }
+            (FlagOp::Add, C::e) => zero(self, f.res),
+            (FlagOp::Add, C::ne) => {
+                let z = zero(self, f.res);
+                not(self, z)
+            }
+            (FlagOp::Add, C::s) => sign(self, f.res),
+            (FlagOp::Add, C::ns) => {
+                let s = sign(self, f.res);
+                not(self, s)
+            }
+            (FlagOp::Add, C::b) => self.b.ins().icmp(IntCC::UnsignedLessThan, f.res, f.a),
+            (FlagOp::Add, C::ae) => {
+                self.b
+                    .ins()
+                    .icmp(IntCC::UnsignedGreaterThanOrEqual, f.res, f.a)
+            }
+            _ => return None,
+        })
     }
 }

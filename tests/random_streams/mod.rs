@@ -263,7 +263,14 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                 0x01, 0x03, 0x09, 0x0B, 0x21, 0x23, 0x29, 0x2B, 0x31, 0x33, 0x39, 0x3B, 0x85, 0x89,
                 0x8B,
             ];
-            match rng.below(6) {
+            // A ModRM byte of any form (register or memory, with SIB and
+            // displacement bytes after it), or of the register form only.
+            let modrm = |rng: &mut Rng, ins: &mut Vec<u8>, any: bool| {
+                let md = if any { rng.below(4) as u8 } else { 3 };
+                ins.push(md << 6 | rng.below(64) as u8);
+                ins.extend_from_slice(&rng.next().to_le_bytes()[..5]);
+            };
+            match rng.below(13) {
                 0 | 1 => {
                     ins.push(ALU_RR[rng.below(ALU_RR.len() as u64) as usize]);
                     ins.push(0xC0 | rng.below(64) as u8);
@@ -284,6 +291,59 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                     ins.push(0x8D);
                     ins.push((rng.below(3) as u8) << 6 | (rng.below(64) as u8));
                     ins.extend_from_slice(&rng.next().to_le_bytes()[..5]);
+                }
+                5 | 6 => {
+                    // MOV and ALU operations of every size with memory operands.
+                    const ALU_ANY: [u8; 22] = [
+                        0x00, 0x01, 0x02, 0x03, 0x08, 0x09, 0x0A, 0x0B, 0x20, 0x21, 0x22, 0x23,
+                        0x28, 0x29, 0x2A, 0x2B, 0x30, 0x31, 0x38, 0x3B, 0x84, 0x85,
+                    ];
+                    const MOV_ANY: [u8; 4] = [0x88, 0x89, 0x8A, 0x8B];
+                    if rng.below(2) == 0 {
+                        ins.push(MOV_ANY[rng.below(4) as usize]);
+                    } else {
+                        ins.push(ALU_ANY[rng.below(ALU_ANY.len() as u64) as usize]);
+                    }
+                    modrm(rng, &mut ins, true);
+                }
+                7 => {
+                    // MOVZX / MOVSX from a register or memory.
+                    ins.push(0x0F);
+                    ins.push([0xB6, 0xB7, 0xBE, 0xBF][rng.below(4) as usize]);
+                    modrm(rng, &mut ins, true);
+                }
+                8 => {
+                    // PUSH / POP of a register, PUSH of an immediate.
+                    match rng.below(3) {
+                        0 => ins.push(0x50 + rng.below(8) as u8),
+                        1 => ins.push(0x58 + rng.below(8) as u8),
+                        _ => {
+                            ins.push(0x6A);
+                            ins.push(rng.next() as u8);
+                        }
+                    }
+                }
+                9 => {
+                    // A short conditional jump, mostly nearby.
+                    ins.push(0x70 + rng.below(16) as u8);
+                    ins.push((rng.below(64) as i8 - 32) as u8);
+                }
+                10 => {
+                    // MOV to memory of an immediate; an 8-bit ALU immediate.
+                    if rng.below(2) == 0 {
+                        ins.push(0xC6 + rng.below(2) as u8);
+                        modrm(rng, &mut ins, true);
+                        ins.extend_from_slice(&rng.next().to_le_bytes()[..4]);
+                    } else {
+                        ins.push(0x80);
+                        modrm(rng, &mut ins, true);
+                        ins.push(rng.next() as u8);
+                    }
+                }
+                11 => {
+                    // A short jump back: loops, so compiled blocks run again.
+                    ins.push(0xEB);
+                    ins.push((-(2 + rng.below(120) as i64)) as u8);
                 }
                 _ => ins.push(0x90),
             }
