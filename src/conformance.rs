@@ -12,19 +12,14 @@
 use hospes_cpu::flags;
 use hospes_cpu::mem::Bus;
 use hospes_cpu::state::{CS, DS, EAX, EBP, EBX, ECX, EDI, EDX, ES, ESI, ESP, SS};
-use hospes_cpu::{Cpu, Exit};
+use hospes_cpu::{BlockRunner, Cpu, Exit};
+use hospes_jit::{Jit, Stats, Tier};
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-
-/// Which execution tier runs the vectors. Only the interpreter exists so far.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Tier {
-    Interp,
-}
 
 #[derive(Deserialize)]
 struct Vector {
@@ -399,6 +394,8 @@ pub struct OpcodeResult {
 
 pub struct Report {
     pub opcodes: Vec<OpcodeResult>,
+    /// The JIT's counters, when a JIT ran the vectors.
+    pub jit: Option<Stats>,
     pub instructions: u64,
     pub seconds: f64,
 }
@@ -478,11 +475,17 @@ fn load_revocations(suite: &Path) -> HashSet<String> {
 
 /// Runs every vector file in `suite`.
 pub fn run_suite(suite: &Path, opts: &Options) -> Result<Report, String> {
-    let Tier::Interp = opts.tier;
     let files = vector_files(suite)?;
     let revoked = load_revocations(suite);
     let mut cpu =
         Cpu::new(RAM_SIZE, 0).map_err(|e| format!("cannot allocate guest memory: {e}"))?;
+    // One JIT for the whole suite: every vector starts with a CPU reset, which drops the
+    // decoded blocks, and compiled code is keyed by the decoded block, so one vector's
+    // code is never run for another's.
+    let mut jit = match opts.tier {
+        Tier::Interp => None,
+        tier => Some(Jit::new(tier).map_err(|e| format!("cannot start the JIT: {e}"))?),
+    };
     let start = std::time::Instant::now();
     let mut executed = 0u64;
     let mut results = Vec::new();
@@ -522,7 +525,8 @@ pub fn run_suite(suite: &Path, opts: &Options) -> Result<Report, String> {
                 res.skip_reason.get_or_insert(reason);
                 continue;
             }
-            let outcome = run_vector(&mut cpu, v, &masks);
+            let runner = jit.as_mut().map(|j| j as &mut dyn BlockRunner);
+            let outcome = run_vector(&mut cpu, runner, v, &masks);
             executed += cpu.state.icount;
             match outcome {
                 Ok(()) => res.passed += 1,
@@ -543,6 +547,7 @@ pub fn run_suite(suite: &Path, opts: &Options) -> Result<Report, String> {
     }
     Ok(Report {
         opcodes: results,
+        jit: jit.map(|j| j.stats),
         instructions: executed,
         seconds: start.elapsed().as_secs_f64(),
     })
@@ -563,7 +568,12 @@ fn reg(regs: &BTreeMap<String, u32>, name: &str) -> Result<u32, String> {
 }
 
 /// Loads one vector, runs it and compares. Returns a description of the differences.
-fn run_vector(cpu: &mut Cpu, v: &Vector, masks: &Masks) -> Result<(), String> {
+fn run_vector(
+    cpu: &mut Cpu,
+    runner: Option<&mut dyn BlockRunner>,
+    v: &Vector,
+    masks: &Masks,
+) -> Result<(), String> {
     let init = &v.initial.regs;
     cpu.reset();
     cpu.set_a20(true);
@@ -597,7 +607,7 @@ fn run_vector(cpu: &mut Cpu, v: &Vector, masks: &Masks) -> Result<(), String> {
         (&v.after, v.exception.is_some())
     };
 
-    let exit = cpu.run(&mut TestBus, MAX_INSTRUCTIONS);
+    let exit = cpu.run_with(&mut TestBus, MAX_INSTRUCTIONS, runner);
     let mut diffs = Vec::new();
     match exit {
         Exit::Halted => {}
@@ -776,6 +786,18 @@ pub fn format_report(report: &Report) -> String {
         (p + f) as f64 / secs,
         report.instructions as f64 / secs / 1e6,
     );
+    if let Some(s) = &report.jit {
+        let _ = writeln!(
+            out,
+            "JIT: {} blocks compiled ({} instructions, {} native), {} left to the \
+             interpreter, {} compiled block runs",
+            s.compiled_blocks,
+            s.compiled_instructions,
+            s.native_instructions,
+            s.interpreted_blocks,
+            s.block_runs
+        );
+    }
     let _ = writeln!(out, "{p} passed, {f} failed");
     out
 }

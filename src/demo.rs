@@ -685,7 +685,7 @@ impl Drive for MemDisk {
 
 /// Boots the demo disk on the PC (our BIOS, the real devices): COM1 on stdout, the
 /// screen in a window when there is a graphical display (or as `args` say).
-pub fn run(args: &DisplayArgs) -> Result<(), String> {
+pub fn run(args: &DisplayArgs, tier: hospes_jit::Tier) -> Result<(), String> {
     let config = MachineConfig {
         ram_mib: RAM_MIB,
         boot: BootOptions {
@@ -700,6 +700,7 @@ pub fn run(args: &DisplayArgs) -> Result<(), String> {
         // A fixed date: the demo's output does not depend on when it runs.
         rtc_start_unix: 1_764_028_800,
         firmware: None,
+        tier,
     };
     let mut machine =
         Machine::new(config, Box::new(std::io::stdout())).map_err(|e| e.to_string())?;

@@ -7,6 +7,7 @@ mod screen;
 mod window;
 
 use clap::{Parser, Subcommand};
+use hospes_jit::Tier;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,9 +29,8 @@ enum Command {
         /// Directory holding the vector files.
         #[arg(long, required_unless_present = "list_differences")]
         suite: Option<PathBuf>,
-        /// Execution tier that runs the vectors.
-        #[arg(long, value_enum, default_value = "interp")]
-        tier: conformance::Tier,
+        #[command(flatten)]
+        tier: run::TierArg,
         /// Only opcode files whose name starts with this (e.g. `F6` or `D3.4`).
         #[arg(long)]
         filter: Option<String>,
@@ -44,7 +44,15 @@ enum Command {
     /// Run a PC: boot a kernel, a disk, a CD or a floppy.
     Run(Box<run::RunArgs>),
     /// Run the built-in demo guest (the same as running hospes with no arguments).
-    Demo(screen::DisplayArgs),
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    screen: screen::DisplayArgs,
+    #[command(flatten)]
+    tier: run::TierArg,
 }
 
 fn main() -> ExitCode {
@@ -64,12 +72,15 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        None => demo::run(&screen::DisplayArgs {
-            display: None,
-            screenshot_on_exit: None,
-            screen_text_on_exit: None,
-        }),
-        Some(Command::Demo(args)) => demo::run(&args),
+        None => demo::run(
+            &screen::DisplayArgs {
+                display: None,
+                screenshot_on_exit: None,
+                screen_text_on_exit: None,
+            },
+            Tier::Auto,
+        ),
+        Some(Command::Demo(args)) => demo::run(&args.screen, args.tier.tier),
         Some(Command::Run(args)) => match run::run(*args) {
             Ok(0) => Ok(()),
             Ok(code) => return ExitCode::from(code as u8),
@@ -86,7 +97,7 @@ fn main() -> ExitCode {
                 print!("{}", conformance::differences_text());
                 Ok(())
             } else {
-                run_conformance(suite.unwrap_or_default(), tier, filter, show_failures)
+                run_conformance(suite.unwrap_or_default(), tier.tier, filter, show_failures)
             }
         }
     };
@@ -101,7 +112,7 @@ fn main() -> ExitCode {
 
 fn run_conformance(
     suite: PathBuf,
-    tier: conformance::Tier,
+    tier: Tier,
     filter: Option<String>,
     show_failures: usize,
 ) -> Result<(), String> {

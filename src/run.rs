@@ -6,6 +6,7 @@ use hospes_bios::{
     MultibootBoot, CDROM, FIRST_HARD_DISK, FLOPPY_A,
 };
 use hospes_devices::ide::IdeDevice;
+use hospes_jit::Tier;
 use hospes_machine::board::DriveSlot;
 use hospes_machine::disk::{FileBackend, RawDrive};
 use hospes_machine::{Machine, MachineConfig, Stop};
@@ -34,6 +35,16 @@ impl std::str::FromStr for Serial {
             },
         }
     }
+}
+
+/// The execution tier option shared by `run`, `demo` and `conformance`.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct TierArg {
+    /// Execution tier: interp (the interpreter only), auto (the interpreter, compiling
+    /// blocks to host code with Cranelift once they are hot) or jit (every block compiled
+    /// the first time it runs: the JIT runs all it can, for tests).
+    #[arg(long, value_name = "TIER", default_value = "auto")]
+    pub tier: Tier,
 }
 
 #[derive(clap::Args, Debug)]
@@ -87,6 +98,15 @@ pub struct RunArgs {
     pub serial: Option<Serial>,
     #[command(flatten)]
     pub screen: DisplayArgs,
+    #[command(flatten)]
+    pub tier: TierArg,
+    /// When the run ends, print the JIT's counters on stderr.
+    #[arg(long, hide = true)]
+    pub jit_stats: bool,
+    /// Seconds since the Unix epoch the RTC starts at (default: now). Fixed, it makes a
+    /// run reproducible.
+    #[arg(long, value_name = "SECONDS", hide = true)]
+    pub rtc_start: Option<i64>,
     /// Stop after this many instructions (for tests and benchmarks).
     #[arg(long, value_name = "N", hide = true)]
     pub max_instructions: Option<u64>,
@@ -279,11 +299,14 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         boot,
         drives,
         ide,
-        rtc_start_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
+        rtc_start_unix: args.rtc_start.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        }),
         firmware,
+        tier: args.tier.tier,
     };
     let stdio = matches!(args.serial.clone().unwrap_or(Serial::Stdio), Serial::Stdio);
     let mut machine = Machine::new(config, serial).map_err(|e| e.to_string())?;
@@ -312,7 +335,19 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         title: "PC",
         linger: false,
     };
-    let stop = match screen::run(&mut machine, args.max_instructions, &args.screen, &how)? {
+    let ended = screen::run(&mut machine, args.max_instructions, &args.screen, &how)?;
+    if let Some(s) = machine.jit_stats().filter(|_| args.jit_stats) {
+        eprintln!(
+            "hospes: JIT: {} blocks compiled ({} instructions, {} native), {} left to the interpreter, {} compiled block runs, {} flushes",
+            s.compiled_blocks,
+            s.compiled_instructions,
+            s.native_instructions,
+            s.interpreted_blocks,
+            s.block_runs,
+            s.flushes
+        );
+    }
+    let stop = match ended {
         Ended::Guest(stop) => stop,
         Ended::Closed => return Ok(0),
     };

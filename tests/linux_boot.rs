@@ -1,10 +1,11 @@
-//! Debian's i386 Linux on the PC, three ways: direct kernel boot, an ISOLINUX CD and a
-//! SYSLINUX hard disk. The images come from `scripts/guest-images` (run by the test
+//! Debian's i386 Linux on the PC, three ways: direct kernel boot (interpreted and with
+//! the JIT compiling every block, which must print the same), an ISOLINUX CD and a
+//! SYSLINUX hard disk (in the default tier). The images come from `scripts/guest-images` (run by the test
 //! command); the initramfs's /init prints markers, a SHA-256 of 16 MiB of zeros and an
 //! awk result, then powers off, which must end hospes with status 0.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
 
 fn guest_dir() -> PathBuf {
@@ -33,19 +34,26 @@ fn awk_expected() -> u64 {
     (0..200_000u64).map(|i| i % 7).sum()
 }
 
-fn boot(name: &str, args: &[&str]) {
-    let Some(dir) = images() else { return };
-    let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_hospes"))
-        .current_dir(&dir)
+/// Starts `hospes run` on the guest images with `args`, its output captured.
+fn start(dir: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_hospes"))
+        .current_dir(dir)
         .arg("run")
         .args(["-m", "256", "--display", "none"])
         .args(args)
-        .output()
-        .expect("run hospes");
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hospes")
+}
+
+/// Waits for a run and checks what /init printed and the exit status; returns the
+/// serial output.
+fn finish(name: &str, child: Child, start: Instant) -> Output {
+    let out = child.wait_with_output().expect("wait for hospes");
+    eprintln!("{name}: {:.1} s", start.elapsed().as_secs_f64());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{name}: {:.1} s", start.elapsed().as_secs_f64());
     let tail: String = stdout
         .lines()
         .rev()
@@ -81,20 +89,67 @@ fn boot(name: &str, args: &[&str]) {
         .unwrap_or_else(|| panic!("{name}: no awk line\n{context}"));
     assert_eq!(awk.trim(), awk_expected().to_string(), "{name}");
     assert_eq!(out.status.code(), Some(0), "{name}: exit status\n{context}");
+    out
 }
 
+fn boot(name: &str, args: &[&str]) {
+    let Some(dir) = images() else { return };
+    finish(name, start(&dir, args), Instant::now());
+}
+
+/// The line of the first difference between two outputs, for a failure message.
+fn first_difference(a: &[u8], b: &[u8]) -> String {
+    let (a, b) = (String::from_utf8_lossy(a), String::from_utf8_lossy(b));
+    for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {
+        if x != y {
+            return format!("line {}:\n  interp: {x}\n  jit:    {y}", i + 1);
+        }
+    }
+    format!(
+        "one output is a prefix of the other ({} and {} lines)",
+        a.lines().count(),
+        b.lines().count()
+    )
+}
+
+/// The direct kernel boot twice at once, interpreted and with every block compiled by
+/// the JIT: both must pass, and the guest must not tell them apart. Guest time comes from
+/// the instruction count and the RTC starts at a fixed date, so the serial output,
+/// kernel timestamps included, must be the same byte for byte.
 #[test]
-fn linux_direct_kernel_boot() {
-    boot(
-        "kernel",
-        &[
+fn linux_direct_kernel_boot_jit_matches_interpreter() {
+    let Some(dir) = images() else { return };
+    let args = |tier| {
+        [
             "--kernel",
             "vmlinuz",
             "--initrd",
             "initrd.img",
             "--append",
             "console=ttyS0 panic=-1",
-        ],
+            "--rtc-start",
+            "1764028800",
+            "--jit-stats",
+            "--tier",
+            tier,
+        ]
+    };
+    let t0 = Instant::now();
+    let jit = start(&dir, &args("jit"));
+    let interp = start(&dir, &args("interp"));
+    let interp = finish("kernel, --tier interp", interp, t0);
+    let jit = finish("kernel, --tier jit", jit, t0);
+    let stats = String::from_utf8_lossy(&jit.stderr);
+    let compiled: u64 = stats
+        .split_once("JIT: ")
+        .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no JIT counters on stderr: {stats}"));
+    eprintln!("{}", stats.trim_end());
+    assert!(compiled > 0, "the JIT compiled nothing: {stats}");
+    assert!(
+        interp.stdout == jit.stdout,
+        "the serial output differs between the tiers: {}",
+        first_difference(&interp.stdout, &jit.stdout)
     );
 }
 

@@ -13,7 +13,8 @@ pub mod shadow;
 
 use board::{Board, Devices, DriveSlot, PowerEvent};
 use hospes_bios::{Bios, BootOptions};
-use hospes_cpu::{Cpu, Exit};
+use hospes_cpu::{BlockRunner, Cpu, Exit};
+use hospes_jit::{Jit, Stats, Tier};
 use std::fmt;
 use std::io::Write;
 
@@ -40,6 +41,8 @@ pub struct MachineConfig {
     /// It finds the disks through the IDE controller; `boot.order` reaches it through
     /// CMOS, and `drives` and `boot.kernel` are not used.
     pub firmware: Option<Firmware>,
+    /// Which execution tier runs guest code (see DESIGN.md, Execution tiers).
+    pub tier: Tier,
 }
 
 /// A firmware image given in place of the built-in BIOS, and what it is given to run.
@@ -79,6 +82,9 @@ pub enum Stop {
 pub struct Machine {
     pub cpu: Cpu,
     pub board: Board,
+    /// The JIT the run loop offers every block to (None: the interpreter only). A field
+    /// of its own, beside `cpu` and `board`, so the three borrow apart.
+    jit: Option<Jit>,
     /// Where COM1's output goes.
     serial_out: Box<dyn Write>,
     /// Bytes from outside for COM1, taken at slice boundaries.
@@ -99,6 +105,12 @@ impl Machine {
             )));
         }
         let ram = config.ram_mib << 20;
+        let jit = match config.tier {
+            Tier::Interp => None,
+            tier => Some(
+                Jit::new(tier).map_err(|e| MachineError(format!("cannot start the JIT: {e}")))?,
+            ),
+        };
         let boot_order = config.boot.order.clone();
         let mut vga_bios = None;
         let (bios, mut cpu, pam) = match config.firmware {
@@ -149,6 +161,7 @@ impl Machine {
         let mut m = Machine {
             cpu,
             board: Board { devices, bios },
+            jit,
             serial_out,
             serial_in: None,
             resets: 0,
@@ -184,6 +197,16 @@ impl Machine {
             s.cpl,
             s.halted
         )
+    }
+
+    /// The execution tier guest code runs in.
+    pub fn tier(&self) -> Tier {
+        self.jit.as_ref().map_or(Tier::Interp, Jit::tier)
+    }
+
+    /// The JIT's counters (None when the interpreter runs everything).
+    pub fn jit_stats(&self) -> Option<Stats> {
+        self.jit.as_ref().map(|j| j.stats)
     }
 
     /// How many times the guest reset the machine.
@@ -225,7 +248,8 @@ impl Machine {
             if let Some(l) = limit {
                 budget = budget.min(l - icount);
             }
-            match self.cpu.run(&mut self.board, budget) {
+            let runner = self.jit.as_mut().map(|j| j as &mut dyn BlockRunner);
+            match self.cpu.run_with(&mut self.board, budget, runner) {
                 Exit::Budget => {}
                 Exit::Shutdown => {
                     log::info!("triple fault: resetting");
