@@ -122,7 +122,14 @@ impl Cpu {
         }
         let lin = (cs.base + eip as u64) & 0xFFFF_FFFF;
         let user = self.state.cpl == 3;
-        let paddr = self.translate(lin, Access::Exec, user)?;
+        // A TLB hit needs no page walk (fetches are reads on a P6): as on hardware, the
+        // accessed bit was set when the entry was filled.
+        let e = &self.tlb.entries[user as usize][crate::mmu::Tlb::index(lin)];
+        let paddr = if e.read_tag == lin & !(PAGE_SIZE - 1) {
+            e.paddr | (lin & (PAGE_SIZE - 1))
+        } else {
+            self.translate(lin, Access::Exec, user)?
+        };
         let code32 = self.state.code32();
         let key = block_key(paddr, code32);
         if let Some(b) = self.blocks.blocks.get(&key) {
