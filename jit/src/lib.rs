@@ -94,12 +94,17 @@ impl Jit {
         self.tier
     }
 
-    /// Drops all compiled code.
-    pub fn flush(&mut self) -> Result<(), String> {
+    /// Clears the slot of every block that has one (before the code is freed).
+    fn release_blocks(&mut self) {
         for b in self.owned.drain(..) {
             b.tier_code.set(0);
             b.tier_heat.set(0);
         }
+    }
+
+    /// Drops all compiled code.
+    pub fn flush(&mut self) -> Result<(), String> {
+        self.release_blocks();
         self.stats.flushes += 1;
         if let Some(t) = self.translator.take() {
             t.free();
@@ -196,10 +201,7 @@ impl BlockRunner for Jit {
 
 impl Drop for Jit {
     fn drop(&mut self) {
-        for b in self.owned.drain(..) {
-            b.tier_code.set(0);
-            b.tier_heat.set(0);
-        }
+        self.release_blocks();
         if let Some(t) = self.translator.take() {
             t.free();
         }

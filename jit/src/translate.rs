@@ -119,7 +119,6 @@ pub struct Translator {
     helper_step: FuncId,
     ctx: cranelift_codegen::Context,
     builder_ctx: FunctionBuilderContext,
-    functions: u32,
 }
 
 const GPR: i32 = offset_of!(CpuState, gpr) as i32;
@@ -157,35 +156,22 @@ struct Gpr {
 }
 
 fn gpr(r: Register) -> Option<Gpr> {
+    // (first register, how many, size, high byte): EAX..EDI, AX..DI, AL..BL, AH..BH.
+    const GROUPS: [(Register, usize, u8, bool); 4] = [
+        (Register::EAX, 8, 4, false),
+        (Register::AX, 8, 2, false),
+        (Register::AL, 4, 1, false),
+        (Register::AH, 4, 1, true),
+    ];
     let n = r as usize;
-    let in_range = |lo: Register, hi: Register| (lo as usize..=hi as usize).contains(&n);
-    if in_range(Register::EAX, Register::EDI) {
-        Some(Gpr {
-            n: n - Register::EAX as usize,
-            size: 4,
-            high: false,
+    GROUPS.iter().find_map(|&(first, count, size, high)| {
+        let first = first as usize;
+        (first..first + count).contains(&n).then_some(Gpr {
+            n: n - first,
+            size,
+            high,
         })
-    } else if in_range(Register::AX, Register::DI) {
-        Some(Gpr {
-            n: n - Register::AX as usize,
-            size: 2,
-            high: false,
-        })
-    } else if in_range(Register::AL, Register::BL) {
-        Some(Gpr {
-            n: n - Register::AL as usize,
-            size: 1,
-            high: false,
-        })
-    } else if in_range(Register::AH, Register::BH) {
-        Some(Gpr {
-            n: n - Register::AH as usize,
-            size: 1,
-            high: true,
-        })
-    } else {
-        None
-    }
+    })
 }
 
 /// A memory operand: segment, base, scaled index, displacement, address size.
@@ -451,7 +437,6 @@ impl Translator {
             helper_step,
             ctx,
             builder_ctx: FunctionBuilderContext::new(),
-            functions: 0,
         })
     }
 
@@ -476,7 +461,6 @@ impl Translator {
             .module
             .declare_anonymous_function(&sig)
             .map_err(|e| err(&e))?;
-        self.functions += 1;
         self.ctx.func.signature = sig;
         self.ctx.func.name = UserFuncName::user(0, id.as_u32());
         let mut native_count = 0;
@@ -653,10 +637,15 @@ impl Emitter<'_> {
         }
     }
 
-    /// Stores everything held only in SSA (registers, lazy flags), EIP = `base + ip` and
-    /// the count of instructions done, so the interpreter sees the machine as it is
-    /// before the instruction at `ip`. Emits code only; the tracked state is unchanged.
-    fn store_all(&mut self, ip: i64, done: i64) {
+    /// EIP of the instruction at `ip` in the block.
+    fn eip_at(&mut self, ip: i64) -> Value {
+        self.b.ins().iadd_imm_s(self.base, ip)
+    }
+
+    /// Stores everything held only in SSA (registers, lazy flags), EIP and the count of
+    /// instructions done, so the interpreter sees the machine as it is at `eip`. Emits
+    /// code only; the tracked state is unchanged.
+    fn store_all(&mut self, eip: Value, done: i64) {
         for n in 0..8 {
             if self.dirty[n] {
                 let v = self.regs[n].expect("a dirty register is held");
@@ -675,31 +664,39 @@ impl Emitter<'_> {
             self.b.ins().store(trusted(), f.b, self.state, FLAG_B);
             self.b.ins().store(trusted(), f.res, self.state, FLAG_RES);
         }
-        let rip = self.b.ins().iadd_imm_s(self.base, ip);
-        self.b.ins().store(trusted(), rip, self.state, RIP);
+        self.b.ins().store(trusted(), eip, self.state, RIP);
         let count = self.b.ins().iadd_imm_s(self.icount0, done);
         self.b.ins().store(trusted(), count, self.state, ICOUNT);
     }
 
     /// Returns from the block with the machine at `ip` (everything stored).
     fn exit(&mut self, ip: i64) {
-        self.store_all(ip, self.done);
+        let eip = self.eip_at(ip);
+        self.store_all(eip, self.done);
         let zero = self.b.ins().iconst(types::I32, 0);
         self.b.ins().return_(&[zero]);
         self.ended = true;
     }
 
-    /// Calls the interpreter for instructions `from..to`: everything is stored first,
-    /// and afterwards nothing is assumed about registers or flags.
+    /// Emits a call of [`helper_step`] for instructions `from..to`, the first at `ip`,
+    /// with everything stored first (`done` instructions counted). Returns its result:
+    /// whether the compiled code must leave.
+    fn call_interpreter(&mut self, from: usize, to: usize, ip: u64, done: i64) -> Value {
+        let eip = self.eip_at(ip as i64);
+        self.store_all(eip, done);
+        let from = self.b.ins().iconst(types::I32, from as i64);
+        let to = self.b.ins().iconst(types::I32, to as i64);
+        let call = self.b.ins().call(self.helper, &[self.hctx, from, to]);
+        self.b.inst_results(call)[0]
+    }
+
+    /// Calls the interpreter for instructions `from..to`; afterwards nothing is assumed
+    /// about registers or flags.
     fn interpret(&mut self, instrs: &[Instruction], from: usize, to: usize) {
-        self.store_all(instrs[from].ip() as i64, self.done);
+        let must_leave = self.call_interpreter(from, to, instrs[from].ip(), self.done);
         self.regs = [None; 8];
         self.dirty = [false; 8];
         self.flags = None;
-        let from_v = self.b.ins().iconst(types::I32, from as i64);
-        let to_v = self.b.ins().iconst(types::I32, to as i64);
-        let call = self.b.ins().call(self.helper, &[self.hctx, from_v, to_v]);
-        let must_leave = self.b.inst_results(call)[0];
         let next = self.b.create_block();
         self.b.ins().brif(must_leave, self.leave, &[], next, &[]);
         self.b.switch_to_block(next);
@@ -735,21 +732,29 @@ impl Emitter<'_> {
     }
 
     /// The TLB fast-path check for `size` bytes at `seg:off`: returns (hit, host address).
-    /// A hit needs a present, writable, expand-up data segment whose limit covers the
-    /// access (the interpreter checks every other case), and a TLB entry for the page
-    /// that allows this access kind, with the access inside the page.
-    fn fast_address(&mut self, seg: usize, off: Value, size: u8, write: bool) -> (Value, Value) {
+    /// A hit needs a present, writable, expand-up data segment (with the attribute bits
+    /// `also` set as well) whose limit covers the access (the interpreter checks every
+    /// other case), and a TLB entry for the page that allows this access kind, with the
+    /// access inside the page.
+    fn fast_address(
+        &mut self,
+        seg: usize,
+        off: Value,
+        size: u8,
+        write: bool,
+        also: u16,
+    ) -> (Value, Value) {
         let fl = trusted();
         let at = SEG + seg as i32 * SEG_SIZE;
         let attr = self
             .b
             .ins()
             .uload16(types::I32, fl, self.state, at + SEG_ATTR);
-        let attr = self.b.ins().band_imm_u(attr, FAST_SEG_MASK as i64);
+        let attr = self.b.ins().band_imm_u(attr, (FAST_SEG_MASK | also) as i64);
         let seg_ok = self
             .b
             .ins()
-            .icmp_imm_u(IntCC::Equal, attr, FAST_SEG_ATTR as i64);
+            .icmp_imm_u(IntCC::Equal, attr, (FAST_SEG_ATTR | also) as i64);
         let limit = self.b.ins().uload32(fl, self.state, at + SEG_LIMIT);
         let off64 = self.b.ins().uextend(types::I64, off);
         let last = self.b.ins().iadd_imm_u(off64, size as i64 - 1);
@@ -818,10 +823,9 @@ impl Emitter<'_> {
         fast: impl FnOnce(&mut Self),
     ) {
         // Every register cached now or touched by the instruction is merged.
-        let mut merged: Vec<usize> = (0..8)
+        let merged: Vec<usize> = (0..8)
             .filter(|&n| self.regs[n].is_some() || touched.contains(&n))
             .collect();
-        merged.dedup();
         for &n in touched {
             self.reg32(n);
         }
@@ -841,11 +845,7 @@ impl Emitter<'_> {
         // Slow path: the interpreter runs this one instruction.
         self.b.switch_to_block(slow_blk);
         let saved = (self.regs, self.dirty, self.flags);
-        self.store_all(ins.ip() as i64, self.done);
-        let from = self.b.ins().iconst(types::I32, index as i64);
-        let to = self.b.ins().iconst(types::I32, index as i64 + 1);
-        let call = self.b.ins().call(self.helper, &[self.hctx, from, to]);
-        let must_leave = self.b.inst_results(call)[0];
+        let must_leave = self.call_interpreter(index, index + 1, ins.ip(), self.done);
         let reload = self.b.create_block();
         self.b.ins().brif(must_leave, self.leave, &[], reload, &[]);
         self.b.switch_to_block(reload);
@@ -945,7 +945,7 @@ impl Emitter<'_> {
                 size,
             } => {
                 let off = self.ea(m);
-                let (hit, host) = self.fast_address(m.seg, off, size, false);
+                let (hit, host) = self.fast_address(m.seg, off, size, false, 0);
                 self.with_slow_path(ins, index, hit, &[d.n], false, |e| {
                     let v = e.load_guest(host, size);
                     e.set(d, v);
@@ -958,7 +958,7 @@ impl Emitter<'_> {
             } => {
                 let off = self.ea(m);
                 let v = self.value(src);
-                let (hit, host) = self.fast_address(m.seg, off, size, true);
+                let (hit, host) = self.fast_address(m.seg, off, size, true, 0);
                 self.with_slow_path(ins, index, hit, &[], false, |e| {
                     e.store_guest(host, v, size);
                 });
@@ -994,7 +994,7 @@ impl Emitter<'_> {
                 match *src {
                     Operand::Mem(ref m) => {
                         let off = self.ea(m);
-                        let (hit, host) = self.fast_address(m.seg, off, src_size, false);
+                        let (hit, host) = self.fast_address(m.seg, off, src_size, false, 0);
                         self.with_slow_path(ins, index, hit, &[dst.n], false, |e| {
                             let v = e.load_guest(host, src_size);
                             let v = extend(e, v);
@@ -1019,7 +1019,7 @@ impl Emitter<'_> {
                     (Operand::Reg(d), Operand::Mem(m)) => {
                         let d = *d;
                         let off = self.ea(m);
-                        let (hit, host) = self.fast_address(m.seg, off, size, false);
+                        let (hit, host) = self.fast_address(m.seg, off, size, false, 0);
                         let touched: &[usize] = if writes { &[d.n] } else { &[] };
                         self.with_slow_path(ins, index, hit, touched, true, |e| {
                             let b = e.load_guest(host, size);
@@ -1033,7 +1033,7 @@ impl Emitter<'_> {
                     (Operand::Mem(m), src) => {
                         let off = self.ea(m);
                         let b = self.value(src);
-                        let (hit, host) = self.fast_address(m.seg, off, size, writes);
+                        let (hit, host) = self.fast_address(m.seg, off, size, writes, 0);
                         self.with_slow_path(ins, index, hit, &[], true, |e| {
                             let a = e.load_guest(host, size);
                             let r = e.alu(op, size, a, b);
@@ -1111,16 +1111,7 @@ impl Emitter<'_> {
 
     /// The stack fast path: 32-bit stack segments only (SS.B set).
     fn fast_stack(&mut self, esp: Value, size: u8, write: bool) -> (Value, Value) {
-        let (hit, host) = self.fast_address(SS, esp, size, write);
-        let attr = self.b.ins().uload16(
-            types::I32,
-            trusted(),
-            self.state,
-            SEG + SS as i32 * SEG_SIZE + SEG_ATTR,
-        );
-        let big = self.b.ins().band_imm_u(attr, ATTR_DB as i64);
-        let big = self.b.ins().icmp_imm_u(IntCC::NotEqual, big, 0);
-        (self.b.ins().band(hit, big), host)
+        self.fast_address(SS, esp, size, write, ATTR_DB)
     }
 
     /// Ends the block at a near JMP or Jcc (already counted in `done`): EIP becomes the
@@ -1159,14 +1150,10 @@ impl Emitter<'_> {
         self.b.ins().brif(ok, go, &[], fault, &[]);
         self.b.switch_to_block(fault);
         // Not counted: the interpreter runs (and faults on) the branch.
-        self.store_all(ins.ip() as i64, self.done - 1);
-        let from = self.b.ins().iconst(types::I32, index as i64);
-        let to = self.b.ins().iconst(types::I32, index as i64 + 1);
-        self.b.ins().call(self.helper, &[self.hctx, from, to]);
+        self.call_interpreter(index, index + 1, ins.ip(), self.done - 1);
         self.b.ins().jump(self.leave, &[]);
         self.b.switch_to_block(go);
-        self.store_all(0, self.done);
-        self.b.ins().store(trusted(), t, self.state, RIP);
+        self.store_all(t, self.done);
         let zero = self.b.ins().iconst(types::I32, 0);
         self.b.ins().return_(&[zero]);
         self.ended = true;
