@@ -25,6 +25,9 @@ pub struct Block {
     pub tier_code: std::cell::Cell<usize>,
     /// For another execution tier: how often the block has run (its heat).
     pub tier_heat: std::cell::Cell<u32>,
+    /// Decoded for one run only (an instruction crossing a page, or running from
+    /// MMIO): not worth compiling.
+    pub uncached: bool,
 }
 
 impl Block {
@@ -33,6 +36,7 @@ impl Block {
             instrs,
             tier_code: std::cell::Cell::new(0),
             tier_heat: std::cell::Cell::new(0),
+            uncached: false,
         }
     }
 }
@@ -154,7 +158,11 @@ impl Cpu {
                 break;
             }
             instrs.push(ins);
-            if ins.flow_control() != FlowControl::Next || ins.is_invalid() {
+            // HLT ends a block too: what follows runs only after an interrupt.
+            if ins.flow_control() != FlowControl::Next
+                || ins.is_invalid()
+                || ins.mnemonic() == iced_x86::Mnemonic::Hlt
+            {
                 break;
             }
         }
@@ -196,6 +204,8 @@ impl Cpu {
                 break;
             }
         }
-        Ok(Rc::new(Block::new(vec![ins].into_boxed_slice())))
+        let mut block = Block::new(vec![ins].into_boxed_slice());
+        block.uncached = true;
+        Ok(Rc::new(block))
     }
 }

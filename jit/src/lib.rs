@@ -51,6 +51,17 @@ pub const HOT_THRESHOLD: u32 = 50;
 /// Compiled blocks kept before the code cache is flushed.
 pub const MAX_COMPILED_BLOCKS: usize = 20_000;
 
+/// What compiled code returns: how the block was left.
+/// The interpreter ended the block (a branch it ran, an exception, an instruction after
+/// which the run loop must look at the machine): nothing is known about the next block.
+pub(crate) const EXIT_STOP: u32 = 0;
+/// At the end of the block (or past a Jcc not taken).
+pub(crate) const EXIT_FALLTHROUGH: u32 = 1;
+/// At the target of a direct JMP, Jcc or CALL.
+pub(crate) const EXIT_TAKEN: u32 = 2;
+/// At a target read from memory (RET).
+pub(crate) const EXIT_INDIRECT: u32 = 3;
+
 /// Marks a block in [`Block::tier_code`] as having nothing to compile: the
 /// interpreter runs it.
 const INTERPRETED: usize = 1;
@@ -122,6 +133,9 @@ impl Jit {
             // translator; `flush` clears every slot before that translator's code is
             // freed.
             code => return Some(unsafe { std::mem::transmute::<usize, translate::BlockFn>(code) }),
+        }
+        if block.uncached {
+            return None;
         }
         if self.tier == Tier::Auto {
             let heat = block.tier_heat.get() + 1;

@@ -270,7 +270,7 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                 ins.push(md << 6 | rng.below(64) as u8);
                 ins.extend_from_slice(&rng.next().to_le_bytes()[..5]);
             };
-            match rng.below(13) {
+            match rng.below(17) {
                 0 | 1 => {
                     ins.push(ALU_RR[rng.below(ALU_RR.len() as u64) as usize]);
                     ins.push(0xC0 | rng.below(64) as u8);
@@ -344,6 +344,100 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                     // A short jump back: loops, so compiled blocks run again.
                     ins.push(0xEB);
                     ins.push((-(2 + rng.below(120) as i64)) as u8);
+                }
+                12 | 13 => {
+                    // Shifts and rotates (by 1, CL or an immediate), IMUL, NEG/NOT,
+                    // INC/DEC, ADC/SBB, mostly on registers.
+                    let any = rng.below(4) == 0;
+                    match rng.below(8) {
+                        0 => {
+                            ins.push([0xC0, 0xC1][rng.below(2) as usize]);
+                            modrm(rng, &mut ins, any);
+                            ins.truncate(ins.len() - 5);
+                            ins.push(rng.below(40) as u8);
+                        }
+                        1 => {
+                            ins.push([0xD0, 0xD1, 0xD2, 0xD3][rng.below(4) as usize]);
+                            modrm(rng, &mut ins, any);
+                        }
+                        2 => {
+                            let op = [0xAF, 0x69, 0x6B][rng.below(3) as usize];
+                            if op == 0xAF {
+                                ins.push(0x0F);
+                            }
+                            ins.push(op);
+                            modrm(rng, &mut ins, any);
+                        }
+                        3 => {
+                            ins.push([0xF6, 0xF7][rng.below(2) as usize]);
+                            ins.push(0xD0 | rng.below(16) as u8);
+                        }
+                        4 => ins.push(0x40 + rng.below(16) as u8),
+                        5 => {
+                            ins.push([0xFE, 0xFF][rng.below(2) as usize]);
+                            ins.push(
+                                (rng.below(4) as u8) << 6
+                                    | (rng.below(2) as u8) << 3
+                                    | rng.below(8) as u8,
+                            );
+                            ins.extend_from_slice(&rng.next().to_le_bytes()[..5]);
+                        }
+                        6 => {
+                            ins.push([0x11, 0x13, 0x19, 0x1B, 0x10, 0x1A][rng.below(6) as usize]);
+                            modrm(rng, &mut ins, any);
+                        }
+                        _ => {
+                            ins.push(0x83);
+                            ins.push(0xD0 | rng.below(16) as u8);
+                            ins.push(rng.next() as u8);
+                        }
+                    }
+                }
+                14 => {
+                    // Flag readers: SETcc, CMOVcc; CDQ, CWDE, XCHG.
+                    match rng.below(4) {
+                        0 => {
+                            ins.push(0x0F);
+                            ins.push(0x90 + rng.below(16) as u8);
+                            let any = rng.below(4) == 0;
+                            modrm(rng, &mut ins, any);
+                        }
+                        1 => {
+                            ins.push(0x0F);
+                            ins.push(0x40 + rng.below(16) as u8);
+                            let any = rng.below(3) == 0;
+                            modrm(rng, &mut ins, any);
+                        }
+                        2 => ins.push([0x98, 0x99][rng.below(2) as usize]),
+                        _ => {
+                            ins.push(0x87);
+                            ins.push(0xC0 | rng.below(64) as u8);
+                        }
+                    }
+                }
+                15 => {
+                    // CALL to a nearby address, RET (with an immediate), LEAVE.
+                    match rng.below(4) {
+                        0 => {
+                            ins.push(0xE8);
+                            let rel = rng.below(64) as i32 - 32;
+                            ins.extend_from_slice(&rel.to_le_bytes());
+                        }
+                        1 | 2 => {
+                            // Returns to somewhere in the code (a RET of whatever is on
+                            // the stack would mostly land in empty memory).
+                            ins.push(0x68);
+                            let to = CODE + rng.below(CODE_SIZE as u64) as u32;
+                            ins.extend_from_slice(&to.to_le_bytes());
+                            if rng.below(2) == 0 {
+                                ins.push(0xC3);
+                            } else {
+                                ins.push(0xC2);
+                                ins.extend_from_slice(&(rng.below(16) as u16 * 2).to_le_bytes());
+                            }
+                        }
+                        _ => ins.push(0xC9),
+                    }
                 }
                 _ => ins.push(0x90),
             }

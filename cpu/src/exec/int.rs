@@ -3,7 +3,7 @@
 
 use super::{sign_extend, size_mask, Loc};
 use crate::exception::{self, Exception, Res};
-use crate::flags::{self, parity, FlagOp, AF, CF, OF, PF, SF, ZF};
+use crate::flags::{self, parity, FlagOp, Flags, AF, CF, OF, PF, SF, ZF};
 use crate::mem::Bus;
 use crate::state::{CS, EAX, EBP, EBX, ECX, EDX, ESP, SS};
 use crate::Cpu;
@@ -904,112 +904,11 @@ impl Cpu {
 
     /// MUL/IMUL: CF = OF = the result did not fit; SF, ZF, PF from the low half (P6).
     fn set_mul_flags(&mut self, low: u32, size: u32, overflow: bool) {
-        let mut f = szp(low, size);
-        if overflow {
-            f |= CF | OF;
-        }
-        self.state.flags.set_arith(f);
+        set_mul_flags(&mut self.state.flags, low, size, overflow);
     }
 
-    /// Rotates and shifts. `count` is already masked to 5 bits; 0 changes nothing.
     fn shift(&mut self, op: Mnemonic, size: u32, a: u32, count: u32) -> u32 {
-        if count == 0 {
-            return a;
-        }
-        let bits = size * 8;
-        let m = size_mask(size);
-        let msb = 1u32 << (bits - 1);
-        let a = a & m;
-        let old = self.state.flags.get();
-        let cf_in = old & CF != 0;
-        let mut f = old & flags::ARITH;
-        let r;
-        match op {
-            Mnemonic::Rol => {
-                let c = count % bits;
-                r = if c == 0 {
-                    a
-                } else {
-                    ((a << c) | (a >> (bits - c))) & m
-                };
-                let cf = r & 1 != 0;
-                f = (f & !(CF | OF)) | if cf { CF } else { 0 };
-                if ((r & msb != 0) as u32 ^ cf as u32) != 0 {
-                    f |= OF;
-                }
-            }
-            Mnemonic::Ror => {
-                let c = count % bits;
-                r = if c == 0 {
-                    a
-                } else {
-                    ((a >> c) | (a << (bits - c))) & m
-                };
-                let cf = r & msb != 0;
-                f = (f & !(CF | OF)) | if cf { CF } else { 0 };
-                if ((r & msb != 0) != (r & (msb >> 1) != 0)) as u32 != 0 {
-                    f |= OF;
-                }
-            }
-            Mnemonic::Rcl => {
-                let c = count % (bits + 1);
-                let mut v = a as u64 | ((cf_in as u64) << bits);
-                let w = bits + 1;
-                if c != 0 {
-                    v = ((v << c) | (v >> (w - c))) & ((1u64 << w) - 1);
-                }
-                r = v as u32 & m;
-                let cf = (v >> bits) & 1 != 0;
-                f = (f & !(CF | OF)) | if cf { CF } else { 0 };
-                if ((r & msb != 0) != cf) as u32 != 0 {
-                    f |= OF;
-                }
-            }
-            Mnemonic::Rcr => {
-                let c = count % (bits + 1);
-                let mut v = a as u64 | ((cf_in as u64) << bits);
-                let w = bits + 1;
-                if c != 0 {
-                    v = ((v >> c) | (v << (w - c))) & ((1u64 << w) - 1);
-                }
-                r = v as u32 & m;
-                let cf = (v >> bits) & 1 != 0;
-                f = (f & !(CF | OF)) | if cf { CF } else { 0 };
-                if ((r & msb != 0) != (r & (msb >> 1) != 0)) as u32 != 0 {
-                    f |= OF;
-                }
-            }
-            Mnemonic::Shl | Mnemonic::Sal => {
-                let v = (a as u64) << count;
-                r = v as u32 & m;
-                let cf = count <= bits && (v >> bits) & 1 != 0;
-                f = szp(r, size) | if cf { CF } else { 0 };
-                if ((r & msb != 0) != cf) as u32 != 0 {
-                    f |= OF;
-                }
-            }
-            Mnemonic::Shr => {
-                r = if count >= bits { 0 } else { a >> count };
-                let cf = count <= bits && (a >> (count - 1)) & 1 != 0;
-                f = szp(r, size) | if cf { CF } else { 0 };
-                if a & msb != 0 {
-                    f |= OF;
-                }
-            }
-            _ => {
-                let s = sign_extend(a, size) as i32;
-                let c = count.min(bits - 1);
-                r = (s >> c) as u32 & m;
-                let cf = if count >= bits {
-                    s < 0
-                } else {
-                    (s >> (count - 1)) & 1 != 0
-                };
-                f = szp(r, size) | if cf { CF } else { 0 };
-            }
-        }
-        self.state.flags.set_arith(f);
-        r
+        shift(&mut self.state.flags, op, size, a, count)
     }
 
     fn double_shift(&mut self, left: bool, size: u32, a: u32, b: u32, count: u32) -> u32 {
@@ -1425,4 +1324,116 @@ impl Cpu {
         self.state.set_reg32(ECX, c);
         self.state.set_reg32(EDX, d);
     }
+}
+
+/// The flags of MUL/IMUL: SF, ZF, PF from the low half, CF = OF = `overflow`.
+pub fn set_mul_flags(flags: &mut Flags, low: u32, size: u32, overflow: bool) {
+    let mut f = szp(low, size);
+    if overflow {
+        f |= CF | OF;
+    }
+    flags.set_arith(f);
+}
+
+/// Rotates and shifts: the result, with the flags set as the instruction sets them.
+/// `count` is already masked to 5 bits; 0 changes nothing. Shared with the JIT, which
+/// computes the result itself and calls this only when the flags are needed.
+pub fn shift(flags: &mut Flags, op: Mnemonic, size: u32, a: u32, count: u32) -> u32 {
+    if count == 0 {
+        return a;
+    }
+    let bits = size * 8;
+    let m = size_mask(size);
+    let msb = 1u32 << (bits - 1);
+    let a = a & m;
+    let old = flags.get();
+    let cf_in = old & CF != 0;
+    let mut f = old & flags::ARITH;
+    let r;
+    match op {
+        Mnemonic::Rol => {
+            let c = count % bits;
+            r = if c == 0 {
+                a
+            } else {
+                ((a << c) | (a >> (bits - c))) & m
+            };
+            let cf = r & 1 != 0;
+            f = (f & !(CF | OF)) | if cf { CF } else { 0 };
+            if ((r & msb != 0) as u32 ^ cf as u32) != 0 {
+                f |= OF;
+            }
+        }
+        Mnemonic::Ror => {
+            let c = count % bits;
+            r = if c == 0 {
+                a
+            } else {
+                ((a >> c) | (a << (bits - c))) & m
+            };
+            let cf = r & msb != 0;
+            f = (f & !(CF | OF)) | if cf { CF } else { 0 };
+            if ((r & msb != 0) != (r & (msb >> 1) != 0)) as u32 != 0 {
+                f |= OF;
+            }
+        }
+        Mnemonic::Rcl => {
+            let c = count % (bits + 1);
+            let mut v = a as u64 | ((cf_in as u64) << bits);
+            let w = bits + 1;
+            if c != 0 {
+                v = ((v << c) | (v >> (w - c))) & ((1u64 << w) - 1);
+            }
+            r = v as u32 & m;
+            let cf = (v >> bits) & 1 != 0;
+            f = (f & !(CF | OF)) | if cf { CF } else { 0 };
+            if ((r & msb != 0) != cf) as u32 != 0 {
+                f |= OF;
+            }
+        }
+        Mnemonic::Rcr => {
+            let c = count % (bits + 1);
+            let mut v = a as u64 | ((cf_in as u64) << bits);
+            let w = bits + 1;
+            if c != 0 {
+                v = ((v >> c) | (v << (w - c))) & ((1u64 << w) - 1);
+            }
+            r = v as u32 & m;
+            let cf = (v >> bits) & 1 != 0;
+            f = (f & !(CF | OF)) | if cf { CF } else { 0 };
+            if ((r & msb != 0) != (r & (msb >> 1) != 0)) as u32 != 0 {
+                f |= OF;
+            }
+        }
+        Mnemonic::Shl | Mnemonic::Sal => {
+            let v = (a as u64) << count;
+            r = v as u32 & m;
+            let cf = count <= bits && (v >> bits) & 1 != 0;
+            f = szp(r, size) | if cf { CF } else { 0 };
+            if ((r & msb != 0) != cf) as u32 != 0 {
+                f |= OF;
+            }
+        }
+        Mnemonic::Shr => {
+            r = if count >= bits { 0 } else { a >> count };
+            let cf = count <= bits && (a >> (count - 1)) & 1 != 0;
+            f = szp(r, size) | if cf { CF } else { 0 };
+            if a & msb != 0 {
+                f |= OF;
+            }
+        }
+        _ => {
+            let s = sign_extend(a, size) as i32;
+            let c = count.min(bits - 1);
+            r = (s >> c) as u32 & m;
+            let cf = if count >= bits {
+                s < 0
+            } else {
+                (s >> (count - 1)) & 1 != 0
+            };
+            f = szp(r, size) | if cf { CF } else { 0 };
+        }
+    }
+    flags.set_arith(f);
+    r
 }

@@ -2,6 +2,7 @@
 //! helpers every instruction implementation uses.
 
 mod int;
+pub use int::{set_mul_flags, shift};
 mod string;
 
 use crate::exception::{self, Exception, Res};

@@ -35,11 +35,19 @@ use hospes_cpu::flags::{FlagOp, Flags, TF};
 use hospes_cpu::mem::Bus;
 use hospes_cpu::mmu::{TlbEntry, TLB_ENTRIES};
 use hospes_cpu::state::{
-    CpuState, Segment, ATTR_CODE, ATTR_DB, ATTR_DC, ATTR_P, ATTR_RW, ATTR_S, CS, ESP, SS,
+    CpuState, Segment, ATTR_CODE, ATTR_DB, ATTR_DC, ATTR_P, ATTR_RW, ATTR_S, CS, EAX, EBP, ECX,
+    EDX, ESP, SS,
 };
 use hospes_cpu::Cpu;
-use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Instruction, Mnemonic};
 use std::mem::offset_of;
+
+mod classify;
+mod flags;
+
+pub use classify::has_native;
+use classify::{classify, mask, Count, Gpr, MemRef, Native, Operand};
+use flags::{deferred_shift, keeps_old_flags, PendingFlags, DEFERRED_MUL};
 
 /// Compiled code for one block.
 pub type BlockFn = unsafe extern "C" fn(*mut CpuState, *mut HelperCtx<'static>, u64) -> u32;
@@ -116,15 +124,30 @@ pub fn call(code: BlockFn, cpu: &mut Cpu, bus: &mut dyn Bus, instrs: &[Instructi
 /// Owns the JIT module: the code memory of every function compiled with it.
 pub struct Translator {
     module: JITModule,
-    helper_step: FuncId,
+    helpers: HelperIds,
     ctx: cranelift_codegen::Context,
     builder_ctx: FunctionBuilderContext,
+}
+
+/// The helpers compiled code calls, as declared in the module.
+struct HelperIds {
+    step: FuncId,
+    flags: FuncId,
+    cond: FuncId,
+}
+
+/// The helpers, as imported into the function being built.
+struct Helpers {
+    step: FuncRef,
+    flags: FuncRef,
+    cond: FuncRef,
 }
 
 const GPR: i32 = offset_of!(CpuState, gpr) as i32;
 const RIP: i32 = offset_of!(CpuState, rip) as i32;
 const ICOUNT: i32 = offset_of!(CpuState, icount) as i32;
 const FLAGS: i32 = offset_of!(CpuState, flags) as i32;
+const FLAG_BITS: i32 = FLAGS + offset_of!(Flags, bits) as i32;
 const FLAG_OP: i32 = FLAGS + offset_of!(Flags, op) as i32;
 const FLAG_SIZE: i32 = FLAGS + offset_of!(Flags, size) as i32;
 const FLAG_A: i32 = FLAGS + offset_of!(Flags, a) as i32;
@@ -146,248 +169,6 @@ const CTX_TLB: i32 = offset_of!(HelperCtx<'static>, tlb) as i32;
 /// for compiled code to access it without the interpreter's full checks.
 const FAST_SEG_MASK: u16 = ATTR_P | ATTR_S | ATTR_CODE | ATTR_DC | ATTR_RW;
 const FAST_SEG_ATTR: u16 = ATTR_P | ATTR_S | ATTR_RW;
-
-/// A general register: index 0-7, size in bytes, and for AH/CH/DH/BH the high byte.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Gpr {
-    n: usize,
-    size: u8,
-    high: bool,
-}
-
-fn gpr(r: Register) -> Option<Gpr> {
-    // (first register, how many, size, high byte): EAX..EDI, AX..DI, AL..BL, AH..BH.
-    const GROUPS: [(Register, usize, u8, bool); 4] = [
-        (Register::EAX, 8, 4, false),
-        (Register::AX, 8, 2, false),
-        (Register::AL, 4, 1, false),
-        (Register::AH, 4, 1, true),
-    ];
-    let n = r as usize;
-    GROUPS.iter().find_map(|&(first, count, size, high)| {
-        let first = first as usize;
-        (first..first + count).contains(&n).then_some(Gpr {
-            n: n - first,
-            size,
-            high,
-        })
-    })
-}
-
-/// A memory operand: segment, base, scaled index, displacement, address size.
-#[derive(Clone, Copy)]
-struct MemRef {
-    seg: usize,
-    base: Option<usize>,
-    index: Option<(usize, u32)>,
-    disp: u32,
-    addr16: bool,
-}
-
-fn mem_ref(ins: &Instruction) -> Option<MemRef> {
-    let seg = (ins.memory_segment() as usize).wrapping_sub(Register::ES as usize);
-    if seg > 5 {
-        return None;
-    }
-    let addr16 = Cpu::addr16(ins);
-    let want = if addr16 { 2 } else { 4 };
-    let reg = |r: Register| -> Option<Option<usize>> {
-        if r == Register::None {
-            return Some(None);
-        }
-        let g = gpr(r)?;
-        (g.size == want).then_some(Some(g.n))
-    };
-    let base = reg(ins.memory_base())?;
-    let index = reg(ins.memory_index())?.map(|n| (n, ins.memory_index_scale().trailing_zeros()));
-    Some(MemRef {
-        seg,
-        base,
-        index,
-        disp: ins.memory_displacement32(),
-        addr16,
-    })
-}
-
-#[derive(Clone, Copy)]
-enum Operand {
-    Reg(Gpr),
-    Mem(MemRef),
-    Imm(u32),
-}
-
-fn mask(size: u8) -> u32 {
-    match size {
-        1 => 0xFF,
-        2 => 0xFFFF,
-        _ => u32::MAX,
-    }
-}
-
-fn operand(ins: &Instruction, i: u32, size: u8) -> Option<Operand> {
-    match ins.op_kind(i) {
-        OpKind::Register => {
-            let g = gpr(ins.op_register(i))?;
-            (g.size == size).then_some(Operand::Reg(g))
-        }
-        OpKind::Memory => {
-            if ins.memory_size().size() != size as usize {
-                return None;
-            }
-            Some(Operand::Mem(mem_ref(ins)?))
-        }
-        OpKind::Immediate8
-        | OpKind::Immediate8to16
-        | OpKind::Immediate8to32
-        | OpKind::Immediate16
-        | OpKind::Immediate32 => Some(Operand::Imm(ins.immediate(i) as u32 & mask(size))),
-        _ => None,
-    }
-}
-
-fn operand_size(ins: &Instruction, i: u32) -> Option<u8> {
-    let size = match ins.op_kind(i) {
-        OpKind::Register => ins.op_register(i).size(),
-        OpKind::Memory => ins.memory_size().size(),
-        _ => return None,
-    };
-    matches!(size, 1 | 2 | 4).then_some(size as u8)
-}
-
-/// Whether compiled code would do any of `instrs` itself (if not, compiling the block
-/// would only produce one call to the interpreter, which can run it directly).
-pub fn has_native(instrs: &[Instruction]) -> bool {
-    instrs.iter().any(|i| classify(i).is_some())
-}
-
-/// The instructions compiled code does itself (memory accesses only on the TLB's fast
-/// path; anything else takes the interpreter for that one instruction).
-enum Native {
-    Nop,
-    Mov {
-        dst: Operand,
-        src: Operand,
-        size: u8,
-    },
-    /// MOVZX / MOVSX.
-    Movx {
-        dst: Gpr,
-        src: Operand,
-        src_size: u8,
-        signed: bool,
-    },
-    Alu {
-        op: Mnemonic,
-        dst: Operand,
-        src: Operand,
-        size: u8,
-    },
-    Lea {
-        dst: Gpr,
-        mem: MemRef,
-    },
-    Push {
-        src: Operand,
-        size: u8,
-    },
-    Pop {
-        dst: Gpr,
-    },
-    Jmp {
-        target: u64,
-        mask: u64,
-    },
-    Jcc {
-        cc: ConditionCode,
-        target: u64,
-        mask: u64,
-    },
-}
-
-fn branch_target(ins: &Instruction) -> Option<(u64, u64)> {
-    match ins.op0_kind() {
-        OpKind::NearBranch16 => Some((ins.near_branch16() as u64, 0xFFFF)),
-        OpKind::NearBranch32 => Some((ins.near_branch32() as u64, 0xFFFF_FFFF)),
-        _ => None,
-    }
-}
-
-fn classify(ins: &Instruction) -> Option<Native> {
-    use Mnemonic as M;
-    if ins.has_lock_prefix() {
-        return None;
-    }
-    match ins.mnemonic() {
-        M::Nop if ins.op_count() == 0 || ins.op0_kind() != OpKind::Register => Some(Native::Nop),
-        M::Mov => {
-            let size = operand_size(ins, 0)?;
-            let dst = operand(ins, 0, size)?;
-            let src = operand(ins, 1, size)?;
-            if matches!(dst, Operand::Imm(_)) {
-                return None;
-            }
-            Some(Native::Mov { dst, src, size })
-        }
-        M::Movzx | M::Movsx => {
-            let dst = gpr(ins.op0_register()).filter(|g| g.size > 1)?;
-            let src_size = operand_size(ins, 1)?;
-            Some(Native::Movx {
-                dst,
-                src: operand(ins, 1, src_size)?,
-                src_size,
-                signed: ins.mnemonic() == M::Movsx,
-            })
-        }
-        M::Add | M::Sub | M::And | M::Or | M::Xor | M::Cmp | M::Test => {
-            let size = operand_size(ins, 0)?;
-            let dst = operand(ins, 0, size)?;
-            let src = operand(ins, 1, size)?;
-            Some(Native::Alu {
-                op: ins.mnemonic(),
-                dst,
-                src,
-                size,
-            })
-        }
-        M::Lea if ins.op1_kind() == OpKind::Memory => {
-            let dst = gpr(ins.op0_register()).filter(|g| g.size > 1)?;
-            Some(Native::Lea {
-                dst,
-                mem: mem_ref(ins)?,
-            })
-        }
-        M::Push if ins.op0_kind() == OpKind::Register => {
-            let g = gpr(ins.op0_register()).filter(|g| g.size > 1)?;
-            Some(Native::Push {
-                src: Operand::Reg(g),
-                size: g.size,
-            })
-        }
-        M::Push if matches!(ins.op0_kind(), OpKind::Immediate8to32 | OpKind::Immediate32) => {
-            Some(Native::Push {
-                src: Operand::Imm(ins.immediate(0) as u32),
-                size: 4,
-            })
-        }
-        M::Pop if ins.op0_kind() == OpKind::Register => {
-            let g = gpr(ins.op0_register()).filter(|g| g.size > 1 && g.n != ESP)?;
-            Some(Native::Pop { dst: g })
-        }
-        M::Jmp => {
-            let (target, mask) = branch_target(ins)?;
-            Some(Native::Jmp { target, mask })
-        }
-        _ if ins.is_jcc_short_or_near() => {
-            let (target, mask) = branch_target(ins)?;
-            Some(Native::Jcc {
-                cc: ins.condition_code(),
-                target,
-                mask,
-            })
-        }
-        _ => None,
-    }
-}
 
 impl Translator {
     pub fn new() -> Result<Translator, String> {
@@ -421,20 +202,33 @@ impl Translator {
             .map_err(|e| err(&e))?;
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
         builder.symbol("helper_step", helper_step as *const u8);
+        builder.symbol("helper_flags", flags::helper_flags as *const u8);
+        builder.symbol("helper_cond", flags::helper_cond as *const u8);
         let mut module = JITModule::new(builder);
         let ptr = module.target_config().pointer_type();
-        let mut sig = module.make_signature();
-        sig.params.push(AbiParam::new(ptr));
-        sig.params.push(AbiParam::new(types::I32));
-        sig.params.push(AbiParam::new(types::I32));
-        sig.returns.push(AbiParam::new(types::I32));
-        let helper_step = module
-            .declare_function("helper_step", Linkage::Import, &sig)
-            .map_err(|e| err(&e))?;
+        // Each helper: its name, then a pointer and `ints` i32 parameters, and whether
+        // it returns an i32.
+        let mut declare = |name: &str, ints: usize, ret: bool| {
+            let mut sig = module.make_signature();
+            sig.params.push(AbiParam::new(ptr));
+            sig.params
+                .extend(std::iter::repeat_n(AbiParam::new(types::I32), ints));
+            if ret {
+                sig.returns.push(AbiParam::new(types::I32));
+            }
+            module
+                .declare_function(name, Linkage::Import, &sig)
+                .map_err(|e| err(&e))
+        };
+        let helpers = HelperIds {
+            step: declare("helper_step", 2, true)?,
+            flags: declare("helper_flags", 4, false)?,
+            cond: declare("helper_cond", 1, true)?,
+        };
         let ctx = module.make_context();
         Ok(Translator {
             module,
-            helper_step,
+            helpers,
             ctx,
             builder_ctx: FunctionBuilderContext::new(),
         })
@@ -466,7 +260,12 @@ impl Translator {
         let mut native_count = 0;
         {
             let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.builder_ctx);
-            let helper = self.module.declare_func_in_func(self.helper_step, b.func);
+            let mut import = |id| self.module.declare_func_in_func(id, b.func);
+            let helpers = Helpers {
+                step: import(self.helpers.step),
+                flags: import(self.helpers.flags),
+                cond: import(self.helpers.cond),
+            };
             let entry = b.create_block();
             let leave = b.create_block();
             b.append_block_params_for_function_params(entry);
@@ -482,7 +281,7 @@ impl Translator {
                 base,
                 icount0,
                 tlb,
-                helper,
+                helpers,
                 leave,
                 regs: [None; 8],
                 dirty: [false; 8],
@@ -511,8 +310,8 @@ impl Translator {
                 e.exit((last.ip() + last.len() as u64) as i64);
             }
             e.b.switch_to_block(leave);
-            let one = e.b.ins().iconst(types::I32, 1);
-            e.b.ins().return_(&[one]);
+            let stop = e.b.ins().iconst(types::I32, crate::EXIT_STOP as i64);
+            e.b.ins().return_(&[stop]);
             e.b.seal_all_blocks();
             e.b.finalize(self.module.target_config());
         }
@@ -540,16 +339,6 @@ fn guest() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
-/// Lazy flags recorded by a native instruction and not yet stored.
-#[derive(Clone, Copy)]
-struct PendingFlags {
-    op: FlagOp,
-    size: u8,
-    a: Value,
-    b: Value,
-    res: Value,
-}
-
 /// Emits one block's code, keeping guest registers in SSA values between the points
 /// where the interpreter needs them in memory.
 struct Emitter<'a> {
@@ -560,7 +349,7 @@ struct Emitter<'a> {
     /// The instruction count at entry.
     icount0: Value,
     tlb: Value,
-    helper: FuncRef,
+    helpers: Helpers,
     leave: cranelift_codegen::ir::Block,
     /// Each register's current 32-bit value, if held in SSA.
     regs: [Option<Value>; 8],
@@ -655,15 +444,7 @@ impl Emitter<'_> {
                     .store(trusted(), wide, self.state, GPR + n as i32 * 8);
             }
         }
-        if let Some(f) = self.flags {
-            let op = self.b.ins().iconst(types::I8, f.op as i64);
-            let size = self.b.ins().iconst(types::I8, f.size as i64);
-            self.b.ins().store(trusted(), op, self.state, FLAG_OP);
-            self.b.ins().store(trusted(), size, self.state, FLAG_SIZE);
-            self.b.ins().store(trusted(), f.a, self.state, FLAG_A);
-            self.b.ins().store(trusted(), f.b, self.state, FLAG_B);
-            self.b.ins().store(trusted(), f.res, self.state, FLAG_RES);
-        }
+        self.store_flags();
         self.b.ins().store(trusted(), eip, self.state, RIP);
         let count = self.b.ins().iadd_imm_s(self.icount0, done);
         self.b.ins().store(trusted(), count, self.state, ICOUNT);
@@ -673,9 +454,7 @@ impl Emitter<'_> {
     fn exit(&mut self, ip: i64) {
         let eip = self.eip_at(ip);
         self.store_all(eip, self.done);
-        let zero = self.b.ins().iconst(types::I32, 0);
-        self.b.ins().return_(&[zero]);
-        self.ended = true;
+        self.leave_with(crate::EXIT_FALLTHROUGH);
     }
 
     /// Emits a call of [`helper_step`] for instructions `from..to`, the first at `ip`,
@@ -686,7 +465,7 @@ impl Emitter<'_> {
         self.store_all(eip, done);
         let from = self.b.ins().iconst(types::I32, from as i64);
         let to = self.b.ins().iconst(types::I32, to as i64);
-        let call = self.b.ins().call(self.helper, &[self.hctx, from, to]);
+        let call = self.b.ins().call(self.helpers.step, &[self.hctx, from, to]);
         self.b.inst_results(call)[0]
     }
 
@@ -885,8 +664,10 @@ impl Emitter<'_> {
         }
         let fast_flags = self.flags;
         if sets_flags {
-            let f = fast_flags.expect("the instruction set the flags");
-            args.extend([f.a, f.b, f.res].map(BlockArg::from));
+            let Some(PendingFlags::Lazy { a, b, res, .. }) = fast_flags else {
+                unreachable!("an instruction with a slow path sets lazy flags")
+            };
+            args.extend([a, b, res].map(BlockArg::from));
         }
         self.b.ins().jump(merge, &args);
 
@@ -895,22 +676,41 @@ impl Emitter<'_> {
         for (k, &n) in merged.iter().enumerate() {
             self.regs[n] = Some(params[k]);
         }
-        if sets_flags {
-            let f = fast_flags.expect("the instruction set the flags");
+        if let (
+            true,
+            Some(PendingFlags::Lazy {
+                op, size, carry, ..
+            }),
+        ) = (sets_flags, fast_flags)
+        {
             let k = merged.len();
-            self.flags = Some(PendingFlags {
+            self.flags = Some(PendingFlags::Lazy {
+                op,
+                size,
                 a: params[k],
                 b: params[k + 1],
                 res: params[k + 2],
-                ..f
+                carry,
             });
         }
     }
 
-    fn alu(&mut self, op: Mnemonic, size: u8, a: Value, bv: Value) -> Value {
+    /// ADD/ADC/SUB/SBB/logic of `a` and `bv`, recording the lazy flags; `carry` (0/1)
+    /// is the carry in for ADC/SBB.
+    fn alu(&mut self, op: Mnemonic, size: u8, a: Value, bv: Value, carry: Option<Value>) -> Value {
         let (r, flag_op) = match op {
             Mnemonic::Add => (self.b.ins().iadd(a, bv), FlagOp::Add),
             Mnemonic::Sub | Mnemonic::Cmp => (self.b.ins().isub(a, bv), FlagOp::Sub),
+            Mnemonic::Adc => {
+                let sum = self.b.ins().iadd(a, bv);
+                let c = carry.expect("ADC has a carry in");
+                (self.b.ins().iadd(sum, c), FlagOp::Add)
+            }
+            Mnemonic::Sbb => {
+                let diff = self.b.ins().isub(a, bv);
+                let c = carry.expect("SBB has a borrow in");
+                (self.b.ins().isub(diff, c), FlagOp::Sub)
+            }
             Mnemonic::And | Mnemonic::Test => (self.b.ins().band(a, bv), FlagOp::Logic),
             Mnemonic::Or => (self.b.ins().bor(a, bv), FlagOp::Logic),
             _ => (self.b.ins().bxor(a, bv), FlagOp::Logic),
@@ -920,12 +720,13 @@ impl Emitter<'_> {
         } else {
             r
         };
-        self.flags = Some(PendingFlags {
+        self.flags = Some(PendingFlags::Lazy {
             op: flag_op,
             size,
             a,
             b: bv,
             res: r,
+            carry: carry.is_some(),
         });
         r
     }
@@ -1015,6 +816,7 @@ impl Emitter<'_> {
                 size,
             } => {
                 let writes = !matches!(op, Mnemonic::Cmp | Mnemonic::Test);
+                let carry = self.carry_in(op);
                 match (dst, src) {
                     (Operand::Reg(d), Operand::Mem(m)) => {
                         let d = *d;
@@ -1024,7 +826,7 @@ impl Emitter<'_> {
                         self.with_slow_path(ins, index, hit, touched, true, |e| {
                             let b = e.load_guest(host, size);
                             let a = e.get(d);
-                            let r = e.alu(op, size, a, b);
+                            let r = e.alu(op, size, a, b, carry);
                             if writes {
                                 e.set(d, r);
                             }
@@ -1036,7 +838,7 @@ impl Emitter<'_> {
                         let (hit, host) = self.fast_address(m.seg, off, size, writes, 0);
                         self.with_slow_path(ins, index, hit, &[], true, |e| {
                             let a = e.load_guest(host, size);
-                            let r = e.alu(op, size, a, b);
+                            let r = e.alu(op, size, a, b, carry);
                             if writes {
                                 e.store_guest(host, r, size);
                             }
@@ -1046,7 +848,7 @@ impl Emitter<'_> {
                         let d = *d;
                         let a = self.get(d);
                         let b = self.value(src);
-                        let r = self.alu(op, size, a, b);
+                        let r = self.alu(op, size, a, b, carry);
                         if writes {
                             self.set(d, r);
                         }
@@ -1095,18 +897,313 @@ impl Emitter<'_> {
                 return;
             }
             Native::Jcc { cc, target, mask } => {
-                let Some(taken) = self.condition(cc) else {
-                    self.interpret(instrs, index, index + 1);
-                    // The helper always ends the block at a branch.
-                    self.exit(next_ip);
-                    return;
-                };
+                let taken = self.condition(cc);
                 self.done += 1;
                 self.branch(ins, index, Some(taken), target, mask, next_ip);
                 return;
             }
+            Native::Call { target } => {
+                self.call(ins, index, target, next_ip);
+                return;
+            }
+            Native::Ret { extra } => {
+                self.ret(ins, index, extra);
+                return;
+            }
+            Native::IncDec { ref dst, size, inc } => self.inc_dec(ins, index, dst, size, inc),
+            Native::Neg { dst } => {
+                let a = self.get(dst);
+                let zero = self.iconst32(0);
+                let r = self.b.ins().isub(zero, a);
+                let r = self.b.ins().band_imm_u(r, mask(dst.size) as i64);
+                self.set(dst, r);
+                self.flags = Some(PendingFlags::Lazy {
+                    op: FlagOp::Sub,
+                    size: dst.size,
+                    a: zero,
+                    b: a,
+                    res: r,
+                    carry: false,
+                });
+            }
+            Native::Not { dst } => {
+                let a = self.get(dst);
+                let r = self.b.ins().bnot(a);
+                self.set(dst, r);
+            }
+            Native::Shift { op, dst, count } => self.shift(op, dst, count),
+            Native::Imul { dst, ref a, ref b } => self.imul(ins, index, dst, a, b),
+            Native::Setcc { cc, dst } => {
+                let c = self.condition(cc);
+                let v = self.b.ins().uextend(types::I32, c);
+                self.set(dst, v);
+            }
+            Native::Cmovcc { cc, dst, ref src } => {
+                let c = self.condition(cc);
+                let old = self.get(dst);
+                // The source is read (and may fault) whatever the condition.
+                let v = match *src {
+                    Operand::Mem(ref m) => {
+                        let off = self.ea(m);
+                        let (hit, host) = self.fast_address(m.seg, off, dst.size, false, 0);
+                        // On the slow path the interpreter does the whole CMOV.
+                        self.with_slow_path(ins, index, hit, &[dst.n], false, |e| {
+                            let v = e.load_guest(host, dst.size);
+                            let v = e.b.ins().select(c, v, old);
+                            e.set(dst, v);
+                        });
+                        self.done += 1;
+                        return;
+                    }
+                    _ => self.value(src),
+                };
+                let v = self.b.ins().select(c, v, old);
+                self.set(dst, v);
+            }
+            Native::Xchg { a, b } => {
+                let va = self.get(a);
+                let vb = self.get(b);
+                self.set(a, vb);
+                self.set(b, va);
+            }
+            Native::Cdq => {
+                let eax = self.reg32(EAX);
+                let sign = self.b.ins().sshr_imm_u(eax, 31);
+                self.set(Gpr::full(EDX), sign);
+            }
+            Native::Cwde => {
+                let eax = self.reg32(EAX);
+                let ax = self.b.ins().ireduce(types::I16, eax);
+                let v = self.b.ins().sextend(types::I32, ax);
+                self.set(Gpr::full(EAX), v);
+            }
+            Native::Leave => {
+                let ebp = self.reg32(EBP);
+                let (hit, host) = self.fast_stack(ebp, 4, false);
+                self.with_slow_path(ins, index, hit, &[ESP, EBP], false, |e| {
+                    let v = e.load_guest(host, 4);
+                    let esp = e.b.ins().iadd_imm_u(ebp, 4);
+                    e.set(Gpr::full(ESP), esp);
+                    e.set(Gpr::full(EBP), v);
+                });
+            }
         }
         self.done += 1;
+    }
+
+    /// IMUL dst, a, b (two- and three-operand forms): the low half, with the flags
+    /// deferred (CF = OF = the product does not fit).
+    fn imul(&mut self, ins: &Instruction, index: usize, dst: Gpr, a: &Operand, b: &Operand) {
+        let size = dst.size;
+        let mul = |e: &mut Self, a: Value, b: Value| {
+            let wide = |e: &mut Self, v: Value| {
+                let v = if size == 2 {
+                    let t = e.b.ins().ireduce(types::I16, v);
+                    e.b.ins().sextend(types::I32, t)
+                } else {
+                    v
+                };
+                e.b.ins().sextend(types::I64, v)
+            };
+            let (wa, wb) = (wide(e, a), wide(e, b));
+            let full = e.b.ins().imul(wa, wb);
+            let low = e.b.ins().ireduce(types::I32, full);
+            let low = e.b.ins().band_imm_u(low, mask(size) as i64);
+            let back = wide(e, low);
+            let overflow = e.b.ins().icmp(IntCC::NotEqual, back, full);
+            let overflow = e.b.ins().uextend(types::I32, overflow);
+            e.set(dst, low);
+            e.flags = Some(PendingFlags::Deferred {
+                kind: DEFERRED_MUL,
+                size,
+                a: low,
+                b: overflow,
+            });
+        };
+        let bv = self.value(b);
+        match *a {
+            Operand::Mem(ref m) => {
+                // The interpreter on the slow path computes the flags at once: store
+                // any deferred ones first, so both paths leave the state alike.
+                let off = self.ea(m);
+                let (hit, host) = self.fast_address(m.seg, off, size, false, 0);
+                self.flush_flags();
+                self.with_slow_path(ins, index, hit, &[dst.n], false, |e| {
+                    let av = e.load_guest(host, size);
+                    mul(e, av, bv);
+                    // Stored at once, so both paths leave the flags in the state.
+                    e.flush_flags();
+                });
+            }
+            _ => {
+                let av = self.value(a);
+                mul(self, av, bv);
+            }
+        }
+    }
+
+    /// A near CALL: pushes the return address on the stack's fast path and leaves for
+    /// the target (the interpreter does the whole CALL on the slow path, or faults).
+    fn call(&mut self, ins: &Instruction, index: usize, target: u64, next_ip: i64) {
+        let ret = self.eip_at(next_ip);
+        let ret = self.b.ins().ireduce(types::I32, ret);
+        let esp = self.reg32(ESP);
+        let new_esp = self.b.ins().iadd_imm_s(esp, -4);
+        let (hit, host) = self.fast_stack(new_esp, 4, true);
+        let t = self.target_eip(target, 0xFFFF_FFFF);
+        let in_limit = self.within_cs_limit(t);
+        let hit = self.b.ins().band(hit, in_limit);
+        self.with_slow_path(ins, index, hit, &[ESP], false, |e| {
+            e.store_guest(host, ret, 4);
+            e.set(Gpr::full(ESP), new_esp);
+        });
+        self.done += 1;
+        self.store_all(t, self.done);
+        self.leave_with(crate::EXIT_TAKEN);
+    }
+
+    /// A near RET: pops the return address on the stack's fast path and leaves for it.
+    fn ret(&mut self, ins: &Instruction, index: usize, extra: u32) {
+        let esp = self.reg32(ESP);
+        let (hit, host) = self.fast_stack(esp, 4, false);
+        // Loaded only on the fast path; the slow path's interpreter does the whole RET.
+        let fast_blk = self.b.create_block();
+        let slow_blk = self.b.create_block();
+        self.b.ins().brif(hit, fast_blk, &[], slow_blk, &[]);
+        self.b.switch_to_block(slow_blk);
+        self.call_interpreter(index, index + 1, ins.ip(), self.done);
+        self.b.ins().jump(self.leave, &[]);
+        self.b.switch_to_block(fast_blk);
+        let target = self.load_guest(host, 4);
+        let target = self.b.ins().uextend(types::I64, target);
+        let in_limit = self.within_cs_limit(target);
+        let go = self.b.create_block();
+        self.b.ins().brif(in_limit, go, &[], slow_blk, &[]);
+        self.b.switch_to_block(go);
+        let new_esp = self.b.ins().iadd_imm_u(esp, 4 + extra as i64);
+        self.set(Gpr::full(ESP), new_esp);
+        self.done += 1;
+        self.store_all(target, self.done);
+        self.leave_with(crate::EXIT_INDIRECT);
+    }
+
+    /// The carry in of ADC/SBB (None for the other ALU operations).
+    fn carry_in(&mut self, op: Mnemonic) -> Option<Value> {
+        matches!(op, Mnemonic::Adc | Mnemonic::Sbb).then(|| self.carry_flag())
+    }
+
+    fn inc_dec(&mut self, ins: &Instruction, index: usize, dst: &Operand, size: u8, inc: bool) {
+        let op = if inc { FlagOp::Inc } else { FlagOp::Dec };
+        let apply = |e: &mut Self, a: Value| -> Value {
+            let r = if inc {
+                e.b.ins().iadd_imm_u(a, 1)
+            } else {
+                e.b.ins().iadd_imm_s(a, -1)
+            };
+            let r = e.b.ins().band_imm_u(r, mask(size) as i64);
+            // CF is kept (in `bits`), as `Flags::set_lazy` does for INC/DEC.
+            e.keep_carry();
+            let one = e.iconst32(1);
+            e.flags = Some(PendingFlags::Lazy {
+                op,
+                size,
+                a,
+                b: one,
+                res: r,
+                carry: false,
+            });
+            r
+        };
+        match *dst {
+            Operand::Reg(d) => {
+                let a = self.get(d);
+                let r = apply(self, a);
+                self.set(d, r);
+            }
+            Operand::Mem(ref m) => {
+                // The carry kept must be known before the paths split: the slow path
+                // keeps it itself, from the stored flags.
+                if !matches!(self.flags, Some(PendingFlags::Lazy { .. })) {
+                    self.flush_flags();
+                }
+                let off = self.ea(m);
+                let (hit, host) = self.fast_address(m.seg, off, size, true, 0);
+                self.with_slow_path(ins, index, hit, &[], true, |e| {
+                    let a = e.load_guest(host, size);
+                    let r = apply(e, a);
+                    e.store_guest(host, r, size);
+                });
+            }
+            Operand::Imm(_) => unreachable!("INC/DEC of an immediate"),
+        }
+    }
+
+    /// Shifts and rotates of a register. The flags are deferred: the interpreter's code
+    /// computes them only if they are stored.
+    fn shift(&mut self, op: Mnemonic, dst: Gpr, count: Count) {
+        let size = dst.size;
+        let bits = size as i64 * 8;
+        let a = self.get(dst);
+        let (count, from_cl) = match count {
+            Count::Imm(0) => return,
+            Count::Imm(c) => (self.iconst32(c), false),
+            Count::Cl => {
+                let ecx = self.reg32(ECX);
+                (self.b.ins().band_imm_u(ecx, 0x1F), true)
+            }
+        };
+        // A rotate keeps SF/ZF/AF/PF, and a count of 0 (from CL) keeps everything: the
+        // flags before must be in the state for the deferred computation to start from.
+        if keeps_old_flags(op) || from_cl {
+            self.flush_flags();
+        }
+        let r = match op {
+            Mnemonic::Shl => self.b.ins().ishl(a, count),
+            Mnemonic::Shr => self.b.ins().ushr(a, count),
+            Mnemonic::Sar => {
+                let v = match size {
+                    1 => {
+                        let t = self.b.ins().ireduce(types::I8, a);
+                        self.b.ins().sextend(types::I32, t)
+                    }
+                    2 => {
+                        let t = self.b.ins().ireduce(types::I16, a);
+                        self.b.ins().sextend(types::I32, t)
+                    }
+                    _ => a,
+                };
+                self.b.ins().sshr(v, count)
+            }
+            _ if size == 4 => {
+                if op == Mnemonic::Rol {
+                    self.b.ins().rotl(a, count)
+                } else {
+                    self.b.ins().rotr(a, count)
+                }
+            }
+            _ => {
+                // (a << c) | (a >> (bits - c)) within `bits`, c = count mod bits.
+                let c = self.b.ins().band_imm_u(count, bits - 1);
+                let bits_v = self.iconst32(bits as u32);
+                let back = self.b.ins().isub(bits_v, c);
+                let (l, r) = if op == Mnemonic::Rol {
+                    (c, back)
+                } else {
+                    (back, c)
+                };
+                let hi = self.b.ins().ishl(a, l);
+                let lo = self.b.ins().ushr(a, r);
+                self.b.ins().bor(hi, lo)
+            }
+        };
+        let r = self.b.ins().band_imm_u(r, mask(size) as i64);
+        self.set(dst, r);
+        self.flags = Some(PendingFlags::Deferred {
+            kind: deferred_shift(op),
+            size,
+            a,
+            b: count,
+        });
     }
 
     /// The stack fast path: 32-bit stack segments only (SS.B set).
@@ -1136,15 +1233,8 @@ impl Emitter<'_> {
             self.b.ins().jump(target_blk, &[]);
         }
         self.b.switch_to_block(target_blk);
-        // base + target, wrapped to the operand size, inside the CS limit.
-        let t = self.b.ins().iadd_imm_u(self.base, target as i64);
-        let t = self.b.ins().band_imm_u(t, mask as i64);
-        let limit = self.b.ins().uload32(
-            trusted(),
-            self.state,
-            SEG + CS as i32 * SEG_SIZE + SEG_LIMIT,
-        );
-        let ok = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, t, limit);
+        let t = self.target_eip(target, mask);
+        let ok = self.within_cs_limit(t);
         let go = self.b.create_block();
         let fault = self.b.create_block();
         self.b.ins().brif(ok, go, &[], fault, &[]);
@@ -1154,90 +1244,29 @@ impl Emitter<'_> {
         self.b.ins().jump(self.leave, &[]);
         self.b.switch_to_block(go);
         self.store_all(t, self.done);
-        let zero = self.b.ins().iconst(types::I32, 0);
-        self.b.ins().return_(&[zero]);
-        self.ended = true;
+        self.leave_with(crate::EXIT_TAKEN);
     }
 
-    /// The condition `cc` from lazy flags known at compile time, for the flag
-    /// operations and conditions where that is simple; None otherwise.
-    fn condition(&mut self, cc: ConditionCode) -> Option<Value> {
-        use ConditionCode as C;
-        let f = self.flags?;
-        let narrow = |e: &mut Self, v: Value| match f.size {
-            1 => e.b.ins().ireduce(types::I8, v),
-            2 => e.b.ins().ireduce(types::I16, v),
-            _ => v,
-        };
-        let sign = |e: &mut Self, v: Value| {
-            let bit = 1i64 << (f.size as i64 * 8 - 1);
-            let s = e.b.ins().band_imm_u(v, bit);
-            e.b.ins().icmp_imm_u(IntCC::NotEqual, s, 0)
-        };
-        let zero = |e: &mut Self, v: Value| e.b.ins().icmp_imm_u(IntCC::Equal, v, 0);
-        let not = |e: &mut Self, v: Value| e.b.ins().bxor_imm_u(v, 1);
-        Some(match (f.op, cc) {
-            (FlagOp::Sub, _) => {
-                let a = narrow(self, f.a);
-                let b = narrow(self, f.b);
-                let ic = match cc {
-                    C::e => IntCC::Equal,
-                    C::ne => IntCC::NotEqual,
-                    C::b => IntCC::UnsignedLessThan,
-                    C::ae => IntCC::UnsignedGreaterThanOrEqual,
-                    C::be => IntCC::UnsignedLessThanOrEqual,
-                    C::a => IntCC::UnsignedGreaterThan,
-                    C::l => IntCC::SignedLessThan,
-                    C::ge => IntCC::SignedGreaterThanOrEqual,
-                    C::le => IntCC::SignedLessThanOrEqual,
-                    C::g => IntCC::SignedGreaterThan,
-                    C::s => return Some(sign(self, f.res)),
-                    C::ns => {
-                        let s = sign(self, f.res);
-                        return Some(not(self, s));
-                    }
-                    _ => return None,
-                };
-                self.b.ins().icmp(ic, a, b)
-            }
-            (FlagOp::Logic, C::e | C::be) => zero(self, f.res),
-            (FlagOp::Logic, C::ne | C::a) => {
-                let z = zero(self, f.res);
-                not(self, z)
-            }
-            (FlagOp::Logic, C::s | C::l) => sign(self, f.res),
-            (FlagOp::Logic, C::ns | C::ge) => {
-                let s = sign(self, f.res);
-                not(self, s)
-            }
-            (FlagOp::Logic, C::le) => {
-                let z = zero(self, f.res);
-                let s = sign(self, f.res);
-                self.b.ins().bor(z, s)
-            }
-            (FlagOp::Logic, C::g) => {
-                let z = zero(self, f.res);
-                let s = sign(self, f.res);
-                let either = self.b.ins().bor(z, s);
-                not(self, either)
-            }
-            (FlagOp::Add, C::e) => zero(self, f.res),
-            (FlagOp::Add, C::ne) => {
-                let z = zero(self, f.res);
-                not(self, z)
-            }
-            (FlagOp::Add, C::s) => sign(self, f.res),
-            (FlagOp::Add, C::ns) => {
-                let s = sign(self, f.res);
-                not(self, s)
-            }
-            (FlagOp::Add, C::b) => self.b.ins().icmp(IntCC::UnsignedLessThan, f.res, f.a),
-            (FlagOp::Add, C::ae) => {
-                self.b
-                    .ins()
-                    .icmp(IntCC::UnsignedGreaterThanOrEqual, f.res, f.a)
-            }
-            _ => return None,
-        })
+    /// EIP of a branch target (relative to the block), wrapped to the operand size.
+    fn target_eip(&mut self, target: u64, mask: u64) -> Value {
+        let t = self.b.ins().iadd_imm_u(self.base, target as i64);
+        self.b.ins().band_imm_u(t, mask as i64)
+    }
+
+    /// Whether EIP `t` (an i64) is inside the CS limit.
+    fn within_cs_limit(&mut self, t: Value) -> Value {
+        let limit = self.b.ins().uload32(
+            trusted(),
+            self.state,
+            SEG + CS as i32 * SEG_SIZE + SEG_LIMIT,
+        );
+        self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, t, limit)
+    }
+
+    /// Returns `code` (one of the `EXIT_*` codes); everything is stored.
+    fn leave_with(&mut self, code: u32) {
+        let v = self.iconst32(code);
+        self.b.ins().return_(&[v]);
+        self.ended = true;
     }
 }

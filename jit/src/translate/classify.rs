@@ -1,0 +1,450 @@
+//! Which instructions compiled code does itself, and their operands in the form the
+//! emitter wants. Everything `classify` returns None for runs in the interpreter.
+
+use hospes_cpu::state::ESP;
+use hospes_cpu::Cpu;
+use iced_x86::{CodeSize, ConditionCode, Instruction, Mnemonic, OpKind, Register};
+
+/// A general register: index 0-7, size in bytes, and for AH/CH/DH/BH the high byte.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Gpr {
+    pub n: usize,
+    pub size: u8,
+    pub high: bool,
+}
+
+impl Gpr {
+    pub fn full(n: usize) -> Gpr {
+        Gpr {
+            n,
+            size: 4,
+            high: false,
+        }
+    }
+}
+
+pub(super) fn gpr(r: Register) -> Option<Gpr> {
+    // (first register, how many, size, high byte): EAX..EDI, AX..DI, AL..BL, AH..BH.
+    const GROUPS: [(Register, usize, u8, bool); 4] = [
+        (Register::EAX, 8, 4, false),
+        (Register::AX, 8, 2, false),
+        (Register::AL, 4, 1, false),
+        (Register::AH, 4, 1, true),
+    ];
+    let n = r as usize;
+    GROUPS.iter().find_map(|&(first, count, size, high)| {
+        let first = first as usize;
+        (first..first + count).contains(&n).then_some(Gpr {
+            n: n - first,
+            size,
+            high,
+        })
+    })
+}
+
+/// A memory operand: segment, base, scaled index, displacement, address size.
+#[derive(Clone, Copy)]
+pub(super) struct MemRef {
+    pub seg: usize,
+    pub base: Option<usize>,
+    pub index: Option<(usize, u32)>,
+    pub disp: u32,
+    pub addr16: bool,
+}
+
+fn mem_ref(ins: &Instruction) -> Option<MemRef> {
+    let seg = (ins.memory_segment() as usize).wrapping_sub(Register::ES as usize);
+    if seg > 5 {
+        return None;
+    }
+    let addr16 = Cpu::addr16(ins);
+    let want = if addr16 { 2 } else { 4 };
+    let reg = |r: Register| -> Option<Option<usize>> {
+        if r == Register::None {
+            return Some(None);
+        }
+        let g = gpr(r)?;
+        (g.size == want).then_some(Some(g.n))
+    };
+    let base = reg(ins.memory_base())?;
+    let index = reg(ins.memory_index())?.map(|n| (n, ins.memory_index_scale().trailing_zeros()));
+    Some(MemRef {
+        seg,
+        base,
+        index,
+        disp: ins.memory_displacement32(),
+        addr16,
+    })
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Operand {
+    Reg(Gpr),
+    Mem(MemRef),
+    Imm(u32),
+}
+
+pub(super) fn mask(size: u8) -> u32 {
+    match size {
+        1 => 0xFF,
+        2 => 0xFFFF,
+        _ => u32::MAX,
+    }
+}
+
+fn operand(ins: &Instruction, i: u32, size: u8) -> Option<Operand> {
+    match ins.op_kind(i) {
+        OpKind::Register => {
+            let g = gpr(ins.op_register(i))?;
+            (g.size == size).then_some(Operand::Reg(g))
+        }
+        OpKind::Memory => {
+            if ins.memory_size().size() != size as usize {
+                return None;
+            }
+            Some(Operand::Mem(mem_ref(ins)?))
+        }
+        OpKind::Immediate8
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate16
+        | OpKind::Immediate32 => Some(Operand::Imm(ins.immediate(i) as u32 & mask(size))),
+        _ => None,
+    }
+}
+
+fn operand_size(ins: &Instruction, i: u32) -> Option<u8> {
+    let size = match ins.op_kind(i) {
+        OpKind::Register => ins.op_register(i).size(),
+        OpKind::Memory => ins.memory_size().size(),
+        _ => return None,
+    };
+    matches!(size, 1 | 2 | 4).then_some(size as u8)
+}
+
+/// A register operand (not memory, not an immediate) of any size.
+fn reg_operand(ins: &Instruction, i: u32) -> Option<Gpr> {
+    (ins.op_kind(i) == OpKind::Register)
+        .then(|| gpr(ins.op_register(i)))
+        .flatten()
+}
+
+/// Whether compiled code would do any of `instrs` itself (if not, compiling the block
+/// would only produce one call to the interpreter, which can run it directly).
+pub fn has_native(instrs: &[Instruction]) -> bool {
+    instrs.iter().any(|i| classify(i).is_some())
+}
+
+/// Shift counts: an immediate (already masked to 5 bits) or CL.
+#[derive(Clone, Copy)]
+pub(super) enum Count {
+    Imm(u32),
+    Cl,
+}
+
+/// The instructions compiled code does itself (memory accesses only on the TLB's fast
+/// path; anything else takes the interpreter for that one instruction).
+pub(super) enum Native {
+    Nop,
+    Mov {
+        dst: Operand,
+        src: Operand,
+        size: u8,
+    },
+    /// MOVZX / MOVSX.
+    Movx {
+        dst: Gpr,
+        src: Operand,
+        src_size: u8,
+        signed: bool,
+    },
+    /// ADD, ADC, SUB, SBB, AND, OR, XOR, CMP, TEST.
+    Alu {
+        op: Mnemonic,
+        dst: Operand,
+        src: Operand,
+        size: u8,
+    },
+    /// INC / DEC.
+    IncDec {
+        dst: Operand,
+        size: u8,
+        inc: bool,
+    },
+    Neg {
+        dst: Gpr,
+    },
+    Not {
+        dst: Gpr,
+    },
+    /// SHL/SHR/SAR/ROL/ROR of a register.
+    Shift {
+        op: Mnemonic,
+        dst: Gpr,
+        count: Count,
+    },
+    /// IMUL with two or three operands: dst = a * b (only `a` may be in memory).
+    Imul {
+        dst: Gpr,
+        a: Operand,
+        b: Operand,
+    },
+    Setcc {
+        cc: ConditionCode,
+        dst: Gpr,
+    },
+    Cmovcc {
+        cc: ConditionCode,
+        dst: Gpr,
+        src: Operand,
+    },
+    Xchg {
+        a: Gpr,
+        b: Gpr,
+    },
+    /// CDQ (EDX = sign of EAX) and CWDE (EAX = AX sign-extended).
+    Cdq,
+    Cwde,
+    Lea {
+        dst: Gpr,
+        mem: MemRef,
+    },
+    Push {
+        src: Operand,
+        size: u8,
+    },
+    Pop {
+        dst: Gpr,
+    },
+    /// LEAVE with a 32-bit operand size: ESP = EBP, then POP EBP.
+    Leave,
+    Jmp {
+        target: u64,
+        mask: u64,
+    },
+    Jcc {
+        cc: ConditionCode,
+        target: u64,
+        mask: u64,
+    },
+    /// A near CALL with a 32-bit operand size.
+    Call {
+        target: u64,
+    },
+    /// A near RET with a 32-bit operand size, releasing `extra` more bytes.
+    Ret {
+        extra: u32,
+    },
+}
+
+fn branch_target(ins: &Instruction) -> Option<(u64, u64)> {
+    match ins.op0_kind() {
+        OpKind::NearBranch16 => Some((ins.near_branch16() as u64, 0xFFFF)),
+        OpKind::NearBranch32 => Some((ins.near_branch32() as u64, 0xFFFF_FFFF)),
+        _ => None,
+    }
+}
+
+/// Whether the instruction's operand size is 32 bits (as for CALL/RET/LEAVE, which
+/// have no explicit operand giving it).
+fn operand32(ins: &Instruction) -> bool {
+    let size = ins.code().op_code().operand_size();
+    if ins.code_size() == CodeSize::Code32 {
+        size != 16
+    } else {
+        size == 32
+    }
+}
+
+const SETCC: [Mnemonic; 16] = {
+    use Mnemonic as M;
+    [
+        M::Seto,
+        M::Setno,
+        M::Setb,
+        M::Setae,
+        M::Sete,
+        M::Setne,
+        M::Setbe,
+        M::Seta,
+        M::Sets,
+        M::Setns,
+        M::Setp,
+        M::Setnp,
+        M::Setl,
+        M::Setge,
+        M::Setle,
+        M::Setg,
+    ]
+};
+const CMOVCC: [Mnemonic; 16] = {
+    use Mnemonic as M;
+    [
+        M::Cmovo,
+        M::Cmovno,
+        M::Cmovb,
+        M::Cmovae,
+        M::Cmove,
+        M::Cmovne,
+        M::Cmovbe,
+        M::Cmova,
+        M::Cmovs,
+        M::Cmovns,
+        M::Cmovp,
+        M::Cmovnp,
+        M::Cmovl,
+        M::Cmovge,
+        M::Cmovle,
+        M::Cmovg,
+    ]
+};
+
+pub(super) fn classify(ins: &Instruction) -> Option<Native> {
+    use Mnemonic as M;
+    if ins.has_lock_prefix() {
+        return None;
+    }
+    match ins.mnemonic() {
+        M::Nop | M::Pause if ins.op_count() == 0 || ins.op0_kind() != OpKind::Register => {
+            Some(Native::Nop)
+        }
+        M::Mov => {
+            let size = operand_size(ins, 0)?;
+            let dst = operand(ins, 0, size)?;
+            let src = operand(ins, 1, size)?;
+            if matches!(dst, Operand::Imm(_)) {
+                return None;
+            }
+            Some(Native::Mov { dst, src, size })
+        }
+        M::Movzx | M::Movsx => {
+            let dst = reg_operand(ins, 0).filter(|g| g.size > 1)?;
+            let src_size = operand_size(ins, 1)?;
+            Some(Native::Movx {
+                dst,
+                src: operand(ins, 1, src_size)?,
+                src_size,
+                signed: ins.mnemonic() == M::Movsx,
+            })
+        }
+        M::Add | M::Adc | M::Sub | M::Sbb | M::And | M::Or | M::Xor | M::Cmp | M::Test => {
+            let size = operand_size(ins, 0)?;
+            let dst = operand(ins, 0, size)?;
+            let src = operand(ins, 1, size)?;
+            Some(Native::Alu {
+                op: ins.mnemonic(),
+                dst,
+                src,
+                size,
+            })
+        }
+        M::Inc | M::Dec => {
+            let size = operand_size(ins, 0)?;
+            Some(Native::IncDec {
+                dst: operand(ins, 0, size)?,
+                size,
+                inc: ins.mnemonic() == M::Inc,
+            })
+        }
+        M::Neg => Some(Native::Neg {
+            dst: reg_operand(ins, 0)?,
+        }),
+        M::Not => Some(Native::Not {
+            dst: reg_operand(ins, 0)?,
+        }),
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror => {
+            let dst = reg_operand(ins, 0)?;
+            let count = match ins.op_count() {
+                1 => Count::Imm(1),
+                _ if ins.op1_kind() == OpKind::Immediate8 => {
+                    Count::Imm(ins.immediate8() as u32 & 0x1F)
+                }
+                _ if ins.op1_register() == Register::CL => Count::Cl,
+                _ => return None,
+            };
+            let op = if ins.mnemonic() == M::Sal {
+                M::Shl
+            } else {
+                ins.mnemonic()
+            };
+            Some(Native::Shift { op, dst, count })
+        }
+        M::Imul if ins.op_count() >= 2 => {
+            let dst = reg_operand(ins, 0).filter(|g| g.size > 1)?;
+            let (a, b) = if ins.op_count() == 3 {
+                (operand(ins, 1, dst.size)?, operand(ins, 2, dst.size)?)
+            } else {
+                // Multiplying commutes: the memory operand, if any, goes first.
+                (operand(ins, 1, dst.size)?, Operand::Reg(dst))
+            };
+            Some(Native::Imul { dst, a, b })
+        }
+        M::Xchg => {
+            let a = reg_operand(ins, 0)?;
+            let b = reg_operand(ins, 1)?;
+            (a.size == b.size).then_some(Native::Xchg { a, b })
+        }
+        M::Cdq => Some(Native::Cdq),
+        M::Cwde => Some(Native::Cwde),
+        M::Lea if ins.op1_kind() == OpKind::Memory => {
+            let dst = reg_operand(ins, 0).filter(|g| g.size > 1)?;
+            Some(Native::Lea {
+                dst,
+                mem: mem_ref(ins)?,
+            })
+        }
+        M::Push if ins.op0_kind() == OpKind::Register => {
+            let g = reg_operand(ins, 0).filter(|g| g.size > 1)?;
+            Some(Native::Push {
+                src: Operand::Reg(g),
+                size: g.size,
+            })
+        }
+        M::Push if matches!(ins.op0_kind(), OpKind::Immediate8to32 | OpKind::Immediate32) => {
+            Some(Native::Push {
+                src: Operand::Imm(ins.immediate(0) as u32),
+                size: 4,
+            })
+        }
+        M::Pop if ins.op0_kind() == OpKind::Register => {
+            let g = reg_operand(ins, 0).filter(|g| g.size > 1 && g.n != ESP)?;
+            Some(Native::Pop { dst: g })
+        }
+        M::Leave if operand32(ins) => Some(Native::Leave),
+        M::Jmp => {
+            let (target, mask) = branch_target(ins)?;
+            Some(Native::Jmp { target, mask })
+        }
+        M::Call if operand32(ins) && ins.op0_kind() == OpKind::NearBranch32 => Some(Native::Call {
+            target: ins.near_branch32() as u64,
+        }),
+        M::Ret if operand32(ins) => Some(Native::Ret {
+            extra: if ins.op_count() > 0 {
+                ins.immediate16() as u32
+            } else {
+                0
+            },
+        }),
+        _ if ins.is_jcc_short_or_near() => {
+            let (target, mask) = branch_target(ins)?;
+            Some(Native::Jcc {
+                cc: ins.condition_code(),
+                target,
+                mask,
+            })
+        }
+        m if SETCC.contains(&m) => Some(Native::Setcc {
+            cc: ins.condition_code(),
+            dst: reg_operand(ins, 0)?,
+        }),
+        m if CMOVCC.contains(&m) => {
+            let dst = reg_operand(ins, 0)?;
+            Some(Native::Cmovcc {
+                cc: ins.condition_code(),
+                dst,
+                src: operand(ins, 1, dst.size)?,
+            })
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,316 @@
+//! Arithmetic flags in compiled code: produced only as records, computed only where read.
+//!
+//! A native instruction that sets flags leaves a [`PendingFlags`] record of SSA values.
+//! Add/subtract/logic/INC/DEC records are the interpreter's own lazy form
+//! (`Flags::set_lazy`), stored as five fields; shifts, rotates and IMUL, whose flags
+//! the interpreter computes at once, leave their operands, and the interpreter's code
+//! computes the flags only if the record has to be stored (before a helper or at an
+//! exit), which is rare: the next instruction usually overwrites them. Reads (Jcc,
+//! SETcc, CMOVcc, ADC/SBB, INC/DEC's kept CF) test the record's operands inline for the
+//! common cases and otherwise ask the interpreter's `Flags::cond` about the stored state.
+
+use super::Emitter;
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, InstBuilder, Value};
+use hospes_cpu::exec::{set_mul_flags, shift};
+use hospes_cpu::flags::{FlagOp, ARITH, CF};
+use hospes_cpu::state::CpuState;
+use iced_x86::{ConditionCode, Mnemonic};
+
+/// Flags recorded by compiled code and not yet stored in the CPU state.
+#[derive(Clone, Copy)]
+pub(super) enum PendingFlags {
+    /// As `Flags::set_lazy` records them; `carry` when the operation had a carry or
+    /// borrow in (ADC/SBB), which the inline conditions do not cover.
+    Lazy {
+        op: FlagOp,
+        size: u8,
+        a: Value,
+        b: Value,
+        res: Value,
+        carry: bool,
+    },
+    /// Flags the interpreter computes from the operands: `kind` is one of the
+    /// `DEFERRED_*` codes, `a` and `b` its operands (see [`helper_flags`]).
+    Deferred {
+        kind: u32,
+        size: u8,
+        a: Value,
+        b: Value,
+    },
+}
+
+/// Deferred flag kinds: shifts and rotates (`a` the value shifted, `b` the count), and
+/// multiplies (`a` the low half of the product, `b` 1 on overflow).
+pub(super) const DEFERRED_MUL: u32 = 0;
+const DEFERRED_SHIFTS: [Mnemonic; 5] = [
+    Mnemonic::Shl,
+    Mnemonic::Shr,
+    Mnemonic::Sar,
+    Mnemonic::Rol,
+    Mnemonic::Ror,
+];
+
+/// The deferred kind for a shift or rotate.
+pub(super) fn deferred_shift(op: Mnemonic) -> u32 {
+    1 + DEFERRED_SHIFTS
+        .iter()
+        .position(|&m| m == op)
+        .expect("a shift compiled code does") as u32
+}
+
+/// Whether a shift's flags depend on the flags before it (rotates keep SF, ZF, AF, PF).
+pub(super) fn keeps_old_flags(op: Mnemonic) -> bool {
+    matches!(op, Mnemonic::Rol | Mnemonic::Ror)
+}
+
+/// Stores the flags of a deferred record into the state, with the interpreter's code.
+pub(super) extern "C" fn helper_flags(state: *mut CpuState, kind: u32, size: u32, a: u32, b: u32) {
+    // SAFETY: compiled code passes the state pointer `call` gave it, and holds no other
+    // reference into the state during the call.
+    let flags = unsafe { &mut (*state).flags };
+    if kind == DEFERRED_MUL {
+        set_mul_flags(flags, a, size, b != 0);
+    } else {
+        shift(flags, DEFERRED_SHIFTS[kind as usize - 1], size, a, b);
+    }
+}
+
+/// The condition `cc` (in the x86 encoding, 0-15) of the flags stored in the state.
+pub(super) extern "C" fn helper_cond(state: *const CpuState, cc: u32) -> u32 {
+    // SAFETY: as for `helper_flags`; this only reads.
+    unsafe { (*state).flags.cond(cc as u8) as u32 }
+}
+
+/// The x86 encoding (0 = O ... 15 = G) of a condition code.
+fn encoding(cc: ConditionCode) -> u32 {
+    cc as u32 - 1
+}
+
+impl Emitter<'_> {
+    /// Emits the stores (or the deferred computation) that put the pending flags into
+    /// the state. Leaves the record pending: storing it twice is harmless.
+    pub(super) fn store_flags(&mut self) {
+        match self.flags {
+            None => {}
+            Some(PendingFlags::Lazy {
+                op,
+                size,
+                a,
+                b,
+                res,
+                ..
+            }) => {
+                let op = self.b.ins().iconst(types::I8, op as i64);
+                let size = self.b.ins().iconst(types::I8, size as i64);
+                let st = self.state;
+                self.b.ins().store(super::trusted(), op, st, super::FLAG_OP);
+                self.b
+                    .ins()
+                    .store(super::trusted(), size, st, super::FLAG_SIZE);
+                self.b.ins().store(super::trusted(), a, st, super::FLAG_A);
+                self.b.ins().store(super::trusted(), b, st, super::FLAG_B);
+                self.b
+                    .ins()
+                    .store(super::trusted(), res, st, super::FLAG_RES);
+            }
+            Some(PendingFlags::Deferred { kind, size, a, b }) => {
+                let kind = self.iconst32(kind);
+                let size = self.iconst32(size as u32);
+                let helper = self.helpers.flags;
+                self.b.ins().call(helper, &[self.state, kind, size, a, b]);
+            }
+        }
+    }
+
+    /// Stores the pending flags and forgets them: the state holds the flags.
+    pub(super) fn flush_flags(&mut self) {
+        self.store_flags();
+        self.flags = None;
+    }
+
+    /// `cc` of the flags in the state (after storing any pending record).
+    fn stored_condition(&mut self, cc: u32) -> Value {
+        self.flush_flags();
+        let cc = self.iconst32(cc);
+        let helper = self.helpers.cond;
+        let call = self.b.ins().call(helper, &[self.state, cc]);
+        self.b.inst_results(call)[0]
+    }
+
+    /// The sign bit of `size` set in `v`, as 0/1.
+    fn top_bit(&mut self, v: Value, size: u8) -> Value {
+        let x = self.b.ins().ushr_imm_u(v, size as i64 * 8 - 1);
+        self.b.ins().band_imm_u(x, 1)
+    }
+
+    /// CF as an i32 0/1.
+    pub(super) fn carry_flag(&mut self) -> Value {
+        match self.flags {
+            Some(PendingFlags::Lazy {
+                op: FlagOp::Add,
+                size,
+                a,
+                b,
+                res,
+                ..
+            }) => {
+                // Carry out of the top bit: (a & b) | ((a | b) & !res).
+                let ab = self.b.ins().band(a, b);
+                let either = self.b.ins().bor(a, b);
+                let not_r = self.b.ins().bnot(res);
+                let x = self.b.ins().band(either, not_r);
+                let x = self.b.ins().bor(ab, x);
+                self.top_bit(x, size)
+            }
+            Some(PendingFlags::Lazy {
+                op: FlagOp::Sub,
+                size,
+                a,
+                b,
+                res,
+                ..
+            }) => {
+                // Borrow out of the top bit: (!a & b) | ((!a | b) & res).
+                let not_a = self.b.ins().bnot(a);
+                let nab = self.b.ins().band(not_a, b);
+                let either = self.b.ins().bor(not_a, b);
+                let x = self.b.ins().band(either, res);
+                let x = self.b.ins().bor(nab, x);
+                self.top_bit(x, size)
+            }
+            Some(PendingFlags::Lazy {
+                op: FlagOp::Logic, ..
+            }) => self.iconst32(0),
+            Some(PendingFlags::Lazy {
+                op: FlagOp::Inc | FlagOp::Dec,
+                ..
+            }) => {
+                // INC/DEC keep CF in `bits`, stored when they ran.
+                let bits = self.load_flag_bits();
+                self.b.ins().band_imm_u(bits, CF as i64)
+            }
+            _ => self.stored_condition(encoding(ConditionCode::b)),
+        }
+    }
+
+    fn load_flag_bits(&mut self) -> Value {
+        self.b
+            .ins()
+            .load(types::I32, super::trusted(), self.state, super::FLAG_BITS)
+    }
+
+    /// INC/DEC: what `Flags::set_lazy` does before recording them: CF (from the flags
+    /// before) goes to `bits`, the other arithmetic bits there are cleared.
+    pub(super) fn keep_carry(&mut self) {
+        let cf = self.carry_flag();
+        let bits = self.load_flag_bits();
+        let bits = self.b.ins().band_imm_u(bits, !(ARITH as i64));
+        let bits = self.b.ins().bor(bits, cf);
+        self.b
+            .ins()
+            .store(super::trusted(), bits, self.state, super::FLAG_BITS);
+    }
+
+    /// The condition `cc` as an i8 0/1: inline from the pending record where simple,
+    /// else from the stored flags.
+    pub(super) fn condition(&mut self, cc: ConditionCode) -> Value {
+        if let Some(v) = self.inline_condition(cc) {
+            return v;
+        }
+        let v = self.stored_condition(encoding(cc));
+        self.b.ins().ireduce(types::I8, v)
+    }
+
+    fn inline_condition(&mut self, cc: ConditionCode) -> Option<Value> {
+        use ConditionCode as C;
+        let Some(PendingFlags::Lazy {
+            op,
+            size,
+            a,
+            b,
+            res,
+            carry,
+        }) = self.flags
+        else {
+            return None;
+        };
+        let narrow = |e: &mut Self, v: Value| match size {
+            1 => e.b.ins().ireduce(types::I8, v),
+            2 => e.b.ins().ireduce(types::I16, v),
+            _ => v,
+        };
+        let sign = |e: &mut Self, v: Value| {
+            let bit = 1i64 << (size as i64 * 8 - 1);
+            let s = e.b.ins().band_imm_u(v, bit);
+            e.b.ins().icmp_imm_u(IntCC::NotEqual, s, 0)
+        };
+        let zero = |e: &mut Self, v: Value| e.b.ins().icmp_imm_u(IntCC::Equal, v, 0);
+        let not = |e: &mut Self, v: Value| e.b.ins().bxor_imm_u(v, 1);
+        // Conditions of the result alone hold for every lazy operation.
+        match cc {
+            C::e => return Some(zero(self, res)),
+            C::ne => {
+                let z = zero(self, res);
+                return Some(not(self, z));
+            }
+            C::s => return Some(sign(self, res)),
+            C::ns => {
+                let s = sign(self, res);
+                return Some(not(self, s));
+            }
+            _ => {}
+        }
+        Some(match (op, cc) {
+            (FlagOp::Sub, _) if !carry => {
+                let a = narrow(self, a);
+                let b = narrow(self, b);
+                let ic = match cc {
+                    C::b => IntCC::UnsignedLessThan,
+                    C::ae => IntCC::UnsignedGreaterThanOrEqual,
+                    C::be => IntCC::UnsignedLessThanOrEqual,
+                    C::a => IntCC::UnsignedGreaterThan,
+                    C::l => IntCC::SignedLessThan,
+                    C::ge => IntCC::SignedGreaterThanOrEqual,
+                    C::le => IntCC::SignedLessThanOrEqual,
+                    C::g => IntCC::SignedGreaterThan,
+                    _ => return None,
+                };
+                self.b.ins().icmp(ic, a, b)
+            }
+            (FlagOp::Add | FlagOp::Sub, C::b | C::ae) => {
+                let cf = self.carry_flag();
+                let cf = self.b.ins().ireduce(types::I8, cf);
+                if cc == C::b {
+                    cf
+                } else {
+                    not(self, cf)
+                }
+            }
+            (FlagOp::Logic, C::be) => zero(self, res),
+            (FlagOp::Logic, C::a) => {
+                let z = zero(self, res);
+                not(self, z)
+            }
+            (FlagOp::Logic, C::l) => sign(self, res),
+            (FlagOp::Logic, C::ge) => {
+                let s = sign(self, res);
+                not(self, s)
+            }
+            (FlagOp::Logic, C::b) => self.b.ins().iconst(types::I8, 0),
+            (FlagOp::Logic, C::ae) => self.b.ins().iconst(types::I8, 1),
+            (FlagOp::Logic, C::le) => {
+                let z = zero(self, res);
+                let s = sign(self, res);
+                self.b.ins().bor(z, s)
+            }
+            (FlagOp::Logic, C::g) => {
+                let z = zero(self, res);
+                let s = sign(self, res);
+                let either = self.b.ins().bor(z, s);
+                not(self, either)
+            }
+            _ => return None,
+        })
+    }
+}
