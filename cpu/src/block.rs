@@ -10,6 +10,7 @@ use crate::mem::{Backing, Bus, PAGE_SIZE};
 use crate::mmu::Access;
 use crate::Cpu;
 use iced_x86::{Decoder, DecoderError, DecoderOptions, FlowControl, Instruction};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
@@ -20,22 +21,43 @@ const MAX_BLOCK: usize = 64;
 pub struct Block {
     /// Decoded with IP = offset from the block's first byte.
     pub instrs: Box<[Instruction]>,
+    /// Physical address of the first byte.
+    pub phys: u64,
+    /// Bytes from the first instruction's start to the last one's end.
+    pub span: u64,
+    /// Decoded as 32-bit code.
+    pub code32: bool,
+    /// Still in the cache: no byte of it has been written since it was decoded.
+    pub valid: Cell<bool>,
+    /// For another execution tier: blocks found at this one's exits (the tier checks
+    /// they are still valid and still at the address it jumps to before using them).
+    /// Cleared when the block leaves the cache, so links never form lasting cycles.
+    pub tier_links: RefCell<[Option<Rc<Block>>; 2]>,
     /// For another execution tier (the JIT): its code for this block, 0 if none. The
     /// tier owns what it stores here and clears it before freeing the code.
-    pub tier_code: std::cell::Cell<usize>,
+    pub tier_code: Cell<usize>,
     /// For another execution tier: how often the block has run (its heat).
-    pub tier_heat: std::cell::Cell<u32>,
+    pub tier_heat: Cell<u32>,
     /// Decoded for one run only (an instruction crossing a page, or running from
     /// MMIO): not worth compiling.
     pub uncached: bool,
 }
 
 impl Block {
-    pub fn new(instrs: Box<[Instruction]>) -> Block {
+    pub fn new(phys: u64, instrs: Box<[Instruction]>) -> Block {
+        let span = instrs.last().map_or(0, |i| i.ip() + i.len() as u64);
+        let code32 = instrs
+            .first()
+            .is_some_and(|i| i.code_size() == iced_x86::CodeSize::Code32);
         Block {
             instrs,
-            tier_code: std::cell::Cell::new(0),
-            tier_heat: std::cell::Cell::new(0),
+            phys,
+            span,
+            code32,
+            valid: Cell::new(true),
+            tier_links: RefCell::new([None, None]),
+            tier_code: Cell::new(0),
+            tier_heat: Cell::new(0),
             uncached: false,
         }
     }
@@ -70,13 +92,21 @@ pub struct BlockCache {
 
 impl BlockCache {
     pub fn clear(&mut self) {
+        for b in self.blocks.values() {
+            retire(b);
+        }
         self.blocks.clear();
         self.by_page.clear();
+    }
+    fn remove(&mut self, key: u64) {
+        if let Some(b) = self.blocks.remove(&key) {
+            retire(&b);
+        }
     }
     pub fn invalidate_page(&mut self, paddr: u64) {
         if let Some(keys) = self.by_page.remove(&(paddr >> 12)) {
             for (k, _) in keys {
-                self.blocks.remove(&k);
+                self.remove(k);
             }
         }
     }
@@ -88,18 +118,21 @@ impl BlockCache {
         };
         let start = paddr & (PAGE_SIZE - 1);
         let end = start + len;
-        let mut dropped = false;
-        keys.retain(|(k, r)| {
+        let mut gone = Vec::new();
+        keys.retain(|&(k, ref r)| {
             let overlaps = (r.start as u64) < end && start < r.end as u64;
             if overlaps {
-                self.blocks.remove(k);
-                dropped = true;
+                gone.push(k);
             }
             !overlaps
         });
+        let dropped = !gone.is_empty();
         let remain = !keys.is_empty();
         if !remain {
             self.by_page.remove(&(paddr >> 12));
+        }
+        for k in gone {
+            self.remove(k);
         }
         (dropped, remain)
     }
@@ -109,6 +142,13 @@ impl BlockCache {
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty()
     }
+}
+
+/// A block leaving the cache: marked invalid, its links dropped (so blocks that link
+/// each other are freed).
+fn retire(b: &Block) {
+    b.valid.set(false);
+    *b.tier_links.borrow_mut() = [None, None];
 }
 
 fn block_key(paddr: u64, code32: bool) -> u64 {
@@ -170,7 +210,7 @@ impl Cpu {
             // The first instruction crosses into the next page.
             return self.decode_uncached(bus, lin, code32);
         }
-        let block = Rc::new(Block::new(instrs.into_boxed_slice()));
+        let block = Rc::new(Block::new(paddr, instrs.into_boxed_slice()));
         self.blocks.blocks.insert(key, block.clone());
         let page = paddr >> 12;
         let last = &block.instrs[block.instrs.len() - 1];
@@ -204,8 +244,9 @@ impl Cpu {
                 break;
             }
         }
-        let mut block = Block::new(vec![ins].into_boxed_slice());
+        let mut block = Block::new(lin, vec![ins].into_boxed_slice());
         block.uncached = true;
+        block.valid.set(false);
         Ok(Rc::new(block))
     }
 }

@@ -84,6 +84,9 @@ pub struct Jit {
     /// Every block whose `tier_code` is set, kept alive so its slot can be cleared
     /// when the code is freed (and so its instructions outlive the code using them).
     owned: Vec<Rc<Block>>,
+    /// The compiled block that ran last, the exit it took (0: fall through, 1: branch
+    /// taken) and its linear address, to link it to the block that comes next.
+    exit_from: Option<(Rc<Block>, usize, u64)>,
     pub stats: Stats,
 }
 
@@ -97,6 +100,7 @@ impl Jit {
             tier,
             translator,
             owned: Vec::new(),
+            exit_from: None,
             stats: Stats::default(),
         })
     }
@@ -177,39 +181,92 @@ impl Jit {
     }
 }
 
+impl Jit {
+    /// Whether compiled code may run `block` now: whole, within the budget, with
+    /// nothing due between its instructions (an interrupt check, a single-step trap, the
+    /// instruction after STI or MOV SS), every instruction inside the CS limit and no
+    /// 16-bit IP wrap (the checks the interpreter makes per instruction, made once).
+    fn may_run(cpu: &Cpu, block: &Block, end: u64) -> bool {
+        if block.instrs.is_empty()
+            || end.saturating_sub(cpu.state.icount) < block.instrs.len() as u64
+            || cpu.check_irq
+            || cpu.state.irq_shadow
+            || cpu.state.halted
+            || cpu.shutdown
+            || cpu.state.flags.bits & TF != 0
+        {
+            return false;
+        }
+        let end = cpu.state.rip + block.span;
+        end - 1 <= cpu.state.seg[CS].limit as u64 && (block.code32 || end < 0x1_0000)
+    }
+
+    /// The block at `lin` (linear address of EIP now) if `from`'s exit `slot` links to
+    /// it: the link must still be valid and its block at the address jumped to. The
+    /// link and the source share a physical page (checked when linking), so the same
+    /// distance in linear and physical addresses means the same page was reached, whose
+    /// mapping compiled code cannot have changed (that ends a block in the interpreter).
+    fn linked(cpu: &Cpu, from: &Block, from_lin: u64, slot: usize, lin: u64) -> Option<Rc<Block>> {
+        let links = from.tier_links.borrow();
+        let to = links[slot].as_ref()?;
+        let same_place = lin.wrapping_sub(from_lin) == to.phys.wrapping_sub(from.phys);
+        let same_mode = to.code32 == from.code32 && cpu.state.code32() == to.code32;
+        (to.valid.get() && same_place && same_mode).then(|| to.clone())
+    }
+}
+
+/// The linear address of EIP.
+fn lin_eip(cpu: &Cpu) -> u64 {
+    cpu.state.seg[CS].base.wrapping_add(cpu.state.rip) & 0xFFFF_FFFF
+}
+
 impl BlockRunner for Jit {
     fn run_block(&mut self, cpu: &mut Cpu, bus: &mut dyn Bus, block: &Rc<Block>, end: u64) -> bool {
         if self.tier == Tier::Interp {
             return false;
         }
-        let n = block.instrs.len() as u64;
-        let Some(last) = block.instrs.last() else {
-            return false;
-        };
-        // Compiled code runs a block whole: it must fit the budget, and nothing may be
-        // due between instructions (an interrupt check, a single-step trap, the
-        // instruction after STI or MOV SS).
-        if end.saturating_sub(cpu.state.icount) < n
-            || cpu.check_irq
-            || cpu.state.irq_shadow
-            || cpu.state.flags.bits & TF != 0
-        {
+        let exit_from = self.exit_from.take();
+        if !Self::may_run(cpu, block, end) {
             return false;
         }
-        // Every instruction inside the CS limit, and no 16-bit IP wrap: the checks the
-        // interpreter makes per instruction, made once.
-        let base = cpu.state.rip;
-        let span = last.ip() + last.len() as u64;
-        let code16 = last.code_size() == iced_x86::CodeSize::Code16;
-        if base + span - 1 > cpu.state.seg[CS].limit as u64 || (code16 && base + span >= 0x1_0000) {
-            return false;
-        }
-        let Some(code) = self.lookup_or_compile(block) else {
+        let Some(mut code) = self.lookup_or_compile(block) else {
             return false;
         };
-        self.stats.block_runs += 1;
-        translate::call(code, cpu, bus, &block.instrs, base);
-        true
+        // The previous compiled block left for this one's address: link them, if they
+        // share a page (the only case a link can be checked cheaply).
+        if let Some((from, slot, _)) = exit_from {
+            if from.valid.get() && from.phys >> 12 == block.phys >> 12 {
+                from.tier_links.borrow_mut()[slot] = Some(block.clone());
+            }
+        }
+        // Then run linked compiled blocks for as long as they may run.
+        let mut current = block.clone();
+        loop {
+            let lin = lin_eip(cpu);
+            self.stats.block_runs += 1;
+            let exit = translate::call(code, cpu, bus, &current.instrs, cpu.state.rip);
+            let slot = match exit {
+                EXIT_FALLTHROUGH => 0,
+                EXIT_TAKEN => 1,
+                _ => return true,
+            };
+            let next = Self::linked(cpu, &current, lin, slot, lin_eip(cpu))
+                .filter(|n| Self::may_run(cpu, n, end));
+            let Some(next) = next else {
+                self.exit_from = Some((current, slot, lin));
+                return true;
+            };
+            match next.tier_code.get() {
+                0 | INTERPRETED => {
+                    self.exit_from = Some((current, slot, lin));
+                    return true;
+                }
+                // SAFETY: as in `lookup_or_compile`: a non-marker slot holds a live
+                // `BlockFn` of the current translator.
+                c => code = unsafe { std::mem::transmute::<usize, translate::BlockFn>(c) },
+            }
+            current = next;
+        }
     }
 }
 

@@ -100,7 +100,14 @@ extern "C" fn helper_step(ctx: *mut HelperCtx<'_>, from: u32, to: u32) -> u32 {
 }
 
 /// Runs compiled code for a block starting at EIP `base`.
-pub fn call(code: BlockFn, cpu: &mut Cpu, bus: &mut dyn Bus, instrs: &[Instruction], base: u64) {
+/// Returns how the block was left (one of the `EXIT_*` codes).
+pub fn call(
+    code: BlockFn,
+    cpu: &mut Cpu,
+    bus: &mut dyn Bus,
+    instrs: &[Instruction],
+    base: u64,
+) -> u32 {
     let cpu: *mut Cpu = cpu;
     // SAFETY: `state` and `ctx.cpu` both derive from the same exclusive borrow of the
     // CPU, held for this whole call. Compiled code accesses the state only between
@@ -117,7 +124,7 @@ pub fn call(code: BlockFn, cpu: &mut Cpu, bus: &mut dyn Bus, instrs: &[Instructi
             tlb: (*cpu).tlb.entries.as_ptr().cast(),
         };
         let ctx: *mut HelperCtx<'_> = &mut ctx;
-        code(state, ctx.cast(), base);
+        code(state, ctx.cast(), base)
     }
 }
 
@@ -178,14 +185,15 @@ impl Translator {
             .set("use_colocated_libcalls", "false")
             .map_err(|e| err(&e))?;
         flags.set("is_pic", "false").map_err(|e| err(&e))?;
-        // Compile speed first: blocks are small and already come with registers in
-        // SSA values, and compiling is what the first runs of every block wait for.
-        // Cranelift's optimiser and backtracking allocator make compiling 2.4 times
-        // slower (measured on the differential test). HOSPES_JIT_OPT and
-        // HOSPES_JIT_REGALLOC override these, for measurements.
+        // Blocks come with guest registers already in SSA values, so Cranelift's
+        // optimiser gains little, but its backtracking register allocator matters:
+        // measured on the Linux boot benchmark, `none` + backtracking ran in 34 s,
+        // `speed` + backtracking 36 s, `none` + single_pass 48 s (compiling 1.8 times
+        // faster). HOSPES_JIT_OPT and HOSPES_JIT_REGALLOC override these, for
+        // measurements.
         let opt = std::env::var("HOSPES_JIT_OPT").unwrap_or_else(|_| "none".into());
         flags.set("opt_level", &opt).map_err(|e| err(&e))?;
-        let alloc = std::env::var("HOSPES_JIT_REGALLOC").unwrap_or_else(|_| "single_pass".into());
+        let alloc = std::env::var("HOSPES_JIT_REGALLOC").unwrap_or_else(|_| "backtracking".into());
         flags
             .set("regalloc_algorithm", &alloc)
             .map_err(|e| err(&e))?;
