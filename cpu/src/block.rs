@@ -32,7 +32,7 @@ pub struct Block {
     /// For another execution tier: blocks found at this one's exits (the tier checks
     /// they are still valid and still at the address it jumps to before using them).
     /// Cleared when the block leaves the cache, so links never form lasting cycles.
-    pub tier_links: RefCell<[Option<Rc<Block>>; 2]>,
+    pub tier_links: RefCell<[Option<Rc<Block>>; 3]>,
     /// For another execution tier (the JIT): its code for this block, 0 if none. The
     /// tier owns what it stores here and clears it before freeing the code.
     pub tier_code: Cell<usize>,
@@ -55,7 +55,7 @@ impl Block {
             span,
             code32,
             valid: Cell::new(true),
-            tier_links: RefCell::new([None, None]),
+            tier_links: RefCell::new([None, None, None]),
             tier_code: Cell::new(0),
             tier_heat: Cell::new(0),
             uncached: false,
@@ -148,7 +148,7 @@ impl BlockCache {
 /// each other are freed).
 fn retire(b: &Block) {
     b.valid.set(false);
-    *b.tier_links.borrow_mut() = [None, None];
+    *b.tier_links.borrow_mut() = [None, None, None];
 }
 
 fn block_key(paddr: u64, code32: bool) -> u64 {
@@ -165,14 +165,9 @@ impl Cpu {
             return Err(Exception::gp0());
         }
         let lin = (cs.base + eip as u64) & 0xFFFF_FFFF;
-        let user = self.state.cpl == 3;
-        // A TLB hit needs no page walk (fetches are reads on a P6): as on hardware, the
-        // accessed bit was set when the entry was filled.
-        let e = &self.tlb.entries[user as usize][crate::mmu::Tlb::index(lin)];
-        let paddr = if e.read_tag == lin & !(PAGE_SIZE - 1) {
-            e.paddr | (lin & (PAGE_SIZE - 1))
-        } else {
-            self.translate(lin, Access::Exec, user)?
+        let paddr = match self.fetch_tlb_hit(lin) {
+            Some(paddr) => paddr,
+            None => self.translate(lin, Access::Exec, self.state.cpl == 3)?,
         };
         let code32 = self.state.code32();
         let key = block_key(paddr, code32);
@@ -225,6 +220,16 @@ impl Cpu {
             self.tlb.protect_phys_page(paddr & !(PAGE_SIZE - 1));
         }
         Ok(block)
+    }
+
+    /// The physical address of code at linear `lin` if the TLB holds its page. A TLB
+    /// hit needs no page walk (fetches are reads on a P6): as on hardware, the accessed
+    /// bit was set when the entry was filled.
+    #[inline]
+    pub fn fetch_tlb_hit(&self, lin: u64) -> Option<u64> {
+        let user = self.state.cpl == 3;
+        let e = &self.tlb.entries[user as usize][crate::mmu::Tlb::index(lin)];
+        (e.read_tag == lin & !(PAGE_SIZE - 1)).then_some(e.paddr | (lin & (PAGE_SIZE - 1)))
     }
 
     /// Decodes one instruction byte by byte through the MMU (it crosses a page, or runs

@@ -12,14 +12,27 @@
 //! code, loaders) and decodes a new one, which has no code yet, so stale code is never
 //! found. Code memory is bounded: past [`MAX_COMPILED_BLOCKS`] everything is flushed
 //! (every slot cleared, the code memory freed) and compiled afresh.
+//!
+//! Blocks are compiled on a thread of their own ([`worker`]) once they are hot, while
+//! the interpreter goes on running them; the code is installed at the next block
+//! boundary. Which tier runs a block never changes what the guest sees, so neither does
+//! when the code arrives.
+//!
+//! Compiled blocks run on into each other without the run loop: each exit (fall
+//! through, branch taken, return) remembers the block it led to last time, and that
+//! block runs next if it is still valid, is the block the run loop would fetch at the
+//! new EIP (the TLB gives the same physical address, the mode is the same), and may
+//! run whole within the budget with nothing due.
 
 mod translate;
+mod worker;
 
 use hospes_cpu::block::Block;
 use hospes_cpu::flags::TF;
 use hospes_cpu::mem::Bus;
 use hospes_cpu::state::CS;
 use hospes_cpu::{BlockRunner, Cpu};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Which tier runs guest code.
@@ -65,6 +78,8 @@ pub(crate) const EXIT_INDIRECT: u32 = 3;
 /// Marks a block in [`Block::tier_code`] as having nothing to compile: the
 /// interpreter runs it.
 const INTERPRETED: usize = 1;
+/// Marks a block in [`Block::tier_code`] as being compiled.
+const QUEUED: usize = 2;
 
 /// Counters for benchmarks and tests.
 #[derive(Clone, Copy, Debug, Default)]
@@ -76,30 +91,40 @@ pub struct Stats {
     pub native_instructions: u64,
     pub flushes: u64,
     pub block_runs: u64,
+    /// Block runs reached through a link, without the run loop.
+    pub linked_runs: u64,
+    /// Returns to the run loop by how the block was left (`EXIT_*` codes).
+    pub exits: [u64; 4],
 }
 
 pub struct Jit {
     tier: Tier,
-    translator: Option<translate::Translator>,
+    /// The compile thread (None for the interpreter tier).
+    worker: Option<worker::Worker>,
     /// Every block whose `tier_code` is set, kept alive so its slot can be cleared
     /// when the code is freed (and so its instructions outlive the code using them).
     owned: Vec<Rc<Block>>,
-    /// The compiled block that ran last, the exit it took (0: fall through, 1: branch
-    /// taken) and its linear address, to link it to the block that comes next.
-    exit_from: Option<(Rc<Block>, usize, u64)>,
+    /// Blocks sent to the compile thread, by request token.
+    queued: HashMap<u64, Rc<Block>>,
+    next_token: u64,
+    /// The compiled block that ran last and the exit it took (0: fall through, 1: branch
+    /// taken, 2: return), to link it to the block that comes next.
+    exit_from: Option<(Rc<Block>, usize)>,
     pub stats: Stats,
 }
 
 impl Jit {
     pub fn new(tier: Tier) -> Result<Jit, String> {
-        let translator = match tier {
+        let worker = match tier {
             Tier::Interp => None,
-            _ => Some(translate::Translator::new()?),
+            _ => Some(worker::Worker::start()?),
         };
         Ok(Jit {
             tier,
-            translator,
+            worker,
             owned: Vec::new(),
+            queued: HashMap::new(),
+            next_token: 0,
             exit_from: None,
             stats: Stats::default(),
         })
@@ -109,33 +134,84 @@ impl Jit {
         self.tier
     }
 
-    /// Clears the slot of every block that has one (before the code is freed).
+    /// Clears the slot of every block that has one (before the code is freed), and
+    /// forgets the blocks waiting for code.
     fn release_blocks(&mut self) {
-        for b in self.owned.drain(..) {
+        for b in self
+            .owned
+            .drain(..)
+            .chain(self.queued.drain().map(|(_, b)| b))
+        {
             b.tier_code.set(0);
             b.tier_heat.set(0);
         }
     }
 
     /// Drops all compiled code.
-    pub fn flush(&mut self) -> Result<(), String> {
+    pub fn flush(&mut self) {
         self.release_blocks();
         self.stats.flushes += 1;
-        if let Some(t) = self.translator.take() {
-            t.free();
-            self.translator = Some(translate::Translator::new()?);
+        if let Some(w) = &self.worker {
+            if !w.send(worker::Request::Flush) {
+                self.stop_compiling();
+            }
         }
-        Ok(())
+    }
+
+    /// The compile thread has stopped (it logged why): interpret from now on.
+    fn stop_compiling(&mut self) {
+        log::warn!("JIT: the compile thread stopped; interpreting from now on");
+        self.release_blocks();
+        self.worker = None;
+        self.tier = Tier::Interp;
+    }
+
+    /// Installs the code the compile thread has finished: what is ready, or if
+    /// `until` is given, waiting until that request's code has come.
+    fn install(&mut self, until: Option<u64>) {
+        loop {
+            let Some(w) = &self.worker else {
+                return;
+            };
+            let Some(done) = w.result(until.is_some()) else {
+                if until.is_some() {
+                    self.stop_compiling();
+                }
+                return;
+            };
+            // A block no longer waited for (flushed since) is left alone; its code is
+            // freed with the next flush.
+            if let Some(block) = self.queued.remove(&done.token) {
+                match done.result {
+                    Ok((code, native)) => {
+                        self.stats.compiled_blocks += 1;
+                        self.stats.compiled_instructions += block.instrs.len() as u64;
+                        self.stats.native_instructions += native as u64;
+                        block.tier_code.set(code);
+                    }
+                    Err(e) => {
+                        log::warn!("JIT: cannot compile a block, interpreting it: {e}");
+                        block.tier_code.set(INTERPRETED);
+                    }
+                }
+                self.owned.push(block);
+            }
+            if until == Some(done.token) {
+                return;
+            }
+        }
     }
 
     fn lookup_or_compile(&mut self, block: &Rc<Block>) -> Option<translate::BlockFn> {
+        if !self.queued.is_empty() {
+            self.install(None);
+        }
         match block.tier_code.get() {
             0 => {}
-            INTERPRETED => return None,
-            // SAFETY: only `compile` below stores into `tier_code` (besides the
-            // INTERPRETED marker), and it stores a `BlockFn` from the current
-            // translator; `flush` clears every slot before that translator's code is
-            // freed.
+            INTERPRETED | QUEUED => return None,
+            // SAFETY: only `install` stores code into `tier_code` (besides the markers),
+            // a `BlockFn` from the compile thread's current translator; `flush` clears
+            // every slot before asking the thread to free that translator's code.
             code => return Some(unsafe { std::mem::transmute::<usize, translate::BlockFn>(code) }),
         }
         if block.uncached {
@@ -148,12 +224,8 @@ impl Jit {
                 return None;
             }
         }
-        if self.owned.len() >= MAX_COMPILED_BLOCKS {
-            if let Err(e) = self.flush() {
-                log::warn!("JIT flush failed, interpreting from now on: {e}");
-                self.tier = Tier::Interp;
-                return None;
-            }
+        if self.owned.len() + self.queued.len() >= MAX_COMPILED_BLOCKS {
+            self.flush();
         }
         if !translate::has_native(&block.instrs) {
             self.stats.interpreted_blocks += 1;
@@ -161,23 +233,29 @@ impl Jit {
             self.owned.push(block.clone());
             return None;
         }
-        let translator = self.translator.as_mut()?;
-        match translator.compile(&block.instrs) {
-            Ok((code, native)) => {
-                self.stats.compiled_blocks += 1;
-                self.stats.compiled_instructions += block.instrs.len() as u64;
-                self.stats.native_instructions += native as u64;
-                block.tier_code.set(code as usize);
-                self.owned.push(block.clone());
-                Some(code)
-            }
-            Err(e) => {
-                log::warn!("JIT: cannot compile a block, interpreting it: {e}");
-                block.tier_code.set(INTERPRETED);
-                self.owned.push(block.clone());
-                None
-            }
+        let token = self.next_token;
+        self.next_token += 1;
+        let request = worker::Request::Compile {
+            token,
+            instrs: block.instrs.to_vec(),
+        };
+        if !self.worker.as_ref()?.send(request) {
+            self.stop_compiling();
+            return None;
         }
+        block.tier_code.set(QUEUED);
+        self.queued.insert(token, block.clone());
+        // The forced tier waits for the code: every block runs compiled from its first
+        // run. Otherwise the interpreter runs the block until the code is installed.
+        if self.tier == Tier::Jit {
+            self.install(Some(token));
+            return match block.tier_code.get() {
+                INTERPRETED | QUEUED | 0 => None,
+                // SAFETY: as above.
+                code => Some(unsafe { std::mem::transmute::<usize, translate::BlockFn>(code) }),
+            };
+        }
+        None
     }
 }
 
@@ -201,17 +279,16 @@ impl Jit {
         end - 1 <= cpu.state.seg[CS].limit as u64 && (block.code32 || end < 0x1_0000)
     }
 
-    /// The block at `lin` (linear address of EIP now) if `from`'s exit `slot` links to
-    /// it: the link must still be valid and its block at the address jumped to. The
-    /// link and the source share a physical page (checked when linking), so the same
-    /// distance in linear and physical addresses means the same page was reached, whose
-    /// mapping compiled code cannot have changed (that ends a block in the interpreter).
-    fn linked(cpu: &Cpu, from: &Block, from_lin: u64, slot: usize, lin: u64) -> Option<Rc<Block>> {
+    /// The block `from`'s exit `slot` links to, if it is still valid and is the block
+    /// the run loop would fetch now: decoded in the current mode from the physical
+    /// address the TLB gives for EIP (as the run loop's fetch finds it; on a TLB miss
+    /// the run loop walks the page tables).
+    fn linked(cpu: &Cpu, from: &Block, slot: usize) -> Option<Rc<Block>> {
         let links = from.tier_links.borrow();
         let to = links[slot].as_ref()?;
-        let same_place = lin.wrapping_sub(from_lin) == to.phys.wrapping_sub(from.phys);
-        let same_mode = to.code32 == from.code32 && cpu.state.code32() == to.code32;
-        (to.valid.get() && same_place && same_mode).then(|| to.clone())
+        let here = cpu.fetch_tlb_hit(lin_eip(cpu));
+        (to.valid.get() && here == Some(to.phys) && to.code32 == cpu.state.code32())
+            .then(|| to.clone())
     }
 }
 
@@ -232,39 +309,44 @@ impl BlockRunner for Jit {
         let Some(mut code) = self.lookup_or_compile(block) else {
             return false;
         };
-        // The previous compiled block left for this one's address: link them, if they
-        // share a page (the only case a link can be checked cheaply).
-        if let Some((from, slot, _)) = exit_from {
-            if from.valid.get() && from.phys >> 12 == block.phys >> 12 {
+        // The previous compiled block left for this one's address: link them (for a
+        // RET, only until it returns elsewhere).
+        if let Some((from, slot)) = exit_from {
+            if from.valid.get() {
                 from.tier_links.borrow_mut()[slot] = Some(block.clone());
             }
         }
         // Then run linked compiled blocks for as long as they may run.
         let mut current = block.clone();
         loop {
-            let lin = lin_eip(cpu);
             self.stats.block_runs += 1;
             let exit = translate::call(code, cpu, bus, &current.instrs, cpu.state.rip);
             let slot = match exit {
                 EXIT_FALLTHROUGH => 0,
                 EXIT_TAKEN => 1,
-                _ => return true,
+                EXIT_INDIRECT => 2,
+                _ => {
+                    self.stats.exits[exit as usize] += 1;
+                    return true;
+                }
             };
-            let next = Self::linked(cpu, &current, lin, slot, lin_eip(cpu))
-                .filter(|n| Self::may_run(cpu, n, end));
+            let next = Self::linked(cpu, &current, slot).filter(|n| Self::may_run(cpu, n, end));
             let Some(next) = next else {
-                self.exit_from = Some((current, slot, lin));
+                self.stats.exits[exit as usize] += 1;
+                self.exit_from = Some((current, slot));
                 return true;
             };
             match next.tier_code.get() {
                 0 | INTERPRETED => {
-                    self.exit_from = Some((current, slot, lin));
+                    self.stats.exits[exit as usize] += 1;
+                    self.exit_from = Some((current, slot));
                     return true;
                 }
                 // SAFETY: as in `lookup_or_compile`: a non-marker slot holds a live
                 // `BlockFn` of the current translator.
                 c => code = unsafe { std::mem::transmute::<usize, translate::BlockFn>(c) },
             }
+            self.stats.linked_runs += 1;
             current = next;
         }
     }
@@ -272,9 +354,8 @@ impl BlockRunner for Jit {
 
 impl Drop for Jit {
     fn drop(&mut self) {
+        // Slots first: the worker frees the code when it stops.
         self.release_blocks();
-        if let Some(t) = self.translator.take() {
-            t.free();
-        }
+        self.worker = None;
     }
 }
