@@ -13,7 +13,7 @@
 //! found. Code memory is bounded: past [`MAX_COMPILED_BLOCKS`] everything is flushed
 //! (every slot cleared, the code memory freed) and compiled afresh.
 //!
-//! Blocks are compiled on a thread of their own ([`worker`]) once they are hot, while
+//! Blocks are compiled on a thread of their own (`worker.rs`) once they are hot, while
 //! the interpreter goes on running them; the code is installed at the next block
 //! boundary. Which tier runs a block never changes what the guest sees, so neither does
 //! when the code arrives.
