@@ -292,6 +292,7 @@ impl Translator {
                 helpers,
                 leave,
                 regs: [None; 8],
+                hoisted: Hoisted::default(),
                 dirty: [false; 8],
                 flags: None,
                 done: 0,
@@ -347,6 +348,16 @@ fn guest() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// Values loaded from the state that stay valid until the interpreter runs.
+#[derive(Default)]
+struct Hoisted {
+    /// Per segment: usable by the fast path (plain data segments, stack segments).
+    seg_ok: [[Option<Value>; 2]; 6],
+    /// Per segment: limit and base.
+    seg_extent: [Option<(Value, Value)>; 6],
+    tlb_table: Option<Value>,
+}
+
 /// Emits one block's code, keeping guest registers in SSA values between the points
 /// where the interpreter needs them in memory.
 struct Emitter<'a> {
@@ -361,6 +372,9 @@ struct Emitter<'a> {
     leave: cranelift_codegen::ir::Block,
     /// Each register's current 32-bit value, if held in SSA.
     regs: [Option<Value>; 8],
+    /// Machine state only the interpreter changes, loaded once and reused until the
+    /// next interpreter call that continues the block.
+    hoisted: Hoisted,
     /// Registers whose value in SSA is newer than the state's.
     dirty: [bool; 8],
     flags: Option<PendingFlags>,
@@ -482,6 +496,7 @@ impl Emitter<'_> {
     fn interpret(&mut self, instrs: &[Instruction], from: usize, to: usize) {
         let must_leave = self.call_interpreter(from, to, instrs[from].ip(), self.done);
         self.regs = [None; 8];
+        self.hoisted = Hoisted::default();
         self.dirty = [false; 8];
         self.flags = None;
         let next = self.b.create_block();
@@ -518,6 +533,60 @@ impl Emitter<'_> {
         v
     }
 
+    /// Whether segment `seg` is a present, writable, expand-up data segment (with the
+    /// attribute bits `also` set as well), as an i8 0/1. Loaded once per stretch of
+    /// compiled code: only the interpreter changes segments.
+    fn segment_usable(&mut self, seg: usize, also: u16) -> Value {
+        let k = (also != 0) as usize;
+        if let Some(v) = self.hoisted.seg_ok[seg][k] {
+            return v;
+        }
+        let at = SEG + seg as i32 * SEG_SIZE;
+        let attr = self
+            .b
+            .ins()
+            .uload16(types::I32, trusted(), self.state, at + SEG_ATTR);
+        let attr = self.b.ins().band_imm_u(attr, (FAST_SEG_MASK | also) as i64);
+        let ok = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::Equal, attr, (FAST_SEG_ATTR | also) as i64);
+        self.hoisted.seg_ok[seg][k] = Some(ok);
+        ok
+    }
+
+    /// Segment `seg`'s limit and base (i64), loaded once per stretch of compiled code.
+    fn segment_extent(&mut self, seg: usize) -> (Value, Value) {
+        if let Some(v) = self.hoisted.seg_extent[seg] {
+            return v;
+        }
+        let at = SEG + seg as i32 * SEG_SIZE;
+        let limit = self.b.ins().uload32(trusted(), self.state, at + SEG_LIMIT);
+        let base = self
+            .b
+            .ins()
+            .load(types::I64, trusted(), self.state, at + SEG_BASE);
+        self.hoisted.seg_extent[seg] = Some((limit, base));
+        (limit, base)
+    }
+
+    /// The TLB table for the CPL (the user table at CPL 3), loaded once per stretch.
+    fn tlb_table(&mut self) -> Value {
+        if let Some(v) = self.hoisted.tlb_table {
+            return v;
+        }
+        let cpl = self.b.ins().uload8(types::I64, trusted(), self.state, CPL);
+        let user = self.b.ins().icmp_imm_u(IntCC::Equal, cpl, 3);
+        let user = self.b.ins().uextend(types::I64, user);
+        let offset = self
+            .b
+            .ins()
+            .imul_imm_u(user, TLB_ENTRIES as i64 * TLB_ENTRY);
+        let table = self.b.ins().iadd(self.tlb, offset);
+        self.hoisted.tlb_table = Some(table);
+        table
+    }
+
     /// The TLB fast-path check for `size` bytes at `seg:off`: returns (hit, host address).
     /// A hit needs a present, writable, expand-up data segment (with the attribute bits
     /// `also` set as well) whose limit covers the access (the interpreter checks every
@@ -532,36 +601,22 @@ impl Emitter<'_> {
         also: u16,
     ) -> (Value, Value) {
         let fl = trusted();
-        let at = SEG + seg as i32 * SEG_SIZE;
-        let attr = self
-            .b
-            .ins()
-            .uload16(types::I32, fl, self.state, at + SEG_ATTR);
-        let attr = self.b.ins().band_imm_u(attr, (FAST_SEG_MASK | also) as i64);
-        let seg_ok = self
-            .b
-            .ins()
-            .icmp_imm_u(IntCC::Equal, attr, (FAST_SEG_ATTR | also) as i64);
-        let limit = self.b.ins().uload32(fl, self.state, at + SEG_LIMIT);
+        let seg_ok = self.segment_usable(seg, also);
+        let (limit, seg_base) = self.segment_extent(seg);
         let off64 = self.b.ins().uextend(types::I64, off);
         let last = self.b.ins().iadd_imm_u(off64, size as i64 - 1);
         let in_limit = self
             .b
             .ins()
             .icmp(IntCC::UnsignedLessThanOrEqual, last, limit);
-        let seg_base = self.b.ins().load(types::I64, fl, self.state, at + SEG_BASE);
         let lin = self.b.ins().iadd(seg_base, off64);
         let lin = self.b.ins().band_imm_u(lin, 0xFFFF_FFFF);
-        // The entry: table [cpl == 3], slot (lin >> 12) & (TLB_ENTRIES - 1).
-        let cpl = self.b.ins().uload8(types::I64, fl, self.state, CPL);
-        let user = self.b.ins().icmp_imm_u(IntCC::Equal, cpl, 3);
-        let user = self.b.ins().uextend(types::I64, user);
-        let table = self.b.ins().imul_imm_u(user, TLB_ENTRIES as i64);
+        // The entry: slot (lin >> 12) & (TLB_ENTRIES - 1) of the table for the CPL.
+        let table = self.tlb_table();
         let slot = self.b.ins().ushr_imm_u(lin, 12);
         let slot = self.b.ins().band_imm_u(slot, TLB_ENTRIES as i64 - 1);
-        let slot = self.b.ins().iadd(table, slot);
         let slot = self.b.ins().imul_imm_u(slot, TLB_ENTRY);
-        let entry = self.b.ins().iadd(self.tlb, slot);
+        let entry = self.b.ins().iadd(table, slot);
         let tag_at = if write { TLB_WRITE_TAG } else { TLB_READ_TAG };
         let tag = self.b.ins().load(types::I64, fl, entry, tag_at);
         let page = self.b.ins().band_imm_u(lin, !0xFFFi64);
