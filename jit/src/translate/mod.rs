@@ -555,17 +555,19 @@ impl Emitter<'_> {
         ok
     }
 
-    /// Segment `seg`'s limit and base (i64), loaded once per stretch of compiled code.
+    /// Segment `seg`'s limit (i64) and base (i32), loaded once per stretch of compiled
+    /// code.
     fn segment_extent(&mut self, seg: usize) -> (Value, Value) {
         if let Some(v) = self.hoisted.seg_extent[seg] {
             return v;
         }
         let at = SEG + seg as i32 * SEG_SIZE;
         let limit = self.b.ins().uload32(trusted(), self.state, at + SEG_LIMIT);
+        // The low half: linear addresses are 32-bit.
         let base = self
             .b
             .ins()
-            .load(types::I64, trusted(), self.state, at + SEG_BASE);
+            .load(types::I32, trusted(), self.state, at + SEG_BASE);
         self.hoisted.seg_extent[seg] = Some((limit, base));
         (limit, base)
     }
@@ -609,8 +611,9 @@ impl Emitter<'_> {
             .b
             .ins()
             .icmp(IntCC::UnsignedLessThanOrEqual, last, limit);
-        let lin = self.b.ins().iadd(seg_base, off64);
-        let lin = self.b.ins().band_imm_u(lin, 0xFFFF_FFFF);
+        // The linear address wraps at 4 GiB: a 32-bit add, zero-extended.
+        let lin = self.b.ins().iadd(seg_base, off);
+        let lin = self.b.ins().uextend(types::I64, lin);
         // The entry: slot (lin >> 12) & (TLB_ENTRIES - 1) of the table for the CPL.
         let table = self.tlb_table();
         let slot = self.b.ins().ushr_imm_u(lin, 12);
@@ -621,15 +624,18 @@ impl Emitter<'_> {
         let tag = self.b.ins().load(types::I64, fl, entry, tag_at);
         let page = self.b.ins().band_imm_u(lin, !0xFFFi64);
         let tag_ok = self.b.ins().icmp(IntCC::Equal, tag, page);
-        let in_page = self.b.ins().band_imm_u(lin, 0xFFF);
-        let in_page = self.b.ins().icmp_imm_u(
-            IntCC::UnsignedLessThanOrEqual,
-            in_page,
-            0x1000 - size as i64,
-        );
         let ok = self.b.ins().band(seg_ok, in_limit);
-        let ok = self.b.ins().band(ok, tag_ok);
-        let ok = self.b.ins().band(ok, in_page);
+        let mut ok = self.b.ins().band(ok, tag_ok);
+        // A byte is always inside its page.
+        if size > 1 {
+            let in_page = self.b.ins().band_imm_u(lin, 0xFFF);
+            let in_page = self.b.ins().icmp_imm_u(
+                IntCC::UnsignedLessThanOrEqual,
+                in_page,
+                0x1000 - size as i64,
+            );
+            ok = self.b.ins().band(ok, in_page);
+        }
         let addend = self.b.ins().load(types::I64, fl, entry, TLB_ADDEND);
         let host = self.b.ins().iadd(lin, addend);
         (ok, host)
