@@ -279,16 +279,26 @@ impl Jit {
         end - 1 <= cpu.state.seg[CS].limit as u64 && (block.code32 || end < 0x1_0000)
     }
 
-    /// The block `from`'s exit `slot` links to, if it is still valid and is the block
-    /// the run loop would fetch now: decoded in the current mode from the physical
-    /// address the TLB gives for EIP (as the run loop's fetch finds it; on a TLB miss
-    /// the run loop walks the page tables).
-    fn linked(cpu: &Cpu, from: &Block, slot: usize) -> Option<Rc<Block>> {
+    /// The block `from` (which started at linear `from_lin`) links to at exit `slot`,
+    /// if it is still valid and is the block the run loop would fetch now: decoded in
+    /// the current mode, from the physical address of EIP. Within `from`'s page the
+    /// linear and physical distances from `from` must agree (the page's mapping cannot
+    /// have changed while compiled code ran: that ends a block in the interpreter);
+    /// elsewhere the TLB must give the block's address, as the run loop's fetch finds
+    /// it (on a TLB miss the run loop walks the page tables).
+    fn linked(cpu: &Cpu, from: &Block, from_lin: u64, slot: usize) -> Option<Rc<Block>> {
         let links = from.tier_links.borrow();
         let to = links[slot].as_ref()?;
-        let here = cpu.fetch_tlb_hit(lin_eip(cpu));
-        (to.valid.get() && here == Some(to.phys) && to.code32 == cpu.state.code32())
-            .then(|| to.clone())
+        if !to.valid.get() || to.code32 != cpu.state.code32() {
+            return None;
+        }
+        let lin = lin_eip(cpu);
+        let found = if to.phys >> 12 == from.phys >> 12 {
+            lin.wrapping_sub(from_lin) == to.phys.wrapping_sub(from.phys)
+        } else {
+            cpu.fetch_tlb_hit(lin) == Some(to.phys)
+        };
+        found.then(|| to.clone())
     }
 }
 
@@ -319,6 +329,7 @@ impl BlockRunner for Jit {
         // Then run linked compiled blocks for as long as they may run.
         let mut current = block.clone();
         loop {
+            let lin = lin_eip(cpu);
             self.stats.block_runs += 1;
             let exit = translate::call(code, cpu, bus, &current.instrs, cpu.state.rip);
             let slot = match exit {
@@ -330,7 +341,8 @@ impl BlockRunner for Jit {
                     return true;
                 }
             };
-            let next = Self::linked(cpu, &current, slot).filter(|n| Self::may_run(cpu, n, end));
+            let next =
+                Self::linked(cpu, &current, lin, slot).filter(|n| Self::may_run(cpu, n, end));
             let Some(next) = next else {
                 self.stats.exits[exit as usize] += 1;
                 self.exit_from = Some((current, slot));
