@@ -144,6 +144,13 @@ impl BlockCache {
     }
 }
 
+impl Drop for BlockCache {
+    fn drop(&mut self) {
+        // Links between cached blocks may form cycles: retiring every block breaks them.
+        self.clear();
+    }
+}
+
 /// A block leaving the cache: marked invalid, its links dropped (so blocks that link
 /// each other are freed).
 fn retire(b: &Block) {

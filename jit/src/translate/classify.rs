@@ -205,6 +205,8 @@ pub(super) enum Native {
     /// CDQ (EDX = sign of EAX) and CWDE (EAX = AX sign-extended).
     Cdq,
     Cwde,
+    /// EDX:EAX = the time-stamp counter.
+    Rdtsc,
     Lea {
         dst: Gpr,
         mem: MemRef,
@@ -385,6 +387,7 @@ pub(super) fn classify(ins: &Instruction) -> Option<Native> {
             (a.size == b.size).then_some(Native::Xchg { a, b })
         }
         M::Cdq => Some(Native::Cdq),
+        M::Rdtsc => Some(Native::Rdtsc),
         M::Cwde => Some(Native::Cwde),
         M::Lea if ins.op1_kind() == OpKind::Memory => {
             let dst = reg_operand(ins, 0).filter(|g| g.size > 1)?;

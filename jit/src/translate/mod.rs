@@ -35,8 +35,8 @@ use hospes_cpu::flags::{FlagOp, Flags, TF};
 use hospes_cpu::mem::Bus;
 use hospes_cpu::mmu::{TlbEntry, TLB_ENTRIES};
 use hospes_cpu::state::{
-    CpuState, Segment, ATTR_CODE, ATTR_DB, ATTR_DC, ATTR_P, ATTR_RW, ATTR_S, CS, EAX, EBP, ECX,
-    EDX, ESP, SS,
+    CpuState, Segment, ATTR_CODE, ATTR_DB, ATTR_DC, ATTR_P, ATTR_RW, ATTR_S, CR0_PE, CR4_TSD, CS,
+    EAX, EBP, ECX, EDX, ESP, SS,
 };
 use hospes_cpu::Cpu;
 use iced_x86::{Instruction, Mnemonic};
@@ -167,6 +167,9 @@ const SEG_BASE: i32 = offset_of!(Segment, base) as i32;
 const SEG_LIMIT: i32 = offset_of!(Segment, limit) as i32;
 const SEG_ATTR: i32 = offset_of!(Segment, attr) as i32;
 const CPL: i32 = offset_of!(CpuState, cpl) as i32;
+const CR0: i32 = offset_of!(CpuState, cr0) as i32;
+const CR4: i32 = offset_of!(CpuState, cr4) as i32;
+const TSC_OFFSET: i32 = offset_of!(CpuState, tsc_offset) as i32;
 const TLB_ENTRY: i64 = std::mem::size_of::<TlbEntry>() as i64;
 const TLB_READ_TAG: i32 = offset_of!(TlbEntry, read_tag) as i32;
 const TLB_WRITE_TAG: i32 = offset_of!(TlbEntry, write_tag) as i32;
@@ -1045,6 +1048,29 @@ impl Emitter<'_> {
                 let ax = self.b.ins().ireduce(types::I16, eax);
                 let v = self.b.ins().sextend(types::I32, ax);
                 self.set(Gpr::full(EAX), v);
+            }
+            Native::Rdtsc => {
+                // #GP when CR4.TSD forbids it (protected mode, CPL above 0): the
+                // interpreter's to raise.
+                let cr4 = self.b.ins().load(types::I64, trusted(), self.state, CR4);
+                let cr0 = self.b.ins().load(types::I64, trusted(), self.state, CR0);
+                let cpl = self.b.ins().uload8(types::I64, trusted(), self.state, CPL);
+                let tsd = self.b.ins().band_imm_u(cr4, CR4_TSD as i64);
+                let pe = self.b.ins().band_imm_u(cr0, CR0_PE as i64);
+                let forbidden = self.b.ins().band(tsd, pe);
+                let forbidden = self.b.ins().imul(forbidden, cpl);
+                let allowed = self.b.ins().icmp_imm_u(IntCC::Equal, forbidden, 0);
+                self.with_slow_path(ins, index, allowed, &[EAX, EDX], false, |e| {
+                    // The count before this instruction retires, as `Cpu::tsc` reads it.
+                    let offset = e.b.ins().load(types::I64, trusted(), e.state, TSC_OFFSET);
+                    let now = e.b.ins().iadd_imm_s(e.icount0, e.done);
+                    let tsc = e.b.ins().iadd(now, offset);
+                    let low = e.b.ins().ireduce(types::I32, tsc);
+                    let high = e.b.ins().ushr_imm_u(tsc, 32);
+                    let high = e.b.ins().ireduce(types::I32, high);
+                    e.set(Gpr::full(EAX), low);
+                    e.set(Gpr::full(EDX), high);
+                });
             }
             Native::Leave => {
                 let ebp = self.reg32(EBP);
