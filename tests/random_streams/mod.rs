@@ -394,7 +394,7 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                     }
                 }
                 14 => {
-                    // Flag readers: SETcc, CMOVcc; CDQ, CWDE, RDTSC, XCHG.
+                    // Flag readers: SETcc, CMOVcc; CDQ, CWDE, RDTSC, BSWAP, XCHG.
                     match rng.below(4) {
                         0 => {
                             ins.push(0x0F);
@@ -408,10 +408,11 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                             let any = rng.below(3) == 0;
                             modrm(rng, &mut ins, any);
                         }
-                        2 => match rng.below(3) {
+                        2 => match rng.below(4) {
                             0 => ins.push(0x98),
                             1 => ins.push(0x99),
-                            _ => ins.extend_from_slice(&[0x0F, 0x31]),
+                            2 => ins.extend_from_slice(&[0x0F, 0x31]),
+                            _ => ins.extend_from_slice(&[0x0F, 0xC8 + rng.below(8) as u8]),
                         },
                         _ => {
                             ins.push(0x87);

@@ -207,6 +207,10 @@ pub(super) enum Native {
     Cwde,
     /// EDX:EAX = the time-stamp counter.
     Rdtsc,
+    /// BSWAP of a 32-bit register.
+    Bswap {
+        dst: Gpr,
+    },
     Lea {
         dst: Gpr,
         mem: MemRef,
@@ -388,6 +392,9 @@ pub(super) fn classify(ins: &Instruction) -> Option<Native> {
         }
         M::Cdq => Some(Native::Cdq),
         M::Rdtsc => Some(Native::Rdtsc),
+        M::Bswap => Some(Native::Bswap {
+            dst: reg_operand(ins, 0).filter(|g| g.size == 4)?,
+        }),
         M::Cwde => Some(Native::Cwde),
         M::Lea if ins.op1_kind() == OpKind::Memory => {
             let dst = reg_operand(ins, 0).filter(|g| g.size > 1)?;

@@ -1049,6 +1049,11 @@ impl Emitter<'_> {
                 let v = self.b.ins().sextend(types::I32, ax);
                 self.set(Gpr::full(EAX), v);
             }
+            Native::Bswap { dst } => {
+                let v = self.get(dst);
+                let r = self.b.ins().bswap(v);
+                self.set(dst, r);
+            }
             Native::Rdtsc => {
                 // #GP when CR4.TSD forbids it (protected mode, CPL above 0): the
                 // interpreter's to raise.
