@@ -10,8 +10,9 @@
 //! Compiled code hangs off the decoded block itself (`Block::tier_code`), so finding it
 //! costs no lookup: the CPU drops a block when its page is written (self-modifying
 //! code, loaders) and decodes a new one, which has no code yet, so stale code is never
-//! found. Code memory is bounded: past [`MAX_COMPILED_BLOCKS`] everything is flushed
-//! (every slot cleared, the code memory freed) and compiled afresh.
+//! found. Code memory is bounded: past [`MAX_COMPILED_BLOCKS`] (or the limit set with
+//! [`Jit::set_cache_limit`]) everything is flushed (every slot cleared, the code memory
+//! freed) and compiled afresh.
 //!
 //! Blocks are compiled on a thread of their own (`worker.rs`) once they are hot, while
 //! the interpreter goes on running them; the code is installed at the next block
@@ -32,7 +33,7 @@ use hospes_cpu::flags::TF;
 use hospes_cpu::mem::Bus;
 use hospes_cpu::state::CS;
 use hospes_cpu::{BlockRunner, Cpu};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 /// Which tier runs guest code.
@@ -41,7 +42,7 @@ pub enum Tier {
     /// The interpreter only.
     Interp,
     /// Every block compiled the first time it runs (for tests: the JIT runs everything
-    /// it can).
+    /// it can), except code that keeps being rewritten.
     Jit,
     /// Blocks compiled once they have run [`HOT_THRESHOLD`] times.
     Auto,
@@ -107,10 +108,33 @@ pub struct Jit {
     /// Blocks sent to the compile thread, by request token.
     queued: HashMap<u64, Rc<Block>>,
     next_token: u64,
+    /// The physical addresses (and code sizes) compiled since the last flush: compiling
+    /// one again means its code was rewritten in between. At most one entry per
+    /// compiled block, so bounded by the cache limit.
+    compiled_at: HashSet<u64>,
+    /// How often code on each physical page was rewritten after it was compiled, or
+    /// rewrote itself while running compiled, since the last flush.
+    page_rewrites: HashMap<u64, u32>,
     /// The compiled block that ran last and the exit it took (0: fall through, 1: branch
     /// taken, 2: return), to link it to the block that comes next.
     exit_from: Option<(Rc<Block>, usize)>,
+    /// Compiled blocks kept before the code cache is flushed.
+    cache_limit: usize,
+    /// Runs of a block before [`Tier::Auto`] compiles it.
+    hot_threshold: u32,
     pub stats: Stats,
+}
+
+/// The compiled code in a block's `tier_code` slot, if there is any (not empty, not a
+/// marker).
+fn code_of(block: &Block) -> Option<translate::BlockFn> {
+    match block.tier_code.get() {
+        0 | INTERPRETED | QUEUED => None,
+        // SAFETY: only `Jit::install` stores anything but the markers into `tier_code`:
+        // a `BlockFn` from the compile thread's current translator; `Jit::flush` clears
+        // every slot before asking the thread to free that translator's code.
+        code => Some(unsafe { std::mem::transmute::<usize, translate::BlockFn>(code) }),
+    }
 }
 
 impl Jit {
@@ -125,9 +149,24 @@ impl Jit {
             owned: Vec::new(),
             queued: HashMap::new(),
             next_token: 0,
+            compiled_at: HashSet::new(),
+            page_rewrites: HashMap::new(),
             exit_from: None,
+            cache_limit: MAX_COMPILED_BLOCKS,
+            hot_threshold: HOT_THRESHOLD,
             stats: Stats::default(),
         })
+    }
+
+    /// Sets how many compiled blocks are kept before the code cache is flushed (tests
+    /// use a small limit to flush often).
+    pub fn set_cache_limit(&mut self, blocks: usize) {
+        self.cache_limit = blocks.max(1);
+    }
+
+    /// Sets how many runs make a block hot for [`Tier::Auto`].
+    pub fn set_hot_threshold(&mut self, runs: u32) {
+        self.hot_threshold = runs.max(1);
     }
 
     pub fn tier(&self) -> Tier {
@@ -135,8 +174,10 @@ impl Jit {
     }
 
     /// Clears the slot of every block that has one (before the code is freed), and
-    /// forgets the blocks waiting for code.
+    /// forgets the blocks waiting for code (and how often each address was compiled).
     fn release_blocks(&mut self) {
+        self.compiled_at.clear();
+        self.page_rewrites.clear();
         for b in self
             .owned
             .drain(..)
@@ -202,29 +243,38 @@ impl Jit {
         }
     }
 
+    /// Code on `block`'s page was rewritten after it was compiled.
+    fn note_rewrite(&mut self, block: &Block) {
+        *self.page_rewrites.entry(block.phys >> 12).or_insert(0) += 1;
+    }
+
     fn lookup_or_compile(&mut self, block: &Rc<Block>) -> Option<translate::BlockFn> {
         if !self.queued.is_empty() {
             self.install(None);
         }
-        match block.tier_code.get() {
-            0 => {}
-            INTERPRETED | QUEUED => return None,
-            // SAFETY: only `install` stores code into `tier_code` (besides the markers),
-            // a `BlockFn` from the compile thread's current translator; `flush` clears
-            // every slot before asking the thread to free that translator's code.
-            code => return Some(unsafe { std::mem::transmute::<usize, translate::BlockFn>(code) }),
+        if block.tier_code.get() != 0 {
+            return code_of(block);
         }
         if block.uncached {
             return None;
         }
-        if self.tier == Tier::Auto {
-            let heat = block.tier_heat.get() + 1;
-            block.tier_heat.set(heat);
-            if heat < HOT_THRESHOLD {
-                return None;
-            }
+        // Code on a page whose compiled code was rewritten (self-modifying code, a
+        // loader reusing the page) must run twice as often before it is compiled, for
+        // every time that happened: code that keeps rewriting itself is left to the
+        // interpreter instead of being compiled again and again.
+        let rewrites = self.page_rewrites.get(&(block.phys >> 12)).copied();
+        let base = if self.tier == Tier::Auto {
+            self.hot_threshold
+        } else {
+            1
+        };
+        let needed = base.saturating_mul(1 << rewrites.unwrap_or(0).min(16));
+        let heat = block.tier_heat.get() + 1;
+        block.tier_heat.set(heat);
+        if heat < needed {
+            return None;
         }
-        if self.owned.len() + self.queued.len() >= MAX_COMPILED_BLOCKS {
+        if self.owned.len() + self.queued.len() >= self.cache_limit {
             self.flush();
         }
         if !translate::has_native(&block.instrs) {
@@ -232,6 +282,12 @@ impl Jit {
             block.tier_code.set(INTERPRETED);
             self.owned.push(block.clone());
             return None;
+        }
+        if !self
+            .compiled_at
+            .insert(block.phys << 1 | block.code32 as u64)
+        {
+            self.note_rewrite(block);
         }
         let token = self.next_token;
         self.next_token += 1;
@@ -249,11 +305,7 @@ impl Jit {
         // run. Otherwise the interpreter runs the block until the code is installed.
         if self.tier == Tier::Jit {
             self.install(Some(token));
-            return match block.tier_code.get() {
-                INTERPRETED | QUEUED | 0 => None,
-                // SAFETY: as above.
-                code => Some(unsafe { std::mem::transmute::<usize, translate::BlockFn>(code) }),
-            };
+            return code_of(block);
         }
         None
     }
@@ -338,6 +390,10 @@ impl BlockRunner for Jit {
                 EXIT_INDIRECT => 2,
                 _ => {
                     self.stats.exits[exit as usize] += 1;
+                    if !current.valid.get() {
+                        // The block wrote over its own code.
+                        self.note_rewrite(&current);
+                    }
                     return true;
                 }
             };
@@ -348,16 +404,14 @@ impl BlockRunner for Jit {
                 self.exit_from = Some((current, slot));
                 return true;
             };
-            match next.tier_code.get() {
-                0 | INTERPRETED => {
-                    self.stats.exits[exit as usize] += 1;
-                    self.exit_from = Some((current, slot));
-                    return true;
-                }
-                // SAFETY: as in `lookup_or_compile`: a non-marker slot holds a live
-                // `BlockFn` of the current translator.
-                c => code = unsafe { std::mem::transmute::<usize, translate::BlockFn>(c) },
-            }
+            // A linked block may have been flushed since (its slot empty) or queued
+            // again: then the run loop takes over.
+            let Some(next_code) = code_of(&next) else {
+                self.stats.exits[exit as usize] += 1;
+                self.exit_from = Some((current, slot));
+                return true;
+            };
+            code = next_code;
             self.stats.linked_runs += 1;
             current = next;
         }

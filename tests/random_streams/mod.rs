@@ -412,7 +412,12 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                             0 => ins.push(0x98),
                             1 => ins.push(0x99),
                             2 => ins.extend_from_slice(&[0x0F, 0x31]),
-                            _ => ins.extend_from_slice(&[0x0F, 0xC8 + rng.below(8) as u8]),
+                            _ => {
+                                // Any register but ESP (a byte-swapped stack pointer
+                                // sends every later push into empty memory).
+                                let reg = [0, 1, 2, 3, 5, 6, 7][rng.below(7) as usize];
+                                ins.extend_from_slice(&[0x0F, 0xC8 + reg]);
+                            }
                         },
                         _ => {
                             ins.push(0x87);

@@ -1060,10 +1060,15 @@ impl Emitter<'_> {
                 let cr4 = self.b.ins().load(types::I64, trusted(), self.state, CR4);
                 let cr0 = self.b.ins().load(types::I64, trusted(), self.state, CR0);
                 let cpl = self.b.ins().uload8(types::I64, trusted(), self.state, CPL);
+                // Each condition as a 0/1 truth value (the bits sit at different
+                // positions, so masking them against each other would give 0).
                 let tsd = self.b.ins().band_imm_u(cr4, CR4_TSD as i64);
+                let tsd = self.b.ins().icmp_imm_u(IntCC::NotEqual, tsd, 0);
                 let pe = self.b.ins().band_imm_u(cr0, CR0_PE as i64);
+                let pe = self.b.ins().icmp_imm_u(IntCC::NotEqual, pe, 0);
+                let user = self.b.ins().icmp_imm_u(IntCC::NotEqual, cpl, 0);
                 let forbidden = self.b.ins().band(tsd, pe);
-                let forbidden = self.b.ins().imul(forbidden, cpl);
+                let forbidden = self.b.ins().band(forbidden, user);
                 let allowed = self.b.ins().icmp_imm_u(IntCC::Equal, forbidden, 0);
                 self.with_slow_path(ins, index, allowed, &[EAX, EDX], false, |e| {
                     // The count before this instruction retires, as `Cpu::tsc` reads it.
