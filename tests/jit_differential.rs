@@ -33,16 +33,23 @@ fn compare(mode: Mode, seed: u64, target: u64, mut jit: Jit) -> (u64, Stats) {
     let mut rngs = [Rng(seed), Rng(seed)];
     let mut slices = Rng(seed ^ 0x5EED);
     for (cpu, rng) in machines.iter_mut().zip(rngs.iter_mut()) {
-        // Random bytes in all RAM above the code window: code that runs off into
-        // memory finds random instructions, not long runs of ADD [EAX],AL (which
-        // with EAX outside RAM end every block after one instruction, and the forced
-        // tier would compile a 64-instruction block for each).
-        let above = CODE as usize + CODE_SIZE;
-        let noise: Vec<u8> = (above..RAM)
-            .step_by(8)
-            .flat_map(|_| rng.next().to_le_bytes())
-            .collect();
-        cpu.write_phys(above as u64, &noise);
+        // Random bytes in all RAM but the tables and the code window: code that runs
+        // off into memory finds random instructions, not long runs of ADD [EAX],AL
+        // (which with EAX outside RAM end every block after one instruction, and the
+        // forced tier would compile a 64-instruction block for each).
+        let tables_end = PAGE_TABLES as usize + 0x1000;
+        let code_end = CODE as usize + CODE_SIZE;
+        for (from, to) in [
+            (0x6000, PAGE_DIR as usize),
+            (tables_end, CODE as usize),
+            (code_end, RAM),
+        ] {
+            let noise: Vec<u8> = (from..to)
+                .step_by(8)
+                .flat_map(|_| rng.next().to_le_bytes())
+                .collect();
+            cpu.write_phys(from as u64, &noise);
+        }
         setup_tables(cpu, rng);
     }
     let mut executed = 0;
