@@ -394,8 +394,8 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                     }
                 }
                 14 => {
-                    // Flag readers: SETcc, CMOVcc; CDQ, CWDE, RDTSC, BSWAP, XCHG.
-                    match rng.below(4) {
+                    // Flag readers: SETcc, CMOVcc; CDQ, CWDE, RDTSC, BSWAP, XCHG, BT.
+                    match rng.below(5) {
                         0 => {
                             ins.push(0x0F);
                             ins.push(0x90 + rng.below(16) as u8);
@@ -419,9 +419,22 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                                 ins.extend_from_slice(&[0x0F, 0xC8 + reg]);
                             }
                         },
-                        _ => {
+                        3 => {
                             ins.push(0x87);
                             ins.push(0xC0 | rng.below(64) as u8);
+                        }
+                        _ => {
+                            // BT of a register or memory with an immediate bit offset.
+                            ins.extend_from_slice(&[0x0F, 0xBA]);
+                            let any = rng.below(3) == 0;
+                            modrm(rng, &mut ins, any);
+                            let m = ins.len() - 6;
+                            ins[m] = ins[m] & 0xC7 | 4 << 3;
+                            if ins[m] >> 6 == 3 {
+                                // The register form: the bit offset right after.
+                                ins.truncate(ins.len() - 5);
+                                ins.push(rng.below(40) as u8);
+                            }
                         }
                     }
                 }

@@ -211,6 +211,13 @@ pub(super) enum Native {
     Bswap {
         dst: Gpr,
     },
+    /// BT of a register or memory operand with an immediate bit offset (already
+    /// reduced modulo the operand size): CF = the bit, the other flags kept.
+    Bt {
+        src: Operand,
+        size: u8,
+        bit: u32,
+    },
     Lea {
         dst: Gpr,
         mem: MemRef,
@@ -396,6 +403,14 @@ pub(super) fn classify(ins: &Instruction) -> Option<Native> {
             dst: reg_operand(ins, 0).filter(|g| g.size == 4)?,
         }),
         M::Cwde => Some(Native::Cwde),
+        M::Bt if ins.op1_kind() == OpKind::Immediate8 => {
+            let size = operand_size(ins, 0).filter(|&s| s > 1)?;
+            Some(Native::Bt {
+                src: operand(ins, 0, size)?,
+                size,
+                bit: ins.immediate8() as u32 % (size as u32 * 8),
+            })
+        }
         M::Lea if ins.op1_kind() == OpKind::Memory => {
             let dst = reg_operand(ins, 0).filter(|g| g.size > 1)?;
             Some(Native::Lea {

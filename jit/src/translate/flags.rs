@@ -40,9 +40,11 @@ pub(super) enum PendingFlags {
     },
 }
 
-/// Deferred flag kinds: shifts and rotates (`a` the value shifted, `b` the count), and
-/// multiplies (`a` the low half of the product, `b` 1 on overflow).
+/// Deferred flag kinds: shifts and rotates (`a` the value shifted, `b` the count),
+/// multiplies (`a` the low half of the product, `b` 1 on overflow), and BT (`a` the
+/// bit tested, 0 or 1: it becomes CF, the other flags are kept).
 pub(super) const DEFERRED_MUL: u32 = 0;
+pub(super) const DEFERRED_BT: u32 = 1 + DEFERRED_SHIFTS.len() as u32;
 const DEFERRED_SHIFTS: [Mnemonic; 5] = [
     Mnemonic::Shl,
     Mnemonic::Shr,
@@ -71,6 +73,8 @@ pub(super) extern "C" fn helper_flags(state: *mut CpuState, kind: u32, size: u32
     let flags = unsafe { &mut (*state).flags };
     if kind == DEFERRED_MUL {
         set_mul_flags(flags, a, size, b != 0);
+    } else if kind == DEFERRED_BT {
+        flags.set_bit(CF, a != 0);
     } else {
         shift(flags, DEFERRED_SHIFTS[kind as usize - 1], size, a, b);
     }
@@ -190,6 +194,11 @@ impl Emitter<'_> {
                 let bits = self.load_flag_bits();
                 self.b.ins().band_imm_u(bits, CF as i64)
             }
+            Some(PendingFlags::Deferred {
+                kind: DEFERRED_BT,
+                a,
+                ..
+            }) => a,
             _ => self.stored_condition(encoding(ConditionCode::b)),
         }
     }
@@ -224,6 +233,20 @@ impl Emitter<'_> {
 
     fn inline_condition(&mut self, cc: ConditionCode) -> Option<Value> {
         use ConditionCode as C;
+        if let Some(PendingFlags::Deferred {
+            kind: DEFERRED_BT,
+            a,
+            ..
+        }) = self.flags
+        {
+            // BT's bit is CF.
+            let is_set = match cc {
+                C::b => IntCC::NotEqual,
+                C::ae => IntCC::Equal,
+                _ => return None,
+            };
+            return Some(self.b.ins().icmp_imm_u(is_set, a, 0));
+        }
         let Some(PendingFlags::Lazy {
             op,
             size,

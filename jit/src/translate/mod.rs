@@ -47,7 +47,7 @@ mod flags;
 
 pub use classify::has_native;
 use classify::{classify, mask, Count, Gpr, MemRef, Native, Operand};
-use flags::{deferred_shift, keeps_old_flags, PendingFlags, DEFERRED_MUL};
+use flags::{deferred_shift, keeps_old_flags, PendingFlags, DEFERRED_BT, DEFERRED_MUL};
 
 /// Compiled code for one block.
 pub type BlockFn = unsafe extern "C" fn(*mut CpuState, *mut HelperCtx<'static>, u64) -> u32;
@@ -1048,6 +1048,37 @@ impl Emitter<'_> {
                 let ax = self.b.ins().ireduce(types::I16, eax);
                 let v = self.b.ins().sextend(types::I32, ax);
                 self.set(Gpr::full(EAX), v);
+            }
+            Native::Bt { ref src, size, bit } => {
+                // The flags before are kept but CF: they must be in the state for the
+                // deferred record (or the interpreter, on the slow path) to start from.
+                self.flush_flags();
+                let bt = |e: &mut Self, v: Value| {
+                    let x = e.b.ins().ushr_imm_u(v, bit as i64);
+                    let cf = e.b.ins().band_imm_u(x, 1);
+                    e.flags = Some(PendingFlags::Deferred {
+                        kind: DEFERRED_BT,
+                        size,
+                        a: cf,
+                        b: cf,
+                    });
+                };
+                match *src {
+                    Operand::Mem(ref m) => {
+                        let off = self.ea(m);
+                        let (hit, host) = self.fast_address(m.seg, off, size, false, 0);
+                        self.with_slow_path(ins, index, hit, &[], false, |e| {
+                            let v = e.load_guest(host, size);
+                            bt(e, v);
+                            // Both paths leave the flags in the state.
+                            e.flush_flags();
+                        });
+                    }
+                    _ => {
+                        let v = self.value(src);
+                        bt(self, v);
+                    }
+                }
             }
             Native::Bswap { dst } => {
                 let v = self.get(dst);
