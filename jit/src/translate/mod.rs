@@ -756,12 +756,15 @@ impl Emitter<'_> {
         ) = (sets_flags, fast_flags)
         {
             let k = merged.len();
+            // The interpreter may leave bits above the operand size in its result (INC
+            // of 0xFF records 0x100); the inline conditions test the result whole.
+            let res = self.b.ins().band_imm_u(params[k + 2], mask(size) as i64);
             self.flags = Some(PendingFlags::Lazy {
                 op,
                 size,
                 a: params[k],
                 b: params[k + 1],
-                res: params[k + 2],
+                res,
                 carry,
             });
         }
@@ -935,14 +938,7 @@ impl Emitter<'_> {
                 let (hit, host) = self.fast_stack(new_esp, size, true);
                 self.with_slow_path(ins, index, hit, &[ESP], false, |e| {
                     e.store_guest(host, v, size);
-                    e.set(
-                        Gpr {
-                            n: ESP,
-                            size: 4,
-                            high: false,
-                        },
-                        new_esp,
-                    );
+                    e.set(Gpr::full(ESP), new_esp);
                 });
             }
             Native::Pop { dst } => {
@@ -952,14 +948,7 @@ impl Emitter<'_> {
                     let v = e.load_guest(host, dst.size);
                     let esp = e.reg32(ESP);
                     let new_esp = e.b.ins().iadd_imm_u(esp, dst.size as i64);
-                    e.set(
-                        Gpr {
-                            n: ESP,
-                            size: 4,
-                            high: false,
-                        },
-                        new_esp,
-                    );
+                    e.set(Gpr::full(ESP), new_esp);
                     e.set(dst, v);
                 });
             }
