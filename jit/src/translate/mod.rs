@@ -625,20 +625,14 @@ impl Emitter<'_> {
         let entry = self.b.ins().iadd(table, slot);
         let tag_at = if write { TLB_WRITE_TAG } else { TLB_READ_TAG };
         let tag = self.b.ins().load(types::I64, fl, entry, tag_at);
-        let page = self.b.ins().band_imm_u(lin, !0xFFFi64);
+        // The page of the access's last byte: the tag (of the slot lin's page picks)
+        // can equal it only if the access stays in lin's page, so one compare checks
+        // both (a neighbouring page has another slot).
+        let last_byte = self.b.ins().iadd_imm_u(lin, size as i64 - 1);
+        let page = self.b.ins().band_imm_u(last_byte, !0xFFFi64);
         let tag_ok = self.b.ins().icmp(IntCC::Equal, tag, page);
         let ok = self.b.ins().band(seg_ok, in_limit);
-        let mut ok = self.b.ins().band(ok, tag_ok);
-        // A byte is always inside its page.
-        if size > 1 {
-            let in_page = self.b.ins().band_imm_u(lin, 0xFFF);
-            let in_page = self.b.ins().icmp_imm_u(
-                IntCC::UnsignedLessThanOrEqual,
-                in_page,
-                0x1000 - size as i64,
-            );
-            ok = self.b.ins().band(ok, in_page);
-        }
+        let ok = self.b.ins().band(ok, tag_ok);
         let addend = self.b.ins().load(types::I64, fl, entry, TLB_ADDEND);
         let host = self.b.ins().iadd(lin, addend);
         (ok, host)
