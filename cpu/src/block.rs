@@ -25,6 +25,8 @@ pub struct Block {
     pub phys: u64,
     /// Bytes from the first instruction's start to the last one's end.
     pub span: u64,
+    /// How many instructions (`instrs.len()`), where compiled code can read it.
+    pub count: u64,
     /// Decoded as 32-bit code.
     pub code32: bool,
     /// Still in the cache: no byte of it has been written since it was decoded.
@@ -32,7 +34,10 @@ pub struct Block {
     /// For another execution tier: blocks found at this one's exits (the tier checks
     /// they are still valid and still at the address it jumps to before using them).
     /// Cleared when the block leaves the cache, so links never form lasting cycles.
-    pub tier_links: RefCell<[Option<Rc<Block>>; 3]>,
+    tier_links: RefCell<[Option<Rc<Block>>; TIER_LINKS]>,
+    /// The address of each block in `tier_links` (0 for none), for compiled code to
+    /// read: it stays valid exactly as long as the link keeps that block alive.
+    pub tier_link_addrs: [Cell<usize>; TIER_LINKS],
     /// For another execution tier (the JIT): its code for this block, 0 if none. The
     /// tier owns what it stores here and clears it before freeing the code.
     pub tier_code: Cell<usize>,
@@ -46,6 +51,7 @@ pub struct Block {
 impl Block {
     pub fn new(phys: u64, instrs: Box<[Instruction]>) -> Block {
         let span = instrs.last().map_or(0, |i| i.ip() + i.len() as u64);
+        let count = instrs.len() as u64;
         let code32 = instrs
             .first()
             .is_some_and(|i| i.code_size() == iced_x86::CodeSize::Code32);
@@ -53,15 +59,34 @@ impl Block {
             instrs,
             phys,
             span,
+            count,
             code32,
             valid: Cell::new(true),
-            tier_links: RefCell::new([None, None, None]),
+            tier_links: RefCell::new(Default::default()),
+            tier_link_addrs: Default::default(),
             tier_code: Cell::new(0),
             tier_heat: Cell::new(0),
             uncached: false,
         }
     }
+
+    /// The block linked at exit `slot`, if any.
+    pub fn tier_link(&self, slot: usize) -> Option<Rc<Block>> {
+        self.tier_links.borrow()[slot].clone()
+    }
+
+    /// Links exit `slot` to `to`. Ignored once the block has left the cache (its links
+    /// were dropped then, and must stay so).
+    pub fn set_tier_link(&self, slot: usize, to: &Rc<Block>) {
+        if self.valid.get() {
+            self.tier_link_addrs[slot].set(Rc::as_ptr(to) as usize);
+            self.tier_links.borrow_mut()[slot] = Some(to.clone());
+        }
+    }
 }
+
+/// Exits a tier may link: fall through, branch taken.
+pub const TIER_LINKS: usize = 2;
 
 /// A multiplicative hasher for integer keys (the std SipHash is needlessly slow here).
 #[derive(Default)]
@@ -155,7 +180,11 @@ impl Drop for BlockCache {
 /// each other are freed).
 fn retire(b: &Block) {
     b.valid.set(false);
-    *b.tier_links.borrow_mut() = [None, None, None];
+    // Addresses first: compiled code must never see one whose block may be gone.
+    for a in &b.tier_link_addrs {
+        a.set(0);
+    }
+    *b.tier_links.borrow_mut() = Default::default();
 }
 
 fn block_key(paddr: u64, code32: bool) -> u64 {

@@ -25,6 +25,8 @@
 //! new EIP (the TLB gives the same physical address, the mode is the same), and may
 //! run whole within the budget with nothing due.
 
+mod code_memory;
+mod jump_cache;
 mod translate;
 mod worker;
 
@@ -80,7 +82,7 @@ pub(crate) const EXIT_INDIRECT: u32 = 3;
 /// interpreter runs it.
 const INTERPRETED: usize = 1;
 /// Marks a block in [`Block::tier_code`] as being compiled.
-const QUEUED: usize = 2;
+pub(crate) const QUEUED: usize = 2;
 
 /// Counters for benchmarks and tests.
 #[derive(Clone, Copy, Debug, Default)]
@@ -115,13 +117,17 @@ pub struct Jit {
     /// How often code on each physical page was rewritten after it was compiled, or
     /// rewrote itself while running compiled, since the last flush.
     page_rewrites: HashMap<u64, u32>,
-    /// The compiled block that ran last and the exit it took (0: fall through, 1: branch
-    /// taken, 2: return), to link it to the block that comes next.
-    exit_from: Option<(Rc<Block>, usize)>,
+    /// The compiled block that ran last and the exit it took, to link it to the block
+    /// that comes next.
+    exit_from: Option<ExitFrom>,
     /// Compiled blocks kept before the code cache is flushed.
     cache_limit: usize,
     /// Runs of a block before [`Tier::Auto`] compiles it.
     hot_threshold: u32,
+    /// Enters compiled code: the one of the translator whose code is installed.
+    trampoline: Option<translate::Trampoline>,
+    /// Where returns find the block at their target.
+    jump_cache: jump_cache::JumpCache,
     pub stats: Stats,
 }
 
@@ -130,11 +136,19 @@ pub struct Jit {
 fn code_of(block: &Block) -> Option<translate::BlockFn> {
     match block.tier_code.get() {
         0 | INTERPRETED | QUEUED => None,
-        // SAFETY: only `Jit::install` stores anything but the markers into `tier_code`:
-        // a `BlockFn` from the compile thread's current translator; `Jit::flush` clears
-        // every slot before asking the thread to free that translator's code.
-        code => Some(unsafe { std::mem::transmute::<usize, translate::BlockFn>(code) }),
+        code => Some(code as translate::BlockFn),
     }
+}
+
+/// A compiled block that returned through a linkable exit: linked to the block the run
+/// loop runs next, if that is the block at the exit's target.
+struct ExitFrom {
+    block: Rc<Block>,
+    slot: usize,
+    /// The linear address the block started at.
+    from_lin: u64,
+    /// The linear address of EIP at the exit.
+    lin: u64,
 }
 
 impl Jit {
@@ -154,6 +168,8 @@ impl Jit {
             exit_from: None,
             cache_limit: MAX_COMPILED_BLOCKS,
             hot_threshold: HOT_THRESHOLD,
+            trampoline: None,
+            jump_cache: jump_cache::JumpCache::new(),
             stats: Stats::default(),
         })
     }
@@ -176,6 +192,7 @@ impl Jit {
     /// Clears the slot of every block that has one (before the code is freed), and
     /// forgets the blocks waiting for code (and how often each address was compiled).
     fn release_blocks(&mut self) {
+        self.jump_cache.clear();
         self.compiled_at.clear();
         self.page_rewrites.clear();
         for b in self
@@ -225,6 +242,7 @@ impl Jit {
             if let Some(block) = self.queued.remove(&done.token) {
                 match done.result {
                     Ok((code, native)) => {
+                        self.trampoline = Some(done.trampoline);
                         self.stats.compiled_blocks += 1;
                         self.stats.compiled_instructions += block.instrs.len() as u64;
                         self.stats.native_instructions += native as u64;
@@ -295,6 +313,11 @@ impl Jit {
         self.next_token += 1;
         let request = worker::Request::Compile {
             token,
+            block: translate::BlockPlace {
+                addr: Rc::as_ptr(block) as usize,
+                phys: block.phys,
+                code32: block.code32,
+            },
             instrs: block.instrs.to_vec(),
         };
         if !self.worker.as_ref()?.send(request) {
@@ -314,6 +337,25 @@ impl Jit {
 }
 
 impl Jit {
+    /// Links `exit` to `to`, the block the run loop fetched at EIP after it, if EIP is
+    /// still where the exit left it (no interrupt was taken in between) and `to` is in
+    /// the mode the exit left in. Compiled code trusts a link whose target is on the
+    /// same linear page as the block it leaves without looking at the TLB, so `to` must
+    /// then be at the same distance in physical memory; elsewhere compiled code checks
+    /// the TLB every time it follows the link.
+    fn link(cpu: &Cpu, exit: ExitFrom, to: &Rc<Block>) {
+        let from = &exit.block;
+        if lin_eip(cpu) != exit.lin || to.code32 != from.code32 {
+            return;
+        }
+        if exit.lin >> 12 == exit.from_lin >> 12
+            && to.phys.wrapping_sub(from.phys) != exit.lin.wrapping_sub(exit.from_lin)
+        {
+            return;
+        }
+        from.set_tier_link(exit.slot, to);
+    }
+
     /// Whether compiled code may run `block` now: whole, within the budget, with
     /// nothing due between its instructions (an interrupt check, a single-step trap, the
     /// instruction after STI or MOV SS), every instruction inside the CS limit and no
@@ -333,26 +375,29 @@ impl Jit {
         end - 1 <= cpu.state.seg[CS].limit as u64 && (block.code32 || end < 0x1_0000)
     }
 
-    /// The block `from` (which started at linear `from_lin`) links to at exit `slot`,
-    /// if it is still valid and is the block the run loop would fetch now: decoded in
-    /// the current mode, from the physical address of EIP. Within `from`'s page the
-    /// linear and physical distances from `from` must agree (the page's mapping cannot
-    /// have changed while compiled code ran: that ends a block in the interpreter);
-    /// elsewhere the TLB must give the block's address, as the run loop's fetch finds
-    /// it (on a TLB miss the run loop walks the page tables).
-    fn linked(cpu: &Cpu, from: &Block, from_lin: u64, slot: usize) -> Option<Rc<Block>> {
-        let links = from.tier_links.borrow();
-        let to = links[slot].as_ref()?;
+    /// The block to run after `from` (which started at linear `from_lin`) left through
+    /// `exit`: the block linked at that exit, or for a return the block in the jump
+    /// cache, if it is still valid and is the block the run loop would fetch now:
+    /// decoded in the current mode, from the physical address of EIP. Within `from`'s
+    /// page the linear and physical distances from `from` must agree (the page's
+    /// mapping cannot have changed while compiled code ran: that ends a block in the
+    /// interpreter); elsewhere the TLB must give the block's address, as the run loop's
+    /// fetch finds it (on a TLB miss the run loop walks the page tables).
+    fn next_block(&self, cpu: &Cpu, from: &Block, from_lin: u64, exit: u32) -> Option<Rc<Block>> {
+        let lin = lin_eip(cpu);
+        let to = match exit {
+            EXIT_INDIRECT => self.jump_cache.get(lin).cloned()?,
+            _ => from.tier_link((exit - EXIT_FALLTHROUGH) as usize)?,
+        };
         if !to.valid.get() || to.code32 != cpu.state.code32() {
             return None;
         }
-        let lin = lin_eip(cpu);
         let found = if to.phys >> 12 == from.phys >> 12 {
             lin.wrapping_sub(from_lin) == to.phys.wrapping_sub(from.phys)
         } else {
             cpu.fetch_tlb_hit(lin) == Some(to.phys)
         };
-        found.then(|| to.clone())
+        found.then_some(to)
     }
 }
 
@@ -370,50 +415,65 @@ impl BlockRunner for Jit {
         if !Self::may_run(cpu, block, end) {
             return false;
         }
-        let Some(mut code) = self.lookup_or_compile(block) else {
+        let Some(code) = self.lookup_or_compile(block) else {
             return false;
         };
-        // The previous compiled block left for this one's address: link them (for a
-        // RET, only until it returns elsewhere).
-        if let Some((from, slot)) = exit_from {
-            if from.valid.get() {
-                from.tier_links.borrow_mut()[slot] = Some(block.clone());
-            }
+        let Some(trampoline) = self.trampoline else {
+            return false;
+        };
+        if let Some(exit) = exit_from {
+            Self::link(cpu, exit, block);
         }
-        // Then run linked compiled blocks for as long as they may run.
+        self.jump_cache.insert(lin_eip(cpu), block);
+        // Compiled code runs on through linked blocks by itself; where it returns, the
+        // links it could not follow are tried here, then the run loop takes over.
+        let mut entry = translate::Entry { trampoline, code };
         let mut current = block.clone();
         loop {
-            let lin = lin_eip(cpu);
-            self.stats.block_runs += 1;
-            let exit = translate::call(code, cpu, bus, &current.instrs, cpu.state.rip);
-            let slot = match exit {
-                EXIT_FALLTHROUGH => 0,
-                EXIT_TAKEN => 1,
-                EXIT_INDIRECT => 2,
-                _ => {
-                    self.stats.exits[exit as usize] += 1;
-                    if !current.valid.get() {
-                        // The block wrote over its own code.
-                        self.note_rewrite(&current);
-                    }
-                    return true;
+            let table = self.jump_cache.addrs();
+            let done = translate::call(entry, cpu, bus, &current, table, end);
+            self.stats.block_runs += 1 + done.chained;
+            self.stats.linked_runs += done.chained;
+            if !std::ptr::eq(done.block, Rc::as_ptr(&current)) {
+                // SAFETY: compiled code stores into `ctx.block` only the addresses of
+                // blocks with code it found through a link (`tier_link_addrs`) or the
+                // jump cache, both `Rc::as_ptr` of blocks they keep alive; and every
+                // block with code is held by `self.owned` until a flush, which does not
+                // happen while compiled code runs. So the block is alive, and one more
+                // strong count is taken for this `Rc`.
+                current = unsafe {
+                    Rc::increment_strong_count(done.block);
+                    Rc::from_raw(done.block)
+                };
+            }
+            let from_lin = cpu.state.seg[CS].base.wrapping_add(done.base) & 0xFFFF_FFFF;
+            if done.exit == EXIT_STOP {
+                self.stats.exits[EXIT_STOP as usize] += 1;
+                if !current.valid.get() {
+                    // The block wrote over its own code.
+                    self.note_rewrite(&current);
                 }
-            };
-            let next =
-                Self::linked(cpu, &current, lin, slot).filter(|n| Self::may_run(cpu, n, end));
-            let Some(next) = next else {
-                self.stats.exits[exit as usize] += 1;
-                self.exit_from = Some((current, slot));
                 return true;
-            };
+            }
+            let next = self
+                .next_block(cpu, &current, from_lin, done.exit)
+                .filter(|n| Self::may_run(cpu, n, end))
+                .and_then(|n| code_of(&n).map(|c| (n, c)));
             // A linked block may have been flushed since (its slot empty) or queued
             // again: then the run loop takes over.
-            let Some(next_code) = code_of(&next) else {
-                self.stats.exits[exit as usize] += 1;
-                self.exit_from = Some((current, slot));
+            let Some((next, code)) = next else {
+                self.stats.exits[done.exit as usize] += 1;
+                if done.exit != EXIT_INDIRECT {
+                    self.exit_from = Some(ExitFrom {
+                        block: current,
+                        slot: (done.exit - EXIT_FALLTHROUGH) as usize,
+                        from_lin,
+                        lin: lin_eip(cpu),
+                    });
+                }
                 return true;
             };
-            code = next_code;
+            entry.code = code;
             self.stats.linked_runs += 1;
             current = next;
         }

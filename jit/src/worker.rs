@@ -6,7 +6,7 @@
 //! for before it; the caller ignores results for blocks it no longer waits for (their
 //! code is never run, and is freed with the next flush).
 
-use crate::translate::Translator;
+use crate::translate::{BlockPlace, Trampoline, Translator};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use iced_x86::Instruction;
 use std::thread::JoinHandle;
@@ -15,16 +15,123 @@ pub(crate) enum Request {
     /// Compile a block's instructions; the result carries `token` back.
     Compile {
         token: u64,
+        block: BlockPlace,
         instrs: Vec<Instruction>,
     },
     /// Free all code compiled so far (nothing may run it any more) and start afresh.
     Flush,
 }
 
-/// A compiled block: its code's address and how many instructions it does natively.
+/// A compiled block: its code's address and how many instructions it does natively,
+/// and the trampoline of the translator that compiled it.
 pub(crate) struct Compiled {
     pub token: u64,
     pub result: Result<(usize, usize), String>,
+    pub trampoline: Trampoline,
+}
+
+/// A compile request waiting for the thread.
+struct Job {
+    token: u64,
+    block: BlockPlace,
+    instrs: Vec<Instruction>,
+}
+
+/// The compile thread's loop, until the JIT hangs up or a flush cannot start afresh.
+///
+/// Waiting blocks are compiled newest first: the block that just became hot is most
+/// likely the one the guest is running now (a loop), while older requests of a burst
+/// (a new phase of the guest touching much code at once) may have cooled down. A
+/// flush drops the requests before it: nothing waits for their code any more.
+fn serve(inbox: &Receiver<Request>, outbox: &Sender<Compiled>, translator: &mut Translator) {
+    let mut perf_map = PerfMap::open();
+    let mut waiting: Vec<Job> = Vec::new();
+    loop {
+        let first = if waiting.is_empty() {
+            match inbox.recv() {
+                Ok(r) => Some(r),
+                Err(_) => return,
+            }
+        } else {
+            None
+        };
+        for request in first.into_iter().chain(inbox.try_iter()) {
+            match request {
+                Request::Compile {
+                    token,
+                    block,
+                    instrs,
+                } => waiting.push(Job {
+                    token,
+                    block,
+                    instrs,
+                }),
+                Request::Flush => {
+                    waiting.clear();
+                    let fresh = match Translator::new() {
+                        Ok(t) => t,
+                        Err(e) => {
+                            log::warn!("JIT: cannot start afresh after a flush: {e}");
+                            // Dropping the outbox tells the caller to stop compiling.
+                            return;
+                        }
+                    };
+                    std::mem::replace(translator, fresh).free();
+                }
+            }
+        }
+        let Some(job) = waiting.pop() else {
+            continue;
+        };
+        let result = translator
+            .compile(&job.instrs, job.block)
+            .map(|(code, size, native)| {
+                perf_map.add(code as usize, size, job.block.phys, job.instrs.len());
+                (code as usize, native)
+            });
+        let done = Compiled {
+            token: job.token,
+            result,
+            trampoline: translator.trampoline,
+        };
+        if outbox.send(done).is_err() {
+            return;
+        }
+    }
+}
+
+/// `/tmp/perf-PID.map`, naming each compiled block for `perf report` (as QEMU's
+/// `-perfmap`), written when `HOSPES_PERF_MAP` is set.
+struct PerfMap(Option<std::io::BufWriter<std::fs::File>>);
+
+impl PerfMap {
+    fn open() -> PerfMap {
+        if std::env::var_os("HOSPES_PERF_MAP").is_none() {
+            return PerfMap(None);
+        }
+        let path = format!("/tmp/perf-{}.map", std::process::id());
+        match std::fs::File::create(&path) {
+            Ok(f) => PerfMap(Some(std::io::BufWriter::new(f))),
+            Err(e) => {
+                log::warn!("JIT: cannot write {path}: {e}");
+                PerfMap(None)
+            }
+        }
+    }
+
+    fn add(&mut self, code: usize, size: usize, phys: u64, instrs: usize) {
+        use std::io::Write;
+        if let Some(f) = &mut self.0 {
+            // Flushed per line: the map must be complete whenever perf reads it.
+            let line = format!("{code:x} {size:x} guest_{phys:08x}_{instrs}\n");
+            if f.write_all(line.as_bytes())
+                .and_then(|_| f.flush())
+                .is_err()
+            {
+                self.0 = None;
+            }
+        }
+    }
 }
 
 pub(crate) struct Worker {
@@ -49,29 +156,7 @@ impl Worker {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                for request in inbox {
-                    match request {
-                        Request::Compile { token, instrs } => {
-                            let result = translator
-                                .compile(&instrs)
-                                .map(|(code, native)| (code as usize, native));
-                            if outbox.send(Compiled { token, result }).is_err() {
-                                break;
-                            }
-                        }
-                        Request::Flush => {
-                            let fresh = match Translator::new() {
-                                Ok(t) => t,
-                                Err(e) => {
-                                    log::warn!("JIT: cannot start afresh after a flush: {e}");
-                                    // Dropping the outbox tells the caller to stop compiling.
-                                    break;
-                                }
-                            };
-                            std::mem::replace(&mut translator, fresh).free();
-                        }
-                    }
-                }
+                serve(&inbox, &outbox, &mut translator);
                 translator.free();
             })
             .map_err(|e| format!("starting the JIT thread: {e}"))?;

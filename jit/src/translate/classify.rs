@@ -34,7 +34,7 @@ pub(super) fn gpr(r: Register) -> Option<Gpr> {
     let n = r as usize;
     GROUPS.iter().find_map(|&(first, count, size, high)| {
         let first = first as usize;
-        (first..first + count).contains(&n).then_some(Gpr {
+        (first..first + count).contains(&n).then(|| Gpr {
             n: n - first,
             size,
             high,

@@ -25,12 +25,14 @@
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
-    types, AbiParam, BlockArg, FuncRef, InstBuilder, MemFlagsData, UserFuncName, Value,
+    types, AbiParam, FuncRef, InstBuilder, MemFlagsData, SigRef, Signature, UserFuncName, Value,
 };
+use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use hospes_cpu::block::{Block, TIER_LINKS};
 use hospes_cpu::flags::{FlagOp, Flags, TF};
 use hospes_cpu::mem::Bus;
 use hospes_cpu::mmu::{TlbEntry, TLB_ENTRIES};
@@ -45,41 +47,64 @@ use std::mem::offset_of;
 mod classify;
 mod flags;
 
+use crate::code_memory::{self, DualMapped};
+
 pub use classify::has_native;
 use classify::{classify, mask, Count, Gpr, MemRef, Native, Operand};
 use flags::{deferred_shift, keeps_old_flags, PendingFlags, DEFERRED_BT, DEFERRED_MUL};
 
-/// Compiled code for one block.
-pub type BlockFn = unsafe extern "C" fn(*mut CpuState, *mut HelperCtx<'static>, u64) -> u32;
+/// Compiled code for one block. Its calling convention is Cranelift's `tail` (so that
+/// blocks can run on into each other with tail calls): only compiled code calls it,
+/// the first through the [`Trampoline`].
+pub type BlockFn = *const u8;
+
+/// Calls a [`BlockFn`] (`code`, the last argument) with the state, the helper context
+/// and EIP at its start, from Rust: compiled once per translator.
+pub type Trampoline =
+    unsafe extern "C" fn(*mut CpuState, *mut HelperCtx<'static>, u64, BlockFn) -> u32;
 
 /// What helpers need that compiled code does not touch.
 #[repr(C)]
 pub struct HelperCtx<'a> {
     cpu: *mut Cpu,
     bus: *mut (dyn Bus + 'a),
-    instrs: *const Instruction,
+    /// The block running now: compiled code sets it when it runs on into a linked
+    /// block, so helpers find its instructions and the caller sees where it left.
+    block: *const Block,
+    /// EIP at the running block's first instruction.
     base: u64,
     /// The CPU's TLB (both tables), read by compiled code's memory fast path.
     tlb: *const TlbEntry,
+    /// The instruction count the run must not pass.
+    end: u64,
+    /// Blocks entered through links without returning.
+    chained: u64,
+    /// The JIT's jump cache: [`JUMP_CACHE_ENTRIES`] block addresses (or 0).
+    jump_cache: *const usize,
+}
+
+/// Entries of the jump cache, where indirect branches find their target's block.
+pub const JUMP_CACHE_ENTRIES: usize = 4096;
+
+/// The jump cache entry for code at linear address `lin`.
+pub fn jump_cache_index(lin: u64) -> usize {
+    ((lin >> 12) ^ lin) as usize & (JUMP_CACHE_ENTRIES - 1)
 }
 
 /// Runs the interpreter for instructions `from..to` of the block. Returns 1 if compiled
 /// code must return (an instruction left the straight-line path or ended the block).
 extern "C" fn helper_step(ctx: *mut HelperCtx<'_>, from: u32, to: u32) -> u32 {
-    // SAFETY: compiled code passes on the `ctx` that [`call`] built for this block run:
-    // its pointers are to the CPU, the bus and the block's instructions, all borrowed by
-    // `call` for its whole duration, and `from..to` are instructions of that block. The
-    // compiled code caller holds no Rust reference to the CPU while it calls us.
-    let (cpu, bus, instrs, base) = unsafe {
+    // SAFETY: compiled code passes on the `ctx` that [`call`] built for this run: its
+    // pointers are to the CPU and the bus, borrowed by `call` for its whole duration,
+    // and to the running block, which the JIT keeps alive while it has code (the first
+    // block is borrowed by `call`; a linked one is kept alive by the link compiled code
+    // followed to it); `from..to` are instructions of that block. The compiled code
+    // caller holds no Rust reference to the CPU while it calls us.
+    let (cpu, bus, block, base) = unsafe {
         let ctx = &mut *ctx;
-        (
-            &mut *ctx.cpu,
-            &mut *ctx.bus,
-            std::slice::from_raw_parts(ctx.instrs.add(from as usize), (to - from) as usize),
-            ctx.base,
-        )
+        (&mut *ctx.cpu, &mut *ctx.bus, &*ctx.block, ctx.base)
     };
-    for ins in instrs {
+    for ins in &block.instrs[from as usize..to as usize] {
         let before = cpu.state.icount;
         if !cpu.step_one(bus, ins, base) || cpu.end_block || cpu.check_irq {
             return 1;
@@ -99,38 +124,74 @@ extern "C" fn helper_step(ctx: *mut HelperCtx<'_>, from: u32, to: u32) -> u32 {
     0
 }
 
-/// Runs compiled code for a block starting at EIP `base`.
-/// Returns how the block was left (one of the `EXIT_*` codes).
+/// How a run of compiled code ended.
+pub struct Finished {
+    /// One of the `EXIT_*` codes.
+    pub exit: u32,
+    /// The block whose code returned (the first block, or one linked from it).
+    pub block: *const Block,
+    /// EIP at that block's start.
+    pub base: u64,
+    /// Blocks entered through links without returning.
+    pub chained: u64,
+}
+
+/// Where compiled code starts: a block's `code` and its translator's `trampoline`.
+#[derive(Clone, Copy)]
+pub struct Entry {
+    pub trampoline: Trampoline,
+    pub code: BlockFn,
+}
+
+/// Runs compiled code for `block` (`entry`), starting at EIP `base`, and on through
+/// linked blocks (and blocks in the `jump_cache` table) while they fit before
+/// instruction count `end`.
 pub fn call(
-    code: BlockFn,
+    entry: Entry,
     cpu: &mut Cpu,
     bus: &mut dyn Bus,
-    instrs: &[Instruction],
-    base: u64,
-) -> u32 {
+    block: &Block,
+    jump_cache: *const usize,
+    end: u64,
+) -> Finished {
     let cpu: *mut Cpu = cpu;
     // SAFETY: `state` and `ctx.cpu` both derive from the same exclusive borrow of the
     // CPU, held for this whole call. Compiled code accesses the state only between
     // helper calls, and each helper's `&mut Cpu` ends before the compiled code resumes,
-    // so the two never access the CPU at the same time. `instrs` is the block the code
-    // was compiled from (same length, same order), alive for the call.
+    // so the two never access the CPU at the same time. `block` is the block `code` was
+    // compiled from, alive for the call; `code` and `trampoline` come from the same
+    // live translator; `jump_cache` is the JIT's table, unchanged during the call.
     unsafe {
         let state = &raw mut (*cpu).state;
+        let base = (*cpu).state.rip;
         let mut ctx = HelperCtx {
             cpu,
             bus: bus as *mut (dyn Bus + '_),
-            instrs: instrs.as_ptr(),
+            block,
             base,
             tlb: (*cpu).tlb.entries.as_ptr().cast(),
+            end,
+            chained: 0,
+            jump_cache,
         };
-        let ctx: *mut HelperCtx<'_> = &mut ctx;
-        code(state, ctx.cast(), base)
+        let ctx_ptr = &mut ctx as *mut HelperCtx<'_> as *mut _;
+        let exit = (entry.trampoline)(state, ctx_ptr, base, entry.code);
+        Finished {
+            exit,
+            block: ctx.block,
+            base: ctx.base,
+            chained: ctx.chained,
+        }
     }
 }
 
 /// Owns the JIT module: the code memory of every function compiled with it.
 pub struct Translator {
     module: JITModule,
+    /// Where code runs relative to where Cranelift wrote it (`code_memory`).
+    exec_offset: usize,
+    /// Enters compiled code from Rust.
+    pub trampoline: Trampoline,
     helpers: HelperIds,
     ctx: cranelift_codegen::Context,
     builder_ctx: FunctionBuilderContext,
@@ -174,7 +235,24 @@ const TLB_ENTRY: i64 = std::mem::size_of::<TlbEntry>() as i64;
 const TLB_READ_TAG: i32 = offset_of!(TlbEntry, read_tag) as i32;
 const TLB_WRITE_TAG: i32 = offset_of!(TlbEntry, write_tag) as i32;
 const TLB_ADDEND: i32 = offset_of!(TlbEntry, addend) as i32;
+const TLB_PADDR: i32 = offset_of!(TlbEntry, paddr) as i32;
 const CTX_TLB: i32 = offset_of!(HelperCtx<'static>, tlb) as i32;
+const CTX_BLOCK: i32 = offset_of!(HelperCtx<'static>, block) as i32;
+const CTX_BASE: i32 = offset_of!(HelperCtx<'static>, base) as i32;
+const CTX_END: i32 = offset_of!(HelperCtx<'static>, end) as i32;
+const CTX_CHAINED: i32 = offset_of!(HelperCtx<'static>, chained) as i32;
+const BLOCK_LINK_ADDRS: i64 = offset_of!(Block, tier_link_addrs) as i64;
+const BLOCK_VALID: i32 = offset_of!(Block, valid) as i32;
+const BLOCK_CODE: i32 = offset_of!(Block, tier_code) as i32;
+const BLOCK_COUNT: i32 = offset_of!(Block, count) as i32;
+const BLOCK_SPAN: i32 = offset_of!(Block, span) as i32;
+const BLOCK_PHYS: i32 = offset_of!(Block, phys) as i32;
+const BLOCK_CODE32: i32 = offset_of!(Block, code32) as i32;
+const CTX_JUMP_CACHE: i32 = offset_of!(HelperCtx<'static>, jump_cache) as i32;
+const PAGE: i64 = 4096;
+// Compiled code reads the link addresses as an array of words.
+const _: () =
+    assert!(std::mem::size_of::<[std::cell::Cell<usize>; TIER_LINKS]>() == TIER_LINKS * 8);
 /// Attribute bits a segment must have (present, code/data, data, expand-up, writable)
 /// for compiled code to access it without the interpreter's full checks.
 const FAST_SEG_MASK: u16 = ATTR_P | ATTR_S | ATTR_CODE | ATTR_DC | ATTR_RW;
@@ -188,6 +266,10 @@ impl Translator {
             .set("use_colocated_libcalls", "false")
             .map_err(|e| err(&e))?;
         flags.set("is_pic", "false").map_err(|e| err(&e))?;
+        // Cranelift's tail calls (blocks running on into each other) need frame pointers.
+        flags
+            .set("preserve_frame_pointers", "true")
+            .map_err(|e| err(&e))?;
         // Blocks come with guest registers already in SSA values, so Cranelift's
         // optimiser gains little, but its backtracking register allocator matters:
         // measured on the Linux boot benchmark, `none` + backtracking ran in 34 s,
@@ -212,6 +294,25 @@ impl Translator {
             .finish(settings::Flags::new(flags))
             .map_err(|e| err(&e))?;
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
+        // Code goes into one region written and run through two mappings where the
+        // host allows it (see `code_memory`), else into Cranelift's own pages. perf
+        // names JIT code from its map only in anonymous memory: profiling
+        // (`HOSPES_PERF_MAP`) uses Cranelift's pages.
+        let memory = match std::env::var_os("HOSPES_PERF_MAP") {
+            Some(_) => Err(std::io::Error::other("profiling")),
+            None => DualMapped::new(code_memory::RESERVE),
+        };
+        let exec_offset = match memory {
+            Ok(memory) => {
+                let offset = memory.exec_offset();
+                builder.memory_provider(Box::new(memory));
+                offset
+            }
+            Err(e) => {
+                log::debug!("JIT: code memory from Cranelift ({e})");
+                0
+            }
+        };
         builder.symbol("helper_step", helper_step as *const u8);
         builder.symbol("helper_flags", flags::helper_flags as *const u8);
         builder.symbol("helper_cond", flags::helper_cond as *const u8);
@@ -236,12 +337,16 @@ impl Translator {
             flags: declare("helper_flags", 4, false)?,
             cond: declare("helper_cond", 1, true)?,
         };
-        let ctx = module.make_context();
+        let mut ctx = module.make_context();
+        let mut builder_ctx = FunctionBuilderContext::new();
+        let trampoline = build_trampoline(&mut module, &mut ctx, &mut builder_ctx, exec_offset)?;
         Ok(Translator {
             module,
+            exec_offset,
+            trampoline,
             helpers,
             ctx,
-            builder_ctx: FunctionBuilderContext::new(),
+            builder_ctx,
         })
     }
 
@@ -253,15 +358,16 @@ impl Translator {
         unsafe { self.module.free_memory() }
     }
 
-    /// Compiles a block. Returns the code and how many instructions it does natively.
-    pub fn compile(&mut self, instrs: &[Instruction]) -> Result<(BlockFn, usize), String> {
+    /// Compiles the instructions of `block`. Returns the code, its size in bytes and
+    /// how many instructions it does natively.
+    pub fn compile(
+        &mut self,
+        instrs: &[Instruction],
+        block: BlockPlace,
+    ) -> Result<(BlockFn, usize, usize), String> {
         let err = |e: &dyn std::fmt::Display| format!("compiling a block: {e}");
         let ptr = self.module.target_config().pointer_type();
-        let mut sig = self.module.make_signature();
-        sig.params.push(AbiParam::new(ptr));
-        sig.params.push(AbiParam::new(ptr));
-        sig.params.push(AbiParam::new(types::I64));
-        sig.returns.push(AbiParam::new(types::I32));
+        let sig = block_signature(&self.module);
         let id = self
             .module
             .declare_anonymous_function(&sig)
@@ -277,6 +383,7 @@ impl Translator {
                 flags: import(self.helpers.flags),
                 cond: import(self.helpers.cond),
             };
+            let block_sig = b.import_signature(block_signature(&self.module));
             let entry = b.create_block();
             let leave = b.create_block();
             b.append_block_params_for_function_params(entry);
@@ -294,6 +401,9 @@ impl Translator {
                 tlb,
                 helpers,
                 leave,
+                place: block,
+                block_sig,
+                count: instrs.len(),
                 regs: [None; 8],
                 hoisted: Hoisted::default(),
                 dirty: [false; 8],
@@ -330,15 +440,98 @@ impl Translator {
         self.module
             .define_function(id, &mut self.ctx)
             .map_err(|e| err(&e))?;
+        let compiled = self.ctx.compiled_code().ok_or("no code")?;
+        if self.exec_offset != 0 && has_pc_relative_reloc(compiled) {
+            return Err("a PC-relative reference out of the block's code".into());
+        }
+        let size = compiled.code_info().total_size as usize;
         self.module.clear_context(&mut self.ctx);
         self.module.finalize_definitions().map_err(|e| err(&e))?;
-        let code = self.module.get_finalized_function(id);
-        // SAFETY: `code` is the entry of the function just defined with exactly the
-        // signature `BlockFn` declares (two pointers and an i64 in, an i32 out, the
-        // platform's C calling convention), finalized and executable.
-        let code = unsafe { std::mem::transmute::<*const u8, BlockFn>(code) };
-        Ok((code, native_count))
+        let code = self
+            .module
+            .get_finalized_function(id)
+            .wrapping_add(self.exec_offset);
+        Ok((code, size, native_count))
     }
+}
+
+/// Where a block being compiled is: what its code needs to know to run on into the
+/// blocks linked to it.
+#[derive(Clone, Copy)]
+pub struct BlockPlace {
+    /// The address of the [`Block`] (which outlives its code).
+    pub addr: usize,
+    pub phys: u64,
+    pub code32: bool,
+}
+
+/// Whether compiled code refers to something outside itself by a PC-relative
+/// distance: Cranelift computes those from where it writes the code, which is not where
+/// the code runs (`code_memory`). Helpers are called through absolute addresses, so
+/// none is expected; a block that has one is not used.
+fn has_pc_relative_reloc(code: &cranelift_codegen::CompiledCode) -> bool {
+    use cranelift_codegen::binemit::Reloc;
+    code.buffer.relocs().iter().any(|r| {
+        matches!(
+            r.kind,
+            Reloc::X86PCRel4 | Reloc::X86CallPCRel4 | Reloc::X86CallPLTRel4 | Reloc::X86GOTPCRel4
+        )
+    })
+}
+
+/// The signature of every block's code ([`BlockFn`]).
+fn block_signature(module: &JITModule) -> Signature {
+    let ptr = module.target_config().pointer_type();
+    let mut sig = Signature::new(CallConv::Tail);
+    sig.params.push(AbiParam::new(ptr));
+    sig.params.push(AbiParam::new(ptr));
+    sig.params.push(AbiParam::new(types::I64));
+    sig.returns.push(AbiParam::new(types::I32));
+    sig
+}
+
+/// Compiles the [`Trampoline`]: a function of the platform's C calling convention
+/// that calls the block code it is given and returns its result.
+fn build_trampoline(
+    module: &mut JITModule,
+    ctx: &mut cranelift_codegen::Context,
+    builder_ctx: &mut FunctionBuilderContext,
+    exec_offset: usize,
+) -> Result<Trampoline, String> {
+    let err = |e: &dyn std::fmt::Display| format!("setting up the JIT: {e}");
+    let ptr = module.target_config().pointer_type();
+    let mut sig = module.make_signature();
+    sig.params.push(AbiParam::new(ptr));
+    sig.params.push(AbiParam::new(ptr));
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(ptr));
+    sig.returns.push(AbiParam::new(types::I32));
+    let id = module
+        .declare_anonymous_function(&sig)
+        .map_err(|e| err(&e))?;
+    ctx.func.signature = sig;
+    ctx.func.name = UserFuncName::user(0, id.as_u32());
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, builder_ctx);
+        let callee = b.import_signature(block_signature(module));
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let p = b.block_params(entry).to_vec();
+        let call = b.ins().call_indirect(callee, p[3], &p[..3]);
+        let exit = b.inst_results(call)[0];
+        b.ins().return_(&[exit]);
+        b.seal_all_blocks();
+        b.finalize(module.target_config());
+    }
+    module.define_function(id, ctx).map_err(|e| err(&e))?;
+    module.clear_context(ctx);
+    module.finalize_definitions().map_err(|e| err(&e))?;
+    let code = module.get_finalized_function(id).wrapping_add(exec_offset);
+    // SAFETY: `code` is the entry of the function just defined with exactly the
+    // signature `Trampoline` declares (two pointers, an i64 and a pointer in, an i32
+    // out, the platform's C calling convention), finalized and executable.
+    Ok(unsafe { std::mem::transmute::<*const u8, Trampoline>(code) })
 }
 
 fn trusted() -> MemFlagsData {
@@ -351,8 +544,19 @@ fn guest() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// Where the block a compiled block leaves for is found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// In the block's link `slot`; `same_page`: the new EIP is on the block's page at a
+    /// fixed distance, so the linked block's address was checked once when it was
+    /// linked.
+    Link { slot: usize, same_page: bool },
+    /// In the JIT's jump cache (an indirect branch's target).
+    Lookup,
+}
+
 /// Values loaded from the state that stay valid until the interpreter runs.
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Hoisted {
     /// Per segment: usable by the fast path (plain data segments, stack segments).
     seg_ok: [[Option<Value>; 2]; 6],
@@ -373,6 +577,12 @@ struct Emitter<'a> {
     tlb: Value,
     helpers: Helpers,
     leave: cranelift_codegen::ir::Block,
+    /// Where the block is, for running on into linked blocks.
+    place: BlockPlace,
+    /// The block's length in instructions.
+    count: usize,
+    /// The signature of block code, for tail calls into linked blocks.
+    block_sig: SigRef,
     /// Each register's current 32-bit value, if held in SSA.
     regs: [Option<Value>; 8],
     /// Machine state only the interpreter changes, loaded once and reused until the
@@ -475,11 +685,154 @@ impl Emitter<'_> {
         self.b.ins().store(trusted(), count, self.state, ICOUNT);
     }
 
-    /// Returns from the block with the machine at `ip` (everything stored).
+    /// Leaves the block for the instruction at `ip` (everything stored).
     fn exit(&mut self, ip: i64) {
         let eip = self.eip_at(ip);
         self.store_all(eip, self.done);
-        self.leave_with(crate::EXIT_FALLTHROUGH);
+        let same_page = self.in_page(ip);
+        self.run_on(
+            Next::Link { slot: 0, same_page },
+            eip,
+            crate::EXIT_FALLTHROUGH,
+        );
+    }
+
+    /// Whether the instruction at `ip` (relative to the block, and reached without
+    /// EIP wrapping) is on the block's page.
+    fn in_page(&self, ip: i64) -> bool {
+        (0..PAGE).contains(&((self.place.phys & (PAGE as u64 - 1)) as i64 + ip))
+    }
+
+    /// Whether the target of a branch (relative to the block, wrapped with `mask`) is
+    /// on the block's page whatever EIP the block starts at: only where EIP wraps as
+    /// the linear address does (at 4 GiB).
+    fn branch_in_page(&self, target: u64, mask: u64) -> bool {
+        mask == 0xFFFF_FFFF && self.in_page(target as u32 as i32 as i64)
+    }
+
+    /// Leaves the block for EIP `eip` (everything stored): runs on into the block
+    /// found at `next` if the run loop would run it next (it is still valid and
+    /// compiled, fits the budget and the CS limit, and is at the physical address EIP
+    /// maps to), else returns `exit`. Nothing else can stop the run loop from going
+    /// on: whatever needs it (an interrupt due, a trap, a mode change) comes from an
+    /// instruction the interpreter ran, and that ends the block at once.
+    fn run_on(&mut self, next: Next, eip: Value, exit: u32) {
+        let fl = trusted();
+        let back = self.b.create_block();
+        let require = |e: &mut Self, ok: Value| {
+            let next = e.b.create_block();
+            e.b.ins().brif(ok, next, &[], back, &[]);
+            e.b.switch_to_block(next);
+        };
+        // Values loaded here are defined on this path only: code after a Jcc's
+        // fall-through exit must not reuse them.
+        let hoisted = self.hoisted;
+        let lin = if matches!(
+            next,
+            Next::Link {
+                same_page: true,
+                ..
+            }
+        ) {
+            None
+        } else {
+            let cs_base = self.b.ins().load(
+                types::I32,
+                fl,
+                self.state,
+                SEG + CS as i32 * SEG_SIZE + SEG_BASE,
+            );
+            let eip32 = self.b.ins().ireduce(types::I32, eip);
+            let lin = self.b.ins().iadd(cs_base, eip32);
+            Some(self.b.ins().uextend(types::I64, lin))
+        };
+        let to = match (next, lin) {
+            (Next::Link { slot, .. }, _) => {
+                let link = self.place.addr as i64 + BLOCK_LINK_ADDRS + slot as i64 * 8;
+                let link = self.b.ins().iconst(types::I64, link);
+                self.b.ins().load(types::I64, fl, link, 0)
+            }
+            (Next::Lookup, Some(lin)) => {
+                let table = self.b.ins().load(types::I64, fl, self.hctx, CTX_JUMP_CACHE);
+                let hash = self.b.ins().ushr_imm_u(lin, 12);
+                let hash = self.b.ins().bxor(hash, lin);
+                let index = self.b.ins().band_imm_u(hash, JUMP_CACHE_ENTRIES as i64 - 1);
+                let at = self.b.ins().ishl_imm_u(index, 3);
+                let at = self.b.ins().iadd(table, at);
+                self.b.ins().load(types::I64, fl, at, 0)
+            }
+            (Next::Lookup, None) => unreachable!("a lookup computes the linear address"),
+        };
+        require(self, to);
+        let valid = self.b.ins().uload8(types::I32, fl, to, BLOCK_VALID);
+        require(self, valid);
+        if next == Next::Lookup {
+            // Links are made in the mode they are followed in; the cache holds blocks
+            // of any mode.
+            let code32 = self.b.ins().uload8(types::I32, fl, to, BLOCK_CODE32);
+            let same = self
+                .b
+                .ins()
+                .icmp_imm_u(IntCC::Equal, code32, self.place.code32 as i64);
+            require(self, same);
+        }
+        let code = self.b.ins().load(types::I64, fl, to, BLOCK_CODE);
+        let compiled =
+            self.b
+                .ins()
+                .icmp_imm_u(IntCC::UnsignedGreaterThan, code, crate::QUEUED as i64);
+        require(self, compiled);
+        let count = self.b.ins().load(types::I64, fl, to, BLOCK_COUNT);
+        let after = self.b.ins().iadd_imm_s(self.icount0, self.done);
+        let after = self.b.ins().iadd(after, count);
+        let end = self.b.ins().load(types::I64, fl, self.hctx, CTX_END);
+        let fits = self
+            .b
+            .ins()
+            .icmp(IntCC::UnsignedLessThanOrEqual, after, end);
+        require(self, fits);
+        let span = self.b.ins().load(types::I64, fl, to, BLOCK_SPAN);
+        let past = self.b.ins().iadd(eip, span);
+        let last = self.b.ins().iadd_imm_s(past, -1);
+        let in_limit = self.within_cs_limit(last);
+        require(self, in_limit);
+        if !self.place.code32 {
+            let no_wrap = self
+                .b
+                .ins()
+                .icmp_imm_u(IntCC::UnsignedLessThan, past, 0x1_0000);
+            require(self, no_wrap);
+        }
+        if let Some(lin) = lin {
+            // The run loop's fetch: the TLB entry for the page of EIP (a miss leaves it
+            // to the run loop, which walks the page tables).
+            let table = self.tlb_table();
+            let slot = self.b.ins().ushr_imm_u(lin, 12);
+            let slot = self.b.ins().band_imm_u(slot, TLB_ENTRIES as i64 - 1);
+            let slot = self.b.ins().imul_imm_u(slot, TLB_ENTRY);
+            let entry = self.b.ins().iadd(table, slot);
+            let tag = self.b.ins().load(types::I64, fl, entry, TLB_READ_TAG);
+            let page = self.b.ins().band_imm_u(lin, !(PAGE - 1));
+            let hit = self.b.ins().icmp(IntCC::Equal, tag, page);
+            require(self, hit);
+            let paddr = self.b.ins().load(types::I64, fl, entry, TLB_PADDR);
+            let offset = self.b.ins().band_imm_u(lin, PAGE - 1);
+            let phys = self.b.ins().bor(paddr, offset);
+            let to_phys = self.b.ins().load(types::I64, fl, to, BLOCK_PHYS);
+            let here = self.b.ins().icmp(IntCC::Equal, phys, to_phys);
+            require(self, here);
+        }
+        self.hoisted = hoisted;
+        self.b.ins().store(fl, to, self.hctx, CTX_BLOCK);
+        self.b.ins().store(fl, eip, self.hctx, CTX_BASE);
+        let chained = self.b.ins().load(types::I64, fl, self.hctx, CTX_CHAINED);
+        let chained = self.b.ins().iadd_imm_u(chained, 1);
+        self.b.ins().store(fl, chained, self.hctx, CTX_CHAINED);
+        self.b
+            .ins()
+            .return_call_indirect(self.block_sig, code, &[self.state, self.hctx, eip]);
+        self.b.switch_to_block(back);
+        self.leave_with(exit);
     }
 
     /// Emits a call of [`helper_step`] for instructions `from..to`, the first at `ip`,
@@ -655,113 +1008,25 @@ impl Emitter<'_> {
     }
 
     /// Runs a native instruction that accesses memory: `fast` emits the instruction on
-    /// the TLB's fast path (given `hit`); on a miss the interpreter runs the instruction
-    /// (faults, MMIO, pages holding code, segment checks) and both paths merge with the
-    /// registers in `touched` and, if the instruction sets them, the lazy flags.
+    /// the TLB's fast path (given `hit`), and compiled code goes on from there. On a
+    /// miss (faults, MMIO, pages holding code, segment checks) the interpreter runs the
+    /// rest of the block from this instruction and the code returns: a side exit, so
+    /// the paths never merge and the fast path keeps its registers in SSA values.
     fn with_slow_path(
         &mut self,
         ins: &Instruction,
         index: usize,
         hit: Value,
-        touched: &[usize],
-        sets_flags: bool,
         fast: impl FnOnce(&mut Self),
     ) {
-        // Every register cached now or touched by the instruction is merged.
-        let merged: Vec<usize> = (0..8)
-            .filter(|&n| self.regs[n].is_some() || touched.contains(&n))
-            .collect();
-        for &n in touched {
-            self.reg32(n);
-        }
         let fast_blk = self.b.create_block();
         let slow_blk = self.b.create_block();
-        let merge = self.b.create_block();
-        for _ in &merged {
-            self.b.append_block_param(merge, types::I32);
-        }
-        if sets_flags {
-            for _ in 0..3 {
-                self.b.append_block_param(merge, types::I32);
-            }
-        }
         self.b.ins().brif(hit, fast_blk, &[], slow_blk, &[]);
-
-        // Slow path: the interpreter runs this one instruction.
         self.b.switch_to_block(slow_blk);
-        let saved = (self.regs, self.dirty, self.flags);
-        let must_leave = self.call_interpreter(index, index + 1, ins.ip(), self.done);
-        let reload = self.b.create_block();
-        self.b.ins().brif(must_leave, self.leave, &[], reload, &[]);
-        self.b.switch_to_block(reload);
-        let mut args: Vec<BlockArg> = Vec::new();
-        for &n in &merged {
-            let v = self
-                .b
-                .ins()
-                .load(types::I32, trusted(), self.state, GPR + n as i32 * 8);
-            args.push(v.into());
-        }
-        if sets_flags {
-            for at in [FLAG_A, FLAG_B, FLAG_RES] {
-                let v = self.b.ins().load(types::I32, trusted(), self.state, at);
-                args.push(v.into());
-            }
-        }
-        self.b.ins().jump(merge, &args);
-
-        // Fast path.
+        self.call_interpreter(index, self.count, ins.ip(), self.done);
+        self.b.ins().jump(self.leave, &[]);
         self.b.switch_to_block(fast_blk);
-        (self.regs, self.dirty, self.flags) = saved;
         fast(self);
-        // Registers the fast path loaded but does not merge are defined only there.
-        for n in 0..8 {
-            if !merged.contains(&n) {
-                debug_assert!(
-                    self.dirty[n] == saved.1[n],
-                    "an unmerged register was written"
-                );
-                self.regs[n] = saved.0[n];
-            }
-        }
-        let mut args: Vec<BlockArg> = Vec::new();
-        for &n in &merged {
-            args.push(self.regs[n].expect("merged registers are held").into());
-        }
-        let fast_flags = self.flags;
-        if sets_flags {
-            let Some(PendingFlags::Lazy { a, b, res, .. }) = fast_flags else {
-                unreachable!("an instruction with a slow path sets lazy flags")
-            };
-            args.extend([a, b, res].map(BlockArg::from));
-        }
-        self.b.ins().jump(merge, &args);
-
-        self.b.switch_to_block(merge);
-        let params = self.b.block_params(merge).to_vec();
-        for (k, &n) in merged.iter().enumerate() {
-            self.regs[n] = Some(params[k]);
-        }
-        if let (
-            true,
-            Some(PendingFlags::Lazy {
-                op, size, carry, ..
-            }),
-        ) = (sets_flags, fast_flags)
-        {
-            let k = merged.len();
-            // The interpreter may leave bits above the operand size in its result (INC
-            // of 0xFF records 0x100); the inline conditions test the result whole.
-            let res = self.b.ins().band_imm_u(params[k + 2], mask(size) as i64);
-            self.flags = Some(PendingFlags::Lazy {
-                op,
-                size,
-                a: params[k],
-                b: params[k + 1],
-                res,
-                carry,
-            });
-        }
     }
 
     /// ADD/ADC/SUB/SBB/logic of `a` and `bv`, recording the lazy flags; `carry` (0/1)
@@ -816,7 +1081,7 @@ impl Emitter<'_> {
             } => {
                 let off = self.ea(m);
                 let (hit, host) = self.fast_address(m.seg, off, size, false, 0);
-                self.with_slow_path(ins, index, hit, &[d.n], false, |e| {
+                self.with_slow_path(ins, index, hit, |e| {
                     let v = e.load_guest(host, size);
                     e.set(d, v);
                 });
@@ -829,7 +1094,7 @@ impl Emitter<'_> {
                 let off = self.ea(m);
                 let v = self.value(src);
                 let (hit, host) = self.fast_address(m.seg, off, size, true, 0);
-                self.with_slow_path(ins, index, hit, &[], false, |e| {
+                self.with_slow_path(ins, index, hit, |e| {
                     e.store_guest(host, v, size);
                 });
             }
@@ -865,7 +1130,7 @@ impl Emitter<'_> {
                     Operand::Mem(ref m) => {
                         let off = self.ea(m);
                         let (hit, host) = self.fast_address(m.seg, off, src_size, false, 0);
-                        self.with_slow_path(ins, index, hit, &[dst.n], false, |e| {
+                        self.with_slow_path(ins, index, hit, |e| {
                             let v = e.load_guest(host, src_size);
                             let v = extend(e, v);
                             e.set(dst, v);
@@ -891,8 +1156,7 @@ impl Emitter<'_> {
                         let d = *d;
                         let off = self.ea(m);
                         let (hit, host) = self.fast_address(m.seg, off, size, false, 0);
-                        let touched: &[usize] = if writes { &[d.n] } else { &[] };
-                        self.with_slow_path(ins, index, hit, touched, true, |e| {
+                        self.with_slow_path(ins, index, hit, |e| {
                             let b = e.load_guest(host, size);
                             let a = e.get(d);
                             let r = e.alu(op, size, a, b, carry);
@@ -905,7 +1169,7 @@ impl Emitter<'_> {
                         let off = self.ea(m);
                         let b = self.value(src);
                         let (hit, host) = self.fast_address(m.seg, off, size, writes, 0);
-                        self.with_slow_path(ins, index, hit, &[], true, |e| {
+                        self.with_slow_path(ins, index, hit, |e| {
                             let a = e.load_guest(host, size);
                             let r = e.alu(op, size, a, b, carry);
                             if writes {
@@ -930,7 +1194,7 @@ impl Emitter<'_> {
                 let esp = self.reg32(ESP);
                 let new_esp = self.b.ins().iadd_imm_s(esp, -(size as i64));
                 let (hit, host) = self.fast_stack(new_esp, size, true);
-                self.with_slow_path(ins, index, hit, &[ESP], false, |e| {
+                self.with_slow_path(ins, index, hit, |e| {
                     e.store_guest(host, v, size);
                     e.set(Gpr::full(ESP), new_esp);
                 });
@@ -938,7 +1202,7 @@ impl Emitter<'_> {
             Native::Pop { dst } => {
                 let esp = self.reg32(ESP);
                 let (hit, host) = self.fast_stack(esp, dst.size, false);
-                self.with_slow_path(ins, index, hit, &[ESP, dst.n], false, |e| {
+                self.with_slow_path(ins, index, hit, |e| {
                     let v = e.load_guest(host, dst.size);
                     let esp = e.reg32(ESP);
                     let new_esp = e.b.ins().iadd_imm_u(esp, dst.size as i64);
@@ -1002,7 +1266,7 @@ impl Emitter<'_> {
                         let off = self.ea(m);
                         let (hit, host) = self.fast_address(m.seg, off, dst.size, false, 0);
                         // On the slow path the interpreter does the whole CMOV.
-                        self.with_slow_path(ins, index, hit, &[dst.n], false, |e| {
+                        self.with_slow_path(ins, index, hit, |e| {
                             let v = e.load_guest(host, dst.size);
                             let v = e.b.ins().select(c, v, old);
                             e.set(dst, v);
@@ -1050,7 +1314,7 @@ impl Emitter<'_> {
                     Operand::Mem(ref m) => {
                         let off = self.ea(m);
                         let (hit, host) = self.fast_address(m.seg, off, size, false, 0);
-                        self.with_slow_path(ins, index, hit, &[], false, |e| {
+                        self.with_slow_path(ins, index, hit, |e| {
                             let v = e.load_guest(host, size);
                             bt(e, v);
                             // Both paths leave the flags in the state.
@@ -1084,7 +1348,7 @@ impl Emitter<'_> {
                 let forbidden = self.b.ins().band(tsd, pe);
                 let forbidden = self.b.ins().band(forbidden, user);
                 let allowed = self.b.ins().icmp_imm_u(IntCC::Equal, forbidden, 0);
-                self.with_slow_path(ins, index, allowed, &[EAX, EDX], false, |e| {
+                self.with_slow_path(ins, index, allowed, |e| {
                     // The count before this instruction retires, as `Cpu::tsc` reads it.
                     let offset = e.b.ins().load(types::I64, trusted(), e.state, TSC_OFFSET);
                     let now = e.b.ins().iadd_imm_s(e.icount0, e.done);
@@ -1099,7 +1363,7 @@ impl Emitter<'_> {
             Native::Leave => {
                 let ebp = self.reg32(EBP);
                 let (hit, host) = self.fast_stack(ebp, 4, false);
-                self.with_slow_path(ins, index, hit, &[ESP, EBP], false, |e| {
+                self.with_slow_path(ins, index, hit, |e| {
                     let v = e.load_guest(host, 4);
                     let esp = e.b.ins().iadd_imm_u(ebp, 4);
                     e.set(Gpr::full(ESP), esp);
@@ -1147,7 +1411,7 @@ impl Emitter<'_> {
                 let off = self.ea(m);
                 let (hit, host) = self.fast_address(m.seg, off, size, false, 0);
                 self.flush_flags();
-                self.with_slow_path(ins, index, hit, &[dst.n], false, |e| {
+                self.with_slow_path(ins, index, hit, |e| {
                     let av = e.load_guest(host, size);
                     mul(e, av, bv);
                     // Stored at once, so both paths leave the flags in the state.
@@ -1172,13 +1436,14 @@ impl Emitter<'_> {
         let t = self.target_eip(target, 0xFFFF_FFFF);
         let in_limit = self.within_cs_limit(t);
         let hit = self.b.ins().band(hit, in_limit);
-        self.with_slow_path(ins, index, hit, &[ESP], false, |e| {
+        self.with_slow_path(ins, index, hit, |e| {
             e.store_guest(host, ret, 4);
             e.set(Gpr::full(ESP), new_esp);
         });
         self.done += 1;
         self.store_all(t, self.done);
-        self.leave_with(crate::EXIT_TAKEN);
+        let same_page = self.branch_in_page(target, 0xFFFF_FFFF);
+        self.run_on(Next::Link { slot: 1, same_page }, t, crate::EXIT_TAKEN);
     }
 
     /// A near RET: pops the return address on the stack's fast path and leaves for it.
@@ -1203,7 +1468,7 @@ impl Emitter<'_> {
         self.set(Gpr::full(ESP), new_esp);
         self.done += 1;
         self.store_all(target, self.done);
-        self.leave_with(crate::EXIT_INDIRECT);
+        self.run_on(Next::Lookup, target, crate::EXIT_INDIRECT);
     }
 
     /// The carry in of ADC/SBB (None for the other ALU operations).
@@ -1247,7 +1512,7 @@ impl Emitter<'_> {
                 }
                 let off = self.ea(m);
                 let (hit, host) = self.fast_address(m.seg, off, size, true, 0);
-                self.with_slow_path(ins, index, hit, &[], true, |e| {
+                self.with_slow_path(ins, index, hit, |e| {
                     let a = e.load_guest(host, size);
                     let r = apply(e, a);
                     e.store_guest(host, r, size);
@@ -1363,7 +1628,8 @@ impl Emitter<'_> {
         self.b.ins().jump(self.leave, &[]);
         self.b.switch_to_block(go);
         self.store_all(t, self.done);
-        self.leave_with(crate::EXIT_TAKEN);
+        let same_page = self.branch_in_page(target, mask);
+        self.run_on(Next::Link { slot: 1, same_page }, t, crate::EXIT_TAKEN);
     }
 
     /// EIP of a branch target (relative to the block), wrapped to the operand size.
