@@ -235,6 +235,10 @@ pub(super) enum Native {
         target: u64,
         mask: u64,
     },
+    /// A near JMP to a 32-bit register or memory operand.
+    JmpIndirect {
+        src: Operand,
+    },
     Jcc {
         cc: ConditionCode,
         target: u64,
@@ -429,6 +433,18 @@ pub(super) fn classify(ins: &Instruction) -> Option<Native> {
             Some(Native::Push {
                 src: Operand::Imm(ins.immediate(0) as u32),
                 size: 4,
+            })
+        }
+        M::Push if ins.op0_kind() == OpKind::Memory => {
+            let size = operand_size(ins, 0).filter(|&s| s > 1)?;
+            Some(Native::Push {
+                src: operand(ins, 0, size)?,
+                size,
+            })
+        }
+        M::Jmp if operand32(ins) && matches!(ins.op0_kind(), OpKind::Register | OpKind::Memory) => {
+            Some(Native::JmpIndirect {
+                src: operand(ins, 0, 4)?,
             })
         }
         M::Pop if ins.op0_kind() == OpKind::Register => {

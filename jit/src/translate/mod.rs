@@ -73,7 +73,7 @@ pub struct HelperCtx<'a> {
     block: *const Block,
     /// EIP at the running block's first instruction.
     base: u64,
-    /// The CPU's TLB (both tables), read by compiled code's memory fast path.
+    /// The CPU's TLB table for the CPL, read by compiled code's memory fast path.
     tlb: *const TlbEntry,
     /// The instruction count the run must not pass.
     end: u64,
@@ -169,7 +169,7 @@ pub fn call(
             bus: bus as *mut (dyn Bus + '_),
             block,
             base,
-            tlb: (*cpu).tlb.entries.as_ptr().cast(),
+            tlb: (*cpu).tlb.entries[((*cpu).state.cpl == 3) as usize].as_ptr(),
             end,
             chained: 0,
             jump_cache,
@@ -366,7 +366,6 @@ impl Translator {
         block: BlockPlace,
     ) -> Result<(BlockFn, usize, usize), String> {
         let err = |e: &dyn std::fmt::Display| format!("compiling a block: {e}");
-        let ptr = self.module.target_config().pointer_type();
         let sig = block_signature(&self.module);
         let id = self
             .module
@@ -391,21 +390,18 @@ impl Translator {
             let params = b.block_params(entry).to_vec();
             let (state, hctx, base) = (params[0], params[1], params[2]);
             let icount0 = b.ins().load(types::I64, trusted(), state, ICOUNT);
-            let tlb = b.ins().load(ptr, trusted(), hctx, CTX_TLB);
             let mut e = Emitter {
                 b,
                 state,
                 hctx,
                 base,
                 icount0,
-                tlb,
                 helpers,
                 leave,
                 place: block,
                 block_sig,
                 count: instrs.len(),
                 regs: [None; 8],
-                hoisted: Hoisted::default(),
                 dirty: [false; 8],
                 flags: None,
                 done: 0,
@@ -437,10 +433,23 @@ impl Translator {
             e.b.seal_all_blocks();
             e.b.finalize(self.module.target_config());
         }
+        // HOSPES_JIT_DUMP=<physical address in hex>: print that block's instructions
+        // and host code (for working on code quality).
+        let dump = std::env::var("HOSPES_JIT_DUMP")
+            .ok()
+            .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+            == Some(block.phys);
+        self.ctx.set_disasm(dump);
         self.module
             .define_function(id, &mut self.ctx)
             .map_err(|e| err(&e))?;
         let compiled = self.ctx.compiled_code().ok_or("no code")?;
+        if dump {
+            for ins in instrs {
+                eprintln!("{:08x} {ins}", block.phys + ins.ip());
+            }
+            eprintln!("{}", compiled.vcode.as_deref().unwrap_or(""));
+        }
         if self.exec_offset != 0 && has_pc_relative_reloc(compiled) {
             return Err("a PC-relative reference out of the block's code".into());
         }
@@ -555,16 +564,6 @@ enum Next {
     Lookup,
 }
 
-/// Values loaded from the state that stay valid until the interpreter runs.
-#[derive(Clone, Copy, Default)]
-struct Hoisted {
-    /// Per segment: usable by the fast path (plain data segments, stack segments).
-    seg_ok: [[Option<Value>; 2]; 6],
-    /// Per segment: limit and base.
-    seg_extent: [Option<(Value, Value)>; 6],
-    tlb_table: Option<Value>,
-}
-
 /// Emits one block's code, keeping guest registers in SSA values between the points
 /// where the interpreter needs them in memory.
 struct Emitter<'a> {
@@ -574,7 +573,6 @@ struct Emitter<'a> {
     base: Value,
     /// The instruction count at entry.
     icount0: Value,
-    tlb: Value,
     helpers: Helpers,
     leave: cranelift_codegen::ir::Block,
     /// Where the block is, for running on into linked blocks.
@@ -585,9 +583,6 @@ struct Emitter<'a> {
     block_sig: SigRef,
     /// Each register's current 32-bit value, if held in SSA.
     regs: [Option<Value>; 8],
-    /// Machine state only the interpreter changes, loaded once and reused until the
-    /// next interpreter call that continues the block.
-    hoisted: Hoisted,
     /// Registers whose value in SSA is newer than the state's.
     dirty: [bool; 8],
     flags: Option<PendingFlags>,
@@ -612,6 +607,15 @@ impl Emitter<'_> {
             .load(types::I32, trusted(), self.state, GPR + n as i32 * 8);
         self.regs[n] = Some(v);
         v
+    }
+
+    /// `v` cut to an operand of `size` bytes (zero-extended to 32 bits).
+    fn truncate(&mut self, v: Value, size: u8) -> Value {
+        if size == 4 {
+            v
+        } else {
+            self.b.ins().band_imm_u(v, mask(size) as i64)
+        }
     }
 
     /// A register of any size, zero-extended to 32 bits.
@@ -724,9 +728,6 @@ impl Emitter<'_> {
             e.b.ins().brif(ok, next, &[], back, &[]);
             e.b.switch_to_block(next);
         };
-        // Values loaded here are defined on this path only: code after a Jcc's
-        // fall-through exit must not reuse them.
-        let hoisted = self.hoisted;
         let lin = if matches!(
             next,
             Next::Link {
@@ -822,7 +823,6 @@ impl Emitter<'_> {
             let here = self.b.ins().icmp(IntCC::Equal, phys, to_phys);
             require(self, here);
         }
-        self.hoisted = hoisted;
         self.b.ins().store(fl, to, self.hctx, CTX_BLOCK);
         self.b.ins().store(fl, eip, self.hctx, CTX_BASE);
         let chained = self.b.ins().load(types::I64, fl, self.hctx, CTX_CHAINED);
@@ -852,7 +852,6 @@ impl Emitter<'_> {
     fn interpret(&mut self, instrs: &[Instruction], from: usize, to: usize) {
         let must_leave = self.call_interpreter(from, to, instrs[from].ip(), self.done);
         self.regs = [None; 8];
-        self.hoisted = Hoisted::default();
         self.dirty = [false; 8];
         self.flags = None;
         let next = self.b.create_block();
@@ -890,33 +889,22 @@ impl Emitter<'_> {
     }
 
     /// Whether segment `seg` is a present, writable, expand-up data segment (with the
-    /// attribute bits `also` set as well), as an i8 0/1. Loaded once per stretch of
-    /// compiled code: only the interpreter changes segments.
+    /// attribute bits `also` set as well), as an i8 0/1. Loaded at each use rather than
+    /// kept in a register: an L1 hit costs no more than reloading a spilled value.
     fn segment_usable(&mut self, seg: usize, also: u16) -> Value {
-        let k = (also != 0) as usize;
-        if let Some(v) = self.hoisted.seg_ok[seg][k] {
-            return v;
-        }
         let at = SEG + seg as i32 * SEG_SIZE;
         let attr = self
             .b
             .ins()
             .uload16(types::I32, trusted(), self.state, at + SEG_ATTR);
         let attr = self.b.ins().band_imm_u(attr, (FAST_SEG_MASK | also) as i64);
-        let ok = self
-            .b
+        self.b
             .ins()
-            .icmp_imm_u(IntCC::Equal, attr, (FAST_SEG_ATTR | also) as i64);
-        self.hoisted.seg_ok[seg][k] = Some(ok);
-        ok
+            .icmp_imm_u(IntCC::Equal, attr, (FAST_SEG_ATTR | also) as i64)
     }
 
-    /// Segment `seg`'s limit (i64) and base (i32), loaded once per stretch of compiled
-    /// code.
+    /// Segment `seg`'s limit (i64) and base (i32).
     fn segment_extent(&mut self, seg: usize) -> (Value, Value) {
-        if let Some(v) = self.hoisted.seg_extent[seg] {
-            return v;
-        }
         let at = SEG + seg as i32 * SEG_SIZE;
         let limit = self.b.ins().uload32(trusted(), self.state, at + SEG_LIMIT);
         // The low half: linear addresses are 32-bit.
@@ -924,25 +912,14 @@ impl Emitter<'_> {
             .b
             .ins()
             .load(types::I32, trusted(), self.state, at + SEG_BASE);
-        self.hoisted.seg_extent[seg] = Some((limit, base));
         (limit, base)
     }
 
-    /// The TLB table for the CPL (the user table at CPL 3), loaded once per stretch.
+    /// The TLB table for the CPL (the caller puts it in the context: only the
+    /// interpreter changes the CPL, and that ends the run of compiled code).
     fn tlb_table(&mut self) -> Value {
-        if let Some(v) = self.hoisted.tlb_table {
-            return v;
-        }
-        let cpl = self.b.ins().uload8(types::I64, trusted(), self.state, CPL);
-        let user = self.b.ins().icmp_imm_u(IntCC::Equal, cpl, 3);
-        let user = self.b.ins().uextend(types::I64, user);
-        let offset = self
-            .b
-            .ins()
-            .imul_imm_u(user, TLB_ENTRIES as i64 * TLB_ENTRY);
-        let table = self.b.ins().iadd(self.tlb, offset);
-        self.hoisted.tlb_table = Some(table);
-        table
+        let ptr = types::I64;
+        self.b.ins().load(ptr, trusted(), self.hctx, CTX_TLB)
     }
 
     /// The TLB fast-path check for `size` bytes at `seg:off`: returns (hit, host address).
@@ -1049,11 +1026,7 @@ impl Emitter<'_> {
             Mnemonic::Or => (self.b.ins().bor(a, bv), FlagOp::Logic),
             _ => (self.b.ins().bxor(a, bv), FlagOp::Logic),
         };
-        let r = if size < 4 {
-            self.b.ins().band_imm_u(r, mask(size) as i64)
-        } else {
-            r
-        };
+        let r = if size < 4 { self.truncate(r, size) } else { r };
         self.flags = Some(PendingFlags::Lazy {
             op: flag_op,
             size,
@@ -1189,6 +1162,23 @@ impl Emitter<'_> {
                     _ => unreachable!("ALU destination is a register or memory"),
                 }
             }
+            Native::Push {
+                src: Operand::Mem(ref m),
+                size,
+            } => {
+                // The operand's address comes from ESP before the push.
+                let off = self.ea(m);
+                let (read_ok, from) = self.fast_address(m.seg, off, size, false, 0);
+                let esp = self.reg32(ESP);
+                let new_esp = self.b.ins().iadd_imm_s(esp, -(size as i64));
+                let (write_ok, to) = self.fast_stack(new_esp, size, true);
+                let hit = self.b.ins().band(read_ok, write_ok);
+                self.with_slow_path(ins, index, hit, |e| {
+                    let v = e.load_guest(from, size);
+                    e.store_guest(to, v, size);
+                    e.set(Gpr::full(ESP), new_esp);
+                });
+            }
             Native::Push { ref src, size } => {
                 let v = self.value(src);
                 let esp = self.reg32(ESP);
@@ -1229,12 +1219,16 @@ impl Emitter<'_> {
                 self.ret(ins, index, extra);
                 return;
             }
+            Native::JmpIndirect { ref src } => {
+                self.jmp_indirect(ins, index, src);
+                return;
+            }
             Native::IncDec { ref dst, size, inc } => self.inc_dec(ins, index, dst, size, inc),
             Native::Neg { dst } => {
                 let a = self.get(dst);
                 let zero = self.iconst32(0);
                 let r = self.b.ins().isub(zero, a);
-                let r = self.b.ins().band_imm_u(r, mask(dst.size) as i64);
+                let r = self.truncate(r, dst.size);
                 self.set(dst, r);
                 self.flags = Some(PendingFlags::Lazy {
                     op: FlagOp::Sub,
@@ -1389,9 +1383,11 @@ impl Emitter<'_> {
                 e.b.ins().sextend(types::I64, v)
             };
             let (wa, wb) = (wide(e, a), wide(e, b));
+            // The 64-bit product only serves the overflow flag: Cranelift emits it only
+            // if the flags are stored.
             let full = e.b.ins().imul(wa, wb);
-            let low = e.b.ins().ireduce(types::I32, full);
-            let low = e.b.ins().band_imm_u(low, mask(size) as i64);
+            let low = e.b.ins().imul(a, b);
+            let low = e.truncate(low, size);
             let back = wide(e, low);
             let overflow = e.b.ins().icmp(IntCC::NotEqual, back, full);
             let overflow = e.b.ins().uextend(types::I32, overflow);
@@ -1471,6 +1467,35 @@ impl Emitter<'_> {
         self.run_on(Next::Lookup, target, crate::EXIT_INDIRECT);
     }
 
+    /// A near JMP to a register or memory operand: leaves for the target, found in the
+    /// jump cache (the interpreter does the JMP on the slow path, or faults).
+    fn jmp_indirect(&mut self, ins: &Instruction, index: usize, src: &Operand) {
+        let target = match *src {
+            Operand::Mem(ref m) => {
+                let off = self.ea(m);
+                let (hit, host) = self.fast_address(m.seg, off, 4, false, 0);
+                let mut target = None;
+                self.with_slow_path(ins, index, hit, |e| {
+                    target = Some(e.load_guest(host, 4));
+                });
+                target.expect("the fast path loads the target")
+            }
+            _ => self.value(src),
+        };
+        let target = self.b.ins().uextend(types::I64, target);
+        let in_limit = self.within_cs_limit(target);
+        let go = self.b.create_block();
+        let fault = self.b.create_block();
+        self.b.ins().brif(in_limit, go, &[], fault, &[]);
+        self.b.switch_to_block(fault);
+        self.call_interpreter(index, index + 1, ins.ip(), self.done);
+        self.b.ins().jump(self.leave, &[]);
+        self.b.switch_to_block(go);
+        self.done += 1;
+        self.store_all(target, self.done);
+        self.run_on(Next::Lookup, target, crate::EXIT_INDIRECT);
+    }
+
     /// The carry in of ADC/SBB (None for the other ALU operations).
     fn carry_in(&mut self, op: Mnemonic) -> Option<Value> {
         matches!(op, Mnemonic::Adc | Mnemonic::Sbb).then(|| self.carry_flag())
@@ -1484,7 +1509,7 @@ impl Emitter<'_> {
             } else {
                 e.b.ins().iadd_imm_s(a, -1)
             };
-            let r = e.b.ins().band_imm_u(r, mask(size) as i64);
+            let r = e.truncate(r, size);
             // CF is kept (in `bits`), as `Flags::set_lazy` does for INC/DEC.
             e.keep_carry();
             let one = e.iconst32(1);
@@ -1580,7 +1605,7 @@ impl Emitter<'_> {
                 self.b.ins().bor(hi, lo)
             }
         };
-        let r = self.b.ins().band_imm_u(r, mask(size) as i64);
+        let r = self.truncate(r, size);
         self.set(dst, r);
         self.flags = Some(PendingFlags::Deferred {
             kind: deferred_shift(op),
