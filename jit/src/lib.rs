@@ -19,11 +19,15 @@
 //! boundary. Which tier runs a block never changes what the guest sees, so neither does
 //! when the code arrives.
 //!
-//! Compiled blocks run on into each other without the run loop: each exit (fall
-//! through, branch taken, return) remembers the block it led to last time, and that
-//! block runs next if it is still valid, is the block the run loop would fetch at the
-//! new EIP (the TLB gives the same physical address, the mode is the same), and may
-//! run whole within the budget with nothing due.
+//! Compiled blocks run on into each other without the run loop, by tail calls in the
+//! compiled code itself: each direct exit (fall through, branch taken) follows the
+//! block it was linked to, and a return or indirect jump the block the jump cache holds
+//! for its target (`jump_cache.rs`). The next block runs if it is still valid and
+//! compiled, is the block the run loop would fetch at the new EIP (the TLB gives the
+//! same physical address, the mode is the same), and may run whole within the budget;
+//! anything else that could stop the run loop comes from an instruction the
+//! interpreter ran, and that ends the run of compiled code at once. Links are made here
+//! when a compiled block's exit leads the run loop to another compiled block.
 
 mod code_memory;
 mod jump_cache;

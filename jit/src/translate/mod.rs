@@ -1,9 +1,12 @@
 //! One decoded block to one Cranelift function.
 //!
-//! The function is `fn(state, ctx, base) -> u32`: `state` points at the CPU's
-//! architectural state, `ctx` at a [`HelperCtx`] for the helpers, `base` is EIP at the
-//! block's first instruction (blocks are decoded with IPs relative to their start). It
-//! runs the block's instructions in order.
+//! The function is `fn(state, ctx, base) -> u32` in Cranelift's `tail` calling
+//! convention (entered from Rust through a [`Trampoline`]): `state` points at the
+//! CPU's architectural state, `ctx` at a [`HelperCtx`] for the helpers, `base` is EIP
+//! at the block's first instruction (blocks are decoded with IPs relative to their
+//! start). It runs the block's instructions in order, then runs on into the next
+//! block's code by a tail call where it may (`Emitter::run_on`), or returns how it
+//! left.
 //!
 //! - Instructions it knows (MOV, MOVZX/MOVSX, ADD/SUB/AND/OR/XOR/CMP/TEST of 8, 16 and
 //!   32 bits on registers, immediates and memory, LEA, PUSH/POP, NOP, and a final near
@@ -13,8 +16,9 @@
 //!   CMP/TEST/ADD/SUB/logic operation tests its operands directly.
 //! - Memory operands take the TLB's fast path inline (the same entries and tags the
 //!   interpreter uses) when the segment is a plain writable data segment and the access
-//!   stays inside the limit and the page. Otherwise the interpreter runs that one
-//!   instruction (faults, MMIO, pages holding code, odd segments) and the paths merge.
+//!   stays inside the limit and the page. Otherwise (faults, MMIO, pages holding code,
+//!   odd segments) the interpreter runs the rest of the block and the function returns:
+//!   a side exit, so the fast path never merges with it.
 //! - Every other run of instructions is one call to [`helper_step`], which runs the
 //!   interpreter's implementation. A helper that reports the straight-line path left (a
 //!   taken branch, an exception, an instruction after which the block must end) makes
