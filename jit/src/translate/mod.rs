@@ -254,6 +254,8 @@ const BLOCK_PHYS: i32 = offset_of!(Block, phys) as i32;
 const BLOCK_CODE32: i32 = offset_of!(Block, code32) as i32;
 const CTX_JUMP_CACHE: i32 = offset_of!(HelperCtx<'static>, jump_cache) as i32;
 const PAGE: i64 = 4096;
+// Compiled code finds a TLB entry by shifting the page number.
+const _: () = assert!(TLB_ENTRY.count_ones() == 1 && TLB_ENTRY <= 1 << 12);
 // Compiled code reads the link addresses as an array of words.
 const _: () =
     assert!(std::mem::size_of::<[std::cell::Cell<usize>; TIER_LINKS]>() == TIER_LINKS * 8);
@@ -811,11 +813,7 @@ impl Emitter<'_> {
         if let Some(lin) = lin {
             // The run loop's fetch: the TLB entry for the page of EIP (a miss leaves it
             // to the run loop, which walks the page tables).
-            let table = self.tlb_table();
-            let slot = self.b.ins().ushr_imm_u(lin, 12);
-            let slot = self.b.ins().band_imm_u(slot, TLB_ENTRIES as i64 - 1);
-            let slot = self.b.ins().imul_imm_u(slot, TLB_ENTRY);
-            let entry = self.b.ins().iadd(table, slot);
+            let entry = self.tlb_entry(lin);
             let tag = self.b.ins().load(types::I64, fl, entry, TLB_READ_TAG);
             let page = self.b.ins().band_imm_u(lin, !(PAGE - 1));
             let hit = self.b.ins().icmp(IntCC::Equal, tag, page);
@@ -919,11 +917,19 @@ impl Emitter<'_> {
         (limit, base)
     }
 
-    /// The TLB table for the CPL (the caller puts it in the context: only the
-    /// interpreter changes the CPL, and that ends the run of compiled code).
-    fn tlb_table(&mut self) -> Value {
-        let ptr = types::I64;
-        self.b.ins().load(ptr, trusted(), self.hctx, CTX_TLB)
+    /// The address of the TLB entry for linear address `lin` (an i64): slot
+    /// `(lin >> 12) & (TLB_ENTRIES - 1)` of the table for the CPL (the caller puts the
+    /// table in the context: only the interpreter changes the CPL, and that ends the
+    /// run of compiled code).
+    fn tlb_entry(&mut self, lin: Value) -> Value {
+        let table = self.b.ins().load(types::I64, trusted(), self.hctx, CTX_TLB);
+        let shift = TLB_ENTRY.trailing_zeros() as i64;
+        let offset = self.b.ins().ushr_imm_u(lin, 12 - shift);
+        let offset = self
+            .b
+            .ins()
+            .band_imm_u(offset, (TLB_ENTRIES as i64 - 1) << shift);
+        self.b.ins().iadd(table, offset)
     }
 
     /// The TLB fast-path check for `size` bytes at `seg:off`: returns (hit, host address).
@@ -951,12 +957,7 @@ impl Emitter<'_> {
         // The linear address wraps at 4 GiB: a 32-bit add, zero-extended.
         let lin = self.b.ins().iadd(seg_base, off);
         let lin = self.b.ins().uextend(types::I64, lin);
-        // The entry: slot (lin >> 12) & (TLB_ENTRIES - 1) of the table for the CPL.
-        let table = self.tlb_table();
-        let slot = self.b.ins().ushr_imm_u(lin, 12);
-        let slot = self.b.ins().band_imm_u(slot, TLB_ENTRIES as i64 - 1);
-        let slot = self.b.ins().imul_imm_u(slot, TLB_ENTRY);
-        let entry = self.b.ins().iadd(table, slot);
+        let entry = self.tlb_entry(lin);
         let tag_at = if write { TLB_WRITE_TAG } else { TLB_READ_TAG };
         let tag = self.b.ins().load(types::I64, fl, entry, tag_at);
         // The page of the access's last byte: the tag (of the slot lin's page picks)
