@@ -44,6 +44,12 @@ pub enum FlagOp {
     Inc,
     /// DEC: like Sub with b = 1, CF kept in `bits`.
     Dec,
+    /// SHL/SAL of `a` by `b` (1-31) giving `res`.
+    Shl,
+    /// SHR of `a` by `b` (1-31) giving `res`.
+    Shr,
+    /// SAR of `a` by `b` (1-31) giving `res`.
+    Sar,
 }
 
 #[repr(C)]
@@ -166,6 +172,36 @@ impl Flags {
                     f |= OF;
                 }
                 f
+            }
+            // The shifts as a P6 leaves them: CF the last bit shifted out (0 past the
+            // operand for SHL/SHR, the sign for SAR), OF from the count-1 formula
+            // whatever the count, AF clear.
+            FlagOp::Shl => {
+                let bits = size as u32 * 8;
+                let cf = b <= bits && ((a as u64) << b >> bits) & 1 != 0;
+                let mut f = common() | if cf { CF } else { 0 };
+                if (r & sb != 0) != cf {
+                    f |= OF;
+                }
+                f
+            }
+            FlagOp::Shr => {
+                let cf = b <= size as u32 * 8 && (a >> (b - 1)) & 1 != 0;
+                let mut f = common() | if cf { CF } else { 0 };
+                if a & sb != 0 {
+                    f |= OF;
+                }
+                f
+            }
+            FlagOp::Sar => {
+                let bits = size as u32 * 8;
+                let signed = (a << (32 - bits)) as i32 >> (32 - bits);
+                let cf = if b >= bits {
+                    signed < 0
+                } else {
+                    (signed >> (b - 1)) & 1 != 0
+                };
+                common() | if cf { CF } else { 0 }
             }
         }
     }
@@ -316,6 +352,79 @@ mod tests {
         f.set_lazy(FlagOp::Add, 1, 0xFF, 1, 0x100);
         f.set_lazy(FlagOp::Inc, 1, 0x7F, 1, 0x80);
         assert_eq!(f.get() & ARITH, CF | OF | SF | AF);
+    }
+
+    /// The shift flags as the interpreter computed them eagerly before they became
+    /// lazy (P6 behaviour): the lazy record must give exactly these.
+    fn eager_shift_flags(op: FlagOp, size: u8, a: u32, count: u32) -> (u32, u32) {
+        let bits = size as u32 * 8;
+        let m = mask(size);
+        let sb = sign_bit(size);
+        let szp = |r: u32| {
+            (if r == 0 { ZF } else { 0 })
+                | (if r & sb != 0 { SF } else { 0 })
+                | (if parity(r) { PF } else { 0 })
+        };
+        match op {
+            FlagOp::Shl => {
+                let v = (a as u64) << count;
+                let r = v as u32 & m;
+                let cf = count <= bits && (v >> bits) & 1 != 0;
+                let of = (r & sb != 0) != cf;
+                (r, szp(r) | cf as u32 * CF | of as u32 * OF)
+            }
+            FlagOp::Shr => {
+                let r = if count >= bits { 0 } else { a >> count };
+                let cf = count <= bits && (a >> (count - 1)) & 1 != 0;
+                (r, szp(r) | cf as u32 * CF | (a & sb != 0) as u32 * OF)
+            }
+            _ => {
+                let s = ((a as i64) << (64 - bits) >> (64 - bits)) as i32;
+                let r = (s >> count.min(bits - 1)) as u32 & m;
+                let cf = if count >= bits {
+                    s < 0
+                } else {
+                    (s >> (count - 1)) & 1 != 0
+                };
+                (r, szp(r) | cf as u32 * CF)
+            }
+        }
+    }
+
+    #[test]
+    fn lazy_shift_flags_match_the_eager_rules() {
+        let values = [
+            0,
+            1,
+            2,
+            0x40,
+            0x7F,
+            0x80,
+            0xC0,
+            0xFF,
+            0x7FFF,
+            0x8000,
+            0xFFFF,
+            0x1234_5678,
+            0x7FFF_FFFF,
+            0x8000_0000,
+            0xDEAD_BEEF,
+            0x5555_5555,
+            0xAAAA_AAAA,
+            0xFFFF_FFFF,
+        ];
+        for op in [FlagOp::Shl, FlagOp::Shr, FlagOp::Sar] {
+            for size in [1u8, 2, 4] {
+                for &v in &values {
+                    let a = v & mask(size);
+                    for count in 1..32 {
+                        let (r, want) = eager_shift_flags(op, size, a, count);
+                        let got = lazy(op, size, a, count, r);
+                        assert_eq!(got, want, "{op:?} size {size} {a:#x} by {count}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1405,33 +1405,22 @@ pub fn shift(flags: &mut Flags, op: Mnemonic, size: u32, a: u32, count: u32) -> 
                 f |= OF;
             }
         }
+        // The shifts' flags are lazy: `Flags::arith` derives them from the operands.
         Mnemonic::Shl | Mnemonic::Sal => {
-            let v = (a as u64) << count;
-            r = v as u32 & m;
-            let cf = count <= bits && (v >> bits) & 1 != 0;
-            f = szp(r, size) | if cf { CF } else { 0 };
-            if ((r & msb != 0) != cf) as u32 != 0 {
-                f |= OF;
-            }
+            let r = ((a as u64) << count) as u32 & m;
+            flags.set_lazy(FlagOp::Shl, size as u8, a, count, r);
+            return r;
         }
         Mnemonic::Shr => {
-            r = if count >= bits { 0 } else { a >> count };
-            let cf = count <= bits && (a >> (count - 1)) & 1 != 0;
-            f = szp(r, size) | if cf { CF } else { 0 };
-            if a & msb != 0 {
-                f |= OF;
-            }
+            let r = if count >= bits { 0 } else { a >> count };
+            flags.set_lazy(FlagOp::Shr, size as u8, a, count, r);
+            return r;
         }
         _ => {
             let s = sign_extend(a, size) as i32;
-            let c = count.min(bits - 1);
-            r = (s >> c) as u32 & m;
-            let cf = if count >= bits {
-                s < 0
-            } else {
-                (s >> (count - 1)) & 1 != 0
-            };
-            f = szp(r, size) | if cf { CF } else { 0 };
+            let r = (s >> count.min(bits - 1)) as u32 & m;
+            flags.set_lazy(FlagOp::Sar, size as u8, a, count, r);
+            return r;
         }
     }
     flags.set_arith(f);

@@ -61,6 +61,11 @@ pub(super) fn deferred_shift(op: Mnemonic) -> u32 {
         .expect("a shift compiled code does") as u32
 }
 
+/// Whether a deferred kind is a rotate (ROL/ROR).
+pub(super) fn is_rotate(kind: u32) -> bool {
+    kind == deferred_shift(Mnemonic::Rol) || kind == deferred_shift(Mnemonic::Ror)
+}
+
 /// Whether a shift's flags depend on the flags before it (rotates keep SF, ZF, AF, PF).
 pub(super) fn keeps_old_flags(op: Mnemonic) -> bool {
     matches!(op, Mnemonic::Rol | Mnemonic::Ror)

@@ -55,7 +55,7 @@ use crate::code_memory::{self, DualMapped};
 
 pub use classify::has_native;
 use classify::{classify, mask, Count, Gpr, MemRef, Native, Operand};
-use flags::{deferred_shift, keeps_old_flags, PendingFlags, DEFERRED_BT, DEFERRED_MUL};
+use flags::{deferred_shift, is_rotate, keeps_old_flags, PendingFlags, DEFERRED_BT, DEFERRED_MUL};
 
 /// Compiled code for one block. Its calling convention is Cranelift's `tail` (so that
 /// blocks can run on into each other with tail calls): only compiled code calls it,
@@ -1568,7 +1568,13 @@ impl Emitter<'_> {
         };
         // A rotate keeps SF/ZF/AF/PF, and a count of 0 (from CL) keeps everything: the
         // flags before must be in the state for the deferred computation to start from.
-        if keeps_old_flags(op) || from_cl {
+        // After another rotate they already are: that one made sure of it, and changed
+        // only CF and OF, which this one (its count known nonzero) sets.
+        let after_rotate = matches!(
+            self.flags,
+            Some(PendingFlags::Deferred { kind, .. }) if is_rotate(kind)
+        );
+        if from_cl || (keeps_old_flags(op) && !after_rotate) {
             self.flush_flags();
         }
         let r = match op {
@@ -1612,11 +1618,31 @@ impl Emitter<'_> {
         };
         let r = self.truncate(r, size);
         self.set(dst, r);
-        self.flags = Some(PendingFlags::Deferred {
-            kind: deferred_shift(op),
-            size,
-            a,
-            b: count,
+        let lazy = match op {
+            Mnemonic::Shl => Some(FlagOp::Shl),
+            Mnemonic::Shr => Some(FlagOp::Shr),
+            Mnemonic::Sar => Some(FlagOp::Sar),
+            _ => None,
+        };
+        self.flags = Some(match lazy {
+            // A shift by a count known to be nonzero records its operands as the
+            // interpreter does (`Flags::arith` derives the flags).
+            Some(op) if !from_cl => PendingFlags::Lazy {
+                op,
+                size,
+                a,
+                b: count,
+                res: r,
+                carry: false,
+            },
+            // Rotates keep some flags, and a count of 0 keeps them all: the
+            // interpreter's code computes them when they are stored.
+            _ => PendingFlags::Deferred {
+                kind: deferred_shift(op),
+                size,
+                a,
+                b: count,
+            },
         });
     }
 
