@@ -315,6 +315,27 @@ impl Emitter<'_> {
                     not(self, cf)
                 }
             }
+            (FlagOp::Inc | FlagOp::Dec, C::l | C::ge | C::le | C::g) => {
+                // OF: INC overflows to the sign bit alone, DEC to all bits below it.
+                let sb = 1u32 << (size as u32 * 8 - 1);
+                let edge = self.iconst32(if op == FlagOp::Inc { sb } else { sb - 1 });
+                let of = self.b.ins().icmp(IntCC::Equal, res, edge);
+                let s = sign(self, res);
+                let less = self.b.ins().bxor(s, of);
+                match cc {
+                    C::l => less,
+                    C::ge => not(self, less),
+                    _ => {
+                        let z = zero(self, res);
+                        let le = self.b.ins().bor(z, less);
+                        if cc == C::le {
+                            le
+                        } else {
+                            not(self, le)
+                        }
+                    }
+                }
+            }
             (FlagOp::Logic, C::be) => zero(self, res),
             (FlagOp::Logic, C::a) => {
                 let z = zero(self, res);
