@@ -270,7 +270,7 @@ impl Jit {
         *self.page_rewrites.entry(block.phys >> 12).or_insert(0) += 1;
     }
 
-    fn lookup_or_compile(&mut self, block: &Rc<Block>) -> Option<translate::BlockFn> {
+    fn lookup_or_compile(&mut self, cpu: &Cpu, block: &Rc<Block>) -> Option<translate::BlockFn> {
         if !self.queued.is_empty() {
             self.install(None);
         }
@@ -321,6 +321,7 @@ impl Jit {
                 addr: Rc::as_ptr(block) as usize,
                 phys: block.phys,
                 code32: block.code32,
+                flat: translate::flat_segments(cpu),
             },
             instrs: block.instrs.to_vec(),
         };
@@ -419,7 +420,7 @@ impl BlockRunner for Jit {
         if !Self::may_run(cpu, block, end) {
             return false;
         }
-        let Some(code) = self.lookup_or_compile(block) else {
+        let Some(code) = self.lookup_or_compile(cpu, block) else {
             return false;
         };
         let Some(trampoline) = self.trampoline else {

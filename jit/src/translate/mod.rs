@@ -85,6 +85,25 @@ pub struct HelperCtx<'a> {
     chained: u64,
     /// The JIT's jump cache: [`JUMP_CACHE_ENTRIES`] block addresses (or 0).
     jump_cache: *const usize,
+    /// [`flat_segments`] now (segments change only in the interpreter, which ends the
+    /// run of compiled code).
+    flat: u32,
+}
+
+/// The segments (a bit per segment register) that are flat: base 0, limit 4 GiB,
+/// present writable expand-up data (SS also 32-bit). Accesses through them need no
+/// segment check: the TLB lookup of the 64-bit linear address catches an access
+/// wrapping past 4 GiB (no page has that tag).
+pub fn flat_segments(cpu: &Cpu) -> u32 {
+    let mut mask = 0;
+    for (n, s) in cpu.state.seg.iter().enumerate() {
+        let need = FAST_SEG_ATTR | if n == SS { ATTR_DB } else { 0 };
+        let mask_bits = FAST_SEG_MASK | need;
+        if s.base == 0 && s.limit == 0xFFFF_FFFF && s.attr & mask_bits == need {
+            mask |= 1 << n;
+        }
+    }
+    mask
 }
 
 /// Entries of the jump cache, where indirect branches find their target's block.
@@ -177,6 +196,7 @@ pub fn call(
             end,
             chained: 0,
             jump_cache,
+            flat: flat_segments(&*cpu),
         };
         let ctx_ptr = &mut ctx as *mut HelperCtx<'_> as *mut _;
         let exit = (entry.trampoline)(state, ctx_ptr, base, entry.code);
@@ -253,6 +273,7 @@ const BLOCK_SPAN: i32 = offset_of!(Block, span) as i32;
 const BLOCK_PHYS: i32 = offset_of!(Block, phys) as i32;
 const BLOCK_CODE32: i32 = offset_of!(Block, code32) as i32;
 const CTX_JUMP_CACHE: i32 = offset_of!(HelperCtx<'static>, jump_cache) as i32;
+const CTX_FLAT: i32 = offset_of!(HelperCtx<'static>, flat) as i32;
 const PAGE: i64 = 4096;
 // Compiled code finds a TLB entry by shifting the page number.
 const _: () = assert!(TLB_ENTRY.count_ones() == 1 && TLB_ENTRY <= 1 << 12);
@@ -407,12 +428,22 @@ impl Translator {
                 place: block,
                 block_sig,
                 count: instrs.len(),
+                flat_used: 0,
                 regs: [None; 8],
                 dirty: [false; 8],
                 flags: None,
                 done: 0,
                 ended: false,
             };
+            // The entry check of the flat segments the code relies on, emitted last
+            // (in a block the entry jumps to) when the mask is known.
+            let flat_check = (block.flat != 0).then(|| {
+                let check = e.b.create_block();
+                let body = e.b.create_block();
+                e.b.ins().jump(check, &[]);
+                e.b.switch_to_block(body);
+                (check, body)
+            });
             let natives: Vec<Option<Native>> = instrs.iter().map(classify).collect();
             let mut i = 0;
             while i < instrs.len() && !e.ended {
@@ -432,6 +463,21 @@ impl Translator {
             if !e.ended {
                 let last = &instrs[instrs.len() - 1];
                 e.exit((last.ip() + last.len() as u64) as i64);
+            }
+            if let Some((check, body)) = flat_check {
+                e.b.switch_to_block(check);
+                let flat = e.b.ins().load(types::I32, trusted(), hctx, CTX_FLAT);
+                let need = e.flat_used;
+                let have = e.b.ins().band_imm_u(flat, need as i64);
+                let ok = e.b.ins().icmp_imm_u(IntCC::Equal, have, need as i64);
+                let not_flat = e.b.create_block();
+                e.b.ins().brif(ok, body, &[], not_flat, &[]);
+                // Where the check fails, the interpreter runs the block, from the
+                // machine as it was at entry.
+                e.b.switch_to_block(not_flat);
+                (e.regs, e.dirty, e.flags) = ([None; 8], [false; 8], None);
+                e.call_interpreter(0, instrs.len(), 0, 0);
+                e.b.ins().jump(leave, &[]);
             }
             e.b.switch_to_block(leave);
             let stop = e.b.ins().iconst(types::I32, crate::EXIT_STOP as i64);
@@ -478,6 +524,9 @@ pub struct BlockPlace {
     pub addr: usize,
     pub phys: u64,
     pub code32: bool,
+    /// [`flat_segments`] when the block was found hot: accesses through these are
+    /// compiled without segment checks, behind one check at entry.
+    pub flat: u32,
 }
 
 /// Whether compiled code refers to something outside itself by a PC-relative
@@ -585,6 +634,8 @@ struct Emitter<'a> {
     place: BlockPlace,
     /// The block's length in instructions.
     count: usize,
+    /// The flat segments the code relies on (checked once at entry).
+    flat_used: u32,
     /// The signature of block code, for tail calls into linked blocks.
     block_sig: SigRef,
     /// Each register's current 32-bit value, if held in SSA.
@@ -946,17 +997,25 @@ impl Emitter<'_> {
         also: u16,
     ) -> (Value, Value) {
         let fl = trusted();
-        let seg_ok = self.segment_usable(seg, also);
-        let (limit, seg_base) = self.segment_extent(seg);
-        let off64 = self.b.ins().uextend(types::I64, off);
-        let last = self.b.ins().iadd_imm_u(off64, size as i64 - 1);
-        let in_limit = self
-            .b
-            .ins()
-            .icmp(IntCC::UnsignedLessThanOrEqual, last, limit);
-        // The linear address wraps at 4 GiB: a 32-bit add, zero-extended.
-        let lin = self.b.ins().iadd(seg_base, off);
-        let lin = self.b.ins().uextend(types::I64, lin);
+        let (usable, lin) = if self.place.flat & (1 << seg) != 0 {
+            // Checked at entry; the linear address is the offset.
+            self.flat_used |= 1 << seg;
+            let yes = self.b.ins().iconst(types::I8, 1);
+            (yes, self.b.ins().uextend(types::I64, off))
+        } else {
+            let seg_ok = self.segment_usable(seg, also);
+            let (limit, seg_base) = self.segment_extent(seg);
+            let off64 = self.b.ins().uextend(types::I64, off);
+            let last = self.b.ins().iadd_imm_u(off64, size as i64 - 1);
+            let in_limit = self
+                .b
+                .ins()
+                .icmp(IntCC::UnsignedLessThanOrEqual, last, limit);
+            // The linear address wraps at 4 GiB: a 32-bit add, zero-extended.
+            let lin = self.b.ins().iadd(seg_base, off);
+            let lin = self.b.ins().uextend(types::I64, lin);
+            (self.b.ins().band(seg_ok, in_limit), lin)
+        };
         let entry = self.tlb_entry(lin);
         let tag_at = if write { TLB_WRITE_TAG } else { TLB_READ_TAG };
         let tag = self.b.ins().load(types::I64, fl, entry, tag_at);
@@ -966,8 +1025,7 @@ impl Emitter<'_> {
         let last_byte = self.b.ins().iadd_imm_u(lin, size as i64 - 1);
         let page = self.b.ins().band_imm_u(last_byte, !0xFFFi64);
         let tag_ok = self.b.ins().icmp(IntCC::Equal, tag, page);
-        let ok = self.b.ins().band(seg_ok, in_limit);
-        let ok = self.b.ins().band(ok, tag_ok);
+        let ok = self.b.ins().band(usable, tag_ok);
         let addend = self.b.ins().load(types::I64, fl, entry, TLB_ADDEND);
         let host = self.b.ins().iadd(lin, addend);
         (ok, host)
