@@ -181,7 +181,7 @@ fn jit_matches_interpreter_tiered_with_flushes() {
 #[test]
 fn jit_matches_interpreter_on_flag_edges() {
     // (prefix + opcode bytes of the operation on AL/AX/EAX, operand size)
-    let ops: [(&[u8], u32); 12] = [
+    let ops: [(&[u8], u32); 15] = [
         (&[0x40], 4),                   // INC EAX
         (&[0x48], 4),                   // DEC EAX
         (&[0x66, 0x40], 2),             // INC AX
@@ -194,6 +194,10 @@ fn jit_matches_interpreter_on_flag_edges() {
         (&[0xC0, 0xE0, 0x07], 1),       // SHL AL,7
         (&[0x66, 0xC1, 0xE8, 0x0F], 2), // SHR AX,15
         (&[0xC1, 0xC0, 0x05], 4),       // ROL EAX,5
+        // Counts past the operand: CF 0 (SHL, SHR) or the sign (SAR).
+        (&[0xC0, 0xE8, 0x14], 1),       // SHR AL,20
+        (&[0xC0, 0xF8, 0x0C], 1),       // SAR AL,12
+        (&[0x66, 0xC1, 0xE0, 0x11], 2), // SHL AX,17
     ];
     // Every SETcc (0F 90..9F), one per run.
     let conditions: Vec<u8> = (0x90..=0x9F).collect();

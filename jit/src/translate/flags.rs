@@ -192,6 +192,47 @@ impl Emitter<'_> {
                 op: FlagOp::Logic, ..
             }) => self.iconst32(0),
             Some(PendingFlags::Lazy {
+                op: op @ (FlagOp::Shl | FlagOp::Shr | FlagOp::Sar),
+                size,
+                a,
+                b: count,
+                ..
+            }) => {
+                // The last bit shifted out, in 64 bits so that counts past the operand
+                // give 0 (SHL, SHR) or the sign (SAR), as `Flags::arith` has them.
+                let count = self.b.ins().uextend(types::I64, count);
+                let out = match op {
+                    FlagOp::Shl => {
+                        let wide = self.b.ins().uextend(types::I64, a);
+                        let moved = self.b.ins().ishl(wide, count);
+                        self.b.ins().ushr_imm_u(moved, size as i64 * 8)
+                    }
+                    FlagOp::Shr => {
+                        let wide = self.b.ins().uextend(types::I64, a);
+                        let back = self.b.ins().iadd_imm_s(count, -1);
+                        self.b.ins().ushr(wide, back)
+                    }
+                    _ => {
+                        let narrow = match size {
+                            1 => Some(types::I8),
+                            2 => Some(types::I16),
+                            _ => None,
+                        };
+                        let signed = match narrow {
+                            Some(t) => {
+                                let v = self.b.ins().ireduce(t, a);
+                                self.b.ins().sextend(types::I64, v)
+                            }
+                            None => self.b.ins().sextend(types::I64, a),
+                        };
+                        let back = self.b.ins().iadd_imm_s(count, -1);
+                        self.b.ins().sshr(signed, back)
+                    }
+                };
+                let bit = self.b.ins().band_imm_u(out, 1);
+                self.b.ins().ireduce(types::I32, bit)
+            }
+            Some(PendingFlags::Lazy {
                 op: FlagOp::Inc | FlagOp::Dec,
                 ..
             }) => {
@@ -306,7 +347,16 @@ impl Emitter<'_> {
                 };
                 self.b.ins().icmp(ic, a, b)
             }
-            (FlagOp::Add | FlagOp::Sub, C::b | C::ae) => {
+            (
+                FlagOp::Add
+                | FlagOp::Sub
+                | FlagOp::Inc
+                | FlagOp::Dec
+                | FlagOp::Shl
+                | FlagOp::Shr
+                | FlagOp::Sar,
+                C::b | C::ae,
+            ) => {
                 let cf = self.carry_flag();
                 let cf = self.b.ins().ireduce(types::I8, cf);
                 if cc == C::b {

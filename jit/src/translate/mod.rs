@@ -1000,8 +1000,7 @@ impl Emitter<'_> {
         let (usable, lin) = if self.place.flat & (1 << seg) != 0 {
             // Checked at entry; the linear address is the offset.
             self.flat_used |= 1 << seg;
-            let yes = self.b.ins().iconst(types::I8, 1);
-            (yes, self.b.ins().uextend(types::I64, off))
+            (None, self.b.ins().uextend(types::I64, off))
         } else {
             let seg_ok = self.segment_usable(seg, also);
             let (limit, seg_base) = self.segment_extent(seg);
@@ -1014,7 +1013,7 @@ impl Emitter<'_> {
             // The linear address wraps at 4 GiB: a 32-bit add, zero-extended.
             let lin = self.b.ins().iadd(seg_base, off);
             let lin = self.b.ins().uextend(types::I64, lin);
-            (self.b.ins().band(seg_ok, in_limit), lin)
+            (Some(self.b.ins().band(seg_ok, in_limit)), lin)
         };
         let entry = self.tlb_entry(lin);
         let tag_at = if write { TLB_WRITE_TAG } else { TLB_READ_TAG };
@@ -1025,7 +1024,10 @@ impl Emitter<'_> {
         let last_byte = self.b.ins().iadd_imm_u(lin, size as i64 - 1);
         let page = self.b.ins().band_imm_u(last_byte, !0xFFFi64);
         let tag_ok = self.b.ins().icmp(IntCC::Equal, tag, page);
-        let ok = self.b.ins().band(usable, tag_ok);
+        let ok = match usable {
+            Some(usable) => self.b.ins().band(usable, tag_ok),
+            None => tag_ok,
+        };
         let addend = self.b.ins().load(types::I64, fl, entry, TLB_ADDEND);
         let host = self.b.ins().iadd(lin, addend);
         (ok, host)
