@@ -357,6 +357,7 @@ mod tests {
     /// The shift flags as the interpreter computed them eagerly before they became
     /// lazy (P6 behaviour): the lazy record must give exactly these.
     fn eager_shift_flags(op: FlagOp, size: u8, a: u32, count: u32) -> (u32, u32) {
+        let bit = |on: bool, flag: u32| if on { flag } else { 0 };
         let bits = size as u32 * 8;
         let m = mask(size);
         let sb = sign_bit(size);
@@ -371,12 +372,12 @@ mod tests {
                 let r = v as u32 & m;
                 let cf = count <= bits && (v >> bits) & 1 != 0;
                 let of = (r & sb != 0) != cf;
-                (r, szp(r) | cf as u32 * CF | of as u32 * OF)
+                (r, szp(r) | bit(cf, CF) | bit(of, OF))
             }
             FlagOp::Shr => {
                 let r = if count >= bits { 0 } else { a >> count };
                 let cf = count <= bits && (a >> (count - 1)) & 1 != 0;
-                (r, szp(r) | cf as u32 * CF | (a & sb != 0) as u32 * OF)
+                (r, szp(r) | bit(cf, CF) | bit(a & sb != 0, OF))
             }
             _ => {
                 let s = ((a as i64) << (64 - bits) >> (64 - bits)) as i32;
@@ -386,7 +387,7 @@ mod tests {
                 } else {
                     (s >> (count - 1)) & 1 != 0
                 };
-                (r, szp(r) | cf as u32 * CF)
+                (r, szp(r) | bit(cf, CF))
             }
         }
     }

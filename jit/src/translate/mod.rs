@@ -1376,8 +1376,6 @@ impl Emitter<'_> {
                         self.with_slow_path(ins, index, hit, |e| {
                             let v = e.load_guest(host, size);
                             bt(e, v);
-                            // Both paths leave the flags in the state.
-                            e.flush_flags();
                         });
                     }
                     _ => {
@@ -1467,16 +1465,11 @@ impl Emitter<'_> {
         let bv = self.value(b);
         match *a {
             Operand::Mem(ref m) => {
-                // The interpreter on the slow path computes the flags at once: store
-                // any deferred ones first, so both paths leave the state alike.
                 let off = self.ea(m);
                 let (hit, host) = self.fast_address(m.seg, off, size, false, 0);
-                self.flush_flags();
                 self.with_slow_path(ins, index, hit, |e| {
                     let av = e.load_guest(host, size);
                     mul(e, av, bv);
-                    // Stored at once, so both paths leave the flags in the state.
-                    e.flush_flags();
                 });
             }
             _ => {
