@@ -79,7 +79,7 @@ pub(crate) const EXIT_STOP: u32 = 0;
 pub(crate) const EXIT_FALLTHROUGH: u32 = 1;
 /// At the target of a direct JMP, Jcc or CALL.
 pub(crate) const EXIT_TAKEN: u32 = 2;
-/// At a target read from memory (RET).
+/// At a target read from a register or memory (RET, indirect JMP).
 pub(crate) const EXIT_INDIRECT: u32 = 3;
 
 /// Marks a block in [`Block::tier_code`] as having nothing to compile: the
