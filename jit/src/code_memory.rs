@@ -20,8 +20,9 @@ use cranelift_module::ModuleResult;
 use std::io;
 
 /// Address space reserved per translator. Only pages written are backed; the JIT's
-/// block limit keeps use far below this, and running out fails the compile (the JIT
-/// then flushes and starts afresh).
+/// block limit keeps use far below this (about 1.2 KB of code per block on Linux, 20,000
+/// blocks), and running out only fails the compile: the block is interpreted until the
+/// next flush starts a fresh region.
 pub const RESERVE: usize = 256 << 20;
 
 /// A region mapped twice: `write` and `exec` views of the same pages.
