@@ -563,13 +563,11 @@ fn build_trampoline(
     exec_offset: usize,
 ) -> Result<Trampoline, String> {
     let err = |e: &dyn std::fmt::Display| format!("setting up the JIT: {e}");
+    // The block's parameters and result, then the code to call, in the C convention.
+    let mut sig = block_signature(module);
+    sig.call_conv = module.isa().default_call_conv();
     let ptr = module.target_config().pointer_type();
-    let mut sig = module.make_signature();
     sig.params.push(AbiParam::new(ptr));
-    sig.params.push(AbiParam::new(ptr));
-    sig.params.push(AbiParam::new(types::I64));
-    sig.params.push(AbiParam::new(ptr));
-    sig.returns.push(AbiParam::new(types::I32));
     let id = module
         .declare_anonymous_function(&sig)
         .map_err(|e| err(&e))?;
@@ -1091,7 +1089,7 @@ impl Emitter<'_> {
             Mnemonic::Or => (self.b.ins().bor(a, bv), FlagOp::Logic),
             _ => (self.b.ins().bxor(a, bv), FlagOp::Logic),
         };
-        let r = if size < 4 { self.truncate(r, size) } else { r };
+        let r = self.truncate(r, size);
         self.flags = Some(PendingFlags::Lazy {
             op: flag_op,
             size,
@@ -1505,19 +1503,13 @@ impl Emitter<'_> {
         let esp = self.reg32(ESP);
         let (hit, host) = self.fast_stack(esp, 4, false);
         // Loaded only on the fast path; the slow path's interpreter does the whole RET.
-        let fast_blk = self.b.create_block();
-        let slow_blk = self.b.create_block();
-        self.b.ins().brif(hit, fast_blk, &[], slow_blk, &[]);
-        self.b.switch_to_block(slow_blk);
-        self.call_interpreter(index, index + 1, ins.ip(), self.done);
-        self.b.ins().jump(self.leave, &[]);
-        self.b.switch_to_block(fast_blk);
-        let target = self.load_guest(host, 4);
+        let mut target = None;
+        self.with_slow_path(ins, index, hit, |e| {
+            target = Some(e.load_guest(host, 4));
+        });
+        let target = target.expect("the fast path loads the target");
         let target = self.b.ins().uextend(types::I64, target);
-        let in_limit = self.within_cs_limit(target);
-        let go = self.b.create_block();
-        self.b.ins().brif(in_limit, go, &[], slow_blk, &[]);
-        self.b.switch_to_block(go);
+        self.unless_beyond_cs_limit(ins, index, target, self.done);
         let new_esp = self.b.ins().iadd_imm_u(esp, 4 + extra as i64);
         self.set(Gpr::full(ESP), new_esp);
         self.done += 1;
@@ -1541,14 +1533,7 @@ impl Emitter<'_> {
             _ => self.value(src),
         };
         let target = self.b.ins().uextend(types::I64, target);
-        let in_limit = self.within_cs_limit(target);
-        let go = self.b.create_block();
-        let fault = self.b.create_block();
-        self.b.ins().brif(in_limit, go, &[], fault, &[]);
-        self.b.switch_to_block(fault);
-        self.call_interpreter(index, index + 1, ins.ip(), self.done);
-        self.b.ins().jump(self.leave, &[]);
-        self.b.switch_to_block(go);
+        self.unless_beyond_cs_limit(ins, index, target, self.done);
         self.done += 1;
         self.store_all(target, self.done);
         self.run_on(Next::Lookup, target, crate::EXIT_INDIRECT);
@@ -1727,18 +1712,31 @@ impl Emitter<'_> {
         }
         self.b.switch_to_block(target_blk);
         let t = self.target_eip(target, mask);
-        let ok = self.within_cs_limit(t);
-        let go = self.b.create_block();
-        let fault = self.b.create_block();
-        self.b.ins().brif(ok, go, &[], fault, &[]);
-        self.b.switch_to_block(fault);
-        // Not counted: the interpreter runs (and faults on) the branch.
-        self.call_interpreter(index, index + 1, ins.ip(), self.done - 1);
-        self.b.ins().jump(self.leave, &[]);
-        self.b.switch_to_block(go);
+        // The branch is already counted in `done`; on a fault it is not.
+        self.unless_beyond_cs_limit(ins, index, t, self.done - 1);
         self.store_all(t, self.done);
         let same_page = self.branch_in_page(target, mask);
         self.run_on(Next::Link { slot: 1, same_page }, t, crate::EXIT_TAKEN);
+    }
+
+    /// Goes on where `target` (the EIP a near transfer leads to, an i64) is inside the
+    /// CS limit; beyond it the interpreter runs (and faults on) the instruction, with
+    /// `done` instructions counted before it.
+    fn unless_beyond_cs_limit(
+        &mut self,
+        ins: &Instruction,
+        index: usize,
+        target: Value,
+        done: i64,
+    ) {
+        let in_limit = self.within_cs_limit(target);
+        let go = self.b.create_block();
+        let fault = self.b.create_block();
+        self.b.ins().brif(in_limit, go, &[], fault, &[]);
+        self.b.switch_to_block(fault);
+        self.call_interpreter(index, index + 1, ins.ip(), done);
+        self.b.ins().jump(self.leave, &[]);
+        self.b.switch_to_block(go);
     }
 
     /// EIP of a branch target (relative to the block), wrapped to the operand size.
