@@ -32,6 +32,14 @@ pub trait Bus {
     fn stop_requested(&mut self) -> bool {
         false
     }
+    /// Asked after every port and MMIO access: whether the run loop must look at the
+    /// machine at the next instruction boundary (an interrupt is asserted, or
+    /// [`Bus::stop_requested`] would be true). False lets the block go on: a guest
+    /// polling a port runs without a trip through the run loop per access. Must not
+    /// change anything; the default always asks.
+    fn needs_attention(&mut self) -> bool {
+        true
+    }
     /// Called before every port or MMIO access with the instruction count at which it
     /// happens, so devices see the virtual time of the access.
     fn sync_time(&mut self, _icount: u64) {}

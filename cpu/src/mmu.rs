@@ -48,8 +48,10 @@ impl TlbEntry {
 }
 
 pub struct Tlb {
-    /// [supervisor, user]
-    pub entries: Box<[[TlbEntry; TLB_ENTRIES]; 2]>,
+    /// [supervisor, user]. Inside the `Cpu` itself, not behind a pointer: compiled code
+    /// reaches an entry at a fixed offset from the `Cpu` it is given, with no load of a
+    /// table address on every memory access.
+    pub entries: [[TlbEntry; TLB_ENTRIES]; 2],
     /// Per table, a bit per entry: it maps a global page (kept on CR3 loads). Kept
     /// apart so that an entry stays 32 bytes (compiled code indexes by a shift).
     global: [[u64; TLB_ENTRIES / 64]; 2],
@@ -58,7 +60,7 @@ pub struct Tlb {
 impl Default for Tlb {
     fn default() -> Self {
         Tlb {
-            entries: Box::new([[TlbEntry::EMPTY; TLB_ENTRIES]; 2]),
+            entries: [[TlbEntry::EMPTY; TLB_ENTRIES]; 2],
             global: [[0; TLB_ENTRIES / 64]; 2],
         }
     }
@@ -402,7 +404,7 @@ impl Cpu {
                 bus.sync_time(self.state.icount);
                 bus.mmio_write(paddr, size as u8, val);
                 // A device may have raised an interrupt.
-                self.check_irq = true;
+                self.check_irq |= bus.needs_attention();
             }
         }
     }

@@ -321,7 +321,7 @@ impl Jit {
                 addr: Rc::as_ptr(block) as usize,
                 phys: block.phys,
                 code32: block.code32,
-                flat: translate::flat_segments(cpu),
+                assumed: translate::entry_assumptions(cpu),
             },
             instrs: block.instrs.to_vec(),
         };

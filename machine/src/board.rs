@@ -362,6 +362,14 @@ impl Bus for Board {
             || self.devices.pci.pam_written()
             || std::mem::take(&mut self.devices.timers_changed)
     }
+    fn needs_attention(&mut self) -> bool {
+        let d = &self.devices;
+        d.pic.intr()
+            || d.power_event.is_some()
+            || d.a20_changed
+            || d.pci.pam_written()
+            || d.timers_changed
+    }
     fn sync_time(&mut self, icount: u64) {
         self.devices.set_icount(icount);
     }

@@ -1248,18 +1248,20 @@ impl Cpu {
         Ok(())
     }
 
-    /// A port read at the current instruction's virtual time. Any port access may change
-    /// a device's interrupt line, so interrupts are re-checked after the instruction.
+    /// A port read at the current instruction's virtual time. A port access may change a
+    /// device's interrupt line or ask the machine to act: then interrupts are re-checked
+    /// after the instruction.
     pub(crate) fn port_read(&mut self, bus: &mut dyn Bus, port: u16, size: u32) -> u32 {
-        self.check_irq = true;
         bus.sync_time(self.state.icount);
-        bus.io_read(port, size as u8)
+        let v = bus.io_read(port, size as u8);
+        self.check_irq |= bus.needs_attention();
+        v
     }
 
     pub(crate) fn port_write(&mut self, bus: &mut dyn Bus, port: u16, size: u32, v: u32) {
-        self.check_irq = true;
         bus.sync_time(self.state.icount);
         bus.io_write(port, size as u8, v);
+        self.check_irq |= bus.needs_attention();
     }
 
     fn exec_inout(&mut self, bus: &mut dyn Bus, ins: &Instruction) -> Res<()> {

@@ -14,7 +14,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use hospes_cpu::exec::{set_mul_flags, shift};
 use hospes_cpu::flags::{FlagOp, ARITH, CF};
-use hospes_cpu::state::CpuState;
+use hospes_cpu::Cpu;
 use iced_x86::{ConditionCode, Mnemonic};
 
 /// Flags recorded by compiled code and not yet stored in the CPU state.
@@ -72,10 +72,10 @@ pub(super) fn keeps_old_flags(op: Mnemonic) -> bool {
 }
 
 /// Stores the flags of a deferred record into the state, with the interpreter's code.
-pub(super) extern "C" fn helper_flags(state: *mut CpuState, kind: u32, size: u32, a: u32, b: u32) {
-    // SAFETY: compiled code passes the state pointer `call` gave it, and holds no other
-    // reference into the state during the call.
-    let flags = unsafe { &mut (*state).flags };
+pub(super) extern "C" fn helper_flags(cpu: *mut Cpu, kind: u32, size: u32, a: u32, b: u32) {
+    // SAFETY: compiled code passes the CPU pointer `call` gave it, and holds no other
+    // reference into the CPU during the call.
+    let flags = unsafe { &mut (*cpu).state.flags };
     if kind == DEFERRED_MUL {
         set_mul_flags(flags, a, size, b != 0);
     } else if kind == DEFERRED_BT {
@@ -86,9 +86,9 @@ pub(super) extern "C" fn helper_flags(state: *mut CpuState, kind: u32, size: u32
 }
 
 /// The condition `cc` (in the x86 encoding, 0-15) of the flags stored in the state.
-pub(super) extern "C" fn helper_cond(state: *const CpuState, cc: u32) -> u32 {
+pub(super) extern "C" fn helper_cond(cpu: *const Cpu, cc: u32) -> u32 {
     // SAFETY: as for `helper_flags`; this only reads.
-    unsafe { (*state).flags.cond(cc as u8) as u32 }
+    unsafe { (*cpu).state.flags.cond(cc as u8) as u32 }
 }
 
 /// The x86 encoding (0 = O ... 15 = G) of a condition code.
@@ -112,7 +112,7 @@ impl Emitter<'_> {
             }) => {
                 let op = self.b.ins().iconst(types::I8, op as i64);
                 let size = self.b.ins().iconst(types::I8, size as i64);
-                let st = self.state;
+                let st = self.cpu;
                 self.b.ins().store(super::trusted(), op, st, super::FLAG_OP);
                 self.b
                     .ins()
@@ -127,7 +127,7 @@ impl Emitter<'_> {
                 let kind = self.iconst32(kind);
                 let size = self.iconst32(size as u32);
                 let helper = self.helpers.flags;
-                self.b.ins().call(helper, &[self.state, kind, size, a, b]);
+                self.b.ins().call(helper, &[self.cpu, kind, size, a, b]);
             }
         }
     }
@@ -143,7 +143,7 @@ impl Emitter<'_> {
         self.flush_flags();
         let cc = self.iconst32(cc);
         let helper = self.helpers.cond;
-        let call = self.b.ins().call(helper, &[self.state, cc]);
+        let call = self.b.ins().call(helper, &[self.cpu, cc]);
         self.b.inst_results(call)[0]
     }
 
@@ -252,7 +252,7 @@ impl Emitter<'_> {
     fn load_flag_bits(&mut self) -> Value {
         self.b
             .ins()
-            .load(types::I32, super::trusted(), self.state, super::FLAG_BITS)
+            .load(types::I32, super::trusted(), self.cpu, super::FLAG_BITS)
     }
 
     /// INC/DEC: what `Flags::set_lazy` does before recording them: CF (from the flags
@@ -264,7 +264,7 @@ impl Emitter<'_> {
         let bits = self.b.ins().bor(bits, cf);
         self.b
             .ins()
-            .store(super::trusted(), bits, self.state, super::FLAG_BITS);
+            .store(super::trusted(), bits, self.cpu, super::FLAG_BITS);
     }
 
     /// The condition `cc` as an i8 0/1: inline from the pending record where simple,

@@ -1,8 +1,9 @@
 //! One decoded block to one Cranelift function.
 //!
-//! The function is `fn(state, ctx, base) -> u32` in Cranelift's `tail` calling
-//! convention (entered from Rust through a [`Trampoline`]): `state` points at the
-//! CPU's architectural state, `ctx` at a [`HelperCtx`] for the helpers, `base` is EIP
+//! The function is `fn(cpu, ctx, base) -> u32` in Cranelift's `tail` calling
+//! convention (entered from Rust through a [`Trampoline`]): `cpu` points at the `Cpu`
+//! (its architectural state and its TLB at fixed offsets), `ctx` at a [`HelperCtx`]
+//! for the helpers, `base` is EIP
 //! at the block's first instruction (blocks are decoded with IPs relative to their
 //! start). It runs the block's instructions in order, then runs on into the next
 //! block's code by a tail call where it may (`Emitter::run_on`), or returns how it
@@ -39,7 +40,7 @@ use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use hospes_cpu::block::{Block, TIER_LINKS};
 use hospes_cpu::flags::{FlagOp, Flags, TF};
 use hospes_cpu::mem::Bus;
-use hospes_cpu::mmu::{TlbEntry, TLB_ENTRIES};
+use hospes_cpu::mmu::{Tlb, TlbEntry, TLB_ENTRIES};
 use hospes_cpu::state::{
     CpuState, Segment, ATTR_CODE, ATTR_DB, ATTR_DC, ATTR_P, ATTR_RW, ATTR_S, CR0_PE, CR4_TSD, CS,
     EAX, EBP, ECX, EDX, ESP, SS,
@@ -62,10 +63,9 @@ use flags::{deferred_shift, is_rotate, keeps_old_flags, PendingFlags, DEFERRED_B
 /// the first through the [`Trampoline`].
 pub type BlockFn = *const u8;
 
-/// Calls a [`BlockFn`] (`code`, the last argument) with the state, the helper context
-/// and EIP at its start, from Rust: compiled once per translator.
-pub type Trampoline =
-    unsafe extern "C" fn(*mut CpuState, *mut HelperCtx<'static>, u64, BlockFn) -> u32;
+/// Calls a [`BlockFn`] (`code`, the last argument) with the CPU, the helper context and
+/// EIP at its start, from Rust: compiled once per translator.
+pub type Trampoline = unsafe extern "C" fn(*mut Cpu, *mut HelperCtx<'static>, u64, BlockFn) -> u32;
 
 /// What helpers need that compiled code does not touch.
 #[repr(C)]
@@ -77,17 +77,26 @@ pub struct HelperCtx<'a> {
     block: *const Block,
     /// EIP at the running block's first instruction.
     base: u64,
-    /// The CPU's TLB table for the CPL, read by compiled code's memory fast path.
-    tlb: *const TlbEntry,
     /// The instruction count the run must not pass.
     end: u64,
     /// Blocks entered through links without returning.
     chained: u64,
     /// The JIT's jump cache: [`JUMP_CACHE_ENTRIES`] block addresses (or 0).
     jump_cache: *const usize,
-    /// [`flat_segments`] now (segments change only in the interpreter, which ends the
-    /// run of compiled code).
-    flat: u32,
+    /// [`entry_assumptions`] now (segments and the CPL change only in the interpreter,
+    /// which ends the run of compiled code).
+    assumed: u32,
+}
+
+/// The bit of [`entry_assumptions`] for CPL 3: compiled code reads the TLB's user
+/// table (bits 0-5 are the flat segments).
+const ASSUME_USER: u32 = 1 << 8;
+
+/// What a block's code is compiled to assume about the machine, checked once at its
+/// entry: which segments are flat ([`flat_segments`]) and whether the CPL is 3.
+pub fn entry_assumptions(cpu: &Cpu) -> u32 {
+    let user = if cpu.state.cpl == 3 { ASSUME_USER } else { 0 };
+    flat_segments(cpu) | user
 }
 
 /// The segments (a bit per segment register) that are flat: base 0, limit 4 GiB,
@@ -178,28 +187,27 @@ pub fn call(
     end: u64,
 ) -> Finished {
     let cpu: *mut Cpu = cpu;
-    // SAFETY: `state` and `ctx.cpu` both derive from the same exclusive borrow of the
-    // CPU, held for this whole call. Compiled code accesses the state only between
-    // helper calls, and each helper's `&mut Cpu` ends before the compiled code resumes,
-    // so the two never access the CPU at the same time. `block` is the block `code` was
+    // SAFETY: compiled code and the helpers (through `ctx.cpu`) are given the same
+    // pointer, from the exclusive borrow of the CPU held for this whole call. Compiled
+    // code accesses the CPU (its state and TLB) only between helper calls, and each
+    // helper's `&mut Cpu` ends before the compiled code resumes, so the two never
+    // access the CPU at the same time. `block` is the block `code` was
     // compiled from, alive for the call; `code` and `trampoline` come from the same
     // live translator; `jump_cache` is the JIT's table, unchanged during the call.
     unsafe {
-        let state = &raw mut (*cpu).state;
         let base = (*cpu).state.rip;
         let mut ctx = HelperCtx {
             cpu,
             bus: bus as *mut (dyn Bus + '_),
             block,
             base,
-            tlb: (*cpu).tlb.entries[((*cpu).state.cpl == 3) as usize].as_ptr(),
             end,
             chained: 0,
             jump_cache,
-            flat: flat_segments(&*cpu),
+            assumed: entry_assumptions(&*cpu),
         };
         let ctx_ptr = &mut ctx as *mut HelperCtx<'_> as *mut _;
-        let exit = (entry.trampoline)(state, ctx_ptr, base, entry.code);
+        let exit = (entry.trampoline)(cpu, ctx_ptr, base, entry.code);
         Finished {
             exit,
             block: ctx.block,
@@ -235,10 +243,12 @@ struct Helpers {
     cond: FuncRef,
 }
 
-const GPR: i32 = offset_of!(CpuState, gpr) as i32;
-const RIP: i32 = offset_of!(CpuState, rip) as i32;
-const ICOUNT: i32 = offset_of!(CpuState, icount) as i32;
-const FLAGS: i32 = offset_of!(CpuState, flags) as i32;
+/// Compiled code is given the `Cpu`: its state is at this offset.
+const STATE: i32 = offset_of!(Cpu, state) as i32;
+const GPR: i32 = STATE + offset_of!(CpuState, gpr) as i32;
+const RIP: i32 = STATE + offset_of!(CpuState, rip) as i32;
+const ICOUNT: i32 = STATE + offset_of!(CpuState, icount) as i32;
+const FLAGS: i32 = STATE + offset_of!(CpuState, flags) as i32;
 const FLAG_BITS: i32 = FLAGS + offset_of!(Flags, bits) as i32;
 const FLAG_OP: i32 = FLAGS + offset_of!(Flags, op) as i32;
 const FLAG_SIZE: i32 = FLAGS + offset_of!(Flags, size) as i32;
@@ -246,21 +256,23 @@ const FLAG_A: i32 = FLAGS + offset_of!(Flags, a) as i32;
 const FLAG_B: i32 = FLAGS + offset_of!(Flags, b) as i32;
 const FLAG_RES: i32 = FLAGS + offset_of!(Flags, res) as i32;
 
-const SEG: i32 = offset_of!(CpuState, seg) as i32;
+const SEG: i32 = STATE + offset_of!(CpuState, seg) as i32;
 const SEG_SIZE: i32 = std::mem::size_of::<Segment>() as i32;
 const SEG_BASE: i32 = offset_of!(Segment, base) as i32;
 const SEG_LIMIT: i32 = offset_of!(Segment, limit) as i32;
 const SEG_ATTR: i32 = offset_of!(Segment, attr) as i32;
-const CPL: i32 = offset_of!(CpuState, cpl) as i32;
-const CR0: i32 = offset_of!(CpuState, cr0) as i32;
-const CR4: i32 = offset_of!(CpuState, cr4) as i32;
-const TSC_OFFSET: i32 = offset_of!(CpuState, tsc_offset) as i32;
+const CPL: i32 = STATE + offset_of!(CpuState, cpl) as i32;
+const CR0: i32 = STATE + offset_of!(CpuState, cr0) as i32;
+const CR4: i32 = STATE + offset_of!(CpuState, cr4) as i32;
+const TSC_OFFSET: i32 = STATE + offset_of!(CpuState, tsc_offset) as i32;
 const TLB_ENTRY: i64 = std::mem::size_of::<TlbEntry>() as i64;
+/// The TLB's tables, inside the `Cpu`: supervisor, then user.
+const TLB_TABLES: i32 = (offset_of!(Cpu, tlb) + offset_of!(Tlb, entries)) as i32;
+const TLB_TABLE_SIZE: i32 = TLB_ENTRY as i32 * TLB_ENTRIES as i32;
 const TLB_READ_TAG: i32 = offset_of!(TlbEntry, read_tag) as i32;
 const TLB_WRITE_TAG: i32 = offset_of!(TlbEntry, write_tag) as i32;
 const TLB_ADDEND: i32 = offset_of!(TlbEntry, addend) as i32;
 const TLB_PADDR: i32 = offset_of!(TlbEntry, paddr) as i32;
-const CTX_TLB: i32 = offset_of!(HelperCtx<'static>, tlb) as i32;
 const CTX_BLOCK: i32 = offset_of!(HelperCtx<'static>, block) as i32;
 const CTX_BASE: i32 = offset_of!(HelperCtx<'static>, base) as i32;
 const CTX_END: i32 = offset_of!(HelperCtx<'static>, end) as i32;
@@ -273,7 +285,7 @@ const BLOCK_SPAN: i32 = offset_of!(Block, span) as i32;
 const BLOCK_PHYS: i32 = offset_of!(Block, phys) as i32;
 const BLOCK_CODE32: i32 = offset_of!(Block, code32) as i32;
 const CTX_JUMP_CACHE: i32 = offset_of!(HelperCtx<'static>, jump_cache) as i32;
-const CTX_FLAT: i32 = offset_of!(HelperCtx<'static>, flat) as i32;
+const CTX_ASSUMED: i32 = offset_of!(HelperCtx<'static>, assumed) as i32;
 const PAGE: i64 = 4096;
 // Compiled code finds a TLB entry by shifting the page number.
 const _: () = assert!(TLB_ENTRY.count_ones() == 1 && TLB_ENTRY <= 1 << 12);
@@ -415,11 +427,11 @@ impl Translator {
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
             let params = b.block_params(entry).to_vec();
-            let (state, hctx, base) = (params[0], params[1], params[2]);
-            let icount0 = b.ins().load(types::I64, trusted(), state, ICOUNT);
+            let (cpu, hctx, base) = (params[0], params[1], params[2]);
+            let icount0 = b.ins().load(types::I64, trusted(), cpu, ICOUNT);
             let mut e = Emitter {
                 b,
-                state,
+                cpu,
                 hctx,
                 base,
                 icount0,
@@ -428,22 +440,19 @@ impl Translator {
                 place: block,
                 block_sig,
                 count: instrs.len(),
-                flat_used: 0,
+                assumed_mask: 0,
                 regs: [None; 8],
                 dirty: [false; 8],
                 flags: None,
                 done: 0,
                 ended: false,
             };
-            // The entry check of the flat segments the code relies on, emitted last
-            // (in a block the entry jumps to) when the mask is known.
-            let flat_check = (block.flat != 0).then(|| {
-                let check = e.b.create_block();
-                let body = e.b.create_block();
-                e.b.ins().jump(check, &[]);
-                e.b.switch_to_block(body);
-                (check, body)
-            });
+            // The entry check of what the code assumes, emitted last (in a block the
+            // entry jumps to) when it is known.
+            let check = e.b.create_block();
+            let body = e.b.create_block();
+            e.b.ins().jump(check, &[]);
+            e.b.switch_to_block(body);
             let natives: Vec<Option<Native>> = instrs.iter().map(classify).collect();
             let mut i = 0;
             while i < instrs.len() && !e.ended {
@@ -464,17 +473,20 @@ impl Translator {
                 let last = &instrs[instrs.len() - 1];
                 e.exit((last.ip() + last.len() as u64) as i64);
             }
-            if let Some((check, body)) = flat_check {
-                e.b.switch_to_block(check);
-                let flat = e.b.ins().load(types::I32, trusted(), hctx, CTX_FLAT);
-                let need = e.flat_used;
-                let have = e.b.ins().band_imm_u(flat, need as i64);
-                let ok = e.b.ins().icmp_imm_u(IntCC::Equal, have, need as i64);
-                let not_flat = e.b.create_block();
-                e.b.ins().brif(ok, body, &[], not_flat, &[]);
+            e.b.switch_to_block(check);
+            let mask = e.assumed_mask;
+            if mask == 0 {
+                e.b.ins().jump(body, &[]);
+            } else {
+                let now = e.b.ins().load(types::I32, trusted(), hctx, CTX_ASSUMED);
+                let now = e.b.ins().band_imm_u(now, mask as i64);
+                let want = (block.assumed & mask) as i64;
+                let ok = e.b.ins().icmp_imm_u(IntCC::Equal, now, want);
+                let otherwise = e.b.create_block();
+                e.b.ins().brif(ok, body, &[], otherwise, &[]);
                 // Where the check fails, the interpreter runs the block, from the
                 // machine as it was at entry.
-                e.b.switch_to_block(not_flat);
+                e.b.switch_to_block(otherwise);
                 (e.regs, e.dirty, e.flags) = ([None; 8], [false; 8], None);
                 e.call_interpreter(0, instrs.len(), 0, 0);
                 e.b.ins().jump(leave, &[]);
@@ -524,9 +536,10 @@ pub struct BlockPlace {
     pub addr: usize,
     pub phys: u64,
     pub code32: bool,
-    /// [`flat_segments`] when the block was found hot: accesses through these are
-    /// compiled without segment checks, behind one check at entry.
-    pub flat: u32,
+    /// [`entry_assumptions`] when the block was found hot: accesses through the flat
+    /// segments are compiled without segment checks, and the TLB table of that CPL is
+    /// read, behind one check at entry.
+    pub assumed: u32,
 }
 
 /// Whether compiled code refers to something outside itself by a PC-relative
@@ -621,7 +634,8 @@ enum Next {
 /// where the interpreter needs them in memory.
 struct Emitter<'a> {
     b: FunctionBuilder<'a>,
-    state: Value,
+    /// The `Cpu` (its state at [`STATE`], its TLB at [`TLB_TABLES`]).
+    cpu: Value,
     hctx: Value,
     base: Value,
     /// The instruction count at entry.
@@ -632,8 +646,8 @@ struct Emitter<'a> {
     place: BlockPlace,
     /// The block's length in instructions.
     count: usize,
-    /// The flat segments the code relies on (checked once at entry).
-    flat_used: u32,
+    /// The bits of [`BlockPlace::assumed`] the code relies on (checked once at entry).
+    assumed_mask: u32,
     /// The signature of block code, for tail calls into linked blocks.
     block_sig: SigRef,
     /// Each register's current 32-bit value, if held in SSA.
@@ -659,7 +673,7 @@ impl Emitter<'_> {
         let v = self
             .b
             .ins()
-            .load(types::I32, trusted(), self.state, GPR + n as i32 * 8);
+            .load(types::I32, trusted(), self.cpu, GPR + n as i32 * 8);
         self.regs[n] = Some(v);
         v
     }
@@ -735,13 +749,13 @@ impl Emitter<'_> {
                 let wide = self.b.ins().uextend(types::I64, v);
                 self.b
                     .ins()
-                    .store(trusted(), wide, self.state, GPR + n as i32 * 8);
+                    .store(trusted(), wide, self.cpu, GPR + n as i32 * 8);
             }
         }
         self.store_flags();
-        self.b.ins().store(trusted(), eip, self.state, RIP);
+        self.b.ins().store(trusted(), eip, self.cpu, RIP);
         let count = self.b.ins().iadd_imm_s(self.icount0, done);
-        self.b.ins().store(trusted(), count, self.state, ICOUNT);
+        self.b.ins().store(trusted(), count, self.cpu, ICOUNT);
     }
 
     /// Leaves the block for the instruction at `ip` (everything stored).
@@ -795,7 +809,7 @@ impl Emitter<'_> {
             let cs_base = self.b.ins().load(
                 types::I32,
                 fl,
-                self.state,
+                self.cpu,
                 SEG + CS as i32 * SEG_SIZE + SEG_BASE,
             );
             let eip32 = self.b.ins().ireduce(types::I32, eip);
@@ -862,12 +876,15 @@ impl Emitter<'_> {
         if let Some(lin) = lin {
             // The run loop's fetch: the TLB entry for the page of EIP (a miss leaves it
             // to the run loop, which walks the page tables).
-            let entry = self.tlb_entry(lin);
-            let tag = self.b.ins().load(types::I64, fl, entry, TLB_READ_TAG);
+            let (entry, table) = self.tlb_entry(lin);
+            let tag = self
+                .b
+                .ins()
+                .load(types::I64, fl, entry, table + TLB_READ_TAG);
             let page = self.b.ins().band_imm_u(lin, !(PAGE - 1));
             let hit = self.b.ins().icmp(IntCC::Equal, tag, page);
             require(self, hit);
-            let paddr = self.b.ins().load(types::I64, fl, entry, TLB_PADDR);
+            let paddr = self.b.ins().load(types::I64, fl, entry, table + TLB_PADDR);
             let offset = self.b.ins().band_imm_u(lin, PAGE - 1);
             let phys = self.b.ins().bor(paddr, offset);
             let to_phys = self.b.ins().load(types::I64, fl, to, BLOCK_PHYS);
@@ -881,7 +898,7 @@ impl Emitter<'_> {
         self.b.ins().store(fl, chained, self.hctx, CTX_CHAINED);
         self.b
             .ins()
-            .return_call_indirect(self.block_sig, code, &[self.state, self.hctx, eip]);
+            .return_call_indirect(self.block_sig, code, &[self.cpu, self.hctx, eip]);
         self.b.switch_to_block(back);
         self.leave_with(exit);
     }
@@ -947,7 +964,7 @@ impl Emitter<'_> {
         let attr = self
             .b
             .ins()
-            .uload16(types::I32, trusted(), self.state, at + SEG_ATTR);
+            .uload16(types::I32, trusted(), self.cpu, at + SEG_ATTR);
         let attr = self.b.ins().band_imm_u(attr, (FAST_SEG_MASK | also) as i64);
         self.b
             .ins()
@@ -957,28 +974,34 @@ impl Emitter<'_> {
     /// Segment `seg`'s limit (i64) and base (i32).
     fn segment_extent(&mut self, seg: usize) -> (Value, Value) {
         let at = SEG + seg as i32 * SEG_SIZE;
-        let limit = self.b.ins().uload32(trusted(), self.state, at + SEG_LIMIT);
+        let limit = self.b.ins().uload32(trusted(), self.cpu, at + SEG_LIMIT);
         // The low half: linear addresses are 32-bit.
         let base = self
             .b
             .ins()
-            .load(types::I32, trusted(), self.state, at + SEG_BASE);
+            .load(types::I32, trusted(), self.cpu, at + SEG_BASE);
         (limit, base)
     }
 
-    /// The address of the TLB entry for linear address `lin` (an i64): slot
-    /// `(lin >> 12) & (TLB_ENTRIES - 1)` of the table for the CPL (the caller puts the
-    /// table in the context: only the interpreter changes the CPL, and that ends the
-    /// run of compiled code).
-    fn tlb_entry(&mut self, lin: Value) -> Value {
-        let table = self.b.ins().load(types::I64, trusted(), self.hctx, CTX_TLB);
+    /// The TLB entry for linear address `lin` (an i64), slot `(lin >> 12) &
+    /// (TLB_ENTRIES - 1)` of the table for the CPL: an address and the offset to add
+    /// to a field's. The table is the one for the CPL the block was compiled at, which
+    /// the entry check makes sure of (only the interpreter changes the CPL, and that
+    /// ends the run of compiled code).
+    fn tlb_entry(&mut self, lin: Value) -> (Value, i32) {
+        self.assumed_mask |= ASSUME_USER;
+        let table = if self.place.assumed & ASSUME_USER != 0 {
+            TLB_TABLES + TLB_TABLE_SIZE
+        } else {
+            TLB_TABLES
+        };
         let shift = TLB_ENTRY.trailing_zeros() as i64;
         let offset = self.b.ins().ushr_imm_u(lin, 12 - shift);
         let offset = self
             .b
             .ins()
             .band_imm_u(offset, (TLB_ENTRIES as i64 - 1) << shift);
-        self.b.ins().iadd(table, offset)
+        (self.b.ins().iadd(self.cpu, offset), table)
     }
 
     /// The TLB fast-path check for `size` bytes at `seg:off`: returns (hit, host address).
@@ -995,9 +1018,9 @@ impl Emitter<'_> {
         also: u16,
     ) -> (Value, Value) {
         let fl = trusted();
-        let (usable, lin) = if self.place.flat & (1 << seg) != 0 {
+        let (usable, lin) = if self.place.assumed & (1 << seg) != 0 {
             // Checked at entry; the linear address is the offset.
-            self.flat_used |= 1 << seg;
+            self.assumed_mask |= 1 << seg;
             (None, self.b.ins().uextend(types::I64, off))
         } else {
             let seg_ok = self.segment_usable(seg, also);
@@ -1013,9 +1036,9 @@ impl Emitter<'_> {
             let lin = self.b.ins().uextend(types::I64, lin);
             (Some(self.b.ins().band(seg_ok, in_limit)), lin)
         };
-        let entry = self.tlb_entry(lin);
+        let (entry, table) = self.tlb_entry(lin);
         let tag_at = if write { TLB_WRITE_TAG } else { TLB_READ_TAG };
-        let tag = self.b.ins().load(types::I64, fl, entry, tag_at);
+        let tag = self.b.ins().load(types::I64, fl, entry, table + tag_at);
         // The page of the access's last byte: the tag (of the slot lin's page picks)
         // can equal it only if the access stays in lin's page, so one compare checks
         // both (a neighbouring page has another slot).
@@ -1026,7 +1049,7 @@ impl Emitter<'_> {
             Some(usable) => self.b.ins().band(usable, tag_ok),
             None => tag_ok,
         };
-        let addend = self.b.ins().load(types::I64, fl, entry, TLB_ADDEND);
+        let addend = self.b.ins().load(types::I64, fl, entry, table + TLB_ADDEND);
         let host = self.b.ins().iadd(lin, addend);
         (ok, host)
     }
@@ -1390,9 +1413,9 @@ impl Emitter<'_> {
             Native::Rdtsc => {
                 // #GP when CR4.TSD forbids it (protected mode, CPL above 0): the
                 // interpreter's to raise.
-                let cr4 = self.b.ins().load(types::I64, trusted(), self.state, CR4);
-                let cr0 = self.b.ins().load(types::I64, trusted(), self.state, CR0);
-                let cpl = self.b.ins().uload8(types::I64, trusted(), self.state, CPL);
+                let cr4 = self.b.ins().load(types::I64, trusted(), self.cpu, CR4);
+                let cr0 = self.b.ins().load(types::I64, trusted(), self.cpu, CR0);
+                let cpl = self.b.ins().uload8(types::I64, trusted(), self.cpu, CPL);
                 // Each condition as a 0/1 truth value (the bits sit at different
                 // positions, so masking them against each other would give 0).
                 let tsd = self.b.ins().band_imm_u(cr4, CR4_TSD as i64);
@@ -1405,7 +1428,7 @@ impl Emitter<'_> {
                 let allowed = self.b.ins().icmp_imm_u(IntCC::Equal, forbidden, 0);
                 self.with_slow_path(ins, index, allowed, |e| {
                     // The count before this instruction retires, as `Cpu::tsc` reads it.
-                    let offset = e.b.ins().load(types::I64, trusted(), e.state, TSC_OFFSET);
+                    let offset = e.b.ins().load(types::I64, trusted(), e.cpu, TSC_OFFSET);
                     let now = e.b.ins().iadd_imm_s(e.icount0, e.done);
                     let tsc = e.b.ins().iadd(now, offset);
                     let low = e.b.ins().ireduce(types::I32, tsc);
@@ -1747,11 +1770,10 @@ impl Emitter<'_> {
 
     /// Whether EIP `t` (an i64) is inside the CS limit.
     fn within_cs_limit(&mut self, t: Value) -> Value {
-        let limit = self.b.ins().uload32(
-            trusted(),
-            self.state,
-            SEG + CS as i32 * SEG_SIZE + SEG_LIMIT,
-        );
+        let limit =
+            self.b
+                .ins()
+                .uload32(trusted(), self.cpu, SEG + CS as i32 * SEG_SIZE + SEG_LIMIT);
         self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, t, limit)
     }
 
