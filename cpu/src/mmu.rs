@@ -254,6 +254,18 @@ impl Cpu {
 
     // ---- linear memory access ----
 
+    /// The host address of linear address `lin` if the TLB holds its page for this kind
+    /// of access (a write hit means a writable RAM page holding no code), and how many
+    /// bytes are left in the page from there.
+    pub(crate) fn host_in_page(&self, lin: u64, write: bool, user: bool) -> Option<(*mut u8, u64)> {
+        let e = &self.tlb.entries[user as usize][Tlb::index(lin)];
+        let tag = if write { e.write_tag } else { e.read_tag };
+        (tag == lin & PAGE_MASK).then(|| {
+            let host = e.addend.wrapping_add(lin as usize) as *mut u8;
+            (host, PAGE_SIZE - (lin & !PAGE_MASK))
+        })
+    }
+
     /// Reads `size` (1, 2 or 4) bytes at a linear address.
     #[inline]
     pub fn read_lin(&mut self, bus: &mut dyn Bus, lin: u64, size: u32, user: bool) -> Res<u32> {
