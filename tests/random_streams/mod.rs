@@ -270,7 +270,7 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                 ins.push(md << 6 | rng.below(64) as u8);
                 ins.extend_from_slice(&rng.next().to_le_bytes()[..5]);
             };
-            match rng.below(17) {
+            match rng.below(18) {
                 0 | 1 => {
                     ins.push(ALU_RR[rng.below(ALU_RR.len() as u64) as usize]);
                     ins.push(0xC0 | rng.below(64) as u8);
@@ -460,6 +460,38 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                             }
                         }
                         _ => ins.push(0xC9),
+                    }
+                }
+                16 => {
+                    // String instructions without REP (and CLD/STD for both
+                    // directions), DIV (after zeroing EDX, so it mostly does not
+                    // fault), CMPXCHG, CLI, an indirect CALL into the code.
+                    match rng.below(6) {
+                        0 => {
+                            const STRING: [u8; 8] =
+                                [0xA4, 0xA5, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF];
+                            ins.push(STRING[rng.below(8) as usize]);
+                        }
+                        1 => ins.push([0xFC, 0xFD, 0xFA][rng.below(3) as usize]),
+                        2 => {
+                            ins.extend_from_slice(&[0x31, 0xD2, 0xF7]);
+                            let any = rng.below(3) == 0;
+                            modrm(rng, &mut ins, any);
+                            let m = ins.len() - 6;
+                            ins[m] = ins[m] & 0xC7 | 6 << 3;
+                        }
+                        3 => {
+                            ins.extend_from_slice(&[0x0F, 0xB0 + rng.below(2) as u8]);
+                            let any = rng.below(4) != 0;
+                            modrm(rng, &mut ins, any);
+                        }
+                        _ => {
+                            let reg = [0, 1, 2, 3, 5, 6, 7][rng.below(7) as usize];
+                            let to = CODE + rng.below(CODE_SIZE as u64) as u32;
+                            ins.push(0xB8 + reg);
+                            ins.extend_from_slice(&to.to_le_bytes());
+                            ins.extend_from_slice(&[0xFF, 0xD0 | reg]);
+                        }
                     }
                 }
                 _ => ins.push(0x90),

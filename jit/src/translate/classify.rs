@@ -252,6 +252,80 @@ pub(super) enum Native {
     Ret {
         extra: u32,
     },
+    /// A near CALL to a 32-bit register or memory operand.
+    CallIndirect {
+        src: Operand,
+    },
+    /// LODS, STOS, SCAS or MOVS without a REP prefix, with 32-bit addresses; `seg` is
+    /// the source's segment (LODS, MOVS).
+    String {
+        op: StringOp,
+        size: u8,
+        seg: usize,
+    },
+    /// DIV of EDX:EAX by a 32-bit operand.
+    Div {
+        src: Operand,
+    },
+    /// CMPXCHG with a memory destination.
+    Cmpxchg {
+        dst: MemRef,
+        src: Gpr,
+    },
+    Cli,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum StringOp {
+    Lods,
+    Stos,
+    Scas,
+    Movs,
+}
+
+/// LODS/STOS/SCAS/MOVS with 32-bit addresses and no REP prefix: the operation and its
+/// element size.
+fn string_op(ins: &Instruction) -> Option<(StringOp, u8)> {
+    use Mnemonic as M;
+    let op = match ins.mnemonic() {
+        M::Lodsb | M::Lodsw | M::Lodsd => StringOp::Lods,
+        M::Stosb | M::Stosw | M::Stosd => StringOp::Stos,
+        M::Scasb | M::Scasw | M::Scasd => StringOp::Scas,
+        // MOVSD is also an SSE2 instruction: the operand kinds below tell them apart.
+        M::Movsb | M::Movsw | M::Movsd => StringOp::Movs,
+        _ => return None,
+    };
+    let addr32 = (0..ins.op_count()).all(|i| {
+        matches!(
+            ins.op_kind(i),
+            OpKind::MemorySegESI | OpKind::MemoryESEDI | OpKind::Register
+        )
+    }) && (0..ins.op_count()).any(|i| ins.op_kind(i) != OpKind::Register);
+    if !addr32 || ins.has_rep_prefix() || ins.has_repne_prefix() {
+        return None;
+    }
+    let size = ins.memory_size().size();
+    matches!(size, 1 | 2 | 4).then_some((op, size as u8))
+}
+
+/// Whether a LOCK prefix is valid on the instruction (a read-modify-write of a memory
+/// destination). On one CPU it changes nothing else.
+fn lockable(ins: &Instruction) -> bool {
+    use Mnemonic as M;
+    ins.op0_kind() == OpKind::Memory
+        && matches!(
+            ins.mnemonic(),
+            M::Add
+                | M::Adc
+                | M::Sub
+                | M::Sbb
+                | M::And
+                | M::Or
+                | M::Xor
+                | M::Inc
+                | M::Dec
+                | M::Cmpxchg
+        )
 }
 
 fn branch_target(ins: &Instruction) -> Option<(u64, u64)> {
@@ -318,8 +392,12 @@ const CMOVCC: [Mnemonic; 16] = {
 
 pub(super) fn classify(ins: &Instruction) -> Option<Native> {
     use Mnemonic as M;
-    if ins.has_lock_prefix() {
+    if ins.has_lock_prefix() && !lockable(ins) {
         return None;
+    }
+    if let Some((op, size)) = string_op(ins) {
+        let seg = (ins.memory_segment() as usize).wrapping_sub(Register::ES as usize);
+        return (seg <= 5).then_some(Native::String { op, size, seg });
     }
     match ins.mnemonic() {
         M::Nop | M::Pause if ins.op_count() == 0 || ins.op0_kind() != OpKind::Register => {
@@ -459,6 +537,27 @@ pub(super) fn classify(ins: &Instruction) -> Option<Native> {
         M::Call if operand32(ins) && ins.op0_kind() == OpKind::NearBranch32 => Some(Native::Call {
             target: ins.near_branch32() as u64,
         }),
+        M::Call
+            if operand32(ins) && matches!(ins.op0_kind(), OpKind::Register | OpKind::Memory) =>
+        {
+            Some(Native::CallIndirect {
+                src: operand(ins, 0, 4)?,
+            })
+        }
+        M::Div if operand_size(ins, 0) == Some(4) => Some(Native::Div {
+            src: operand(ins, 0, 4)?,
+        }),
+        M::Cmpxchg if ins.op0_kind() == OpKind::Memory => {
+            let src = reg_operand(ins, 1)?;
+            if operand_size(ins, 0) != Some(src.size) {
+                return None;
+            }
+            Some(Native::Cmpxchg {
+                dst: mem_ref(ins)?,
+                src,
+            })
+        }
+        M::Cli => Some(Native::Cli),
         M::Ret if operand32(ins) => Some(Native::Ret {
             extra: if ins.op_count() > 0 {
                 ins.immediate16() as u32

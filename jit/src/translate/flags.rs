@@ -249,7 +249,7 @@ impl Emitter<'_> {
         }
     }
 
-    fn load_flag_bits(&mut self) -> Value {
+    pub(super) fn load_flag_bits(&mut self) -> Value {
         self.b
             .ins()
             .load(types::I32, super::trusted(), self.cpu, super::FLAG_BITS)

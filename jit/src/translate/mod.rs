@@ -51,6 +51,7 @@ use std::mem::offset_of;
 
 mod classify;
 mod flags;
+mod ops;
 
 use crate::code_memory::{self, DualMapped};
 
@@ -1310,6 +1311,14 @@ impl Emitter<'_> {
                 return;
             }
             Native::IncDec { ref dst, size, inc } => self.inc_dec(ins, index, dst, size, inc),
+            Native::String { op, size, seg } => self.string(ins, index, op, size, seg),
+            Native::Div { ref src } => self.div(ins, index, src),
+            Native::Cmpxchg { ref dst, src } => self.cmpxchg(ins, index, dst, src),
+            Native::Cli => self.cli(ins, index),
+            Native::CallIndirect { ref src } => {
+                self.call_indirect(ins, index, src, next_ip);
+                return;
+            }
             Native::Neg { dst } => {
                 let a = self.get(dst);
                 let zero = self.iconst32(0);

@@ -1,0 +1,204 @@
+//! Natives with emitters of their own: the string instructions without REP, DIV,
+//! CMPXCHG, the indirect CALL and CLI. Each takes the interpreter for the rest of the
+//! block (a side exit) wherever it would fault or needs the interpreter's checks.
+
+use super::classify::{Gpr, MemRef, Operand, StringOp};
+use super::{trusted, Emitter, CPL, CR0, FLAG_BITS};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, InstBuilder, Value};
+use hospes_cpu::flags::{DF, IF};
+use hospes_cpu::state::{CR0_PE, EAX, EDI, EDX, ES, ESI, ESP};
+use iced_x86::{Instruction, Mnemonic};
+
+/// AL, AX or EAX.
+fn accumulator(size: u8) -> Gpr {
+    Gpr {
+        n: EAX,
+        size,
+        high: false,
+    }
+}
+
+impl Emitter<'_> {
+    /// A 32-bit operand read on the fast path (memory through the TLB; the interpreter
+    /// runs the instruction on a miss).
+    fn read32(&mut self, ins: &Instruction, index: usize, src: &Operand) -> Value {
+        match *src {
+            Operand::Mem(ref m) => {
+                let off = self.ea(m);
+                let (hit, host) = self.fast_address(m.seg, off, 4, false, 0);
+                let mut v = None;
+                self.with_slow_path(ins, index, hit, |e| v = Some(e.load_guest(host, 4)));
+                v.expect("the fast path loads the operand")
+            }
+            _ => self.value(src),
+        }
+    }
+
+    /// LODS/STOS/SCAS/MOVS of `size` bytes: ESI and EDI step by the size, down when DF
+    /// is set.
+    pub(super) fn string(
+        &mut self,
+        ins: &Instruction,
+        index: usize,
+        op: StringOp,
+        size: u8,
+        seg: usize,
+    ) {
+        let bits = self.load_flag_bits();
+        let down = self.b.ins().band_imm_u(bits, DF as i64);
+        let up_step = self.iconst32(size as u32);
+        let down_step = self.iconst32((size as u32).wrapping_neg());
+        let step = self.b.ins().select(down, down_step, up_step);
+        let esi = self.reg32(ESI);
+        let edi = self.reg32(EDI);
+        let acc = accumulator(size);
+        let next = |e: &mut Self, v: Value| e.b.ins().iadd(v, step);
+        match op {
+            StringOp::Lods => {
+                let (hit, from) = self.fast_address(seg, esi, size, false, 0);
+                self.with_slow_path(ins, index, hit, |e| {
+                    let v = e.load_guest(from, size);
+                    e.set(acc, v);
+                    let esi = next(e, esi);
+                    e.set(Gpr::full(ESI), esi);
+                });
+            }
+            StringOp::Stos => {
+                let (hit, to) = self.fast_address(ES, edi, size, true, 0);
+                self.with_slow_path(ins, index, hit, |e| {
+                    let v = e.get(acc);
+                    e.store_guest(to, v, size);
+                    let edi = next(e, edi);
+                    e.set(Gpr::full(EDI), edi);
+                });
+            }
+            StringOp::Scas => {
+                let (hit, from) = self.fast_address(ES, edi, size, false, 0);
+                self.with_slow_path(ins, index, hit, |e| {
+                    let v = e.load_guest(from, size);
+                    let a = e.get(acc);
+                    e.alu(Mnemonic::Cmp, size, a, v, None);
+                    let edi = next(e, edi);
+                    e.set(Gpr::full(EDI), edi);
+                });
+            }
+            StringOp::Movs => {
+                let (read_ok, from) = self.fast_address(seg, esi, size, false, 0);
+                let (write_ok, to) = self.fast_address(ES, edi, size, true, 0);
+                let hit = self.b.ins().band(read_ok, write_ok);
+                self.with_slow_path(ins, index, hit, |e| {
+                    let v = e.load_guest(from, size);
+                    e.store_guest(to, v, size);
+                    let esi = next(e, esi);
+                    e.set(Gpr::full(ESI), esi);
+                    let edi = next(e, edi);
+                    e.set(Gpr::full(EDI), edi);
+                });
+            }
+        }
+    }
+
+    /// DIV of EDX:EAX by a 32-bit operand; the flags are left as they are (as the
+    /// interpreter leaves them). A zero divisor or a quotient too big (#DE) is the
+    /// interpreter's: both are EDX >= divisor.
+    pub(super) fn div(&mut self, ins: &Instruction, index: usize, src: &Operand) {
+        let d = self.read32(ins, index, src);
+        let high = self.reg32(EDX);
+        let low = self.reg32(EAX);
+        let fits = self.b.ins().icmp(IntCC::UnsignedLessThan, high, d);
+        self.with_slow_path(ins, index, fits, |e| {
+            let high = e.b.ins().uextend(types::I64, high);
+            let high = e.b.ins().ishl_imm_u(high, 32);
+            let low = e.b.ins().uextend(types::I64, low);
+            let n = e.b.ins().bor(high, low);
+            let d = e.b.ins().uextend(types::I64, d);
+            let q = e.b.ins().udiv(n, d);
+            let r = e.b.ins().urem(n, d);
+            let q = e.b.ins().ireduce(types::I32, q);
+            let r = e.b.ins().ireduce(types::I32, r);
+            e.set(Gpr::full(EAX), q);
+            e.set(Gpr::full(EDX), r);
+        });
+    }
+
+    /// CMPXCHG to memory: compares the accumulator with the destination (flags as CMP);
+    /// equal: the source is stored, else the accumulator gets the destination (which is
+    /// written back unchanged, so the page must be writable either way).
+    pub(super) fn cmpxchg(&mut self, ins: &Instruction, index: usize, dst: &MemRef, src: Gpr) {
+        let size = src.size;
+        let off = self.ea(dst);
+        let (hit, host) = self.fast_address(dst.seg, off, size, true, 0);
+        self.with_slow_path(ins, index, hit, |e| {
+            let old = e.load_guest(host, size);
+            let acc = accumulator(size);
+            let a = e.get(acc);
+            let new = e.get(src);
+            e.alu(Mnemonic::Cmp, size, a, old, None);
+            let equal = e.b.ins().icmp(IntCC::Equal, a, old);
+            let stored = e.b.ins().select(equal, new, old);
+            e.store_guest(host, stored, size);
+            let a = e.b.ins().select(equal, a, old);
+            e.set(acc, a);
+        });
+    }
+
+    /// A near CALL through a register or memory: pushes the return address and leaves
+    /// for the target, found in the jump cache. The interpreter does the CALL where the
+    /// operand or the stack is off the fast path, or the target beyond the CS limit.
+    pub(super) fn call_indirect(
+        &mut self,
+        ins: &Instruction,
+        index: usize,
+        src: &Operand,
+        next_ip: i64,
+    ) {
+        let esp = self.reg32(ESP);
+        let new_esp = self.b.ins().iadd_imm_s(esp, -4);
+        let (write_ok, to) = self.fast_stack(new_esp, 4, true);
+        let target = match *src {
+            Operand::Mem(ref m) => {
+                // The operand's address comes from ESP before the push.
+                let off = self.ea(m);
+                let (read_ok, from) = self.fast_address(m.seg, off, 4, false, 0);
+                let hit = self.b.ins().band(read_ok, write_ok);
+                let mut v = None;
+                self.with_slow_path(ins, index, hit, |e| v = Some(e.load_guest(from, 4)));
+                v.expect("the fast path loads the target")
+            }
+            _ => {
+                let v = self.value(src);
+                self.with_slow_path(ins, index, write_ok, |_| {});
+                v
+            }
+        };
+        let target = self.b.ins().uextend(types::I64, target);
+        // Nothing is stored before the limit check: beyond it the CALL faults whole.
+        self.unless_beyond_cs_limit(ins, index, target, self.done);
+        let ret = self.eip_at(next_ip);
+        let ret = self.b.ins().ireduce(types::I32, ret);
+        self.store_guest(to, ret, 4);
+        self.set(Gpr::full(ESP), new_esp);
+        self.done += 1;
+        self.store_all(target, self.done);
+        self.run_on(super::Next::Lookup, target, crate::EXIT_INDIRECT);
+    }
+
+    /// CLI where the CPL may change IF (real mode, or CPL <= IOPL); elsewhere the
+    /// interpreter's rules (#GP, or VIF with VME/PVI).
+    pub(super) fn cli(&mut self, ins: &Instruction, index: usize) {
+        let cr0 = self.b.ins().load(types::I64, trusted(), self.cpu, CR0);
+        let pe = self.b.ins().band_imm_u(cr0, CR0_PE as i64);
+        let real = self.b.ins().icmp_imm_u(IntCC::Equal, pe, 0);
+        let cpl = self.b.ins().uload8(types::I32, trusted(), self.cpu, CPL);
+        let bits = self.load_flag_bits();
+        let iopl = self.b.ins().ushr_imm_u(bits, 12);
+        let iopl = self.b.ins().band_imm_u(iopl, 3);
+        let allowed = self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, cpl, iopl);
+        let ok = self.b.ins().bor(real, allowed);
+        self.with_slow_path(ins, index, ok, |e| {
+            let bits = e.b.ins().band_imm_u(bits, !(IF as i64));
+            e.b.ins().store(trusted(), bits, e.cpu, FLAG_BITS);
+        });
+    }
+}
