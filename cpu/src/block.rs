@@ -39,7 +39,8 @@ pub struct Block {
     /// read: it stays valid exactly as long as the link keeps that block alive.
     pub tier_link_addrs: [Cell<usize>; TIER_LINKS],
     /// For another execution tier (the JIT): its code for this block, 0 if none. The
-    /// tier owns what it stores here and clears it before freeing the code.
+    /// tier owns what it stores here and clears it before freeing the code; it is also
+    /// cleared when the block leaves the cache, so code found here is never stale.
     pub tier_code: Cell<usize>,
     /// For another execution tier: how often the block has run (its heat).
     pub tier_heat: Cell<u32>,
@@ -180,6 +181,7 @@ impl Drop for BlockCache {
 /// each other are freed).
 fn retire(b: &Block) {
     b.valid.set(false);
+    b.tier_code.set(0);
     // Addresses first: compiled code must never see one whose block may be gone.
     for a in &b.tier_link_addrs {
         a.set(0);

@@ -250,7 +250,11 @@ impl Jit {
                         self.stats.compiled_blocks += 1;
                         self.stats.compiled_instructions += block.instrs.len() as u64;
                         self.stats.native_instructions += native as u64;
-                        block.tier_code.set(code);
+                        // A block that left the cache while it was compiled keeps no
+                        // code: compiled code takes code in a block as proof it is valid.
+                        if block.valid.get() {
+                            block.tier_code.set(code);
+                        }
                     }
                     Err(e) => {
                         log::warn!("JIT: cannot compile a block, interpreting it: {e}");

@@ -92,12 +92,21 @@ pub struct HelperCtx<'a> {
 /// The bit of [`entry_assumptions`] for CPL 3: compiled code reads the TLB's user
 /// table (bits 0-5 are the flat segments).
 const ASSUME_USER: u32 = 1 << 8;
+/// The bit of [`entry_assumptions`] for a flat CS (base 0, limit 4 GiB): linear
+/// addresses of code are EIPs, and no 32-bit EIP is beyond the limit.
+const ASSUME_FLAT_CS: u32 = 1 << 9;
 
 /// What a block's code is compiled to assume about the machine, checked once at its
 /// entry: which segments are flat ([`flat_segments`]) and whether the CPL is 3.
 pub fn entry_assumptions(cpu: &Cpu) -> u32 {
     let user = if cpu.state.cpl == 3 { ASSUME_USER } else { 0 };
-    flat_segments(cpu) | user
+    let cs = &cpu.state.seg[CS];
+    let flat_cs = if cs.base == 0 && cs.limit == 0xFFFF_FFFF {
+        ASSUME_FLAT_CS
+    } else {
+        0
+    };
+    flat_segments(cpu) | user | flat_cs
 }
 
 /// The segments (a bit per segment register) that are flat: base 0, limit 4 GiB,
@@ -279,7 +288,6 @@ const CTX_BASE: i32 = offset_of!(HelperCtx<'static>, base) as i32;
 const CTX_END: i32 = offset_of!(HelperCtx<'static>, end) as i32;
 const CTX_CHAINED: i32 = offset_of!(HelperCtx<'static>, chained) as i32;
 const BLOCK_LINK_ADDRS: i64 = offset_of!(Block, tier_link_addrs) as i64;
-const BLOCK_VALID: i32 = offset_of!(Block, valid) as i32;
 const BLOCK_CODE: i32 = offset_of!(Block, tier_code) as i32;
 const BLOCK_COUNT: i32 = offset_of!(Block, count) as i32;
 const BLOCK_SPAN: i32 = offset_of!(Block, span) as i32;
@@ -806,6 +814,8 @@ impl Emitter<'_> {
             }
         ) {
             None
+        } else if self.flat_cs() {
+            Some(eip)
         } else {
             let cs_base = self.b.ins().load(
                 types::I32,
@@ -835,8 +845,6 @@ impl Emitter<'_> {
             (Next::Lookup, None) => unreachable!("a lookup computes the linear address"),
         };
         require(self, to);
-        let valid = self.b.ins().uload8(types::I32, fl, to, BLOCK_VALID);
-        require(self, valid);
         if next == Next::Lookup {
             // Links are made in the mode they are followed in; the cache holds blocks
             // of any mode.
@@ -847,6 +855,7 @@ impl Emitter<'_> {
                 .icmp_imm_u(IntCC::Equal, code32, self.place.code32 as i64);
             require(self, same);
         }
+        // Code in the block also says it is valid: a block leaving the cache loses it.
         let code = self.b.ins().load(types::I64, fl, to, BLOCK_CODE);
         let compiled =
             self.b
@@ -1751,9 +1760,9 @@ impl Emitter<'_> {
         self.run_on(Next::Link { slot: 1, same_page }, t, crate::EXIT_TAKEN);
     }
 
-    /// Goes on where `target` (the EIP a near transfer leads to, an i64) is inside the
-    /// CS limit; beyond it the interpreter runs (and faults on) the instruction, with
-    /// `done` instructions counted before it.
+    /// Goes on where `target` (the 32-bit EIP a near transfer leads to, an i64) is
+    /// inside the CS limit; beyond it the interpreter runs (and faults on) the
+    /// instruction, with `done` instructions counted before it.
     fn unless_beyond_cs_limit(
         &mut self,
         ins: &Instruction,
@@ -1761,6 +1770,9 @@ impl Emitter<'_> {
         target: Value,
         done: i64,
     ) {
+        if self.flat_cs() {
+            return;
+        }
         let in_limit = self.within_cs_limit(target);
         let go = self.b.create_block();
         let fault = self.b.create_block();
@@ -1777,8 +1789,23 @@ impl Emitter<'_> {
         self.b.ins().band_imm_u(t, mask as i64)
     }
 
+    /// Whether CS is flat where the block runs (checked at entry).
+    fn flat_cs(&mut self) -> bool {
+        let flat = self.place.assumed & ASSUME_FLAT_CS != 0;
+        if flat {
+            self.assumed_mask |= ASSUME_FLAT_CS;
+        }
+        flat
+    }
+
     /// Whether EIP `t` (an i64) is inside the CS limit.
     fn within_cs_limit(&mut self, t: Value) -> Value {
+        if self.flat_cs() {
+            return self
+                .b
+                .ins()
+                .icmp_imm_u(IntCC::UnsignedLessThanOrEqual, t, 0xFFFF_FFFF);
+        }
         let limit =
             self.b
                 .ins()
