@@ -253,3 +253,67 @@ fn jit_matches_interpreter_on_flag_edges() {
     }
     assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
 }
+
+/// Compiled code checks an address once per block where it can (a second access to
+/// the same address relies on the first one's TLB check): a write after a read still
+/// needs its own check (a read-only page), and so does a wider access after a narrower
+/// one (the rest of it on an absent page). Both tiers must fault there alike.
+#[test]
+fn jit_rechecks_reused_addresses_for_writes_and_wider_accesses() {
+    const READ_ONLY: u32 = 0x30_0000;
+    const ABSENT: u32 = 0x30_2000;
+    // (code, EBX, the address the fault must report). Each first reads [EBX] in a
+    // block of its own (MOV DL,[EBX]; JMP $+2), so the TLB holds the page when the
+    // block under test starts.
+    let cases: [(&[u8], u32, u32); 3] = [
+        // MOV EAX,[EBX]; MOV [EBX],ECX
+        (
+            &[0x8B, 0x03, 0x89, 0x0B],
+            READ_ONLY + 0x10,
+            READ_ONLY + 0x10,
+        ),
+        // MOV AL,[EBX]; MOV EAX,[EBX]
+        (&[0x8A, 0x03, 0x8B, 0x03], ABSENT - 1, ABSENT),
+        // ADD [EBX],AL (reads and writes); MOV EAX,[EBX]
+        (&[0x00, 0x03, 0x8B, 0x03], ABSENT - 2, ABSENT),
+    ];
+    let mut jit = Jit::new(Tier::Jit).expect("JIT");
+    for (code, ebx, fault_at) in cases {
+        let mut machines: Vec<Cpu> = (0..2).map(|_| Cpu::new(RAM, 0).unwrap()).collect();
+        for (k, cpu) in machines.iter_mut().enumerate() {
+            let mut rng = Rng(11);
+            setup_tables(cpu, &mut rng);
+            enter_mode(cpu, Mode::Paged, &mut rng);
+            let pte = |page: u32, flags: u32| (page | flags).to_le_bytes();
+            let at = |page: u32| (PAGE_TABLES + (page >> 12) * 4) as u64;
+            cpu.write_phys(at(READ_ONLY), &pte(READ_ONLY, 0x5));
+            cpu.write_phys(at(ABSENT - 0x1000), &pte(ABSENT - 0x1000, 0x7));
+            cpu.write_phys(at(ABSENT), &pte(ABSENT, 0));
+            // Supervisor writes obey read-only pages only with CR0.WP.
+            cpu.state.cr0 |= hospes_cpu::state::CR0_WP;
+            cpu.flush_tlb();
+            let mut program = vec![0x8A, 0x13, 0xEB, 0x00];
+            program.extend(code);
+            program.push(0xF4);
+            cpu.write_phys(CODE as u64, &program);
+            cpu.state.rip = CODE as u64;
+            cpu.state.gpr[hospes_cpu::state::EBX] = ebx as u64;
+            let runner = (k == 1).then_some(&mut jit as &mut dyn BlockRunner);
+            cpu.run_with(&mut NoiseBus, 100, runner);
+        }
+        let [interp, jitted] = &machines[..] else {
+            unreachable!()
+        };
+        assert_eq!(
+            interp.state.cr2, fault_at as u64,
+            "{code:02x?}: the page fault"
+        );
+        assert!(
+            architectural(&interp.state) == architectural(&jitted.state),
+            "{code:02x?}: the tiers differ\ninterp: {:?}\njit:    {:?}",
+            interp.state,
+            jitted.state
+        );
+    }
+    assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
+}

@@ -47,6 +47,7 @@ use hospes_cpu::state::{
 };
 use hospes_cpu::Cpu;
 use iced_x86::{Instruction, Mnemonic};
+use std::collections::{HashMap, HashSet};
 use std::mem::offset_of;
 
 mod classify;
@@ -453,6 +454,10 @@ impl Translator {
                 regs: [None; 8],
                 dirty: [false; 8],
                 flags: None,
+                sums: HashMap::new(),
+                scaled: HashMap::new(),
+                pages: Vec::new(),
+                checked: HashSet::new(),
                 done: 0,
                 ended: false,
             };
@@ -639,6 +644,21 @@ enum Next {
     Lookup,
 }
 
+/// A flat-segment access whose TLB check passed: `size` bytes at `root + offset`
+/// (32-bit), at host address `host`.
+#[derive(Clone, Copy)]
+struct PageMemo {
+    root: Value,
+    offset: i64,
+    size: u8,
+    host: Value,
+    /// Checked for writing (a writable page is readable too).
+    writable: bool,
+}
+
+/// Accesses remembered in [`Emitter::pages`].
+const PAGE_MEMOS: usize = 8;
+
 /// Emits one block's code, keeping guest registers in SSA values between the points
 /// where the interpreter needs them in memory.
 struct Emitter<'a> {
@@ -664,6 +684,16 @@ struct Emitter<'a> {
     /// Registers whose value in SSA is newer than the state's.
     dirty: [bool; 8],
     flags: Option<PendingFlags>,
+    /// 32-bit values known as another value plus a constant (addresses from a base
+    /// register and displacements, ESP after pushes and pops), by the value.
+    sums: HashMap<Value, (Value, i64)>,
+    /// `base + index << scale` already computed in this block.
+    scaled: HashMap<(Option<Value>, Value, u32), Value>,
+    /// Flat-segment accesses whose TLB check passed on the path compiled code is on
+    /// (newest last): another access to the same address needs no check.
+    pages: Vec<PageMemo>,
+    /// Fast-path conditions known to hold (accesses [`Emitter::pages`] vouches for).
+    checked: HashSet<Value>,
     /// Instructions completed since entry.
     done: i64,
     /// The block's code has returned (a branch ended it).
@@ -932,14 +962,55 @@ impl Emitter<'_> {
         self.regs = [None; 8];
         self.dirty = [false; 8];
         self.flags = None;
+        // The interpreter may have changed the TLB.
+        self.pages.clear();
         let next = self.b.create_block();
         self.b.ins().brif(must_leave, self.leave, &[], next, &[]);
         self.b.switch_to_block(next);
         self.done += (to - from) as i64;
     }
 
+    /// `v + k` (32-bit, wrapping), remembered as such for [`Emitter::fast_address`].
+    fn add_const(&mut self, v: Value, k: i64) -> Value {
+        if k == 0 {
+            return v;
+        }
+        let r = self.b.ins().iadd_imm_s(v, k);
+        let (root, offset) = self.sum_of(v);
+        self.sums.insert(r, (root, offset + k));
+        r
+    }
+
+    /// `v` as a root value plus a constant.
+    fn sum_of(&self, v: Value) -> (Value, i64) {
+        self.sums.get(&v).copied().unwrap_or((v, 0))
+    }
+
     /// Effective address (the offset in the segment) of a memory operand.
     fn ea(&mut self, m: &MemRef) -> Value {
+        if !m.addr16 && (m.base.is_some() || m.index.is_some()) {
+            let base = m.base.map(|n| self.reg32(n));
+            let root = match (base, m.index) {
+                (Some(base), None) => base,
+                (_, Some((n, shift))) => {
+                    let index = self.reg32(n);
+                    match self.scaled.get(&(base, index, shift)) {
+                        Some(&v) => v,
+                        None => {
+                            let scaled = self.b.ins().ishl_imm_u(index, shift as i64);
+                            let v = match base {
+                                Some(base) => self.b.ins().iadd(base, scaled),
+                                None => scaled,
+                            };
+                            self.scaled.insert((base, index, shift), v);
+                            v
+                        }
+                    }
+                }
+                (None, None) => unreachable!("a base or an index"),
+            };
+            return self.add_const(root, m.disp as i32 as i64);
+        }
         let mut v = self.iconst32(m.disp);
         if let Some(n) = m.base {
             let size = if m.addr16 { 2 } else { 4 };
@@ -1027,11 +1098,11 @@ impl Emitter<'_> {
         write: bool,
         also: u16,
     ) -> (Value, Value) {
-        let fl = trusted();
         let (usable, lin) = if self.place.assumed & (1 << seg) != 0 {
             // Checked at entry; the linear address is the offset.
             self.assumed_mask |= 1 << seg;
-            (None, self.b.ins().uextend(types::I64, off))
+            let lin = self.b.ins().uextend(types::I64, off);
+            return self.flat_address(off, lin, size, write);
         } else {
             let seg_ok = self.segment_usable(seg, also);
             let (limit, seg_base) = self.segment_extent(seg);
@@ -1046,6 +1117,50 @@ impl Emitter<'_> {
             let lin = self.b.ins().uextend(types::I64, lin);
             (Some(self.b.ins().band(seg_ok, in_limit)), lin)
         };
+        self.tlb_check(usable, lin, size, write)
+    }
+
+    /// The fast path of an access through a flat segment at `off` (linear address
+    /// `lin`): where an access at the same address (the same root value plus the same
+    /// constant) of at least this size passed its TLB check on this path, its host
+    /// address without a check; elsewhere the TLB check.
+    fn flat_address(&mut self, off: Value, lin: Value, size: u8, write: bool) -> (Value, Value) {
+        let (root, offset) = self.sum_of(off);
+        let same = self.pages.iter().rev().find(|m| {
+            m.root == root && m.offset == offset && m.size >= size && (m.writable || !write)
+        });
+        if let Some(m) = same {
+            let host = m.host;
+            let hit = self.b.ins().iconst(types::I8, 1);
+            self.checked.insert(hit);
+            return (hit, host);
+        }
+        let (hit, host) = self.tlb_check(None, lin, size, write);
+        // Callers use the host address only where `hit` holds (else the interpreter
+        // runs the rest of the block), so later accesses may rely on this one.
+        if self.pages.len() == PAGE_MEMOS {
+            self.pages.remove(0);
+        }
+        self.pages.push(PageMemo {
+            root,
+            offset,
+            size,
+            host,
+            writable: write,
+        });
+        (hit, host)
+    }
+
+    /// The TLB check of `size` bytes at linear address `lin`, and `usable` (the
+    /// segment checks) if given: returns (hit, host address).
+    fn tlb_check(
+        &mut self,
+        usable: Option<Value>,
+        lin: Value,
+        size: u8,
+        write: bool,
+    ) -> (Value, Value) {
+        let fl = trusted();
         let (entry, table) = self.tlb_entry(lin);
         let tag_at = if write { TLB_WRITE_TAG } else { TLB_READ_TAG };
         let tag = self.b.ins().load(types::I64, fl, entry, table + tag_at);
@@ -1092,6 +1207,10 @@ impl Emitter<'_> {
         hit: Value,
         fast: impl FnOnce(&mut Self),
     ) {
+        if self.checked.contains(&hit) {
+            fast(self);
+            return;
+        }
         let fast_blk = self.b.create_block();
         let slow_blk = self.b.create_block();
         self.b.ins().brif(hit, fast_blk, &[], slow_blk, &[]);
@@ -1266,7 +1385,7 @@ impl Emitter<'_> {
                 let off = self.ea(m);
                 let (read_ok, from) = self.fast_address(m.seg, off, size, false, 0);
                 let esp = self.reg32(ESP);
-                let new_esp = self.b.ins().iadd_imm_s(esp, -(size as i64));
+                let new_esp = self.add_const(esp, -(size as i64));
                 let (write_ok, to) = self.fast_stack(new_esp, size, true);
                 let hit = self.b.ins().band(read_ok, write_ok);
                 self.with_slow_path(ins, index, hit, |e| {
@@ -1278,7 +1397,7 @@ impl Emitter<'_> {
             Native::Push { ref src, size } => {
                 let v = self.value(src);
                 let esp = self.reg32(ESP);
-                let new_esp = self.b.ins().iadd_imm_s(esp, -(size as i64));
+                let new_esp = self.add_const(esp, -(size as i64));
                 let (hit, host) = self.fast_stack(new_esp, size, true);
                 self.with_slow_path(ins, index, hit, |e| {
                     e.store_guest(host, v, size);
@@ -1291,7 +1410,7 @@ impl Emitter<'_> {
                 self.with_slow_path(ins, index, hit, |e| {
                     let v = e.load_guest(host, dst.size);
                     let esp = e.reg32(ESP);
-                    let new_esp = e.b.ins().iadd_imm_u(esp, dst.size as i64);
+                    let new_esp = e.add_const(esp, dst.size as i64);
                     e.set(Gpr::full(ESP), new_esp);
                     e.set(dst, v);
                 });
@@ -1461,7 +1580,7 @@ impl Emitter<'_> {
                 let (hit, host) = self.fast_stack(ebp, 4, false);
                 self.with_slow_path(ins, index, hit, |e| {
                     let v = e.load_guest(host, 4);
-                    let esp = e.b.ins().iadd_imm_u(ebp, 4);
+                    let esp = e.add_const(ebp, 4);
                     e.set(Gpr::full(ESP), esp);
                     e.set(Gpr::full(EBP), v);
                 });
@@ -1524,7 +1643,7 @@ impl Emitter<'_> {
         let ret = self.eip_at(next_ip);
         let ret = self.b.ins().ireduce(types::I32, ret);
         let esp = self.reg32(ESP);
-        let new_esp = self.b.ins().iadd_imm_s(esp, -4);
+        let new_esp = self.add_const(esp, -4);
         let (hit, host) = self.fast_stack(new_esp, 4, true);
         let t = self.target_eip(target, 0xFFFF_FFFF);
         let in_limit = self.within_cs_limit(t);
@@ -1551,7 +1670,7 @@ impl Emitter<'_> {
         let target = target.expect("the fast path loads the target");
         let target = self.b.ins().uextend(types::I64, target);
         self.unless_beyond_cs_limit(ins, index, target, self.done);
-        let new_esp = self.b.ins().iadd_imm_u(esp, 4 + extra as i64);
+        let new_esp = self.add_const(esp, 4 + extra as i64);
         self.set(Gpr::full(ESP), new_esp);
         self.done += 1;
         self.store_all(target, self.done);

@@ -154,7 +154,7 @@ impl Emitter<'_> {
         next_ip: i64,
     ) {
         let esp = self.reg32(ESP);
-        let new_esp = self.b.ins().iadd_imm_s(esp, -4);
+        let new_esp = self.add_const(esp, -4);
         let (write_ok, to) = self.fast_stack(new_esp, 4, true);
         let target = match *src {
             Operand::Mem(ref m) => {
