@@ -252,7 +252,28 @@ impl Cpu {
         if !nowait {
             self.fpu_pending()?;
         }
-        // A fault part-way (a memory operand) must leave the FPU untouched.
+        // A fault part-way (writing a memory operand, or reading an environment) must
+        // leave the FPU untouched. Every other instruction reads its memory operand
+        // before it changes anything (see `fpu_op`), so only these save the state.
+        let changes_before_fault = Self::has_mem(ins)
+            && matches!(
+                m,
+                M::Fst
+                    | M::Fstp
+                    | M::Fstpnce
+                    | M::Fist
+                    | M::Fistp
+                    | M::Fbstp
+                    | M::Fnstenv
+                    | M::Fstenv
+                    | M::Fnsave
+                    | M::Fsave
+                    | M::Fldenv
+                    | M::Frstor
+            );
+        if !changes_before_fault {
+            return self.fpu_op(bus, ins);
+        }
         let saved = self.state.fpu.clone();
         let r = self.fpu_op(bus, ins);
         if r.is_err() {

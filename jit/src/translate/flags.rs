@@ -91,6 +91,18 @@ pub(super) extern "C" fn helper_cond(cpu: *const Cpu, cc: u32) -> u32 {
     unsafe { (*cpu).state.flags.cond(cc as u8) as u32 }
 }
 
+// `stored_carry` tells the shift records from the others by their order.
+const _: () = assert!(
+    FlagOp::Shl as u8 > FlagOp::Eager as u8
+        && FlagOp::Shl as u8 > FlagOp::Add as u8
+        && FlagOp::Shl as u8 > FlagOp::Sub as u8
+        && FlagOp::Shl as u8 > FlagOp::Logic as u8
+        && FlagOp::Shl as u8 > FlagOp::Inc as u8
+        && FlagOp::Shl as u8 > FlagOp::Dec as u8
+        && FlagOp::Shr as u8 > FlagOp::Shl as u8
+        && FlagOp::Sar as u8 > FlagOp::Shl as u8
+);
+
 /// The x86 encoding (0 = O ... 15 = G) of a condition code.
 fn encoding(cc: ConditionCode) -> u32 {
     cc as u32 - 1
@@ -245,8 +257,92 @@ impl Emitter<'_> {
                 a,
                 ..
             }) => a,
-            _ => self.stored_condition(encoding(ConditionCode::b)),
+            _ => {
+                self.flush_flags();
+                self.stored_carry()
+            }
         }
+    }
+
+    /// CF of the flags in the state (everything stored), as an i32 0/1: computed inline
+    /// for every record but the shifts' (which ask the interpreter). INC/DEC at the
+    /// start of a block keep CF from the record a block before left, so this is
+    /// common.
+    fn stored_carry(&mut self) -> Value {
+        let fl = super::trusted();
+        let op = self
+            .b
+            .ins()
+            .uload8(types::I32, fl, self.cpu, super::FLAG_OP);
+        // The shifts are the last kinds of record.
+        let shift =
+            self.b
+                .ins()
+                .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, op, FlagOp::Shl as i64);
+        let inline_blk = self.b.create_block();
+        let ask_blk = self.b.create_block();
+        let done = self.b.create_block();
+        let cf = self.b.append_block_param(done, types::I32);
+        self.b.ins().brif(shift, ask_blk, &[], inline_blk, &[]);
+
+        self.b.switch_to_block(ask_blk);
+        let b_cc = self.iconst32(encoding(ConditionCode::b));
+        let helper = self.helpers.cond;
+        let call = self.b.ins().call(helper, &[self.cpu, b_cc]);
+        let asked = self.b.inst_results(call)[0];
+        self.b.ins().jump(done, &[asked.into()]);
+
+        self.b.switch_to_block(inline_blk);
+        let load = |e: &mut Self, at: i32| e.b.ins().load(types::I32, fl, e.cpu, at);
+        let (a, b, res) = (
+            load(self, super::FLAG_A),
+            load(self, super::FLAG_B),
+            load(self, super::FLAG_RES),
+        );
+        // The carry (Add) or borrow (Sub) out of the operand's top bit, as
+        // `Flags::arith` has it.
+        let not_a = self.b.ins().bnot(a);
+        let nab = self.b.ins().band(not_a, b);
+        let either = self.b.ins().bor(not_a, b);
+        let x = self.b.ins().band(either, res);
+        let borrow = self.b.ins().bor(nab, x);
+        let ab = self.b.ins().band(a, b);
+        let either = self.b.ins().bor(a, b);
+        let not_r = self.b.ins().bnot(res);
+        let x = self.b.ins().band(either, not_r);
+        let carry = self.b.ins().bor(ab, x);
+        let is_sub = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::Equal, op, FlagOp::Sub as i64);
+        let is_add = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::Equal, op, FlagOp::Add as i64);
+        let out = self.b.ins().select(is_sub, borrow, carry);
+        let size = self
+            .b
+            .ins()
+            .uload8(types::I32, fl, self.cpu, super::FLAG_SIZE);
+        let top = self.b.ins().ishl_imm_u(size, 3);
+        let top = self.b.ins().iadd_imm_s(top, -1);
+        let out = self.b.ins().ushr(out, top);
+        let arith_cf = self.b.ins().band_imm_u(out, 1);
+        // Eager, INC and DEC records hold CF in `bits`; logic operations clear it.
+        let bits = self.load_flag_bits();
+        let bits_cf = self.b.ins().band_imm_u(bits, CF as i64);
+        let is_logic = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::Equal, op, FlagOp::Logic as i64);
+        let zero = self.iconst32(0);
+        let other_cf = self.b.ins().select(is_logic, zero, bits_cf);
+        let arith = self.b.ins().bor(is_sub, is_add);
+        let inline_cf = self.b.ins().select(arith, arith_cf, other_cf);
+        self.b.ins().jump(done, &[inline_cf.into()]);
+
+        self.b.switch_to_block(done);
+        cf
     }
 
     pub(super) fn load_flag_bits(&mut self) -> Value {
