@@ -281,6 +281,7 @@ impl Emitter<'_> {
                 .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, op, FlagOp::Shl as i64);
         let inline_blk = self.b.create_block();
         let ask_blk = self.b.create_block();
+        self.b.set_cold_block(ask_blk);
         let done = self.b.create_block();
         let cf = self.b.append_block_param(done, types::I32);
         self.b.ins().brif(shift, ask_blk, &[], inline_blk, &[]);
@@ -413,16 +414,16 @@ impl Emitter<'_> {
         let zero = |e: &mut Self, v: Value| e.b.ins().icmp_imm_u(IntCC::Equal, v, 0);
         let not = |e: &mut Self, v: Value| e.b.ins().bxor_imm_u(v, 1);
         // Conditions of the result alone hold for every lazy operation.
+        // Each a single compare, which a branch on it takes over (a negation after
+        // it would not).
         match cc {
             C::e => return Some(zero(self, res)),
-            C::ne => {
-                let z = zero(self, res);
-                return Some(not(self, z));
-            }
+            C::ne => return Some(self.b.ins().icmp_imm_u(IntCC::NotEqual, res, 0)),
             C::s => return Some(sign(self, res)),
             C::ns => {
-                let s = sign(self, res);
-                return Some(not(self, s));
+                let bit = 1i64 << (size as i64 * 8 - 1);
+                let s = self.b.ins().band_imm_u(res, bit);
+                return Some(self.b.ins().icmp_imm_u(IntCC::Equal, s, 0));
             }
             _ => {}
         }

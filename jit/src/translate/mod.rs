@@ -434,6 +434,7 @@ impl Translator {
             let block_sig = b.import_signature(block_signature(&self.module));
             let entry = b.create_block();
             let leave = b.create_block();
+            b.set_cold_block(leave);
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
             let params = b.block_params(entry).to_vec();
@@ -497,6 +498,7 @@ impl Translator {
                 let want = (block.assumed & mask) as i64;
                 let ok = e.b.ins().icmp_imm_u(IntCC::Equal, now, want);
                 let otherwise = e.b.create_block();
+                e.b.set_cold_block(otherwise);
                 e.b.ins().brif(ok, body, &[], otherwise, &[]);
                 // Where the check fails, the interpreter runs the block, from the
                 // machine as it was at entry.
@@ -831,6 +833,7 @@ impl Emitter<'_> {
     fn run_on(&mut self, next: Next, eip: Value, exit: u32) {
         let fl = trusted();
         let back = self.b.create_block();
+        self.b.set_cold_block(back);
         let require = |e: &mut Self, ok: Value| {
             let next = e.b.create_block();
             e.b.ins().brif(ok, next, &[], back, &[]);
@@ -1213,6 +1216,7 @@ impl Emitter<'_> {
         }
         let fast_blk = self.b.create_block();
         let slow_blk = self.b.create_block();
+        self.b.set_cold_block(slow_blk);
         self.b.ins().brif(hit, fast_blk, &[], slow_blk, &[]);
         self.b.switch_to_block(slow_blk);
         self.call_interpreter(index, self.count, ins.ip(), self.done);
@@ -1895,6 +1899,7 @@ impl Emitter<'_> {
         let in_limit = self.within_cs_limit(target);
         let go = self.b.create_block();
         let fault = self.b.create_block();
+        self.b.set_cold_block(fault);
         self.b.ins().brif(in_limit, go, &[], fault, &[]);
         self.b.switch_to_block(fault);
         self.call_interpreter(index, index + 1, ins.ip(), done);
