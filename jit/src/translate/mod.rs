@@ -1,11 +1,12 @@
 //! One decoded block to one Cranelift function.
 //!
-//! The function is `fn(cpu, ctx, base) -> u32` in Cranelift's `tail` calling
+//! The function is `fn(cpu, ctx, base, icount) -> u32` in Cranelift's `tail` calling
 //! convention (entered from Rust through a [`Trampoline`]): `cpu` points at the `Cpu`
 //! (its architectural state and its TLB at fixed offsets), `ctx` at a [`HelperCtx`]
-//! for the helpers, `base` is EIP
-//! at the block's first instruction (blocks are decoded with IPs relative to their
-//! start). It runs the block's instructions in order, then runs on into the next
+//! for the helpers, `base` is EIP at the block's first instruction (blocks are decoded
+//! with IPs relative to their start) and `icount` the instruction count there (the
+//! state's EIP and count are stored only where the code returns or calls a helper).
+//! It runs the block's instructions in order, then runs on into the next
 //! block's code by a tail call where it may (`Emitter::run_on`), or returns how it
 //! left.
 //!
@@ -65,9 +66,10 @@ use flags::{deferred_shift, is_rotate, keeps_old_flags, PendingFlags, DEFERRED_B
 /// the first through the [`Trampoline`].
 pub type BlockFn = *const u8;
 
-/// Calls a [`BlockFn`] (`code`, the last argument) with the CPU, the helper context and
-/// EIP at its start, from Rust: compiled once per translator.
-pub type Trampoline = unsafe extern "C" fn(*mut Cpu, *mut HelperCtx<'static>, u64, BlockFn) -> u32;
+/// Calls a [`BlockFn`] (`code`, the last argument) with the CPU, the helper context, EIP
+/// and the instruction count at its start, from Rust: compiled once per translator.
+pub type Trampoline =
+    unsafe extern "C" fn(*mut Cpu, *mut HelperCtx<'static>, u64, u64, BlockFn) -> u32;
 
 /// What helpers need that compiled code does not touch.
 #[repr(C)]
@@ -218,7 +220,8 @@ pub fn call(
             assumed: entry_assumptions(&*cpu),
         };
         let ctx_ptr = &mut ctx as *mut HelperCtx<'_> as *mut _;
-        let exit = (entry.trampoline)(cpu, ctx_ptr, base, entry.code);
+        let icount = (*cpu).state.icount;
+        let exit = (entry.trampoline)(cpu, ctx_ptr, base, icount, entry.code);
         Finished {
             exit,
             block: ctx.block,
@@ -438,8 +441,7 @@ impl Translator {
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
             let params = b.block_params(entry).to_vec();
-            let (cpu, hctx, base) = (params[0], params[1], params[2]);
-            let icount0 = b.ins().load(types::I64, trusted(), cpu, ICOUNT);
+            let (cpu, hctx, base, icount0) = (params[0], params[1], params[2], params[3]);
             let mut e = Emitter {
                 b,
                 cpu,
@@ -579,6 +581,7 @@ fn block_signature(module: &JITModule) -> Signature {
     sig.params.push(AbiParam::new(ptr));
     sig.params.push(AbiParam::new(ptr));
     sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::I64));
     sig.returns.push(AbiParam::new(types::I32));
     sig
 }
@@ -609,7 +612,7 @@ fn build_trampoline(
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let p = b.block_params(entry).to_vec();
-        let call = b.ins().call_indirect(callee, p[3], &p[..3]);
+        let call = b.ins().call_indirect(callee, p[4], &p[..4]);
         let exit = b.inst_results(call)[0];
         b.ins().return_(&[exit]);
         b.seal_all_blocks();
@@ -620,7 +623,7 @@ fn build_trampoline(
     module.finalize_definitions().map_err(|e| err(&e))?;
     let code = module.get_finalized_function(id).wrapping_add(exec_offset);
     // SAFETY: `code` is the entry of the function just defined with exactly the
-    // signature `Trampoline` declares (two pointers, an i64 and a pointer in, an i32
+    // signature `Trampoline` declares (two pointers, two i64 and a pointer in, an i32
     // out, the platform's C calling convention), finalized and executable.
     Ok(unsafe { std::mem::transmute::<*const u8, Trampoline>(code) })
 }
@@ -784,6 +787,12 @@ impl Emitter<'_> {
     /// instructions done, so the interpreter sees the machine as it is at `eip`. Emits
     /// code only; the tracked state is unchanged.
     fn store_all(&mut self, eip: Value, done: i64) {
+        self.store_registers();
+        self.store_position(eip, done);
+    }
+
+    /// Stores the registers and flags held only in SSA.
+    fn store_registers(&mut self) {
         for n in 0..8 {
             if self.dirty[n] {
                 let v = self.regs[n].expect("a dirty register is held");
@@ -794,6 +803,10 @@ impl Emitter<'_> {
             }
         }
         self.store_flags();
+    }
+
+    /// Stores EIP and the instruction count after `done` instructions.
+    fn store_position(&mut self, eip: Value, done: i64) {
         self.b.ins().store(trusted(), eip, self.cpu, RIP);
         let count = self.b.ins().iadd_imm_s(self.icount0, done);
         self.b.ins().store(trusted(), count, self.cpu, ICOUNT);
@@ -802,7 +815,6 @@ impl Emitter<'_> {
     /// Leaves the block for the instruction at `ip` (everything stored).
     fn exit(&mut self, ip: i64) {
         let eip = self.eip_at(ip);
-        self.store_all(eip, self.done);
         let same_page = self.in_page(ip);
         self.run_on(
             Next::Link { slot: 0, same_page },
@@ -831,6 +843,9 @@ impl Emitter<'_> {
     /// on: whatever needs it (an interrupt due, a trap, a mode change) comes from an
     /// instruction the interpreter ran, and that ends the block at once.
     fn run_on(&mut self, next: Next, eip: Value, exit: u32) {
+        // The next block takes EIP and the count as parameters: they are stored only
+        // where the code returns.
+        self.store_registers();
         let fl = trusted();
         let back = self.b.create_block();
         self.b.set_cold_block(back);
@@ -939,10 +954,12 @@ impl Emitter<'_> {
         let chained = self.b.ins().load(types::I64, fl, self.hctx, CTX_CHAINED);
         let chained = self.b.ins().iadd_imm_u(chained, 1);
         self.b.ins().store(fl, chained, self.hctx, CTX_CHAINED);
+        let count = self.b.ins().iadd_imm_s(self.icount0, self.done);
         self.b
             .ins()
-            .return_call_indirect(self.block_sig, code, &[self.cpu, self.hctx, eip]);
+            .return_call_indirect(self.block_sig, code, &[self.cpu, self.hctx, eip, count]);
         self.b.switch_to_block(back);
+        self.store_position(eip, self.done);
         self.leave_with(exit);
     }
 
@@ -1657,7 +1674,6 @@ impl Emitter<'_> {
             e.set(Gpr::full(ESP), new_esp);
         });
         self.done += 1;
-        self.store_all(t, self.done);
         let same_page = self.branch_in_page(target, 0xFFFF_FFFF);
         self.run_on(Next::Link { slot: 1, same_page }, t, crate::EXIT_TAKEN);
     }
@@ -1677,7 +1693,6 @@ impl Emitter<'_> {
         let new_esp = self.add_const(esp, 4 + extra as i64);
         self.set(Gpr::full(ESP), new_esp);
         self.done += 1;
-        self.store_all(target, self.done);
         self.run_on(Next::Lookup, target, crate::EXIT_INDIRECT);
     }
 
@@ -1699,7 +1714,6 @@ impl Emitter<'_> {
         let target = self.b.ins().uextend(types::I64, target);
         self.unless_beyond_cs_limit(ins, index, target, self.done);
         self.done += 1;
-        self.store_all(target, self.done);
         self.run_on(Next::Lookup, target, crate::EXIT_INDIRECT);
     }
 
@@ -1878,7 +1892,6 @@ impl Emitter<'_> {
         let t = self.target_eip(target, mask);
         // The branch is already counted in `done`; on a fault it is not.
         self.unless_beyond_cs_limit(ins, index, t, self.done - 1);
-        self.store_all(t, self.done);
         let same_page = self.branch_in_page(target, mask);
         self.run_on(Next::Link { slot: 1, same_page }, t, crate::EXIT_TAKEN);
     }
