@@ -79,6 +79,12 @@ const COM_BASES: [u16; 4] = [0x3F8, 0x2F8, 0x3E8, 0x2E8];
 const COM_IRQS: [u8; 4] = [4, 3, 4, 3];
 
 impl Devices {
+    /// A device asked for something only the machine does: power off or reset, the
+    /// A20 gate moved, the chipset's memory map changed.
+    fn machine_must_act(&self) -> bool {
+        self.power_event.is_some() || self.a20_changed || self.pci.pam_written()
+    }
+
     /// `ide` holds the (master, slave) devices of the primary and secondary channels.
     pub fn new(
         rtc_start_unix: i64,
@@ -357,18 +363,11 @@ impl Bus for Board {
         v
     }
     fn stop_requested(&mut self) -> bool {
-        self.devices.power_event.is_some()
-            || self.devices.a20_changed
-            || self.devices.pci.pam_written()
-            || std::mem::take(&mut self.devices.timers_changed)
+        self.devices.machine_must_act() || std::mem::take(&mut self.devices.timers_changed)
     }
     fn needs_attention(&mut self) -> bool {
         let d = &self.devices;
-        d.pic.intr()
-            || d.power_event.is_some()
-            || d.a20_changed
-            || d.pci.pam_written()
-            || d.timers_changed
+        d.pic.intr() || d.machine_must_act() || d.timers_changed
     }
     fn sync_time(&mut self, icount: u64) {
         self.devices.set_icount(icount);
