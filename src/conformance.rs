@@ -14,7 +14,7 @@ use hospes_cpu::mem::Bus;
 use hospes_cpu::state::{CS, DS, EAX, EBP, EBX, ECX, EDI, EDX, ES, ESI, ESP, SS};
 use hospes_cpu::{BlockRunner, Cpu, Exit};
 use hospes_jit::{Jit, Stats, Tier};
-use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Register};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -264,7 +264,7 @@ fn masks_for(rules: &Rules, v: &Vector, ins: &Instruction) -> Masks {
                     || ins.op1_register() == Register::FS
                     || ins.op1_register() == Register::GS
             }
-            When::BadLock => ins.has_lock_prefix() && !lockable(ins),
+            When::BadLock => ins.has_lock_prefix() && !hospes_cpu::exec::lockable(ins),
             When::LongerThan10 => ins.len() > 10,
         };
         if !applies {
@@ -280,34 +280,6 @@ fn masks_for(rules: &Rules, v: &Vector, ins: &Instruction) -> Masks {
         m.regs.extend_from_slice(d.regs);
     }
     m
-}
-
-/// True if a P6 accepts LOCK on this instruction: a read-modify-write with a memory
-/// destination.
-fn lockable(ins: &Instruction) -> bool {
-    use iced_x86::Mnemonic as M;
-    ins.op0_kind() == OpKind::Memory
-        && matches!(
-            ins.mnemonic(),
-            M::Add
-                | M::Adc
-                | M::And
-                | M::Btc
-                | M::Btr
-                | M::Bts
-                | M::Cmpxchg
-                | M::Cmpxchg8b
-                | M::Dec
-                | M::Inc
-                | M::Neg
-                | M::Not
-                | M::Or
-                | M::Sbb
-                | M::Sub
-                | M::Xor
-                | M::Xadd
-                | M::Xchg
-        )
 }
 
 /// Prints the documented differences (`hospes conformance --list-differences`).

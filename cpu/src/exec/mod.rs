@@ -30,6 +30,35 @@ pub enum Loc {
     Mem { seg: usize, off: u32 },
 }
 
+/// True if a P6 accepts LOCK on this instruction: a read-modify-write with a memory
+/// destination. (The interpreter runs LOCK as no prefix at all: one CPU has no one to
+/// lock the bus against; it does not raise #UD where a P6 would.)
+pub fn lockable(ins: &Instruction) -> bool {
+    use iced_x86::Mnemonic as M;
+    ins.op0_kind() == OpKind::Memory
+        && matches!(
+            ins.mnemonic(),
+            M::Add
+                | M::Adc
+                | M::And
+                | M::Btc
+                | M::Btr
+                | M::Bts
+                | M::Cmpxchg
+                | M::Cmpxchg8b
+                | M::Dec
+                | M::Inc
+                | M::Neg
+                | M::Not
+                | M::Or
+                | M::Sbb
+                | M::Sub
+                | M::Xor
+                | M::Xadd
+                | M::Xchg
+        )
+}
+
 #[inline]
 pub fn size_mask(size: u32) -> u32 {
     if size >= 4 {

@@ -308,26 +308,6 @@ fn string_op(ins: &Instruction) -> Option<(StringOp, u8)> {
     matches!(size, 1 | 2 | 4).then_some((op, size as u8))
 }
 
-/// Whether a LOCK prefix is valid on the instruction (a read-modify-write of a memory
-/// destination). On one CPU it changes nothing else.
-fn lockable(ins: &Instruction) -> bool {
-    use Mnemonic as M;
-    ins.op0_kind() == OpKind::Memory
-        && matches!(
-            ins.mnemonic(),
-            M::Add
-                | M::Adc
-                | M::Sub
-                | M::Sbb
-                | M::And
-                | M::Or
-                | M::Xor
-                | M::Inc
-                | M::Dec
-                | M::Cmpxchg
-        )
-}
-
 fn branch_target(ins: &Instruction) -> Option<(u64, u64)> {
     match ins.op0_kind() {
         OpKind::NearBranch16 => Some((ins.near_branch16() as u64, 0xFFFF)),
@@ -392,7 +372,8 @@ const CMOVCC: [Mnemonic; 16] = {
 
 pub(super) fn classify(ins: &Instruction) -> Option<Native> {
     use Mnemonic as M;
-    if ins.has_lock_prefix() && !lockable(ins) {
+    // LOCK changes nothing on one CPU; where a P6 refuses it, the interpreter decides.
+    if ins.has_lock_prefix() && !hospes_cpu::exec::lockable(ins) {
         return None;
     }
     if let Some((op, size)) = string_op(ins) {
