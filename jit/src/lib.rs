@@ -149,8 +149,6 @@ fn code_of(block: &Block) -> Option<translate::BlockFn> {
 struct ExitFrom {
     block: Rc<Block>,
     slot: usize,
-    /// The linear address the block started at.
-    from_lin: u64,
     /// The linear address of EIP at the exit.
     lin: u64,
 }
@@ -348,18 +346,11 @@ impl Jit {
 impl Jit {
     /// Links `exit` to `to`, the block the run loop fetched at EIP after it, if EIP is
     /// still where the exit left it (no interrupt was taken in between) and `to` is in
-    /// the mode the exit left in. Compiled code trusts a link whose target is on the
-    /// same linear page as the block it leaves without looking at the TLB, so `to` must
-    /// then be at the same distance in physical memory; elsewhere compiled code checks
-    /// the TLB every time it follows the link.
+    /// the mode the exit left in. Compiled code checks the TLB every time it follows
+    /// the link, as the run loop's fetch would.
     fn link(cpu: &Cpu, exit: ExitFrom, to: &Rc<Block>) {
         let from = &exit.block;
         if lin_eip(cpu) != exit.lin || to.code32 != from.code32 {
-            return;
-        }
-        if exit.lin >> 12 == exit.from_lin >> 12
-            && to.phys.wrapping_sub(from.phys) != exit.lin.wrapping_sub(exit.from_lin)
-        {
             return;
         }
         from.set_tier_link(exit.slot, to);
@@ -384,15 +375,13 @@ impl Jit {
         end - 1 <= cpu.state.seg[CS].limit as u64 && (block.code32 || end < 0x1_0000)
     }
 
-    /// The block to run after `from` (which started at linear `from_lin`) left through
-    /// `exit`: the block linked at that exit, or for a return the block in the jump
-    /// cache, if it is still valid and is the block the run loop would fetch now:
-    /// decoded in the current mode, from the physical address of EIP. Within `from`'s
-    /// page the linear and physical distances from `from` must agree (the page's
-    /// mapping cannot have changed while compiled code ran: that ends a block in the
-    /// interpreter); elsewhere the TLB must give the block's address, as the run loop's
-    /// fetch finds it (on a TLB miss the run loop walks the page tables).
-    fn next_block(&self, cpu: &Cpu, from: &Block, from_lin: u64, exit: u32) -> Option<Rc<Block>> {
+    /// The block to run after `from` left through `exit`: the block linked at that
+    /// exit, or for a return the block in the jump cache, if it is still valid and is
+    /// the block the run loop would fetch now: decoded in the current mode, at the
+    /// physical address the TLB gives for EIP, as the run loop's fetch finds it (on a
+    /// TLB miss the run loop walks the page tables and fills the TLB: looking there,
+    /// not elsewhere, keeps what the TLB holds the same in both tiers).
+    fn next_block(&self, cpu: &Cpu, from: &Block, exit: u32) -> Option<Rc<Block>> {
         let lin = lin_eip(cpu);
         let to = match exit {
             EXIT_INDIRECT => self.jump_cache.get(lin).cloned()?,
@@ -401,12 +390,7 @@ impl Jit {
         if !to.valid.get() || to.code32 != cpu.state.code32() {
             return None;
         }
-        let found = if to.phys >> 12 == from.phys >> 12 {
-            lin.wrapping_sub(from_lin) == to.phys.wrapping_sub(from.phys)
-        } else {
-            cpu.fetch_tlb_hit(lin) == Some(to.phys)
-        };
-        found.then_some(to)
+        (cpu.fetch_tlb_hit(lin) == Some(to.phys)).then_some(to)
     }
 }
 
@@ -455,7 +439,6 @@ impl BlockRunner for Jit {
                     Rc::from_raw(done.block)
                 };
             }
-            let from_lin = cpu.state.seg[CS].base.wrapping_add(done.base) & 0xFFFF_FFFF;
             if done.exit == EXIT_STOP {
                 self.stats.exits[EXIT_STOP as usize] += 1;
                 if !current.valid.get() {
@@ -465,7 +448,7 @@ impl BlockRunner for Jit {
                 return true;
             }
             let next = self
-                .next_block(cpu, &current, from_lin, done.exit)
+                .next_block(cpu, &current, done.exit)
                 .filter(|n| Self::may_run(cpu, n, end))
                 .and_then(|n| code_of(&n).map(|c| (n, c)));
             // A linked block may have been flushed since (its slot empty) or queued
@@ -476,7 +459,6 @@ impl BlockRunner for Jit {
                     self.exit_from = Some(ExitFrom {
                         block: current,
                         slot: (done.exit - EXIT_FALLTHROUGH) as usize,
-                        from_lin,
                         lin: lin_eip(cpu),
                     });
                 }

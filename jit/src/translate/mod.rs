@@ -175,8 +175,6 @@ pub struct Finished {
     pub exit: u32,
     /// The block whose code returned (the first block, or one linked from it).
     pub block: *const Block,
-    /// EIP at that block's start.
-    pub base: u64,
     /// Blocks entered through links without returning.
     pub chained: u64,
 }
@@ -225,7 +223,6 @@ pub fn call(
         Finished {
             exit,
             block: ctx.block,
-            base: ctx.base,
             chained: ctx.chained,
         }
     }
@@ -641,10 +638,8 @@ fn guest() -> MemFlagsData {
 /// Where the block a compiled block leaves for is found.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Next {
-    /// In the block's link `slot`; `same_page`: the new EIP is on the block's page at a
-    /// fixed distance, so the linked block's address was checked once when it was
-    /// linked.
-    Link { slot: usize, same_page: bool },
+    /// In the block's link `slot`.
+    Link { slot: usize },
     /// In the JIT's jump cache (an indirect branch's target).
     Lookup,
 }
@@ -815,25 +810,7 @@ impl Emitter<'_> {
     /// Leaves the block for the instruction at `ip` (everything stored).
     fn exit(&mut self, ip: i64) {
         let eip = self.eip_at(ip);
-        let same_page = self.in_page(ip);
-        self.run_on(
-            Next::Link { slot: 0, same_page },
-            eip,
-            crate::EXIT_FALLTHROUGH,
-        );
-    }
-
-    /// Whether the instruction at `ip` (relative to the block, and reached without
-    /// EIP wrapping) is on the block's page.
-    fn in_page(&self, ip: i64) -> bool {
-        (0..PAGE).contains(&((self.place.phys & (PAGE as u64 - 1)) as i64 + ip))
-    }
-
-    /// Whether the target of a branch (relative to the block, wrapped with `mask`) is
-    /// on the block's page whatever EIP the block starts at: only where EIP wraps as
-    /// the linear address does (at 4 GiB).
-    fn branch_in_page(&self, target: u64, mask: u64) -> bool {
-        mask == 0xFFFF_FFFF && self.in_page(target as u32 as i32 as i64)
+        self.run_on(Next::Link { slot: 0 }, eip, crate::EXIT_FALLTHROUGH);
     }
 
     /// Leaves the block for EIP `eip` (everything stored): runs on into the block
@@ -854,16 +831,11 @@ impl Emitter<'_> {
             e.b.ins().brif(ok, next, &[], back, &[]);
             e.b.switch_to_block(next);
         };
-        let lin = if matches!(
-            next,
-            Next::Link {
-                same_page: true,
-                ..
-            }
-        ) {
-            None
-        } else if self.flat_cs() {
-            Some(eip)
+        // The next block's page is looked up in the TLB every time, even on this
+        // block's page: the run loop's fetch would look, and (missing) fill the TLB, so
+        // what the TLB holds stays the same whichever tier runs the code.
+        let lin = if self.flat_cs() {
+            eip
         } else {
             let cs_base = self.b.ins().load(
                 types::I32,
@@ -873,15 +845,15 @@ impl Emitter<'_> {
             );
             let eip32 = self.b.ins().ireduce(types::I32, eip);
             let lin = self.b.ins().iadd(cs_base, eip32);
-            Some(self.b.ins().uextend(types::I64, lin))
+            self.b.ins().uextend(types::I64, lin)
         };
-        let to = match (next, lin) {
-            (Next::Link { slot, .. }, _) => {
+        let to = match next {
+            Next::Link { slot } => {
                 let link = self.place.addr as i64 + BLOCK_LINK_ADDRS + slot as i64 * 8;
                 let link = self.b.ins().iconst(types::I64, link);
                 self.b.ins().load(types::I64, fl, link, 0)
             }
-            (Next::Lookup, Some(lin)) => {
+            Next::Lookup => {
                 let table = self.b.ins().load(types::I64, fl, self.hctx, CTX_JUMP_CACHE);
                 let hash = self.b.ins().ushr_imm_u(lin, 12);
                 let hash = self.b.ins().bxor(hash, lin);
@@ -890,7 +862,6 @@ impl Emitter<'_> {
                 let at = self.b.ins().iadd(table, at);
                 self.b.ins().load(types::I64, fl, at, 0)
             }
-            (Next::Lookup, None) => unreachable!("a lookup computes the linear address"),
         };
         require(self, to);
         if next == Next::Lookup {
@@ -931,24 +902,22 @@ impl Emitter<'_> {
                 .icmp_imm_u(IntCC::UnsignedLessThan, past, 0x1_0000);
             require(self, no_wrap);
         }
-        if let Some(lin) = lin {
-            // The run loop's fetch: the TLB entry for the page of EIP (a miss leaves it
-            // to the run loop, which walks the page tables).
-            let (entry, table) = self.tlb_entry(lin);
-            let tag = self
-                .b
-                .ins()
-                .load(types::I64, fl, entry, table + TLB_READ_TAG);
-            let page = self.b.ins().band_imm_u(lin, !(PAGE - 1));
-            let hit = self.b.ins().icmp(IntCC::Equal, tag, page);
-            require(self, hit);
-            let paddr = self.b.ins().load(types::I64, fl, entry, table + TLB_PADDR);
-            let offset = self.b.ins().band_imm_u(lin, PAGE - 1);
-            let phys = self.b.ins().bor(paddr, offset);
-            let to_phys = self.b.ins().load(types::I64, fl, to, BLOCK_PHYS);
-            let here = self.b.ins().icmp(IntCC::Equal, phys, to_phys);
-            require(self, here);
-        }
+        // The run loop's fetch: the TLB entry for the page of EIP (a miss leaves it
+        // to the run loop, which walks the page tables).
+        let (entry, table) = self.tlb_entry(lin);
+        let tag = self
+            .b
+            .ins()
+            .load(types::I64, fl, entry, table + TLB_READ_TAG);
+        let page = self.b.ins().band_imm_u(lin, !(PAGE - 1));
+        let hit = self.b.ins().icmp(IntCC::Equal, tag, page);
+        require(self, hit);
+        let paddr = self.b.ins().load(types::I64, fl, entry, table + TLB_PADDR);
+        let offset = self.b.ins().band_imm_u(lin, PAGE - 1);
+        let phys = self.b.ins().bor(paddr, offset);
+        let to_phys = self.b.ins().load(types::I64, fl, to, BLOCK_PHYS);
+        let here = self.b.ins().icmp(IntCC::Equal, phys, to_phys);
+        require(self, here);
         self.b.ins().store(fl, to, self.hctx, CTX_BLOCK);
         self.b.ins().store(fl, eip, self.hctx, CTX_BASE);
         let chained = self.b.ins().load(types::I64, fl, self.hctx, CTX_CHAINED);
@@ -1674,8 +1643,7 @@ impl Emitter<'_> {
             e.set(Gpr::full(ESP), new_esp);
         });
         self.done += 1;
-        let same_page = self.branch_in_page(target, 0xFFFF_FFFF);
-        self.run_on(Next::Link { slot: 1, same_page }, t, crate::EXIT_TAKEN);
+        self.run_on(Next::Link { slot: 1 }, t, crate::EXIT_TAKEN);
     }
 
     /// A near RET: pops the return address on the stack's fast path and leaves for it.
@@ -1892,8 +1860,7 @@ impl Emitter<'_> {
         let t = self.target_eip(target, mask);
         // The branch is already counted in `done`; on a fault it is not.
         self.unless_beyond_cs_limit(ins, index, t, self.done - 1);
-        let same_page = self.branch_in_page(target, mask);
-        self.run_on(Next::Link { slot: 1, same_page }, t, crate::EXIT_TAKEN);
+        self.run_on(Next::Link { slot: 1 }, t, crate::EXIT_TAKEN);
     }
 
     /// Goes on where `target` (the 32-bit EIP a near transfer leads to, an i64) is
