@@ -149,6 +149,8 @@ fn code_of(block: &Block) -> Option<translate::BlockFn> {
 struct ExitFrom {
     block: Rc<Block>,
     slot: usize,
+    /// The linear address the block started at.
+    from_lin: u64,
     /// The linear address of EIP at the exit.
     lin: u64,
 }
@@ -346,11 +348,17 @@ impl Jit {
 impl Jit {
     /// Links `exit` to `to`, the block the run loop fetched at EIP after it, if EIP is
     /// still where the exit left it (no interrupt was taken in between) and `to` is in
-    /// the mode the exit left in. Compiled code checks the TLB every time it follows
-    /// the link, as the run loop's fetch would.
+    /// the mode the exit left in. Compiled code may follow a link to the same linear
+    /// page as the block it leaves without looking at the TLB (see `run_on`), so `to`
+    /// must then be at the same distance in physical memory.
     fn link(cpu: &Cpu, exit: ExitFrom, to: &Rc<Block>) {
         let from = &exit.block;
         if lin_eip(cpu) != exit.lin || to.code32 != from.code32 {
+            return;
+        }
+        if exit.lin >> 12 == exit.from_lin >> 12
+            && to.phys.wrapping_sub(from.phys) != exit.lin.wrapping_sub(exit.from_lin)
+        {
             return;
         }
         from.set_tier_link(exit.slot, to);
@@ -459,6 +467,7 @@ impl BlockRunner for Jit {
                     self.exit_from = Some(ExitFrom {
                         block: current,
                         slot: (done.exit - EXIT_FALLTHROUGH) as usize,
+                        from_lin: cpu.state.seg[CS].base.wrapping_add(done.base) & 0xFFFF_FFFF,
                         lin: lin_eip(cpu),
                     });
                 }

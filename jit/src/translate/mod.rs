@@ -175,6 +175,8 @@ pub struct Finished {
     pub exit: u32,
     /// The block whose code returned (the first block, or one linked from it).
     pub block: *const Block,
+    /// EIP at that block's start.
+    pub base: u64,
     /// Blocks entered through links without returning.
     pub chained: u64,
 }
@@ -223,6 +225,7 @@ pub fn call(
         Finished {
             exit,
             block: ctx.block,
+            base: ctx.base,
             chained: ctx.chained,
         }
     }
@@ -458,6 +461,7 @@ impl Translator {
                 scaled: HashMap::new(),
                 pages: Vec::new(),
                 checked: HashSet::new(),
+                interpreted: false,
                 done: 0,
                 ended: false,
             };
@@ -638,8 +642,9 @@ fn guest() -> MemFlagsData {
 /// Where the block a compiled block leaves for is found.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Next {
-    /// In the block's link `slot`.
-    Link { slot: usize },
+    /// In the block's link `slot`; `same_page`: the new EIP is on the block's page at a
+    /// fixed distance (links are made only where the physical distance is the same).
+    Link { slot: usize, same_page: bool },
     /// In the JIT's jump cache (an indirect branch's target).
     Lookup,
 }
@@ -694,6 +699,9 @@ struct Emitter<'a> {
     pages: Vec<PageMemo>,
     /// Fast-path conditions known to hold (accesses [`Emitter::pages`] vouches for).
     checked: HashSet<Value>,
+    /// The interpreter ran some of the block's instructions on the way here (not in a
+    /// side exit): the TLB may have changed since entry.
+    interpreted: bool,
     /// Instructions completed since entry.
     done: i64,
     /// The block's code has returned (a branch ended it).
@@ -810,7 +818,25 @@ impl Emitter<'_> {
     /// Leaves the block for the instruction at `ip` (everything stored).
     fn exit(&mut self, ip: i64) {
         let eip = self.eip_at(ip);
-        self.run_on(Next::Link { slot: 0 }, eip, crate::EXIT_FALLTHROUGH);
+        let same_page = self.in_page(ip);
+        self.run_on(
+            Next::Link { slot: 0, same_page },
+            eip,
+            crate::EXIT_FALLTHROUGH,
+        );
+    }
+
+    /// Whether the instruction at `ip` (relative to the block, and reached without
+    /// EIP wrapping) is on the block's page.
+    fn in_page(&self, ip: i64) -> bool {
+        (0..PAGE).contains(&((self.place.phys & (PAGE as u64 - 1)) as i64 + ip))
+    }
+
+    /// Whether the target of a branch (relative to the block, wrapped with `mask`) is
+    /// on the block's page whatever EIP the block starts at: only where EIP wraps as
+    /// the linear address does (at 4 GiB).
+    fn branch_in_page(&self, target: u64, mask: u64) -> bool {
+        mask == 0xFFFF_FFFF && self.in_page(target as u32 as i32 as i64)
     }
 
     /// Leaves the block for EIP `eip` (everything stored): runs on into the block
@@ -831,9 +857,6 @@ impl Emitter<'_> {
             e.b.ins().brif(ok, next, &[], back, &[]);
             e.b.switch_to_block(next);
         };
-        // The next block's page is looked up in the TLB every time, even on this
-        // block's page: the run loop's fetch would look, and (missing) fill the TLB, so
-        // what the TLB holds stays the same whichever tier runs the code.
         let lin = if self.flat_cs() {
             eip
         } else {
@@ -848,7 +871,7 @@ impl Emitter<'_> {
             self.b.ins().uextend(types::I64, lin)
         };
         let to = match next {
-            Next::Link { slot } => {
+            Next::Link { slot, .. } => {
                 let link = self.place.addr as i64 + BLOCK_LINK_ADDRS + slot as i64 * 8;
                 let link = self.b.ins().iconst(types::I64, link);
                 self.b.ins().load(types::I64, fl, link, 0)
@@ -903,21 +926,34 @@ impl Emitter<'_> {
             require(self, no_wrap);
         }
         // The run loop's fetch: the TLB entry for the page of EIP (a miss leaves it
-        // to the run loop, which walks the page tables).
-        let (entry, table) = self.tlb_entry(lin);
-        let tag = self
-            .b
-            .ins()
-            .load(types::I64, fl, entry, table + TLB_READ_TAG);
-        let page = self.b.ins().band_imm_u(lin, !(PAGE - 1));
-        let hit = self.b.ins().icmp(IntCC::Equal, tag, page);
-        require(self, hit);
-        let paddr = self.b.ins().load(types::I64, fl, entry, table + TLB_PADDR);
-        let offset = self.b.ins().band_imm_u(lin, PAGE - 1);
-        let phys = self.b.ins().bor(paddr, offset);
-        let to_phys = self.b.ins().load(types::I64, fl, to, BLOCK_PHYS);
-        let here = self.b.ins().icmp(IntCC::Equal, phys, to_phys);
-        require(self, here);
+        // to the run loop, which walks the page tables and fills the TLB). Looked at
+        // even on this block's page where the interpreter ran any of this block's
+        // instructions (it may have evicted or refilled the entry), so what the TLB
+        // holds never depends on the tier. Otherwise the entry is the one the fetch or
+        // the hop into this block found, and the link's distance says the rest.
+        let same_page = matches!(
+            next,
+            Next::Link {
+                same_page: true,
+                ..
+            }
+        );
+        if !same_page || self.interpreted {
+            let (entry, table) = self.tlb_entry(lin);
+            let tag = self
+                .b
+                .ins()
+                .load(types::I64, fl, entry, table + TLB_READ_TAG);
+            let page = self.b.ins().band_imm_u(lin, !(PAGE - 1));
+            let hit = self.b.ins().icmp(IntCC::Equal, tag, page);
+            require(self, hit);
+            let paddr = self.b.ins().load(types::I64, fl, entry, table + TLB_PADDR);
+            let offset = self.b.ins().band_imm_u(lin, PAGE - 1);
+            let phys = self.b.ins().bor(paddr, offset);
+            let to_phys = self.b.ins().load(types::I64, fl, to, BLOCK_PHYS);
+            let here = self.b.ins().icmp(IntCC::Equal, phys, to_phys);
+            require(self, here);
+        }
         self.b.ins().store(fl, to, self.hctx, CTX_BLOCK);
         self.b.ins().store(fl, eip, self.hctx, CTX_BASE);
         let chained = self.b.ins().load(types::I64, fl, self.hctx, CTX_CHAINED);
@@ -953,6 +989,7 @@ impl Emitter<'_> {
         self.flags = None;
         // The interpreter may have changed the TLB.
         self.pages.clear();
+        self.interpreted = true;
         let next = self.b.create_block();
         self.b.ins().brif(must_leave, self.leave, &[], next, &[]);
         self.b.switch_to_block(next);
@@ -1643,7 +1680,8 @@ impl Emitter<'_> {
             e.set(Gpr::full(ESP), new_esp);
         });
         self.done += 1;
-        self.run_on(Next::Link { slot: 1 }, t, crate::EXIT_TAKEN);
+        let same_page = self.branch_in_page(target, 0xFFFF_FFFF);
+        self.run_on(Next::Link { slot: 1, same_page }, t, crate::EXIT_TAKEN);
     }
 
     /// A near RET: pops the return address on the stack's fast path and leaves for it.
@@ -1860,7 +1898,8 @@ impl Emitter<'_> {
         let t = self.target_eip(target, mask);
         // The branch is already counted in `done`; on a fault it is not.
         self.unless_beyond_cs_limit(ins, index, t, self.done - 1);
-        self.run_on(Next::Link { slot: 1 }, t, crate::EXIT_TAKEN);
+        let same_page = self.branch_in_page(target, mask);
+        self.run_on(Next::Link { slot: 1, same_page }, t, crate::EXIT_TAKEN);
     }
 
     /// Goes on where `target` (the 32-bit EIP a near transfer leads to, an i64) is
