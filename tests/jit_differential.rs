@@ -317,3 +317,53 @@ fn jit_rechecks_reused_addresses_for_writes_and_wider_accesses() {
     }
     assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
 }
+
+/// A block compiled while DS (or ES) was flat accesses memory through it without
+/// checks; a segment load inside the block (run by the interpreter) must end the
+/// compiled path, or the null selector loaded here would not fault (#GP) in the JIT.
+#[test]
+fn jit_leaves_compiled_code_after_a_segment_load() {
+    let cases: [&[u8]; 3] = [
+        // XOR EAX,EAX; MOV DS,AX; MOV CL,[EBX]
+        &[0x31, 0xC0, 0x8E, 0xD8, 0x8A, 0x0B],
+        // PUSH 0; POP DS; MOV CL,[EBX]
+        &[0x6A, 0x00, 0x1F, 0x8A, 0x0B],
+        // XOR EAX,EAX; MOV ES,AX; STOSB
+        &[0x31, 0xC0, 0x8E, 0xC0, 0xAA],
+    ];
+    let mut jit = Jit::new(Tier::Jit).expect("JIT");
+    for code in cases {
+        let mut machines: Vec<Cpu> = (0..2).map(|_| Cpu::new(RAM, 0).unwrap()).collect();
+        for (k, cpu) in machines.iter_mut().enumerate() {
+            let mut rng = Rng(5);
+            setup_tables(cpu, &mut rng);
+            enter_mode(cpu, Mode::Protected32, &mut rng);
+            let mut program = code.to_vec();
+            program.push(0xF4);
+            cpu.write_phys(CODE as u64, &program);
+            cpu.state.rip = CODE as u64;
+            use hospes_cpu::state::{EBX, EDI, ESP};
+            for (r, v) in [(EBX, CODE + 0x100), (EDI, CODE + 0x200), (ESP, 0x8000)] {
+                cpu.state.gpr[r] = v as u64;
+            }
+            let runner = (k == 1).then_some(&mut jit as &mut dyn BlockRunner);
+            cpu.run_with(&mut NoiseBus, 100, runner);
+        }
+        let [interp, jitted] = &machines[..] else {
+            unreachable!()
+        };
+        // The #GP's handler is the halt stub.
+        assert_eq!(
+            interp.state.rip,
+            HALT_STUB as u64 + 2,
+            "{code:02x?}: the interpreter's #GP"
+        );
+        assert!(
+            architectural(&interp.state) == architectural(&jitted.state),
+            "{code:02x?}: the tiers differ\ninterp: {:?}\njit:    {:?}",
+            interp.state,
+            jitted.state
+        );
+    }
+    assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
+}

@@ -88,7 +88,7 @@ pub struct HelperCtx<'a> {
     /// The JIT's jump cache: [`JUMP_CACHE_ENTRIES`] block addresses (or 0).
     jump_cache: *const usize,
     /// [`entry_assumptions`] now (segments and the CPL change only in the interpreter,
-    /// which ends the run of compiled code).
+    /// and [`helper_step`] ends the run of compiled code when they do).
     assumed: u32,
 }
 
@@ -145,9 +145,15 @@ extern "C" fn helper_step(ctx: *mut HelperCtx<'_>, from: u32, to: u32) -> u32 {
     // block is borrowed by `call`; a linked one is kept alive by the link compiled code
     // followed to it); `from..to` are instructions of that block. The compiled code
     // caller holds no Rust reference to the CPU while it calls us.
-    let (cpu, bus, block, base) = unsafe {
+    let (cpu, bus, block, base, ctx_assumed) = unsafe {
         let ctx = &mut *ctx;
-        (&mut *ctx.cpu, &mut *ctx.bus, &*ctx.block, ctx.base)
+        (
+            &mut *ctx.cpu,
+            &mut *ctx.bus,
+            &*ctx.block,
+            ctx.base,
+            ctx.assumed,
+        )
     };
     for ins in &block.instrs[from as usize..to as usize] {
         let before = cpu.state.icount;
@@ -160,6 +166,11 @@ extern "C" fn helper_step(ctx: *mut HelperCtx<'_>, from: u32, to: u32) -> u32 {
         if cpu.state.icount != before + 1 {
             return 1;
         }
+        // Compiled code relies on the segments it found flat at its entry: after a
+        // segment load that changed what is flat, the rest runs from the run loop.
+        if loads_segment(ins) && entry_assumptions(cpu) != ctx_assumed {
+            return 1;
+        }
         // After MOV SS / POP SS (an interrupt shadow) or with TF set, the next
         // instruction has checks compiled code does not make: the interpreter runs it.
         if cpu.state.irq_shadow || cpu.state.flags.bits & TF != 0 {
@@ -167,6 +178,16 @@ extern "C" fn helper_step(ctx: *mut HelperCtx<'_>, from: u32, to: u32) -> u32 {
         }
     }
     0
+}
+
+/// Whether `ins` loads a data or stack segment register (CS is loaded only by far
+/// transfers, which end the block).
+fn loads_segment(ins: &Instruction) -> bool {
+    ins.op0_register().is_segment_register()
+        || matches!(
+            ins.mnemonic(),
+            Mnemonic::Lds | Mnemonic::Les | Mnemonic::Lfs | Mnemonic::Lgs | Mnemonic::Lss
+        )
 }
 
 /// How a run of compiled code ended.
