@@ -270,7 +270,7 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                 ins.push(md << 6 | rng.below(64) as u8);
                 ins.extend_from_slice(&rng.next().to_le_bytes()[..5]);
             };
-            match rng.below(18) {
+            match rng.below(19) {
                 0 | 1 => {
                     ins.push(ALU_RR[rng.below(ALU_RR.len() as u64) as usize]);
                     ins.push(0xC0 | rng.below(64) as u8);
@@ -491,6 +491,33 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                             ins.push(0xB8 + reg);
                             ins.extend_from_slice(&to.to_le_bytes());
                             ins.extend_from_slice(&[0xFF, 0xD0 | reg]);
+                        }
+                    }
+                }
+                17 => {
+                    // x87 loads and stores of 32- and 64-bit reals (FLD, FST, FSTP);
+                    // now and then FLDCW of whatever is in memory (unmasking
+                    // exceptions), FNCLEX or FNINIT.
+                    match rng.below(8) {
+                        0 => {
+                            ins.push(0xD9);
+                            modrm(rng, &mut ins, true);
+                            let m = ins.len() - 6;
+                            ins[m] = ins[m] & 0xC7 | 5 << 3;
+                            if ins[m] >> 6 == 3 {
+                                ins[m] &= 0x3F;
+                            }
+                        }
+                        1 => ins.extend_from_slice(&[0xDB, 0xE2 + rng.below(2) as u8]),
+                        _ => {
+                            ins.push([0xD9, 0xDD][rng.below(2) as usize]);
+                            modrm(rng, &mut ins, true);
+                            let m = ins.len() - 6;
+                            let reg = [0, 2, 3][rng.below(3) as usize];
+                            ins[m] = ins[m] & 0xC7 | reg << 3;
+                            if ins[m] >> 6 == 3 {
+                                ins[m] &= 0x3F;
+                            }
                         }
                     }
                 }

@@ -17,6 +17,7 @@ mod transcendental;
 mod tests;
 
 use crate::exception::{self, Exception, Res};
+use crate::exec::seg_index;
 use crate::mem::Bus;
 use crate::state::{CR0_EM, CR0_MP, CR0_NE, CR0_TS, CS, EAX};
 use crate::Cpu;
@@ -190,6 +191,49 @@ impl FpuState {
     }
 }
 
+/// The ModRM byte of an instruction with a memory operand (FOP records it), rebuilt
+/// from the decoded operand as it was encoded: mod from the displacement's size, rm
+/// from the base and index (a SIB byte where there is an index or the base is ESP),
+/// reg the opcode's /digit.
+fn memory_modrm(ins: &Instruction) -> u16 {
+    let reg = (ins.op_code().group_index().max(0) as u16 & 7) << 3;
+    let (base, index) = (ins.memory_base(), ins.memory_index());
+    let disp_mod = match ins.memory_displ_size() {
+        0 => 0,
+        1 => 1 << 6,
+        _ => 2 << 6,
+    };
+    let (mod_bits, rm) = if Cpu::addr16(ins) {
+        use Register::{BP, BX, DI, SI};
+        let rm = match (base, index) {
+            (BX, SI) => 0,
+            (BX, DI) => 1,
+            (BP, SI) => 2,
+            (BP, DI) => 3,
+            (SI, Register::None) => 4,
+            (DI, Register::None) => 5,
+            (BP, Register::None) => 6,
+            (BX, Register::None) => 7,
+            // [disp16]
+            _ => return reg | 6,
+        };
+        (disp_mod, rm)
+    } else if base == Register::None && index == Register::None {
+        // [disp32]
+        return reg | 5;
+    } else {
+        let rm = if index != Register::None || base == Register::ESP {
+            4
+        } else {
+            (base as u16).wrapping_sub(Register::EAX as u16) & 7
+        };
+        // A SIB byte without a base has a 32-bit displacement and mod 0.
+        let mod_bits = if base == Register::None { 0 } else { disp_mod };
+        (mod_bits, rm)
+    };
+    mod_bits | reg | rm
+}
+
 /// Index of an ST register operand.
 fn st_index(r: Register) -> usize {
     (r as usize).wrapping_sub(Register::ST0 as usize) & 7
@@ -230,6 +274,58 @@ impl Cpu {
         // controller (IGNNE# on the write to port F0h); not modelled yet, so the
         // instruction just proceeds.
         Ok(())
+    }
+
+    /// Whether a numeric instruction runs rather than faulting: the FPU is usable
+    /// (CR0.EM and TS clear, else #NM) and no unmasked exception is pending (ES with
+    /// CR0.NE, else #MF), as [`Cpu::exec_fpu`] checks.
+    fn fpu_ready(&self) -> bool {
+        self.state.cr0 & (CR0_EM | CR0_TS) == 0
+            && (self.state.fpu.status & ES == 0 || self.state.cr0 & CR0_NE == 0)
+    }
+
+    /// FLD of a 32- or 64-bit real for compiled code, which has read the operand
+    /// (`bits`, at offset `off` of the instruction's segment) without a fault: the rest
+    /// of what [`Cpu::exec_fpu`] does for the instruction at `eip`. Returns false,
+    /// having changed nothing, where the instruction faults instead (#NM, #MF).
+    pub fn fpu_load_real_read(&mut self, ins: &Instruction, eip: u64, off: u32, bits: u64) -> bool {
+        if !self.fpu_ready() {
+            return false;
+        }
+        let (v, fl) = match ins.memory_size() {
+            MemorySize::Float32 => float::from_ieee(bits & 0xFFFF_FFFF, 8, 23),
+            _ => float::from_ieee(bits, 11, 52),
+        };
+        self.cur_eip = eip;
+        self.fpu_note_at(ins, Some((seg_index(ins.memory_segment()), off)));
+        self.fpu_load(v, fl, false);
+        true
+    }
+
+    /// FST/FSTP to a 32- or 64-bit real for compiled code, whose write to offset `off`
+    /// of the instruction's segment cannot fault: the rest of what [`Cpu::exec_fpu`]
+    /// does for the instruction at `eip`; returns the bits to write. None, having
+    /// changed nothing, where the interpreter must run it (#NM, #MF, or an unmasked
+    /// exception that suppresses the store).
+    pub fn fpu_store_real_write(&mut self, ins: &Instruction, eip: u64, off: u32) -> Option<u64> {
+        if !self.fpu_ready() {
+            return None;
+        }
+        let (bytes, _, fl, c1) = self.fpu_store_value(ins.memory_size()).ok()?;
+        if fl & EXC & !self.state.fpu.control & NO_STORE_MEM != 0 {
+            return None;
+        }
+        self.cur_eip = eip;
+        self.fpu_note_at(ins, Some((seg_index(ins.memory_segment()), off)));
+        let f = &mut self.state.fpu;
+        f.set_c1(c1);
+        f.raise(fl);
+        if ins.mnemonic() != M::Fst {
+            f.pop();
+        }
+        let mut low = [0u8; 8];
+        low.copy_from_slice(&bytes[..8]);
+        Some(u64::from_le_bytes(low))
     }
 
     pub(crate) fn exec_fpu(&mut self, bus: &mut dyn Bus, ins: &Instruction) -> Res<()> {
@@ -284,7 +380,13 @@ impl Cpu {
 
     /// Records FIP/FCS/FOP (and FDP/FDS for memory operands) for a non-control
     /// instruction, as the P6 does.
-    fn fpu_note(&mut self, bus: &mut dyn Bus, ins: &Instruction) {
+    fn fpu_note(&mut self, ins: &Instruction) {
+        let mem = Self::has_mem(ins).then(|| self.mem_operand(ins));
+        self.fpu_note_at(ins, mem);
+    }
+
+    /// [`Cpu::fpu_note`] with the memory operand (segment, offset) given.
+    fn fpu_note_at(&mut self, ins: &Instruction, mem: Option<(usize, u32)>) {
         let oc = ins.op_code();
         let two = oc.op_code_len() == 2;
         let op = if two {
@@ -305,25 +407,9 @@ impl Cpu {
             let idx = if is_st(i) { st_index(i) as u16 } else { 0 };
             ((oc.op_code() & 0xFF) as u16).wrapping_add(idx)
         } else {
-            // Read the ModRM byte back from the instruction stream.
-            let sib = !Self::addr16(ins)
-                && (ins.memory_index() != Register::None || ins.memory_base() == Register::ESP);
-            let pos = (ins.len() as u32)
-                .wrapping_sub(ins.memory_displ_size())
-                .wrapping_sub(sib as u32)
-                .wrapping_sub(1);
-            let lin = self.state.seg[CS]
-                .base
-                .wrapping_add(self.cur_eip.wrapping_add(pos as u64) & 0xFFFF_FFFF)
-                & 0xFFFF_FFFF;
-            self.read_lin(bus, lin, 1, false).unwrap_or(0) as u16
+            memory_modrm(ins)
         };
-        let mem = if Self::has_mem(ins) {
-            let (seg, off) = self.mem_operand(ins);
-            Some((off, self.state.seg[seg % 6].selector))
-        } else {
-            None
-        };
+        let mem = mem.map(|(seg, off)| (off, self.state.seg[seg % 6].selector));
         let fcs = self.state.seg[CS].selector;
         let f = &mut self.state.fpu;
         f.fop = (op << 8) | (modrm & 0xFF);
@@ -443,7 +529,7 @@ impl Cpu {
         } else {
             None
         };
-        self.fpu_note(bus, ins);
+        self.fpu_note(ins);
         let ctx = self.state.fpu.ctx();
 
         match m {
@@ -875,8 +961,24 @@ impl Cpu {
     /// FST/FSTP/FIST/FISTP/FBSTP to memory.
     fn fpu_store(&mut self, bus: &mut dyn Bus, ins: &Instruction, pop: bool) -> Res<()> {
         let (seg, off) = self.mem_operand(ins);
-        let size = ins.memory_size();
+        let (bytes, len, fl, c1) = self.fpu_store_value(ins.memory_size())?;
         let f = &mut self.state.fpu;
+        f.set_c1(c1);
+        if f.raise(fl) & NO_STORE_MEM != 0 {
+            return Ok(());
+        }
+        self.write_mem_bytes(bus, seg, off, &bytes[..len])?;
+        if pop {
+            self.state.fpu.pop();
+        }
+        Ok(())
+    }
+
+    /// What FST(P)/FIST(P)/FBSTP write for ST0 as `size`: the bytes and their length,
+    /// the exception flags raised and C1 (the indefinite with IE and SF for an empty
+    /// ST0). Changes nothing.
+    fn fpu_store_value(&self, size: MemorySize) -> Res<([u8; 10], usize, u16, bool)> {
+        let f = &self.state.fpu;
         let ctx = f.ctx();
         let empty = f.is_empty(0);
         let v = if empty { F80::INDEFINITE } else { f.st(0) };
@@ -909,22 +1011,11 @@ impl Cpu {
             }
             _ => return Err(Exception::ud()),
         };
-        let (fl, blocked) = if empty {
-            f.set_c1(false);
-            (IE | SF, f.raise(IE | SF) != 0)
+        Ok(if empty {
+            (bytes, len, IE | SF, false)
         } else {
-            f.set_c1(fl & C1 != 0);
-            (fl, f.raise(fl) & NO_STORE_MEM != 0)
-        };
-        let _ = fl;
-        if blocked {
-            return Ok(());
-        }
-        self.write_mem_bytes(bus, seg, off, &bytes[..len])?;
-        if pop {
-            self.state.fpu.pop();
-        }
-        Ok(())
+            (bytes, len, fl, fl & C1 != 0)
+        })
     }
 
     fn fpu_fxtract(&mut self) {

@@ -1354,3 +1354,33 @@ fn fscale_extremes() {
     );
     assert_eq!(r, float::from_ieee(1.5f64.to_bits(), 11, 52).0);
 }
+
+/// FOP's ModRM byte is rebuilt from the decoded operand: it must be the byte that was
+/// encoded, for every addressing form.
+#[test]
+fn fop_modrm_is_the_encoded_byte() {
+    // (bitness, bytes, the ModRM byte's position)
+    let cases: &[(u32, &[u8], usize)] = &[
+        (32, &[0xDD, 0x45, 0xF8], 1),                   // fld qword [ebp-8]
+        (32, &[0xDD, 0x1C, 0x24], 1),                   // fstp qword [esp]
+        (32, &[0xDD, 0x05, 0x78, 0x56, 0x34, 0x12], 1), // fld qword [12345678h]
+        (32, &[0xDD, 0x04, 0x85, 0, 0x10, 0, 0], 1),    // fld qword [eax*4+1000h]
+        (32, &[0xDD, 0x94, 0x24, 0, 1, 0, 0], 1),       // fst qword [esp+100h]
+        (32, &[0xD9, 0x00], 1),                         // fld dword [eax]
+        (32, &[0xDD, 0x5D, 0x00], 1),                   // fstp qword [ebp+0]
+        (32, &[0xD9, 0x44, 0x8E, 0x10], 1),             // fld dword [esi+ecx*4+10h]
+        (32, &[0x66, 0x67, 0xDC, 0x47, 0x02], 3),       // fadd qword [bx+2]
+        (32, &[0x3E, 0xDA, 0x8D, 0x10, 0, 0, 0], 2),    // fimul dword ds:[ebp+10h]
+        (16, &[0xDD, 0x47, 0x02], 1),                   // fld qword [bx+2]
+        (16, &[0xDD, 0x06, 0x34, 0x12], 1),             // fld qword [1234h]
+        (16, &[0xDD, 0x46, 0x00], 1),                   // fld qword [bp+0]
+        (16, &[0xDD, 0x98, 0x00, 0x01], 1),             // fstp qword [bx+si+100h]
+        (16, &[0xDF, 0x2F], 1),                         // fild qword [bx]
+        (16, &[0x67, 0xD9, 0x04, 0x24], 2),             // fld dword [esp]
+    ];
+    for &(bits, bytes, at) in cases {
+        let ins = iced_x86::Decoder::new(bits, bytes, 0).decode();
+        assert_eq!(ins.len(), bytes.len(), "{bytes:02x?} decodes whole");
+        assert_eq!(memory_modrm(&ins), bytes[at] as u16, "{bytes:02x?} ({ins})");
+    }
+}

@@ -3,7 +3,7 @@
 
 use hospes_cpu::state::ESP;
 use hospes_cpu::Cpu;
-use iced_x86::{CodeSize, ConditionCode, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{CodeSize, ConditionCode, Instruction, MemorySize, Mnemonic, OpKind, Register};
 
 /// A general register: index 0-7, size in bytes, and for AH/CH/DH/BH the high byte.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -273,6 +273,12 @@ pub(super) enum Native {
         src: Gpr,
     },
     Cli,
+    /// FLD, FST or FSTP of a 32- or 64-bit real in memory.
+    X87Real {
+        mem: MemRef,
+        size: u8,
+        store: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -539,6 +545,18 @@ pub(super) fn classify(ins: &Instruction) -> Option<Native> {
             })
         }
         M::Cli => Some(Native::Cli),
+        M::Fld | M::Fst | M::Fstp if ins.op0_kind() == OpKind::Memory => {
+            let size = match ins.memory_size() {
+                MemorySize::Float32 => 4,
+                MemorySize::Float64 => 8,
+                _ => return None,
+            };
+            Some(Native::X87Real {
+                mem: mem_ref(ins)?,
+                size,
+                store: ins.mnemonic() != M::Fld,
+            })
+        }
         M::Ret if operand32(ins) => Some(Native::Ret {
             extra: if ins.op_count() > 0 {
                 ins.immediate16() as u32

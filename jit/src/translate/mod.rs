@@ -87,6 +87,8 @@ pub struct HelperCtx<'a> {
     chained: u64,
     /// The JIT's jump cache: [`JUMP_CACHE_ENTRIES`] block addresses (or 0).
     jump_cache: *const usize,
+    /// The bits [`ops::helper_x87_store`] gives compiled code to write.
+    x87_out: u64,
     /// [`entry_assumptions`] now (segments and the CPL change only in the interpreter,
     /// and [`helper_step`] ends the run of compiled code when they do).
     assumed: u32,
@@ -238,6 +240,7 @@ pub fn call(
             end,
             chained: 0,
             jump_cache,
+            x87_out: 0,
             assumed: entry_assumptions(&*cpu),
         };
         let ctx_ptr = &mut ctx as *mut HelperCtx<'_> as *mut _;
@@ -269,6 +272,8 @@ struct HelperIds {
     step: FuncId,
     flags: FuncId,
     cond: FuncId,
+    x87_load: FuncId,
+    x87_store: FuncId,
 }
 
 /// The helpers, as imported into the function being built.
@@ -276,6 +281,8 @@ struct Helpers {
     step: FuncRef,
     flags: FuncRef,
     cond: FuncRef,
+    x87_load: FuncRef,
+    x87_store: FuncRef,
 }
 
 /// Compiled code is given the `Cpu`: its state is at this offset.
@@ -320,6 +327,7 @@ const BLOCK_PHYS: i32 = offset_of!(Block, phys) as i32;
 const BLOCK_CODE32: i32 = offset_of!(Block, code32) as i32;
 const CTX_JUMP_CACHE: i32 = offset_of!(HelperCtx<'static>, jump_cache) as i32;
 const CTX_ASSUMED: i32 = offset_of!(HelperCtx<'static>, assumed) as i32;
+const CTX_X87_OUT: i32 = offset_of!(HelperCtx<'static>, x87_out) as i32;
 const PAGE: i64 = 4096;
 // Compiled code finds a TLB entry by shifting the page number.
 const _: () = assert!(TLB_ENTRY.count_ones() == 1 && TLB_ENTRY <= 1 << 12);
@@ -389,6 +397,8 @@ impl Translator {
         builder.symbol("helper_step", helper_step as *const u8);
         builder.symbol("helper_flags", flags::helper_flags as *const u8);
         builder.symbol("helper_cond", flags::helper_cond as *const u8);
+        builder.symbol("helper_x87_load", ops::helper_x87_load as *const u8);
+        builder.symbol("helper_x87_store", ops::helper_x87_store as *const u8);
         let mut module = JITModule::new(builder);
         let ptr = module.target_config().pointer_type();
         // Each helper: its name, then a pointer and `ints` i32 parameters, and whether
@@ -409,6 +419,8 @@ impl Translator {
             step: declare("helper_step", 2, true)?,
             flags: declare("helper_flags", 4, false)?,
             cond: declare("helper_cond", 1, true)?,
+            x87_load: declare("helper_x87_load", 4, true)?,
+            x87_store: declare("helper_x87_store", 2, true)?,
         };
         let mut ctx = module.make_context();
         let mut builder_ctx = FunctionBuilderContext::new();
@@ -454,6 +466,8 @@ impl Translator {
                 step: import(self.helpers.step),
                 flags: import(self.helpers.flags),
                 cond: import(self.helpers.cond),
+                x87_load: import(self.helpers.x87_load),
+                x87_store: import(self.helpers.x87_store),
             };
             let block_sig = b.import_signature(block_signature(&self.module));
             let entry = b.create_block();
@@ -1491,6 +1505,11 @@ impl Emitter<'_> {
             Native::Div { ref src } => self.div(ins, index, src),
             Native::Cmpxchg { ref dst, src } => self.cmpxchg(ins, index, dst, src),
             Native::Cli => self.cli(ins, index),
+            Native::X87Real {
+                ref mem,
+                size,
+                store,
+            } => self.x87_real(ins, index, mem, size, store),
             Native::CallIndirect { ref src } => {
                 self.call_indirect(ins, index, src, next_ip);
                 return;

@@ -1,9 +1,9 @@
 //! Natives with emitters of their own: the string instructions without REP, DIV,
-//! CMPXCHG, the indirect CALL and CLI. Each takes the interpreter for the rest of the
+//! CMPXCHG, the indirect CALL, CLI and the x87 loads and stores of reals. Each takes the interpreter for the rest of the
 //! block (a side exit) wherever it would fault or needs the interpreter's checks.
 
 use super::classify::{Gpr, MemRef, Operand, StringOp};
-use super::{trusted, Emitter, CPL, CR0, FLAG_BITS};
+use super::{guest, trusted, Emitter, HelperCtx, CPL, CR0, CTX_X87_OUT, FLAG_BITS};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use hospes_cpu::flags::{DF, IF};
@@ -200,5 +200,100 @@ impl Emitter<'_> {
             let bits = e.b.ins().band_imm_u(bits, !(IF as i64));
             e.b.ins().store(trusted(), bits, e.cpu, FLAG_BITS);
         });
+    }
+
+    /// FLD, FST or FSTP of a `size`-byte real at `m`: the access on the TLB's fast path,
+    /// the x87 part by the interpreter's code in a helper. Where that refuses (#NM,
+    /// #MF, an unmasked exception that suppresses the store) or the access misses, the
+    /// interpreter runs the rest of the block from here.
+    pub(super) fn x87_real(
+        &mut self,
+        ins: &Instruction,
+        index: usize,
+        m: &MemRef,
+        size: u8,
+        store: bool,
+    ) {
+        let off = self.ea(m);
+        let (hit, host) = self.fast_address(m.seg, off, size, store, 0);
+        self.with_slow_path(ins, index, hit, |e| {
+            let at = e.iconst32(index as u32);
+            if store {
+                let call = e.b.ins().call(e.helpers.x87_store, &[e.hctx, at, off]);
+                let done = e.b.inst_results(call)[0];
+                e.with_slow_path(ins, index, done, |e| {
+                    let ty = if size == 8 { types::I64 } else { types::I32 };
+                    let bits = e.b.ins().load(ty, trusted(), e.hctx, CTX_X87_OUT);
+                    e.b.ins().store(guest(), bits, host, 0);
+                });
+            } else {
+                let (low, high) = if size == 8 {
+                    let bits = e.b.ins().load(types::I64, guest(), host, 0);
+                    let low = e.b.ins().ireduce(types::I32, bits);
+                    let high = e.b.ins().ushr_imm_u(bits, 32);
+                    (low, e.b.ins().ireduce(types::I32, high))
+                } else {
+                    (e.load_guest(host, 4), e.iconst32(0))
+                };
+                let call =
+                    e.b.ins()
+                        .call(e.helpers.x87_load, &[e.hctx, at, off, low, high]);
+                let done = e.b.inst_results(call)[0];
+                e.with_slow_path(ins, index, done, |_| {});
+            }
+        });
+    }
+}
+
+/// The instruction at `index` of the running block and its EIP.
+///
+/// # Safety
+/// `ctx` is the context [`super::call`] built for the running compiled code, and
+/// `index` one of the running block's instructions.
+unsafe fn running<'c>(
+    ctx: *mut HelperCtx<'c>,
+    index: u32,
+) -> (&'c mut HelperCtx<'c>, &'c Instruction, u64) {
+    // SAFETY: by this function's contract (see `helper_step` for why the pointers in
+    // the context are valid while compiled code runs).
+    unsafe {
+        let ctx = &mut *ctx;
+        let ins = &(*ctx.block).instrs[index as usize];
+        let eip = (ctx.base + ins.ip()) & 0xFFFF_FFFF;
+        (ctx, ins, eip)
+    }
+}
+
+/// FLD of a real that compiled code read (`low`, `high`) at offset `off`: 1 if done,
+/// 0 if the interpreter must run the instruction (nothing changed).
+pub(super) extern "C" fn helper_x87_load(
+    ctx: *mut HelperCtx<'_>,
+    index: u32,
+    off: u32,
+    low: u32,
+    high: u32,
+) -> u32 {
+    // SAFETY: compiled code passes its context and the index of the instruction it
+    // runs, and holds no reference to the CPU while it calls (as for `helper_step`).
+    let (ctx, ins, eip) = unsafe { running(ctx, index) };
+    // SAFETY: as above: the CPU is borrowed by `call` for the whole run.
+    let cpu = unsafe { &mut *ctx.cpu };
+    let bits = (high as u64) << 32 | low as u64;
+    cpu.fpu_load_real_read(ins, eip, off, bits) as u32
+}
+
+/// FST/FSTP of a real to offset `off`, which compiled code writes from the context's
+/// `x87_out`: 1 if so, 0 if the interpreter must run the instruction (nothing changed).
+pub(super) extern "C" fn helper_x87_store(ctx: *mut HelperCtx<'_>, index: u32, off: u32) -> u32 {
+    // SAFETY: as for `helper_x87_load`.
+    let (ctx, ins, eip) = unsafe { running(ctx, index) };
+    // SAFETY: as for `helper_x87_load`.
+    let cpu = unsafe { &mut *ctx.cpu };
+    match cpu.fpu_store_real_write(ins, eip, off) {
+        Some(bits) => {
+            ctx.x87_out = bits;
+            1
+        }
+        None => 0,
     }
 }
