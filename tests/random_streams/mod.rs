@@ -495,10 +495,22 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                     }
                 }
                 17 => {
-                    // x87 loads and stores of 32- and 64-bit reals (FLD, FST, FSTP);
-                    // now and then FLDCW of whatever is in memory (unmasking
-                    // exceptions), FNCLEX or FNINIT.
-                    match rng.below(8) {
+                    // x87 instructions: register forms, any memory form (loads and
+                    // stores of every size, arithmetic, FLDCW of whatever is in memory,
+                    // unmasking exceptions), and mostly FLD/FST/FSTP of reals.
+                    match rng.below(10) {
+                        2 => {
+                            ins.push(0xD8 + rng.below(8) as u8);
+                            ins.push(0xC0 | rng.below(64) as u8);
+                        }
+                        3 => {
+                            ins.push(0xD8 + rng.below(8) as u8);
+                            modrm(rng, &mut ins, true);
+                            let m = ins.len() - 6;
+                            if ins[m] >> 6 == 3 {
+                                ins[m] &= 0x3F;
+                            }
+                        }
                         0 => {
                             ins.push(0xD9);
                             modrm(rng, &mut ins, true);

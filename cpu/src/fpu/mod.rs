@@ -234,6 +234,18 @@ fn memory_modrm(ins: &Instruction) -> u16 {
     mod_bits | reg | rm
 }
 
+/// A numeric memory operand of at most 8 bytes (`bits`, read as `size`) widened to
+/// extended precision: SNaNs stay signaling; the flags carry DE for a denormal real.
+fn operand_from_bits(size: MemorySize, bits: u64) -> (F80, u16) {
+    match size {
+        MemorySize::Float32 => float::from_ieee(bits & 0xFFFF_FFFF, 8, 23),
+        MemorySize::Float64 => float::from_ieee(bits, 11, 52),
+        MemorySize::Int16 => (float::from_i64(bits as u16 as i16 as i64), 0),
+        MemorySize::Int32 => (float::from_i64(bits as u32 as i32 as i64), 0),
+        _ => (float::from_i64(bits as i64), 0),
+    }
+}
+
 /// Index of an ST register operand.
 fn st_index(r: Register) -> usize {
     (r as usize).wrapping_sub(Register::ST0 as usize) & 7
@@ -284,30 +296,37 @@ impl Cpu {
             && (self.state.fpu.status & ES == 0 || self.state.cr0 & CR0_NE == 0)
     }
 
-    /// FLD of a 32- or 64-bit real for compiled code, which has read the operand
-    /// (`bits`, at offset `off` of the instruction's segment) without a fault: the rest
-    /// of what [`Cpu::exec_fpu`] does for the instruction at `eip`. Returns false,
-    /// having changed nothing, where the instruction faults instead (#NM, #MF).
-    pub fn fpu_load_real_read(&mut self, ins: &Instruction, eip: u64, off: u32, bits: u64) -> bool {
+    /// A numeric instruction that reads at most 8 bytes of memory or none, for compiled
+    /// code, which has read the operand (`bits`, at offset `off` of the instruction's
+    /// segment) without a fault: the rest of what [`Cpu::exec_fpu`] does for the
+    /// instruction at `eip`. Returns false, having changed nothing, where the
+    /// instruction faults instead (#NM, #MF). Not for stores, the environment and
+    /// control instructions, or those that touch EFLAGS or general registers.
+    pub fn fpu_numeric_read(
+        &mut self,
+        bus: &mut dyn Bus,
+        ins: &Instruction,
+        eip: u64,
+        off: u32,
+        bits: u64,
+    ) -> bool {
         if !self.fpu_ready() {
             return false;
         }
-        let (v, fl) = match ins.memory_size() {
-            MemorySize::Float32 => float::from_ieee(bits & 0xFFFF_FFFF, 8, 23),
-            _ => float::from_ieee(bits, 11, 52),
-        };
+        let has_mem = Self::has_mem(ins);
+        let operand = has_mem.then(|| operand_from_bits(ins.memory_size(), bits));
         self.cur_eip = eip;
-        self.fpu_note_at(ins, Some((seg_index(ins.memory_segment()), off)));
-        self.fpu_load(v, fl, false);
-        true
+        let mem = has_mem.then(|| (seg_index(ins.memory_segment()), off));
+        self.fpu_note_at(ins, mem);
+        self.fpu_numeric(bus, ins, operand).is_ok()
     }
 
-    /// FST/FSTP to a 32- or 64-bit real for compiled code, whose write to offset `off`
-    /// of the instruction's segment cannot fault: the rest of what [`Cpu::exec_fpu`]
-    /// does for the instruction at `eip`; returns the bits to write. None, having
-    /// changed nothing, where the interpreter must run it (#NM, #MF, or an unmasked
-    /// exception that suppresses the store).
-    pub fn fpu_store_real_write(&mut self, ins: &Instruction, eip: u64, off: u32) -> Option<u64> {
+    /// FST/FSTP/FIST/FISTP to at most 8 bytes for compiled code, whose write to offset
+    /// `off` of the instruction's segment cannot fault: the rest of what
+    /// [`Cpu::exec_fpu`] does for the instruction at `eip`; returns the bits to write.
+    /// None, having changed nothing, where the interpreter must run it (#NM, #MF, or an
+    /// unmasked exception that suppresses the store).
+    pub fn fpu_store_write(&mut self, ins: &Instruction, eip: u64, off: u32) -> Option<u64> {
         if !self.fpu_ready() {
             return None;
         }
@@ -320,7 +339,7 @@ impl Cpu {
         let f = &mut self.state.fpu;
         f.set_c1(c1);
         f.raise(fl);
-        if ins.mnemonic() != M::Fst {
+        if !matches!(ins.mnemonic(), M::Fst | M::Fist) {
             f.pop();
         }
         let mut low = [0u8; 8];
@@ -429,31 +448,20 @@ impl Cpu {
     /// signaling; the flags carry DE for a denormal single/double.
     fn fpu_read_operand(&mut self, bus: &mut dyn Bus, ins: &Instruction) -> Res<(F80, u16)> {
         let (seg, off) = self.mem_operand(ins);
-        Ok(match ins.memory_size() {
-            MemorySize::Float32 => {
-                let v = self.read_mem(bus, seg, off, 4)?;
-                float::from_ieee(v as u64, 8, 23)
+        let size = ins.memory_size();
+        Ok(match size {
+            MemorySize::Float32 | MemorySize::Int16 | MemorySize::Int32 => {
+                let v = self.read_mem(bus, seg, off, size.size() as u32)?;
+                operand_from_bits(size, v as u64)
             }
-            MemorySize::Float64 => {
+            MemorySize::Float64 | MemorySize::Int64 => {
                 let v = self.read_mem64(bus, seg, off)?;
-                float::from_ieee(v, 11, 52)
+                operand_from_bits(size, v)
             }
             MemorySize::Float80 => {
                 let mut b = [0u8; 10];
                 self.read_mem_bytes(bus, seg, off, &mut b)?;
                 (F80::from_bytes(&b), 0)
-            }
-            MemorySize::Int16 => {
-                let v = self.read_mem(bus, seg, off, 2)?;
-                (float::from_i64(v as u16 as i16 as i64), 0)
-            }
-            MemorySize::Int32 => {
-                let v = self.read_mem(bus, seg, off, 4)?;
-                (float::from_i64(v as i32 as i64), 0)
-            }
-            MemorySize::Int64 => {
-                let v = self.read_mem64(bus, seg, off)?;
-                (float::from_i64(v as i64), 0)
             }
             MemorySize::Bcd => {
                 let mut b = [0u8; 10];
@@ -530,8 +538,19 @@ impl Cpu {
             None
         };
         self.fpu_note(ins);
-        let ctx = self.state.fpu.ctx();
+        self.fpu_numeric(bus, ins, mem)
+    }
 
+    /// A numeric instruction after its memory operand (if a source: `mem`) was read
+    /// and the pointers recorded.
+    fn fpu_numeric(
+        &mut self,
+        bus: &mut dyn Bus,
+        ins: &Instruction,
+        mem: Option<(F80, u16)>,
+    ) -> Res<()> {
+        let m = ins.mnemonic();
+        let ctx = self.state.fpu.ctx();
         match m {
             M::Fld => {
                 if let Some((v, fl)) = mem {

@@ -273,12 +273,112 @@ pub(super) enum Native {
         src: Gpr,
     },
     Cli,
-    /// FLD, FST or FSTP of a 32- or 64-bit real in memory.
-    X87Real {
-        mem: MemRef,
+    /// A numeric x87 instruction on registers only (`mem` None), reading a memory
+    /// operand of `size` bytes, or storing one (FST/FSTP/FIST/FISTP).
+    X87 {
+        mem: Option<MemRef>,
         size: u8,
         store: bool,
     },
+}
+
+/// x87 instructions that change only the FPU's state, in their register forms (with
+/// the register forms of [`X87_READ`]).
+const X87_REGISTER_ONLY: [Mnemonic; 26] = {
+    use Mnemonic as M;
+    [
+        M::Fld,
+        M::Fst,
+        M::Fstp,
+        M::Fxch,
+        M::Fld1,
+        M::Fldz,
+        M::Faddp,
+        M::Fsubp,
+        M::Fsubrp,
+        M::Fmulp,
+        M::Fdivp,
+        M::Fdivrp,
+        M::Fcompp,
+        M::Fucom,
+        M::Fucomp,
+        M::Fucompp,
+        M::Ftst,
+        M::Fxam,
+        M::Fchs,
+        M::Fabs,
+        M::Fsqrt,
+        M::Frndint,
+        M::Fprem,
+        M::Fincstp,
+        M::Fdecstp,
+        M::Ffree,
+    ]
+};
+
+/// x87 instructions that change only the FPU's state, in register forms or reading
+/// a memory operand.
+const X87_READ: [Mnemonic; 18] = {
+    use Mnemonic as M;
+    [
+        M::Fld,
+        M::Fild,
+        M::Fadd,
+        M::Fsub,
+        M::Fsubr,
+        M::Fmul,
+        M::Fdiv,
+        M::Fdivr,
+        M::Fiadd,
+        M::Fisub,
+        M::Fisubr,
+        M::Fimul,
+        M::Fidiv,
+        M::Fidivr,
+        M::Fcom,
+        M::Fcomp,
+        M::Ficom,
+        M::Ficomp,
+    ]
+};
+
+/// x87 stores to memory.
+const X87_STORE: [Mnemonic; 4] = [
+    Mnemonic::Fst,
+    Mnemonic::Fstp,
+    Mnemonic::Fist,
+    Mnemonic::Fistp,
+];
+
+/// An x87 instruction compiled code runs through [`super::ops::helper_x87_read`] or
+/// [`super::ops::helper_x87_store`]: one of the lists above with a register operand
+/// form or a memory operand of 2, 4 or 8 bytes (not 80-bit reals or BCD).
+fn x87(ins: &Instruction) -> Option<Native> {
+    let m = ins.mnemonic();
+    let has_mem = (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory);
+    if !has_mem {
+        let known = X87_REGISTER_ONLY.contains(&m) || X87_READ.contains(&m);
+        return known.then_some(Native::X87 {
+            mem: None,
+            size: 0,
+            store: false,
+        });
+    }
+    let size = match ins.memory_size() {
+        MemorySize::Float32 | MemorySize::Int32 => 4,
+        MemorySize::Float64 | MemorySize::Int64 => 8,
+        MemorySize::Int16 => 2,
+        _ => return None,
+    };
+    let store = X87_STORE.contains(&m);
+    if !store && !X87_READ.contains(&m) {
+        return None;
+    }
+    Some(Native::X87 {
+        mem: Some(mem_ref(ins)?),
+        size,
+        store,
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -545,17 +645,8 @@ pub(super) fn classify(ins: &Instruction) -> Option<Native> {
             })
         }
         M::Cli => Some(Native::Cli),
-        M::Fld | M::Fst | M::Fstp if ins.op0_kind() == OpKind::Memory => {
-            let size = match ins.memory_size() {
-                MemorySize::Float32 => 4,
-                MemorySize::Float64 => 8,
-                _ => return None,
-            };
-            Some(Native::X87Real {
-                mem: mem_ref(ins)?,
-                size,
-                store: ins.mnemonic() != M::Fld,
-            })
+        m if X87_REGISTER_ONLY.contains(&m) || X87_READ.contains(&m) || X87_STORE.contains(&m) => {
+            x87(ins)
         }
         M::Ret if operand32(ins) => Some(Native::Ret {
             extra: if ins.op_count() > 0 {

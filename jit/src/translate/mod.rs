@@ -272,7 +272,7 @@ struct HelperIds {
     step: FuncId,
     flags: FuncId,
     cond: FuncId,
-    x87_load: FuncId,
+    x87_read: FuncId,
     x87_store: FuncId,
 }
 
@@ -281,7 +281,7 @@ struct Helpers {
     step: FuncRef,
     flags: FuncRef,
     cond: FuncRef,
-    x87_load: FuncRef,
+    x87_read: FuncRef,
     x87_store: FuncRef,
 }
 
@@ -397,7 +397,7 @@ impl Translator {
         builder.symbol("helper_step", helper_step as *const u8);
         builder.symbol("helper_flags", flags::helper_flags as *const u8);
         builder.symbol("helper_cond", flags::helper_cond as *const u8);
-        builder.symbol("helper_x87_load", ops::helper_x87_load as *const u8);
+        builder.symbol("helper_x87_read", ops::helper_x87_read as *const u8);
         builder.symbol("helper_x87_store", ops::helper_x87_store as *const u8);
         let mut module = JITModule::new(builder);
         let ptr = module.target_config().pointer_type();
@@ -419,7 +419,7 @@ impl Translator {
             step: declare("helper_step", 2, true)?,
             flags: declare("helper_flags", 4, false)?,
             cond: declare("helper_cond", 1, true)?,
-            x87_load: declare("helper_x87_load", 4, true)?,
+            x87_read: declare("helper_x87_read", 4, true)?,
             x87_store: declare("helper_x87_store", 2, true)?,
         };
         let mut ctx = module.make_context();
@@ -466,7 +466,7 @@ impl Translator {
                 step: import(self.helpers.step),
                 flags: import(self.helpers.flags),
                 cond: import(self.helpers.cond),
-                x87_load: import(self.helpers.x87_load),
+                x87_read: import(self.helpers.x87_read),
                 x87_store: import(self.helpers.x87_store),
             };
             let block_sig = b.import_signature(block_signature(&self.module));
@@ -1505,11 +1505,11 @@ impl Emitter<'_> {
             Native::Div { ref src } => self.div(ins, index, src),
             Native::Cmpxchg { ref dst, src } => self.cmpxchg(ins, index, dst, src),
             Native::Cli => self.cli(ins, index),
-            Native::X87Real {
+            Native::X87 {
                 ref mem,
                 size,
                 store,
-            } => self.x87_real(ins, index, mem, size, store),
+            } => self.x87(ins, index, mem, size, store),
             Native::CallIndirect { ref src } => {
                 self.call_indirect(ins, index, src, next_ip);
                 return;

@@ -202,29 +202,38 @@ impl Emitter<'_> {
         });
     }
 
-    /// FLD, FST or FSTP of a `size`-byte real at `m`: the access on the TLB's fast path,
-    /// the x87 part by the interpreter's code in a helper. Where that refuses (#NM,
-    /// #MF, an unmasked exception that suppresses the store) or the access misses, the
-    /// interpreter runs the rest of the block from here.
-    pub(super) fn x87_real(
+    /// An x87 instruction on registers only (`m` None), reading `size` bytes at `m` or
+    /// storing them there: the access on the TLB's fast path, the x87 part by the
+    /// interpreter's code in a helper. Where that refuses (#NM, #MF, an unmasked
+    /// exception that suppresses the store) or the access misses, the interpreter
+    /// runs the rest of the block from here.
+    pub(super) fn x87(
         &mut self,
         ins: &Instruction,
         index: usize,
-        m: &MemRef,
+        m: &Option<MemRef>,
         size: u8,
         store: bool,
     ) {
+        let at = self.iconst32(index as u32);
+        let Some(m) = m else {
+            let zero = self.iconst32(0);
+            let args = [self.hctx, at, zero, zero, zero];
+            let call = self.b.ins().call(self.helpers.x87_read, &args);
+            let done = self.b.inst_results(call)[0];
+            self.with_slow_path(ins, index, done, |_| {});
+            return;
+        };
         let off = self.ea(m);
         let (hit, host) = self.fast_address(m.seg, off, size, store, 0);
         self.with_slow_path(ins, index, hit, |e| {
-            let at = e.iconst32(index as u32);
             if store {
                 let call = e.b.ins().call(e.helpers.x87_store, &[e.hctx, at, off]);
                 let done = e.b.inst_results(call)[0];
                 e.with_slow_path(ins, index, done, |e| {
                     let ty = if size == 8 { types::I64 } else { types::I32 };
                     let bits = e.b.ins().load(ty, trusted(), e.hctx, CTX_X87_OUT);
-                    e.b.ins().store(guest(), bits, host, 0);
+                    e.store_guest(host, bits, size);
                 });
             } else {
                 let (low, high) = if size == 8 {
@@ -233,11 +242,10 @@ impl Emitter<'_> {
                     let high = e.b.ins().ushr_imm_u(bits, 32);
                     (low, e.b.ins().ireduce(types::I32, high))
                 } else {
-                    (e.load_guest(host, 4), e.iconst32(0))
+                    (e.load_guest(host, size), e.iconst32(0))
                 };
-                let call =
-                    e.b.ins()
-                        .call(e.helpers.x87_load, &[e.hctx, at, off, low, high]);
+                let args = [e.hctx, at, off, low, high];
+                let call = e.b.ins().call(e.helpers.x87_read, &args);
                 let done = e.b.inst_results(call)[0];
                 e.with_slow_path(ins, index, done, |_| {});
             }
@@ -264,9 +272,10 @@ unsafe fn running<'c>(
     }
 }
 
-/// FLD of a real that compiled code read (`low`, `high`) at offset `off`: 1 if done,
-/// 0 if the interpreter must run the instruction (nothing changed).
-pub(super) extern "C" fn helper_x87_load(
+/// An x87 instruction on registers only, or reading what compiled code read (`low`,
+/// `high`) at offset `off`: 1 if done, 0 if the interpreter must run the instruction
+/// (nothing changed).
+pub(super) extern "C" fn helper_x87_read(
     ctx: *mut HelperCtx<'_>,
     index: u32,
     off: u32,
@@ -276,20 +285,20 @@ pub(super) extern "C" fn helper_x87_load(
     // SAFETY: compiled code passes its context and the index of the instruction it
     // runs, and holds no reference to the CPU while it calls (as for `helper_step`).
     let (ctx, ins, eip) = unsafe { running(ctx, index) };
-    // SAFETY: as above: the CPU is borrowed by `call` for the whole run.
-    let cpu = unsafe { &mut *ctx.cpu };
+    // SAFETY: as above: the CPU and the bus are borrowed by `call` for the whole run.
+    let (cpu, bus) = unsafe { (&mut *ctx.cpu, &mut *ctx.bus) };
     let bits = (high as u64) << 32 | low as u64;
-    cpu.fpu_load_real_read(ins, eip, off, bits) as u32
+    cpu.fpu_numeric_read(bus, ins, eip, off, bits) as u32
 }
 
-/// FST/FSTP of a real to offset `off`, which compiled code writes from the context's
+/// FST/FSTP/FIST/FISTP to offset `off`, which compiled code writes from the context's
 /// `x87_out`: 1 if so, 0 if the interpreter must run the instruction (nothing changed).
 pub(super) extern "C" fn helper_x87_store(ctx: *mut HelperCtx<'_>, index: u32, off: u32) -> u32 {
-    // SAFETY: as for `helper_x87_load`.
+    // SAFETY: as for `helper_x87_read`.
     let (ctx, ins, eip) = unsafe { running(ctx, index) };
-    // SAFETY: as for `helper_x87_load`.
+    // SAFETY: as for `helper_x87_read`.
     let cpu = unsafe { &mut *ctx.cpu };
-    match cpu.fpu_store_real_write(ins, eip, off) {
+    match cpu.fpu_store_write(ins, eip, off) {
         Some(bits) => {
             ctx.x87_out = bits;
             1
