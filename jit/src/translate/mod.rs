@@ -1745,18 +1745,7 @@ impl Emitter<'_> {
     /// A near JMP to a register or memory operand: leaves for the target, found in the
     /// jump cache (the interpreter does the JMP on the slow path, or faults).
     fn jmp_indirect(&mut self, ins: &Instruction, index: usize, src: &Operand) {
-        let target = match *src {
-            Operand::Mem(ref m) => {
-                let off = self.ea(m);
-                let (hit, host) = self.fast_address(m.seg, off, 4, false, 0);
-                let mut target = None;
-                self.with_slow_path(ins, index, hit, |e| {
-                    target = Some(e.load_guest(host, 4));
-                });
-                target.expect("the fast path loads the target")
-            }
-            _ => self.value(src),
-        };
+        let target = self.read32(ins, index, src);
         let target = self.b.ins().uextend(types::I64, target);
         self.unless_beyond_cs_limit(ins, index, target, self.done);
         self.done += 1;

@@ -22,7 +22,7 @@ fn accumulator(size: u8) -> Gpr {
 impl Emitter<'_> {
     /// A 32-bit operand read on the fast path (memory through the TLB; the interpreter
     /// runs the instruction on a miss).
-    fn read32(&mut self, ins: &Instruction, index: usize, src: &Operand) -> Value {
+    pub(super) fn read32(&mut self, ins: &Instruction, index: usize, src: &Operand) -> Value {
         match *src {
             Operand::Mem(ref m) => {
                 let off = self.ea(m);
