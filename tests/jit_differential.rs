@@ -254,6 +254,28 @@ fn jit_matches_interpreter_on_flag_edges() {
     assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
 }
 
+/// Two machines set up alike by `setup`, run for up to 100 instructions: the first
+/// by the interpreter, the second with every block through `jit`.
+fn run_in_both_tiers(jit: &mut Jit, setup: impl Fn(&mut Cpu)) -> (Cpu, Cpu) {
+    let mut interp = Cpu::new(RAM, 0).unwrap();
+    let mut jitted = Cpu::new(RAM, 0).unwrap();
+    setup(&mut interp);
+    setup(&mut jitted);
+    interp.run(&mut NoiseBus, 100);
+    jitted.run_with(&mut NoiseBus, 100, Some(jit as &mut dyn BlockRunner));
+    (interp, jitted)
+}
+
+/// Both tiers ended in the same architectural state after running `code`.
+fn assert_same(code: &[u8], interp: &Cpu, jitted: &Cpu) {
+    assert!(
+        architectural(&interp.state) == architectural(&jitted.state),
+        "{code:02x?}: the tiers differ\ninterp: {:?}\njit:    {:?}",
+        interp.state,
+        jitted.state
+    );
+}
+
 /// Compiled code checks an address once per block where it can (a second access to
 /// the same address relies on the first one's TLB check): a write after a read still
 /// needs its own check (a read-only page), and so does a wider access after a narrower
@@ -279,8 +301,7 @@ fn jit_rechecks_reused_addresses_for_writes_and_wider_accesses() {
     ];
     let mut jit = Jit::new(Tier::Jit).expect("JIT");
     for (code, ebx, fault_at) in cases {
-        let mut machines: Vec<Cpu> = (0..2).map(|_| Cpu::new(RAM, 0).unwrap()).collect();
-        for (k, cpu) in machines.iter_mut().enumerate() {
+        let (interp, jitted) = run_in_both_tiers(&mut jit, |cpu| {
             let mut rng = Rng(11);
             setup_tables(cpu, &mut rng);
             enter_mode(cpu, Mode::Paged, &mut rng);
@@ -298,22 +319,12 @@ fn jit_rechecks_reused_addresses_for_writes_and_wider_accesses() {
             cpu.write_phys(CODE as u64, &program);
             cpu.state.rip = CODE as u64;
             cpu.state.gpr[hospes_cpu::state::EBX] = ebx as u64;
-            let runner = (k == 1).then_some(&mut jit as &mut dyn BlockRunner);
-            cpu.run_with(&mut NoiseBus, 100, runner);
-        }
-        let [interp, jitted] = &machines[..] else {
-            unreachable!()
-        };
+        });
         assert_eq!(
             interp.state.cr2, fault_at as u64,
             "{code:02x?}: the page fault"
         );
-        assert!(
-            architectural(&interp.state) == architectural(&jitted.state),
-            "{code:02x?}: the tiers differ\ninterp: {:?}\njit:    {:?}",
-            interp.state,
-            jitted.state
-        );
+        assert_same(code, &interp, &jitted);
     }
     assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
 }
@@ -333,8 +344,7 @@ fn jit_leaves_compiled_code_after_a_segment_load() {
     ];
     let mut jit = Jit::new(Tier::Jit).expect("JIT");
     for code in cases {
-        let mut machines: Vec<Cpu> = (0..2).map(|_| Cpu::new(RAM, 0).unwrap()).collect();
-        for (k, cpu) in machines.iter_mut().enumerate() {
+        let (interp, jitted) = run_in_both_tiers(&mut jit, |cpu| {
             let mut rng = Rng(5);
             setup_tables(cpu, &mut rng);
             enter_mode(cpu, Mode::Protected32, &mut rng);
@@ -346,24 +356,14 @@ fn jit_leaves_compiled_code_after_a_segment_load() {
             for (r, v) in [(EBX, CODE + 0x100), (EDI, CODE + 0x200), (ESP, 0x8000)] {
                 cpu.state.gpr[r] = v as u64;
             }
-            let runner = (k == 1).then_some(&mut jit as &mut dyn BlockRunner);
-            cpu.run_with(&mut NoiseBus, 100, runner);
-        }
-        let [interp, jitted] = &machines[..] else {
-            unreachable!()
-        };
+        });
         // The #GP's handler is the halt stub.
         assert_eq!(
             interp.state.rip,
             HALT_STUB as u64 + 2,
             "{code:02x?}: the interpreter's #GP"
         );
-        assert!(
-            architectural(&interp.state) == architectural(&jitted.state),
-            "{code:02x?}: the tiers differ\ninterp: {:?}\njit:    {:?}",
-            interp.state,
-            jitted.state
-        );
+        assert_same(code, &interp, &jitted);
     }
     assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
 }
