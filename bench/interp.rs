@@ -16,17 +16,8 @@ fn protected_cpu(paging: bool) -> Cpu {
     let mut cpu = Cpu::new(16 << 20, 0).unwrap();
     let st = &mut cpu.state;
     st.cr0 = CR0_ET | CR0_PE;
-    let attr = ATTR_P | ATTR_S | ATTR_RW | ATTR_ACCESSED | ATTR_DB | ATTR_G;
-    for s in 0..6 {
-        st.seg[s] = Segment {
-            base: 0,
-            limit: 0xFFFF_FFFF,
-            selector: 0x10,
-            attr,
-        };
-    }
-    st.seg[CS].attr |= ATTR_CODE;
-    st.seg[CS].selector = 0x08;
+    st.seg = [Segment::flat(0x10, false, 0); 6];
+    st.seg[CS] = Segment::flat(0x08, true, 0);
     st.gpr[ESP] = 0x9_0000;
     if paging {
         cpu.write_phys(0x20_0000, &0x87u32.to_le_bytes());

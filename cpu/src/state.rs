@@ -83,6 +83,24 @@ impl Segment {
             attr,
         }
     }
+    /// A flat 32-bit segment (base 0, limit 4 GiB, present, accessed, readable and
+    /// writable), code or data, at privilege `dpl`: what SYSENTER/SYSEXIT load.
+    pub fn flat(selector: u16, code: bool, dpl: u8) -> Segment {
+        let kind = if code { ATTR_CODE } else { 0 };
+        Segment {
+            base: 0,
+            limit: u32::MAX,
+            selector,
+            attr: ATTR_P
+                | ATTR_S
+                | ATTR_RW
+                | ATTR_ACCESSED
+                | ATTR_DB
+                | ATTR_G
+                | kind
+                | ((dpl as u16) << 5),
+        }
+    }
     pub fn dpl(&self) -> u8 {
         ((self.attr >> 5) & 3) as u8
     }

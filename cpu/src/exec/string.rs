@@ -340,20 +340,8 @@ mod tests {
             base: IDT,
             limit: 32 * 8 - 1,
         };
-        let data = ATTR_P | ATTR_S | ATTR_RW | ATTR_ACCESSED | ATTR_DB | ATTR_G;
-        for s in 0..6 {
-            st.seg[s] = Segment {
-                base: 0,
-                limit: 0xFFFF_FFFF,
-                selector: 0x10,
-                attr: data,
-            };
-        }
-        st.seg[CS] = Segment {
-            selector: 0x08,
-            attr: data | ATTR_CODE,
-            ..st.seg[CS]
-        };
+        st.seg = [Segment::flat(0x10, false, 0); 6];
+        st.seg[CS] = Segment::flat(0x08, true, 0);
         st.gpr[ESP] = 0x9000;
         st.rip = CODE;
         cpu.flush_tlb();

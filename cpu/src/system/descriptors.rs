@@ -10,30 +10,9 @@ use crate::exception::{Exception, Res};
 use crate::flags::{IF, RF, VM, ZF};
 use crate::mem::Bus;
 use crate::seg::Descriptor;
-use crate::state::{
-    Segment, ATTR_ACCESSED, ATTR_CODE, ATTR_DB, ATTR_G, ATTR_P, ATTR_RW, ATTR_S, CS, ECX, EDX, ESP,
-    SS,
-};
+use crate::state::{Segment, ATTR_RW, CS, ECX, EDX, ESP, SS};
 use crate::Cpu;
 use iced_x86::{Instruction, Mnemonic as M, OpKind};
-
-/// The flat 4 GiB segments SYSENTER and SYSEXIT load without reading descriptors.
-fn flat_segment(selector: u16, code: bool, dpl: u8) -> Segment {
-    let kind = if code { ATTR_CODE } else { 0 };
-    Segment {
-        base: 0,
-        limit: u32::MAX,
-        selector,
-        attr: ATTR_P
-            | ATTR_S
-            | ATTR_RW
-            | ATTR_ACCESSED
-            | ATTR_DB
-            | ATTR_G
-            | kind
-            | ((dpl as u16) << 5),
-    }
-}
 
 impl Cpu {
     pub(crate) fn exec_protected_only(&mut self, bus: &mut dyn Bus, ins: &Instruction) -> Res<()> {
@@ -262,8 +241,8 @@ impl Cpu {
         let f = self.state.flags.get();
         self.state.flags.set(f & !(VM | IF | RF));
         self.state.cpl = 0;
-        self.state.seg[CS] = flat_segment(cs, true, 0);
-        self.state.seg[SS] = flat_segment(cs.wrapping_add(8), false, 0);
+        self.state.seg[CS] = Segment::flat(cs, true, 0);
+        self.state.seg[SS] = Segment::flat(cs.wrapping_add(8), false, 0);
         self.state.gpr[ESP] = self.state.msr.sysenter_esp & 0xFFFF_FFFF;
         self.state.rip = self.state.msr.sysenter_eip & 0xFFFF_FFFF;
         self.end_block = true;
@@ -278,8 +257,8 @@ impl Cpu {
             return Err(Exception::gp0());
         }
         self.state.cpl = 3;
-        self.state.seg[CS] = flat_segment(cs.wrapping_add(16) | 3, true, 3);
-        self.state.seg[SS] = flat_segment(cs.wrapping_add(24) | 3, false, 3);
+        self.state.seg[CS] = Segment::flat(cs.wrapping_add(16) | 3, true, 3);
+        self.state.seg[SS] = Segment::flat(cs.wrapping_add(24) | 3, false, 3);
         self.state.gpr[ESP] = self.state.reg32(ECX) as u64;
         self.state.rip = self.state.reg32(EDX) as u64;
         self.end_block = true;
