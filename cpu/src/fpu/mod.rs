@@ -161,11 +161,15 @@ impl FpuState {
     /// Merges exception flags (and SF). Returns the unmasked ones; sets ES and B if any.
     pub fn raise(&mut self, flags: u16) -> u16 {
         self.status |= flags & (EXC | SF);
-        let unmasked = flags & EXC & !self.control;
+        let unmasked = self.unmasked(flags);
         if unmasked != 0 {
             self.status |= ES | BUSY;
         }
         unmasked
+    }
+    /// The exceptions among `flags` that the control word does not mask.
+    pub fn unmasked(&self, flags: u16) -> u16 {
+        flags & EXC & !self.control
     }
     /// Stack underflow (IE, SF, C1 = 0). Returns true when masked (the caller then
     /// delivers the indefinite).
@@ -279,7 +283,7 @@ impl Cpu {
 
     /// A pending unmasked exception (ES set) is signalled here.
     fn fpu_pending(&mut self) -> Res<()> {
-        if self.state.fpu.status & ES != 0 && self.state.cr0 & CR0_NE != 0 {
+        if self.fpu_signals_pending() {
             return Err(Exception::new(exception::MF));
         }
         // TODO: with CR0.NE = 0 a PC asserts FERR# and raises IRQ13 through the interrupt
@@ -288,12 +292,22 @@ impl Cpu {
         Ok(())
     }
 
-    /// Whether a numeric instruction runs rather than faulting: the FPU is usable
-    /// (CR0.EM and TS clear, else #NM) and no unmasked exception is pending (ES with
-    /// CR0.NE, else #MF), as [`Cpu::exec_fpu`] checks.
+    /// A pending unmasked exception (ES) that the next numeric instruction or WAIT
+    /// signals as #MF (CR0.NE set).
+    fn fpu_signals_pending(&self) -> bool {
+        self.state.fpu.status & ES != 0 && self.state.cr0 & CR0_NE != 0
+    }
+
+    /// The FPU is absent (CR0.EM) or its state belongs to another task (CR0.TS): x87
+    /// instructions raise #NM.
+    fn fpu_unavailable(&self) -> bool {
+        self.state.cr0 & (CR0_EM | CR0_TS) != 0
+    }
+
+    /// Whether a numeric instruction runs rather than faulting (#NM or #MF), as
+    /// [`Cpu::exec_fpu`] checks.
     fn fpu_ready(&self) -> bool {
-        self.state.cr0 & (CR0_EM | CR0_TS) == 0
-            && (self.state.fpu.status & ES == 0 || self.state.cr0 & CR0_NE == 0)
+        !self.fpu_unavailable() && !self.fpu_signals_pending()
     }
 
     /// A numeric instruction that reads at most 8 bytes of memory or none, for compiled
@@ -331,7 +345,7 @@ impl Cpu {
             return None;
         }
         let (bytes, _, fl, c1) = self.fpu_store_value(ins.memory_size()).ok()?;
-        if fl & EXC & !self.state.fpu.control & NO_STORE_MEM != 0 {
+        if self.state.fpu.unmasked(fl) & NO_STORE_MEM != 0 {
             return None;
         }
         self.cur_eip = eip;
@@ -348,7 +362,7 @@ impl Cpu {
     }
 
     pub(crate) fn exec_fpu(&mut self, bus: &mut dyn Bus, ins: &Instruction) -> Res<()> {
-        if self.state.cr0 & (CR0_EM | CR0_TS) != 0 {
+        if self.fpu_unavailable() {
             return Err(Exception::nm());
         }
         let m = ins.mnemonic();
