@@ -284,10 +284,9 @@ pub(super) enum Native {
 
 /// x87 instructions that change only the FPU's state, in their register forms (with
 /// the register forms of [`X87_READ`]).
-const X87_REGISTER_ONLY: [Mnemonic; 26] = {
+const X87_REGISTER_ONLY: [Mnemonic; 25] = {
     use Mnemonic as M;
     [
-        M::Fld,
         M::Fst,
         M::Fstp,
         M::Fxch,

@@ -180,7 +180,6 @@ impl Emitter<'_> {
         self.store_guest(to, ret, 4);
         self.set(Gpr::full(ESP), new_esp);
         self.done += 1;
-        self.store_all(target, self.done);
         self.run_on(super::Next::Lookup, target, crate::EXIT_INDIRECT);
     }
 
