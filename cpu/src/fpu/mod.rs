@@ -454,7 +454,8 @@ impl Cpu {
         }
     }
 
-    fn has_mem(ins: &Instruction) -> bool {
+    /// Whether one of `ins`'s operands is in memory.
+    pub fn has_mem(ins: &Instruction) -> bool {
         (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory)
     }
 

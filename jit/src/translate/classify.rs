@@ -354,8 +354,7 @@ const X87_STORE: [Mnemonic; 4] = [
 /// form or a memory operand of 2, 4 or 8 bytes (not 80-bit reals or BCD).
 fn x87(ins: &Instruction) -> Option<Native> {
     let m = ins.mnemonic();
-    let has_mem = (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory);
-    if !has_mem {
+    if !Cpu::has_mem(ins) {
         let known = X87_REGISTER_ONLY.contains(&m) || X87_READ.contains(&m);
         return known.then_some(Native::X87 {
             mem: None,
