@@ -250,6 +250,11 @@ fn operand_from_bits(size: MemorySize, bits: u64) -> (F80, u16) {
     }
 }
 
+/// Whether a store of ST0 (FST/FSTP/FIST/FISTP/FBSTP) pops it: all but FST and FIST.
+fn store_pops(m: M) -> bool {
+    !matches!(m, M::Fst | M::Fist)
+}
+
 /// Index of an ST register operand.
 fn st_index(r: Register) -> usize {
     (r as usize).wrapping_sub(Register::ST0 as usize) & 7
@@ -353,7 +358,7 @@ impl Cpu {
         let f = &mut self.state.fpu;
         f.set_c1(c1);
         f.raise(fl);
-        if !matches!(ins.mnemonic(), M::Fst | M::Fist) {
+        if store_pops(ins.mnemonic()) {
             f.pop();
         }
         let mut low = [0u8; 8];
@@ -597,7 +602,7 @@ impl Cpu {
                 f.push_checked(v);
             }
             M::Fst | M::Fstp | M::Fstpnce => {
-                let pop = m != M::Fst;
+                let pop = store_pops(m);
                 if Self::has_mem(ins) {
                     self.fpu_store(bus, ins, pop)?;
                 } else {
@@ -620,7 +625,7 @@ impl Cpu {
                     }
                 }
             }
-            M::Fist | M::Fistp | M::Fbstp => self.fpu_store(bus, ins, m != M::Fist)?,
+            M::Fist | M::Fistp | M::Fbstp => self.fpu_store(bus, ins, store_pops(m))?,
             M::Fxch => {
                 let i = if ins.op_count() >= 2 {
                     st_index(ins.op1_register())
