@@ -41,6 +41,8 @@ use hospes_cpu::state::CS;
 use hospes_cpu::{BlockRunner, Cpu};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 /// Which tier runs guest code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +72,9 @@ impl std::str::FromStr for Tier {
 pub const HOT_THRESHOLD: u32 = 50;
 /// Compiled blocks kept before the code cache is flushed.
 pub const MAX_COMPILED_BLOCKS: usize = 20_000;
+/// Runs of a block waiting for its code between updates of the count the compile
+/// thread orders its work by (a hash lookup each).
+const WAITING_RUNS_SHOWN: u32 = 16;
 
 /// What compiled code returns: how the block was left.
 /// The interpreter ended the block (a branch it ran, an exception, an instruction after
@@ -102,6 +107,8 @@ pub struct Stats {
     pub linked_runs: u64,
     /// Returns to the run loop by how the block was left (`EXIT_*` codes).
     pub exits: [u64; 4],
+    /// Instructions the interpreter ran in blocks waiting for their code.
+    pub waiting_instructions: u64,
 }
 
 pub struct Jit {
@@ -113,6 +120,9 @@ pub struct Jit {
     owned: Vec<Rc<Block>>,
     /// Blocks sent to the compile thread, by request token.
     queued: HashMap<u64, Rc<Block>>,
+    /// How often each queued block (by address) has run while waiting, as the
+    /// compile thread sees it.
+    waiting_runs: HashMap<usize, Arc<AtomicU32>>,
     next_token: u64,
     /// The physical addresses (and code sizes) compiled since the last flush: compiling
     /// one again means its code was rewritten in between. At most one entry per
@@ -166,6 +176,7 @@ impl Jit {
             worker,
             owned: Vec::new(),
             queued: HashMap::new(),
+            waiting_runs: HashMap::new(),
             next_token: 0,
             compiled_at: HashSet::new(),
             page_rewrites: HashMap::new(),
@@ -197,6 +208,7 @@ impl Jit {
     /// forgets the blocks waiting for code (and how often each address was compiled).
     fn release_blocks(&mut self) {
         self.jump_cache.clear();
+        self.waiting_runs.clear();
         self.compiled_at.clear();
         self.page_rewrites.clear();
         for b in self
@@ -244,6 +256,7 @@ impl Jit {
             // A block no longer waited for (flushed since) is left alone; its code is
             // freed with the next flush.
             if let Some(block) = self.queued.remove(&done.token) {
+                self.waiting_runs.remove(&(Rc::as_ptr(&block) as usize));
                 match done.result {
                     Ok((code, native)) => {
                         self.trampoline = Some(done.trampoline);
@@ -269,6 +282,19 @@ impl Jit {
         }
     }
 
+    /// The interpreter runs `block` while it waits for its code: counted in its heat,
+    /// and every [`WAITING_RUNS_SHOWN`] runs shown to the compile thread.
+    fn note_waiting_run(&mut self, block: &Block) {
+        self.stats.waiting_instructions += block.instrs.len() as u64;
+        let runs = block.tier_heat.get().wrapping_add(1);
+        block.tier_heat.set(runs);
+        if runs.is_multiple_of(WAITING_RUNS_SHOWN) {
+            if let Some(shown) = self.waiting_runs.get(&(block as *const Block as usize)) {
+                shown.store(runs, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Code on `block`'s page was rewritten after it was compiled.
     fn note_rewrite(&mut self, block: &Block) {
         *self.page_rewrites.entry(block.phys >> 12).or_insert(0) += 1;
@@ -277,6 +303,9 @@ impl Jit {
     fn lookup_or_compile(&mut self, cpu: &Cpu, block: &Rc<Block>) -> Option<translate::BlockFn> {
         if !self.queued.is_empty() {
             self.install(None);
+        }
+        if block.tier_code.get() == QUEUED {
+            self.note_waiting_run(block);
         }
         if block.tier_code.get() != 0 {
             return code_of(block);
@@ -319,6 +348,7 @@ impl Jit {
         }
         let token = self.next_token;
         self.next_token += 1;
+        let runs = Arc::new(AtomicU32::new(0));
         let request = worker::Request::Compile {
             token,
             block: translate::BlockPlace {
@@ -328,13 +358,17 @@ impl Jit {
                 assumed: translate::entry_assumptions(cpu),
             },
             instrs: block.instrs.to_vec(),
+            runs: runs.clone(),
         };
         if !self.worker.as_ref()?.send(request) {
             self.stop_compiling();
             return None;
         }
         block.tier_code.set(QUEUED);
+        // Counted afresh while it waits.
+        block.tier_heat.set(0);
         self.queued.insert(token, block.clone());
+        self.waiting_runs.insert(Rc::as_ptr(block) as usize, runs);
         // The forced tier waits for the code: every block runs compiled from its first
         // run. Otherwise the interpreter runs the block until the code is installed.
         if self.tier == Tier::Jit {

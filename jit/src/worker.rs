@@ -9,14 +9,19 @@
 use crate::translate::{BlockPlace, Trampoline, Translator};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use iced_x86::Instruction;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub(crate) enum Request {
-    /// Compile a block's instructions; the result carries `token` back.
+    /// Compile a block's instructions; the result carries `token` back. `runs`
+    /// counts how often the interpreter has run the block since (the JIT updates it
+    /// now and then): the block most run while waiting is compiled first.
     Compile {
         token: u64,
         block: BlockPlace,
         instrs: Vec<Instruction>,
+        runs: Arc<AtomicU32>,
     },
     /// Free all code compiled so far (nothing may run it any more) and start afresh.
     Flush,
@@ -35,14 +40,16 @@ struct Job {
     token: u64,
     block: BlockPlace,
     instrs: Vec<Instruction>,
+    runs: Arc<AtomicU32>,
 }
 
 /// The compile thread's loop, until the JIT hangs up or a flush cannot start afresh.
 ///
-/// Waiting blocks are compiled newest first: the block that just became hot is most
-/// likely the one the guest is running now (a loop), while older requests of a burst
-/// (a new phase of the guest touching much code at once) may have cooled down. A
-/// flush drops the requests before it: nothing waits for their code any more.
+/// Waiting blocks are compiled most run first (a loop the guest is in, run by the
+/// interpreter while it waits), then newest first: the block that just became hot is
+/// most likely the one the guest is running now, while older requests of a burst (a
+/// new phase of the guest touching much code at once) may have cooled down. A flush
+/// drops the requests before it: nothing waits for their code any more.
 fn serve(inbox: &Receiver<Request>, outbox: &Sender<Compiled>, translator: &mut Translator) {
     let mut perf_map = PerfMap::open();
     let mut waiting: Vec<Job> = Vec::new();
@@ -61,10 +68,12 @@ fn serve(inbox: &Receiver<Request>, outbox: &Sender<Compiled>, translator: &mut 
                     token,
                     block,
                     instrs,
+                    runs,
                 } => waiting.push(Job {
                     token,
                     block,
                     instrs,
+                    runs,
                 }),
                 Request::Flush => {
                     waiting.clear();
@@ -80,9 +89,10 @@ fn serve(inbox: &Receiver<Request>, outbox: &Sender<Compiled>, translator: &mut 
                 }
             }
         }
-        let Some(job) = waiting.pop() else {
+        let Some(next) = most_run(&waiting) else {
             continue;
         };
+        let job = waiting.remove(next);
         let result = translator
             .compile(&job.instrs, job.block)
             .map(|(code, size, native)| {
@@ -98,6 +108,15 @@ fn serve(inbox: &Receiver<Request>, outbox: &Sender<Compiled>, translator: &mut 
             return;
         }
     }
+}
+
+/// The waiting job to compile next: the most run, the newest of those.
+fn most_run(waiting: &[Job]) -> Option<usize> {
+    let runs = |j: &Job| j.runs.load(Ordering::Relaxed);
+    (0..waiting.len()).rev().max_by(|&a, &b| {
+        // `max_by` keeps the last of equals: iterating newest first, keep the first.
+        runs(&waiting[a]).cmp(&runs(&waiting[b])).then(b.cmp(&a))
+    })
 }
 
 /// `/tmp/perf-PID.map`, naming each compiled block for `perf report` (as QEMU's
