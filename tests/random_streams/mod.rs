@@ -463,13 +463,22 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                     }
                 }
                 16 => {
-                    // String instructions without REP (and CLD/STD for both
-                    // directions), DIV (after zeroing EDX, so it mostly does not
-                    // fault), CMPXCHG, CLI, an indirect CALL into the code.
-                    match rng.below(6) {
+                    // String instructions with and without REP (REP after a small
+                    // count in ECX; CLD/STD for both directions), DIV (after zeroing
+                    // EDX, so it mostly does not fault), CMPXCHG, CLI, an indirect
+                    // CALL into the code.
+                    match rng.below(7) {
                         0 => {
                             const STRING: [u8; 8] =
                                 [0xA4, 0xA5, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF];
+                            ins.push(STRING[rng.below(8) as usize]);
+                        }
+                        6 => {
+                            const STRING: [u8; 8] =
+                                [0xA4, 0xA5, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF];
+                            ins.push(0xB9);
+                            ins.extend_from_slice(&(rng.below(48) as u32).to_le_bytes());
+                            ins.push([0xF3, 0xF2][rng.below(2) as usize]);
                             ins.push(STRING[rng.below(8) as usize]);
                         }
                         1 => ins.push([0xFC, 0xFD, 0xFA][rng.below(3) as usize]),

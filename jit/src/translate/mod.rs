@@ -147,7 +147,7 @@ extern "C" fn helper_step(ctx: *mut HelperCtx<'_>, from: u32, to: u32) -> u32 {
     // block is borrowed by `call`; a linked one is kept alive by the link compiled code
     // followed to it); `from..to` are instructions of that block. The compiled code
     // caller holds no Rust reference to the CPU while it calls us.
-    let (cpu, bus, block, base, ctx_assumed) = unsafe {
+    let (cpu, bus, block, base, ctx_assumed, end) = unsafe {
         let ctx = &mut *ctx;
         (
             &mut *ctx.cpu,
@@ -155,18 +155,28 @@ extern "C" fn helper_step(ctx: *mut HelperCtx<'_>, from: u32, to: u32) -> u32 {
             &*ctx.block,
             ctx.base,
             ctx.assumed,
+            ctx.end,
         )
     };
-    for ins in &block.instrs[from as usize..to as usize] {
+    for (i, ins) in block
+        .instrs
+        .iter()
+        .enumerate()
+        .take(to as usize)
+        .skip(from as usize)
+    {
         let before = cpu.state.icount;
         if !cpu.step_one(bus, ins, base) || cpu.end_block || cpu.check_irq {
             return 1;
         }
-        // A repeated string instruction counts its iterations: the compiled code's
-        // count of instructions done would be wrong, and the rest of the block might
-        // not fit the budget any more.
+        // A repeated string instruction that ran all its iterations counted each
+        // (compiled code takes its count from the state after it): the rest of the
+        // block must still fit the budget, as the run loop checked for the whole block.
         if cpu.state.icount != before + 1 {
-            return 1;
+            let rest = (block.instrs.len() - (i + 1)) as u64;
+            if !counts_iterations(ins) || cpu.state.icount + rest > end {
+                return 1;
+            }
         }
         // Compiled code relies on the segments it found flat at its entry: after a
         // segment load that changed what is flat, the rest runs from the run loop.
@@ -180,6 +190,12 @@ extern "C" fn helper_step(ctx: *mut HelperCtx<'_>, from: u32, to: u32) -> u32 {
         }
     }
     0
+}
+
+/// Whether `ins` is a repeated string instruction, which counts each iteration as an
+/// instruction.
+fn counts_iterations(ins: &Instruction) -> bool {
+    (ins.has_rep_prefix() || ins.has_repne_prefix()) && ins.is_string_instruction()
 }
 
 /// Whether `ins` loads a data or stack segment register (CS is loaded only by far
@@ -542,6 +558,7 @@ impl Translator {
                 // machine as it was at entry.
                 e.b.switch_to_block(otherwise);
                 (e.regs, e.dirty, e.flags) = ([None; 8], [false; 8], None);
+                e.icount0 = icount0;
                 e.call_interpreter(0, instrs.len(), 0, 0);
                 e.b.ins().jump(leave, &[]);
             }
@@ -1029,6 +1046,12 @@ impl Emitter<'_> {
         self.b.ins().brif(must_leave, self.leave, &[], next, &[]);
         self.b.switch_to_block(next);
         self.done += (to - from) as i64;
+        // After a repeated string instruction, the count goes on from the state's (each
+        // iteration counted).
+        if instrs[from..to].iter().any(counts_iterations) {
+            let count = self.b.ins().load(types::I64, trusted(), self.cpu, ICOUNT);
+            self.icount0 = self.b.ins().iadd_imm_s(count, -self.done);
+        }
     }
 
     /// `v + k` (32-bit, wrapping), remembered as such for [`Emitter::fast_address`].
