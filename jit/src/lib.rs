@@ -109,6 +109,8 @@ pub struct Stats {
     pub exits: [u64; 4],
     /// Instructions the interpreter ran in blocks waiting for their code.
     pub waiting_instructions: u64,
+    /// Time the compile thread spent compiling.
+    pub compile_time: std::time::Duration,
 }
 
 pub struct Jit {
@@ -255,6 +257,7 @@ impl Jit {
             };
             // A block no longer waited for (flushed since) is left alone; its code is
             // freed with the next flush.
+            self.stats.compile_time += done.took;
             if let Some(block) = self.queued.remove(&done.token) {
                 self.waiting_runs.remove(&(Rc::as_ptr(&block) as usize));
                 match done.result {

@@ -33,6 +33,9 @@ pub(crate) struct Compiled {
     pub token: u64,
     pub result: Result<(usize, usize), String>,
     pub trampoline: Trampoline,
+    /// How long compiling took (for statistics only: nothing the guest sees depends on
+    /// host time).
+    pub took: std::time::Duration,
 }
 
 /// A compile request waiting for the thread.
@@ -93,6 +96,7 @@ fn serve(inbox: &Receiver<Request>, outbox: &Sender<Compiled>, translator: &mut 
             continue;
         };
         let job = waiting.remove(next);
+        let started = std::time::Instant::now();
         let result = translator
             .compile(&job.instrs, job.block)
             .map(|(code, size, native)| {
@@ -103,6 +107,7 @@ fn serve(inbox: &Receiver<Request>, outbox: &Sender<Compiled>, translator: &mut 
             token: job.token,
             result,
             trampoline: translator.trampoline,
+            took: started.elapsed(),
         };
         if outbox.send(done).is_err() {
             return;
