@@ -109,18 +109,49 @@ impl Hasher for KeyHasher {
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
 
-#[derive(Default)]
 pub struct BlockCache {
     blocks: FastMap<u64, Rc<Block>>,
+    /// Blocks fetched lately, direct-mapped by key: most fetches find their block here
+    /// without probing the map (a cache miss or two once it is large). An entry is
+    /// used only while its block is valid, so invalidation need not look here.
+    recent: Box<[Option<Rc<Block>>]>,
     /// The blocks decoded from each physical page: key and byte range in the page.
     by_page: FastMap<u64, Vec<(u64, std::ops::Range<u16>)>>,
 }
 
+/// Entries of [`BlockCache::recent`].
+const RECENT: usize = 1024;
+
+impl Default for BlockCache {
+    fn default() -> BlockCache {
+        BlockCache {
+            blocks: FastMap::default(),
+            recent: vec![None; RECENT].into_boxed_slice(),
+            by_page: FastMap::default(),
+        }
+    }
+}
+
 impl BlockCache {
+    /// The valid block for `key`, if the cache holds one.
+    #[inline]
+    fn get(&mut self, key: u64) -> Option<Rc<Block>> {
+        let slot = ((key >> 1) ^ (key >> 13)) as usize & (RECENT - 1);
+        if let Some(b) = &self.recent[slot] {
+            if block_key(b.phys, b.code32) == key && b.valid.get() {
+                return Some(b.clone());
+            }
+        }
+        let b = self.blocks.get(&key)?.clone();
+        self.recent[slot] = Some(b.clone());
+        Some(b)
+    }
+
     pub fn clear(&mut self) {
         for b in self.blocks.values() {
             retire(b);
         }
+        self.recent.fill(None);
         self.blocks.clear();
         self.by_page.clear();
     }
@@ -209,8 +240,8 @@ impl Cpu {
         };
         let code32 = self.state.code32();
         let key = block_key(paddr, code32);
-        if let Some(b) = self.blocks.blocks.get(&key) {
-            return Ok(b.clone());
+        if let Some(b) = self.blocks.get(key) {
+            return Ok(b);
         }
         let page_off = (paddr & (PAGE_SIZE - 1)) as usize;
         let Backing::Host { .. } = self.mem.backing(paddr) else {
