@@ -363,9 +363,6 @@ impl Translator {
             .set("use_colocated_libcalls", "false")
             .map_err(|e| err(&e))?;
         flags.set("is_pic", "false").map_err(|e| err(&e))?;
-        if std::env::var_os("UW").is_some() {
-            flags.set("unwind_info", "false").map_err(|e| err(&e))?;
-        }
         // Cranelift's tail calls (blocks running on into each other) need frame pointers.
         flags
             .set("preserve_frame_pointers", "true")
