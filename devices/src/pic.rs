@@ -94,6 +94,10 @@ impl Chip {
     /// The highest-priority request that may interrupt now.
     fn pending(&self) -> Option<u8> {
         let requests = self.irr & !self.imr;
+        // (Asked before every block: nearly always nothing is requested.)
+        if requests == 0 {
+            return None;
+        }
         for n in self.priority_order() {
             let bit = 1 << n;
             if self.isr & bit != 0 && !self.special_mask {
