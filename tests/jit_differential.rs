@@ -367,3 +367,62 @@ fn jit_leaves_compiled_code_after_a_segment_load() {
     }
     assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
 }
+
+/// A block that branches back to its own start loops inside its compiled code, with
+/// its registers in SSA values: stopped at every budget across the loop (and with an
+/// instruction the interpreter runs inside the body), both tiers agree.
+#[test]
+fn jit_loops_inside_a_block_that_branches_to_itself() {
+    // MOV ECX,40; CLC; JMP loop; then the loop: ADD EAX,ECX; MOV [EBX+ECX*4],EAX;
+    // DEC ECX; JNZ loop; HLT. The second starts with ADC (the carry crosses the loop's
+    // back edge: DEC keeps it); the third has ADC EAX,ESI and ADD ECX,-1 (a carry out
+    // every time round); the fourth has PUSHFD; POP EDX in the body (the
+    // interpreter's).
+    let bodies: [&[u8]; 4] = [
+        &[0x01, 0xC8, 0x89, 0x04, 0x8B, 0x49, 0x75, 0xF8],
+        &[0x11, 0xC8, 0x89, 0x04, 0x8B, 0x49, 0x75, 0xF8],
+        &[0x11, 0xF0, 0x89, 0x04, 0x8B, 0x83, 0xC1, 0xFF, 0x75, 0xF6],
+        &[0x01, 0xC8, 0x89, 0x04, 0x8B, 0x9C, 0x5A, 0x49, 0x75, 0xF6],
+    ];
+    let mut jit = Jit::new(Tier::Jit).expect("JIT");
+    for body in bodies {
+        let mut program = vec![0xB9, 40, 0, 0, 0, 0xF8, 0xEB, 0x00];
+        program.extend(body);
+        program.push(0xF4);
+        for mode in [Mode::Protected32, Mode::Paged] {
+            for budget in 1..200 {
+                let mut machines: Vec<Cpu> = (0..2).map(|_| Cpu::new(RAM, 0).unwrap()).collect();
+                for cpu in machines.iter_mut() {
+                    let mut rng = Rng(3);
+                    setup_tables(cpu, &mut rng);
+                    enter_mode(cpu, mode, &mut rng);
+                    cpu.write_phys(CODE as u64, &program);
+                    cpu.state.rip = CODE as u64;
+                    use hospes_cpu::state::{EAX, EBX, ESI, ESP};
+                    let init = [
+                        (EAX, 0xFFFF_FF00u32),
+                        (EBX, 0x9000),
+                        (ESI, 7),
+                        (ESP, 0x8000),
+                    ];
+                    for (r, v) in init {
+                        cpu.state.gpr[r] = v as u64;
+                    }
+                }
+                let (a, b) = machines.split_at_mut(1);
+                a[0].run(&mut NoiseBus, budget);
+                b[0].run_with(
+                    &mut NoiseBus,
+                    budget,
+                    Some(&mut jit as &mut dyn BlockRunner),
+                );
+                assert_same(&program, &a[0], &b[0]);
+                assert!(
+                    ram(&a[0]) == ram(&b[0]),
+                    "{mode:?} budget {budget}: memory differs"
+                );
+            }
+        }
+    }
+    assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
+}

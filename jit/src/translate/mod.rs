@@ -31,7 +31,8 @@
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
-    types, AbiParam, FuncRef, InstBuilder, MemFlagsData, SigRef, Signature, UserFuncName, Value,
+    types, AbiParam, BlockArg, FuncRef, InstBuilder, MemFlagsData, SigRef, Signature, UserFuncName,
+    Value,
 };
 use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
@@ -515,6 +516,7 @@ impl Translator {
                 interpreted: false,
                 done: 0,
                 ended: false,
+                loop_head: None,
             };
             // The entry check of what the code assumes, emitted last (in a block the
             // entry jumps to) when it is known.
@@ -523,6 +525,26 @@ impl Translator {
             e.b.ins().jump(check, &[]);
             e.b.switch_to_block(body);
             let natives: Vec<Option<Native>> = instrs.iter().map(classify).collect();
+            // A block that branches back to its own start loops inside its code: the
+            // body takes the count and the registers as parameters (see
+            // `Emitter::loop_back`).
+            let loops = match natives.last() {
+                Some(Some(Native::Jcc { target, mask, .. } | Native::Jmp { target, mask })) => {
+                    *mask == 0xFFFF_FFFF && *target as u32 == 0
+                }
+                _ => false,
+            };
+            let mut entry_args = Vec::new();
+            if loops {
+                e.icount0 = e.b.append_block_param(body, types::I64);
+                entry_args.push(BlockArg::Value(icount0));
+                for n in 0..8 {
+                    e.regs[n] = Some(e.b.append_block_param(body, types::I32));
+                }
+                // The values may be newer than the state's after a loop.
+                e.dirty = [true; 8];
+                e.loop_head = Some(body);
+            }
             let mut i = 0;
             while i < instrs.len() && !e.ended {
                 if let Some(native) = &natives[i] {
@@ -543,9 +565,17 @@ impl Translator {
                 e.exit((last.ip() + last.len() as u64) as i64);
             }
             e.b.switch_to_block(check);
+            e.icount0 = icount0;
+            (e.regs, e.dirty, e.flags) = ([None; 8], [false; 8], None);
+            if loops {
+                for n in 0..8 {
+                    let v = e.reg32(n);
+                    entry_args.push(BlockArg::Value(v));
+                }
+            }
             let mask = e.assumed_mask;
             if mask == 0 {
-                e.b.ins().jump(body, &[]);
+                e.b.ins().jump(body, &entry_args);
             } else {
                 let now = e.b.ins().load(types::I32, trusted(), hctx, CTX_ASSUMED);
                 let now = e.b.ins().band_imm_u(now, mask as i64);
@@ -553,7 +583,7 @@ impl Translator {
                 let ok = e.b.ins().icmp_imm_u(IntCC::Equal, now, want);
                 let otherwise = e.b.create_block();
                 e.b.set_cold_block(otherwise);
-                e.b.ins().brif(ok, body, &[], otherwise, &[]);
+                e.b.ins().brif(ok, body, &entry_args, otherwise, &[]);
                 // Where the check fails, the interpreter runs the block, from the
                 // machine as it was at entry.
                 e.b.switch_to_block(otherwise);
@@ -758,6 +788,9 @@ struct Emitter<'a> {
     done: i64,
     /// The block's code has returned (a branch ended it).
     ended: bool,
+    /// Where the block's instructions start, for a block that branches back to its
+    /// own start: parameters the count there and the eight registers.
+    loop_head: Option<cranelift_codegen::ir::Block>,
 }
 
 impl Emitter<'_> {
@@ -1951,6 +1984,9 @@ impl Emitter<'_> {
             self.b.ins().jump(target_blk, &[]);
         }
         self.b.switch_to_block(target_blk);
+        if self.branch_in_page(target, mask) && target as u32 == 0 {
+            self.loop_back();
+        }
         let t = self.target_eip(target, mask);
         // The branch is already counted in `done`; on a fault it is not.
         self.unless_beyond_cs_limit(ins, index, t, self.done - 1);
@@ -1980,6 +2016,37 @@ impl Emitter<'_> {
         self.call_interpreter(index, index + 1, ins.ip(), done);
         self.b.ins().jump(self.leave, &[]);
         self.b.switch_to_block(go);
+    }
+
+    /// At a branch back to the block's own start: runs the block again inside its code,
+    /// with the registers in SSA values, if it fits the budget and no instruction on
+    /// the way was the interpreter's (which may have changed the TLB the run loop's
+    /// fetch would look at, or ended the block). Nothing else needs checking: the
+    /// block is at the same EIP in the same mode, and only the interpreter writes to
+    /// pages holding code. Otherwise goes on to leave the block as any branch does.
+    fn loop_back(&mut self) {
+        let Some(head) = self.loop_head.filter(|_| !self.interpreted) else {
+            return;
+        };
+        let again = self.b.create_block();
+        let leave = self.b.create_block();
+        let count = self.b.ins().iadd_imm_s(self.icount0, self.done);
+        let after = self.b.ins().iadd_imm_s(count, self.count as i64);
+        let end = self.b.ins().load(types::I64, trusted(), self.hctx, CTX_END);
+        let fits = self
+            .b
+            .ins()
+            .icmp(IntCC::UnsignedLessThanOrEqual, after, end);
+        self.b.ins().brif(fits, again, &[], leave, &[]);
+        self.b.switch_to_block(again);
+        self.store_flags();
+        let mut args = vec![BlockArg::Value(count)];
+        for n in 0..8 {
+            let v = self.reg32(n);
+            args.push(BlockArg::Value(v));
+        }
+        self.b.ins().jump(head, &args);
+        self.b.switch_to_block(leave);
     }
 
     /// EIP of a branch target (relative to the block), wrapped to the operand size.
