@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hospes-multiboot-test-{}", std::process::id()));
+    // Under the target directory (not the system temp directory, which would keep
+    // one directory per run).
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("multiboot-test");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
