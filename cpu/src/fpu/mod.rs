@@ -195,6 +195,34 @@ impl FpuState {
     }
 }
 
+/// The FOP an x87 instruction leaves in the FPU (11 bits: the low 3 bits of its first
+/// opcode byte, then its ModRM byte), as the FPU records it for FSTENV/FSAVE.
+pub fn fpu_opcode(ins: &Instruction) -> u16 {
+    let oc = ins.op_code();
+    let two = oc.op_code_len() == 2;
+    let op = if two {
+        ((oc.op_code() >> 8) & 7) as u16
+    } else {
+        (oc.op_code() & 7) as u16
+    };
+    let modrm = if two {
+        // Register forms report "D8 C0" etc. as the opcode; add the ST(i) index.
+        let is_st = |r: Register| (Register::ST0..=Register::ST7).contains(&r);
+        let i = if ins.op_count() >= 2 && ins.op0_register() == Register::ST0 {
+            ins.op1_register()
+        } else if ins.op_count() >= 1 {
+            ins.op0_register()
+        } else {
+            Register::None
+        };
+        let idx = if is_st(i) { st_index(i) as u16 } else { 0 };
+        ((oc.op_code() & 0xFF) as u16).wrapping_add(idx)
+    } else {
+        memory_modrm(ins)
+    };
+    (op << 8) | (modrm & 0xFF)
+}
+
 /// The ModRM byte of an instruction with a memory operand (FOP records it), rebuilt
 /// from the decoded operand as it was encoded: mod from the displacement's size, rm
 /// from the base and index (a SIB byte where there is an index or the base is ESP),
@@ -328,6 +356,7 @@ impl Cpu {
         eip: u64,
         off: u32,
         bits: u64,
+        fop: u16,
     ) -> bool {
         if !self.fpu_ready() {
             return false;
@@ -336,7 +365,7 @@ impl Cpu {
         let operand = has_mem.then(|| operand_from_bits(ins.memory_size(), bits));
         self.cur_eip = eip;
         let mem = has_mem.then(|| (seg_index(ins.memory_segment()), off));
-        self.fpu_note_at(ins, mem);
+        self.fpu_note_fop(fop, mem);
         self.fpu_numeric(bus, ins, operand).is_ok()
     }
 
@@ -345,7 +374,13 @@ impl Cpu {
     /// [`Cpu::exec_fpu`] does for the instruction at `eip`; returns the bits to write.
     /// None, having changed nothing, where the interpreter must run it (#NM, #MF, or an
     /// unmasked exception that suppresses the store).
-    pub fn fpu_store_write(&mut self, ins: &Instruction, eip: u64, off: u32) -> Option<u64> {
+    pub fn fpu_store_write(
+        &mut self,
+        ins: &Instruction,
+        eip: u64,
+        off: u32,
+        fop: u16,
+    ) -> Option<u64> {
         if !self.fpu_ready() {
             return None;
         }
@@ -354,7 +389,7 @@ impl Cpu {
             return None;
         }
         self.cur_eip = eip;
-        self.fpu_note_at(ins, Some((seg_index(ins.memory_segment()), off)));
+        self.fpu_note_fop(fop, Some((seg_index(ins.memory_segment()), off)));
         let f = &mut self.state.fpu;
         f.set_c1(c1);
         f.raise(fl);
@@ -425,32 +460,16 @@ impl Cpu {
 
     /// [`Cpu::fpu_note`] with the memory operand (segment, offset) given.
     fn fpu_note_at(&mut self, ins: &Instruction, mem: Option<(usize, u32)>) {
-        let oc = ins.op_code();
-        let two = oc.op_code_len() == 2;
-        let op = if two {
-            ((oc.op_code() >> 8) & 7) as u16
-        } else {
-            (oc.op_code() & 7) as u16
-        };
-        let modrm = if two {
-            // Register forms report "D8 C0" etc. as the opcode; add the ST(i) index.
-            let is_st = |r: Register| (Register::ST0..=Register::ST7).contains(&r);
-            let i = if ins.op_count() >= 2 && ins.op0_register() == Register::ST0 {
-                ins.op1_register()
-            } else if ins.op_count() >= 1 {
-                ins.op0_register()
-            } else {
-                Register::None
-            };
-            let idx = if is_st(i) { st_index(i) as u16 } else { 0 };
-            ((oc.op_code() & 0xFF) as u16).wrapping_add(idx)
-        } else {
-            memory_modrm(ins)
-        };
+        self.fpu_note_fop(fpu_opcode(ins), mem);
+    }
+
+    /// Records the last instruction's opcode `fop`, its address and its memory operand
+    /// (segment, offset) if it has one.
+    fn fpu_note_fop(&mut self, fop: u16, mem: Option<(usize, u32)>) {
         let mem = mem.map(|(seg, off)| (off, self.state.seg[seg % 6].selector));
         let fcs = self.state.seg[CS].selector;
         let f = &mut self.state.fpu;
-        f.fop = (op << 8) | (modrm & 0xFF);
+        f.fop = fop;
         f.fip = self.cur_eip as u32;
         f.fcs = fcs;
         if let Some((off, sel)) = mem {

@@ -436,8 +436,8 @@ impl Translator {
             step: declare("helper_step", 2, true)?,
             flags: declare("helper_flags", 4, false)?,
             cond: declare("helper_cond", 1, true)?,
-            x87_read: declare("helper_x87_read", 4, true)?,
-            x87_store: declare("helper_x87_store", 2, true)?,
+            x87_read: declare("helper_x87_read", 5, true)?,
+            x87_store: declare("helper_x87_store", 3, true)?,
         };
         let mut ctx = module.make_context();
         let mut builder_ctx = FunctionBuilderContext::new();

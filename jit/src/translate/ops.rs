@@ -215,9 +215,11 @@ impl Emitter<'_> {
         store: bool,
     ) {
         let at = self.iconst32(index as u32);
+        // The FOP the instruction leaves, worked out here rather than on every run.
+        let fop = self.iconst32(hospes_cpu::fpu::fpu_opcode(ins) as u32);
         let Some(m) = m else {
             let zero = self.iconst32(0);
-            let args = [self.hctx, at, zero, zero, zero];
+            let args = [self.hctx, at, zero, zero, zero, fop];
             let call = self.b.ins().call(self.helpers.x87_read, &args);
             let done = self.b.inst_results(call)[0];
             self.with_slow_path(ins, index, done, |_| {});
@@ -227,7 +229,7 @@ impl Emitter<'_> {
         let (hit, host) = self.fast_address(m.seg, off, size, store, 0);
         self.with_slow_path(ins, index, hit, |e| {
             if store {
-                let call = e.b.ins().call(e.helpers.x87_store, &[e.hctx, at, off]);
+                let call = e.b.ins().call(e.helpers.x87_store, &[e.hctx, at, off, fop]);
                 let done = e.b.inst_results(call)[0];
                 e.with_slow_path(ins, index, done, |e| {
                     let ty = if size == 8 { types::I64 } else { types::I32 };
@@ -243,7 +245,7 @@ impl Emitter<'_> {
                 } else {
                     (e.load_guest(host, size), e.iconst32(0))
                 };
-                let args = [e.hctx, at, off, low, high];
+                let args = [e.hctx, at, off, low, high, fop];
                 let call = e.b.ins().call(e.helpers.x87_read, &args);
                 let done = e.b.inst_results(call)[0];
                 e.with_slow_path(ins, index, done, |_| {});
@@ -272,14 +274,15 @@ unsafe fn running<'c>(
 }
 
 /// An x87 instruction on registers only, or reading what compiled code read (`low`,
-/// `high`) at offset `off`: 1 if done, 0 if the interpreter must run the instruction
-/// (nothing changed).
+/// `high`) at offset `off`, leaving FOP `fop`: 1 if done, 0 if the interpreter must run
+/// the instruction (nothing changed).
 pub(super) extern "C" fn helper_x87_read(
     ctx: *mut HelperCtx<'_>,
     index: u32,
     off: u32,
     low: u32,
     high: u32,
+    fop: u32,
 ) -> u32 {
     // SAFETY: compiled code passes its context and the index of the instruction it
     // runs, and holds no reference to the CPU while it calls (as for `helper_step`).
@@ -287,17 +290,23 @@ pub(super) extern "C" fn helper_x87_read(
     // SAFETY: as above: the CPU and the bus are borrowed by `call` for the whole run.
     let (cpu, bus) = unsafe { (&mut *ctx.cpu, &mut *ctx.bus) };
     let bits = (high as u64) << 32 | low as u64;
-    cpu.fpu_numeric_read(bus, ins, eip, off, bits) as u32
+    cpu.fpu_numeric_read(bus, ins, eip, off, bits, fop as u16) as u32
 }
 
-/// FST/FSTP/FIST/FISTP to offset `off`, which compiled code writes from the context's
-/// `x87_out`: 1 if so, 0 if the interpreter must run the instruction (nothing changed).
-pub(super) extern "C" fn helper_x87_store(ctx: *mut HelperCtx<'_>, index: u32, off: u32) -> u32 {
+/// FST/FSTP/FIST/FISTP to offset `off`, leaving FOP `fop`, which compiled code writes
+/// from the context's `x87_out`: 1 if so, 0 if the interpreter must run the
+/// instruction (nothing changed).
+pub(super) extern "C" fn helper_x87_store(
+    ctx: *mut HelperCtx<'_>,
+    index: u32,
+    off: u32,
+    fop: u32,
+) -> u32 {
     // SAFETY: as for `helper_x87_read`.
     let (ctx, ins, eip) = unsafe { running(ctx, index) };
     // SAFETY: as for `helper_x87_read`.
     let cpu = unsafe { &mut *ctx.cpu };
-    match cpu.fpu_store_write(ins, eip, off) {
+    match cpu.fpu_store_write(ins, eip, off, fop as u16) {
         Some(bits) => {
             ctx.x87_out = bits;
             1
