@@ -346,9 +346,10 @@ impl Cpu {
     /// A numeric instruction that reads at most 8 bytes of memory or none, for compiled
     /// code, which has read the operand (`bits`, at offset `off` of the instruction's
     /// segment) without a fault: the rest of what [`Cpu::exec_fpu`] does for the
-    /// instruction at `eip`. Returns false, having changed nothing, where the
-    /// instruction faults instead (#NM, #MF). Not for stores, the environment and
-    /// control instructions, or those that touch EFLAGS or general registers.
+    /// instruction at `eip`, whose FOP ([`fpu_opcode`]) the caller gives as `fop`.
+    /// Returns false, having changed nothing, where the instruction faults instead
+    /// (#NM, #MF). Not for stores, the environment and control instructions, or those
+    /// that touch EFLAGS or general registers.
     pub fn fpu_numeric_read(
         &mut self,
         bus: &mut dyn Bus,
@@ -371,9 +372,10 @@ impl Cpu {
 
     /// FST/FSTP/FIST/FISTP to at most 8 bytes for compiled code, whose write to offset
     /// `off` of the instruction's segment cannot fault: the rest of what
-    /// [`Cpu::exec_fpu`] does for the instruction at `eip`; returns the bits to write.
-    /// None, having changed nothing, where the interpreter must run it (#NM, #MF, or an
-    /// unmasked exception that suppresses the store).
+    /// [`Cpu::exec_fpu`] does for the instruction at `eip` (FOP `fop`, from
+    /// [`fpu_opcode`]); returns the bits to write. None, having changed nothing, where
+    /// the interpreter must run it (#NM, #MF, or an unmasked exception that suppresses
+    /// the store).
     pub fn fpu_store_write(
         &mut self,
         ins: &Instruction,
