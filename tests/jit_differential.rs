@@ -254,15 +254,15 @@ fn jit_matches_interpreter_on_flag_edges() {
     assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
 }
 
-/// Two machines set up alike by `setup`, run for up to 100 instructions: the first
-/// by the interpreter, the second with every block through `jit`.
-fn run_in_both_tiers(jit: &mut Jit, setup: impl Fn(&mut Cpu)) -> (Cpu, Cpu) {
+/// Two machines set up alike by `setup`, run for up to `budget` instructions: the
+/// first by the interpreter, the second with every block through `jit`.
+fn run_in_both_tiers(jit: &mut Jit, budget: u64, setup: impl Fn(&mut Cpu)) -> (Cpu, Cpu) {
     let mut interp = Cpu::new(RAM, 0).unwrap();
     let mut jitted = Cpu::new(RAM, 0).unwrap();
     setup(&mut interp);
     setup(&mut jitted);
-    interp.run(&mut NoiseBus, 100);
-    jitted.run_with(&mut NoiseBus, 100, Some(jit as &mut dyn BlockRunner));
+    interp.run(&mut NoiseBus, budget);
+    jitted.run_with(&mut NoiseBus, budget, Some(jit as &mut dyn BlockRunner));
     (interp, jitted)
 }
 
@@ -301,7 +301,7 @@ fn jit_rechecks_reused_addresses_for_writes_and_wider_accesses() {
     ];
     let mut jit = Jit::new(Tier::Jit).expect("JIT");
     for (code, ebx, fault_at) in cases {
-        let (interp, jitted) = run_in_both_tiers(&mut jit, |cpu| {
+        let (interp, jitted) = run_in_both_tiers(&mut jit, 100, |cpu| {
             let mut rng = Rng(11);
             setup_tables(cpu, &mut rng);
             enter_mode(cpu, Mode::Paged, &mut rng);
@@ -344,7 +344,7 @@ fn jit_leaves_compiled_code_after_a_segment_load() {
     ];
     let mut jit = Jit::new(Tier::Jit).expect("JIT");
     for code in cases {
-        let (interp, jitted) = run_in_both_tiers(&mut jit, |cpu| {
+        let (interp, jitted) = run_in_both_tiers(&mut jit, 100, |cpu| {
             let mut rng = Rng(5);
             setup_tables(cpu, &mut rng);
             enter_mode(cpu, Mode::Protected32, &mut rng);
@@ -391,8 +391,7 @@ fn jit_loops_inside_a_block_that_branches_to_itself() {
         program.push(0xF4);
         for mode in [Mode::Protected32, Mode::Paged] {
             for budget in 1..200 {
-                let mut machines: Vec<Cpu> = (0..2).map(|_| Cpu::new(RAM, 0).unwrap()).collect();
-                for cpu in machines.iter_mut() {
+                let (interp, jitted) = run_in_both_tiers(&mut jit, budget, |cpu| {
                     let mut rng = Rng(3);
                     setup_tables(cpu, &mut rng);
                     enter_mode(cpu, mode, &mut rng);
@@ -408,17 +407,10 @@ fn jit_loops_inside_a_block_that_branches_to_itself() {
                     for (r, v) in init {
                         cpu.state.gpr[r] = v as u64;
                     }
-                }
-                let (a, b) = machines.split_at_mut(1);
-                a[0].run(&mut NoiseBus, budget);
-                b[0].run_with(
-                    &mut NoiseBus,
-                    budget,
-                    Some(&mut jit as &mut dyn BlockRunner),
-                );
-                assert_same(&program, &a[0], &b[0]);
+                });
+                assert_same(&program, &interp, &jitted);
                 assert!(
-                    ram(&a[0]) == ram(&b[0]),
+                    ram(&interp) == ram(&jitted),
                     "{mode:?} budget {budget}: memory differs"
                 );
             }
