@@ -177,23 +177,28 @@ fn jit_matches_interpreter_tiered_with_flushes() {
 /// Conditions at the edges of the lazy flag records compiled code evaluates inline
 /// (INC/DEC overflowing into or out of the sign bit, shifts moving bits out), which
 /// random register values seldom reach: for each operand size and edge value, both
-/// tiers run `MOV EAX, value; op; SETcc` for the signed and carry conditions.
+/// tiers run `MOV EAX, value; op; SETcc` for the signed and carry conditions, and
+/// again with `BT ECX,3` before the SETcc (BT keeps every flag but CF, which compiled
+/// code works out inline from the record before it).
 #[test]
 fn jit_matches_interpreter_on_flag_edges() {
     // (prefix + opcode bytes of the operation on AL/AX/EAX, operand size)
-    let ops: [(&[u8], u32); 15] = [
-        (&[0x40], 4),                   // INC EAX
-        (&[0x48], 4),                   // DEC EAX
-        (&[0x66, 0x40], 2),             // INC AX
-        (&[0x66, 0x48], 2),             // DEC AX
-        (&[0xFE, 0xC0], 1),             // INC AL
-        (&[0xFE, 0xC8], 1),             // DEC AL
-        (&[0xC1, 0xE0, 0x01], 4),       // SHL EAX,1
-        (&[0xC1, 0xE8, 0x03], 4),       // SHR EAX,3
-        (&[0xC1, 0xF8, 0x1F], 4),       // SAR EAX,31
-        (&[0xC0, 0xE0, 0x07], 1),       // SHL AL,7
-        (&[0x66, 0xC1, 0xE8, 0x0F], 2), // SHR AX,15
-        (&[0xC1, 0xC0, 0x05], 4),       // ROL EAX,5
+    let ops: [(&[u8], u32); 18] = [
+        (&[0x05, 0xFF, 0xFF, 0xFF, 0x7F], 4), // ADD EAX,7FFFFFFFh
+        (&[0x2D, 0x01, 0x00, 0x00, 0x00], 4), // SUB EAX,1
+        (&[0x24, 0x81], 1),                   // AND AL,81h
+        (&[0x40], 4),                         // INC EAX
+        (&[0x48], 4),                         // DEC EAX
+        (&[0x66, 0x40], 2),                   // INC AX
+        (&[0x66, 0x48], 2),                   // DEC AX
+        (&[0xFE, 0xC0], 1),                   // INC AL
+        (&[0xFE, 0xC8], 1),                   // DEC AL
+        (&[0xC1, 0xE0, 0x01], 4),             // SHL EAX,1
+        (&[0xC1, 0xE8, 0x03], 4),             // SHR EAX,3
+        (&[0xC1, 0xF8, 0x1F], 4),             // SAR EAX,31
+        (&[0xC0, 0xE0, 0x07], 1),             // SHL AL,7
+        (&[0x66, 0xC1, 0xE8, 0x0F], 2),       // SHR AX,15
+        (&[0xC1, 0xC0, 0x05], 4),             // ROL EAX,5
         // Counts past the operand: CF 0 (SHL, SHR) or the sign (SAR).
         (&[0xC0, 0xE8, 0x14], 1),       // SHR AL,20
         (&[0xC0, 0xF8, 0x0C], 1),       // SAR AL,12
@@ -222,11 +227,14 @@ fn jit_matches_interpreter_on_flag_edges() {
     let mut rng = Rng(7);
     for (op, size) in ops {
         for &value in &edges {
-            for &cc in &conditions {
-                // MOV EAX, value; op; SETcc CL; MOV EDX, ECX; HLT
+            for (&cc, bt) in conditions.iter().flat_map(|c| [(c, false), (c, true)]) {
+                // MOV EAX, value; op; [BT ECX,3;] SETcc CL; MOV EDX, ECX; HLT
                 let mut code = vec![0xB8];
                 code.extend(value.to_le_bytes());
                 code.extend(op);
+                if bt {
+                    code.extend([0x0F, 0xBA, 0xE1, 0x03]);
+                }
                 code.extend([0x0F, cc, 0xC1, 0x89, 0xCA, 0xF4]);
                 let mut machines: Vec<Cpu> = (0..2).map(|_| Cpu::new(RAM, 0).unwrap()).collect();
                 let mut states = Vec::new();
@@ -242,7 +250,7 @@ fn jit_matches_interpreter_on_flag_edges() {
                 }
                 assert!(
                     states[0] == states[1],
-                    "op {op:02x?} (size {size}) on {value:#x}, SETcc {cc:#x}: the tiers differ\n\
+                    "op {op:02x?} (size {size}) on {value:#x}, BT {bt}, SETcc {cc:#x}: the tiers differ\n\
                      interp: {:?}\njit:    {:?}",
                     machines[0].state,
                     machines[1].state

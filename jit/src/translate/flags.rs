@@ -13,7 +13,7 @@ use super::Emitter;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use hospes_cpu::exec::{set_mul_flags, shift};
-use hospes_cpu::flags::{FlagOp, ARITH, CF};
+use hospes_cpu::flags::{FlagOp, AF, ARITH, CF, OF, PF, SF, ZF};
 use hospes_cpu::Cpu;
 use iced_x86::{ConditionCode, Mnemonic};
 
@@ -30,6 +30,9 @@ pub(super) enum PendingFlags {
         res: Value,
         carry: bool,
     },
+    /// Flags already in the state, whose CF is `cf` (an i32 0/1): what BT leaves, for
+    /// the JB/JAE after it to read inline.
+    Stored { cf: Value },
     /// Flags the interpreter computes from the operands: `kind` is one of the
     /// `DEFERRED_*` codes, `a` and `b` its operands (see [`helper_flags`]).
     Deferred {
@@ -42,7 +45,8 @@ pub(super) enum PendingFlags {
 
 /// Deferred flag kinds: shifts and rotates (`a` the value shifted, `b` the count),
 /// multiplies (`a` the low half of the product, `b` 1 on overflow), and BT (`a` the
-/// bit tested, 0 or 1: it becomes CF, the other flags are kept).
+/// bit tested, 0 or 1: it becomes CF, the other flags are kept; only ever stored at
+/// once, see [`Emitter::bit_test_flags`]).
 pub(super) const DEFERRED_MUL: u32 = 0;
 pub(super) const DEFERRED_BT: u32 = 1 + DEFERRED_SHIFTS.len() as u32;
 const DEFERRED_SHIFTS: [Mnemonic; 5] = [
@@ -113,7 +117,7 @@ impl Emitter<'_> {
     /// the state. Leaves the record pending: storing it twice is harmless.
     pub(super) fn store_flags(&mut self) {
         match self.flags {
-            None => {}
+            None | Some(PendingFlags::Stored { .. }) => {}
             Some(PendingFlags::Lazy {
                 op,
                 size,
@@ -252,11 +256,7 @@ impl Emitter<'_> {
                 let bits = self.load_flag_bits();
                 self.b.ins().band_imm_u(bits, CF as i64)
             }
-            Some(PendingFlags::Deferred {
-                kind: DEFERRED_BT,
-                a,
-                ..
-            }) => a,
+            Some(PendingFlags::Stored { cf }) => cf,
             _ => {
                 self.flush_flags();
                 self.stored_carry()
@@ -346,6 +346,117 @@ impl Emitter<'_> {
         cf
     }
 
+    /// BT: CF becomes `cf` (an i32 0/1), the other flags are kept. Stores the flags
+    /// at once, as the interpreter leaves them (eager), where that is cheap: the
+    /// record before is an add, subtract, logic, INC or DEC one of this block (the
+    /// other five flags computed inline), or the state's flags are eager or INC/DEC's
+    /// (CF already in `bits`). Otherwise the interpreter's code works them out.
+    pub(super) fn bit_test_flags(&mut self, cf: Value, size: u8) {
+        let fl = super::trusted();
+        match self.flags {
+            Some(PendingFlags::Lazy {
+                op: op @ (FlagOp::Add | FlagOp::Sub | FlagOp::Logic | FlagOp::Inc | FlagOp::Dec),
+                size: rsize,
+                a,
+                b,
+                res,
+                ..
+            }) => {
+                let others = self.flags_but_carry(op, rsize, a, b, res);
+                let bits = self.load_flag_bits();
+                let bits = self.b.ins().band_imm_u(bits, !(ARITH as i64));
+                let bits = self.b.ins().bor(bits, others);
+                let bits = self.b.ins().bor(bits, cf);
+                self.b.ins().store(fl, bits, self.cpu, super::FLAG_BITS);
+                let eager = self.b.ins().iconst(types::I8, FlagOp::Eager as i64);
+                self.b.ins().store(fl, eager, self.cpu, super::FLAG_OP);
+            }
+            _ => {
+                self.flush_flags();
+                let op = self
+                    .b
+                    .ins()
+                    .uload8(types::I32, fl, self.cpu, super::FLAG_OP);
+                // Eager, INC and DEC records hold CF in `bits` (INC/DEC derive the
+                // rest from their operands): replacing it there is all BT does.
+                let is_eager = self
+                    .b
+                    .ins()
+                    .icmp_imm_u(IntCC::Equal, op, FlagOp::Eager as i64);
+                let inc_dec = self.b.ins().iadd_imm_s(op, -(FlagOp::Inc as i64));
+                let is_inc_dec =
+                    self.b
+                        .ins()
+                        .icmp_imm_u(IntCC::UnsignedLessThanOrEqual, inc_dec, 1);
+                let in_bits = self.b.ins().bor(is_eager, is_inc_dec);
+                let set_blk = self.b.create_block();
+                let ask_blk = self.b.create_block();
+                let done = self.b.create_block();
+                self.b.set_cold_block(ask_blk);
+                self.b.ins().brif(in_bits, set_blk, &[], ask_blk, &[]);
+                self.b.switch_to_block(set_blk);
+                let bits = self.load_flag_bits();
+                let bits = self.b.ins().band_imm_u(bits, !(CF as i64));
+                let bits = self.b.ins().bor(bits, cf);
+                self.b.ins().store(fl, bits, self.cpu, super::FLAG_BITS);
+                self.b.ins().jump(done, &[]);
+                self.b.switch_to_block(ask_blk);
+                let kind = self.iconst32(DEFERRED_BT);
+                let size = self.iconst32(size as u32);
+                let helper = self.helpers.flags;
+                self.b.ins().call(helper, &[self.cpu, kind, size, cf, cf]);
+                self.b.ins().jump(done, &[]);
+                self.b.switch_to_block(done);
+            }
+        }
+        self.flags = Some(PendingFlags::Stored { cf });
+    }
+
+    /// PF, AF, ZF, SF and OF (in their EFLAGS positions) of an add, subtract, logic,
+    /// INC or DEC record, as `Flags::arith` derives them.
+    fn flags_but_carry(&mut self, op: FlagOp, size: u8, a: Value, b: Value, res: Value) -> Value {
+        let top = size as i64 * 8 - 1;
+        let r = match size {
+            4 => res,
+            _ => self.b.ins().band_imm_u(res, (1i64 << (top + 1)) - 1),
+        };
+        let flag_at = |e: &mut Self, v: Value, bit: u32| {
+            let v = e.b.ins().uextend(types::I32, v);
+            e.b.ins().ishl_imm_u(v, bit.trailing_zeros() as i64)
+        };
+        let zero = self.b.ins().icmp_imm_u(IntCC::Equal, r, 0);
+        let zf = flag_at(self, zero, ZF);
+        let sign = self.b.ins().ushr_imm_u(r, top);
+        let sf = self.b.ins().ishl_imm_u(sign, SF.trailing_zeros() as i64);
+        let low = self.b.ins().band_imm_u(r, 0xFF);
+        let ones = self.b.ins().popcnt(low);
+        let odd = self.b.ins().band_imm_u(ones, 1);
+        let even = self.b.ins().bxor_imm_u(odd, 1);
+        let pf = self.b.ins().ishl_imm_u(even, PF.trailing_zeros() as i64);
+        let mut f = self.b.ins().bor(zf, sf);
+        f = self.b.ins().bor(f, pf);
+        if op == FlagOp::Logic {
+            return f;
+        }
+        let ab = self.b.ins().bxor(a, b);
+        let abr = self.b.ins().bxor(ab, r);
+        let af = self.b.ins().band_imm_u(abr, AF as i64);
+        f = self.b.ins().bor(f, af);
+        // OF: the operands' signs agree (add) or differ (subtract), and the result's
+        // differs from the first.
+        let ar = self.b.ins().bxor(a, r);
+        let x = if matches!(op, FlagOp::Add | FlagOp::Inc) {
+            let br = self.b.ins().bxor(b, r);
+            self.b.ins().band(ar, br)
+        } else {
+            self.b.ins().band(ab, ar)
+        };
+        let over = self.b.ins().ushr_imm_u(x, top);
+        let over = self.b.ins().band_imm_u(over, 1);
+        let of = self.b.ins().ishl_imm_u(over, OF.trailing_zeros() as i64);
+        self.b.ins().bor(f, of)
+    }
+
     pub(super) fn load_flag_bits(&mut self) -> Value {
         self.b
             .ins()
@@ -376,19 +487,13 @@ impl Emitter<'_> {
 
     fn inline_condition(&mut self, cc: ConditionCode) -> Option<Value> {
         use ConditionCode as C;
-        if let Some(PendingFlags::Deferred {
-            kind: DEFERRED_BT,
-            a,
-            ..
-        }) = self.flags
-        {
-            // BT's bit is CF.
+        if let Some(PendingFlags::Stored { cf }) = self.flags {
             let is_set = match cc {
                 C::b => IntCC::NotEqual,
                 C::ae => IntCC::Equal,
                 _ => return None,
             };
-            return Some(self.b.ins().icmp_imm_u(is_set, a, 0));
+            return Some(self.b.ins().icmp_imm_u(is_set, cf, 0));
         }
         let Some(PendingFlags::Lazy {
             op,

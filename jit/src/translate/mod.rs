@@ -60,7 +60,7 @@ use crate::code_memory::{self, DualMapped};
 
 pub use classify::has_native;
 use classify::{classify, mask, Count, Gpr, MemRef, Native, Operand};
-use flags::{deferred_shift, is_rotate, keeps_old_flags, PendingFlags, DEFERRED_BT, DEFERRED_MUL};
+use flags::{deferred_shift, is_rotate, keeps_old_flags, PendingFlags, DEFERRED_MUL};
 
 /// Compiled code for one block. Its calling convention is Cranelift's `tail` (so that
 /// blocks can run on into each other with tail calls): only compiled code calls it,
@@ -1641,18 +1641,15 @@ impl Emitter<'_> {
                 self.set(Gpr::full(EAX), v);
             }
             Native::Bt { ref src, size, bit } => {
-                // The flags before are kept but CF: they must be in the state for the
-                // deferred record (or the interpreter, on the slow path) to start from.
-                self.flush_flags();
+                // The flags before are kept but CF: the slow path's interpreter starts
+                // from them in the state.
+                if matches!(src, Operand::Mem(_)) {
+                    self.store_flags();
+                }
                 let bt = |e: &mut Self, v: Value| {
                     let x = e.b.ins().ushr_imm_u(v, bit as i64);
                     let cf = e.b.ins().band_imm_u(x, 1);
-                    e.flags = Some(PendingFlags::Deferred {
-                        kind: DEFERRED_BT,
-                        size,
-                        a: cf,
-                        b: cf,
-                    });
+                    e.bit_test_flags(cf, size);
                 };
                 match *src {
                     Operand::Mem(ref m) => {
