@@ -338,10 +338,11 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     let ended = screen::run(&mut machine, args.max_instructions, &args.screen, &how)?;
     if let Some(s) = machine.jit_stats().filter(|_| args.jit_stats) {
         eprintln!(
-            "hospes: JIT: {} blocks compiled ({} instructions, {} native) in {:.2} s, {} left to the interpreter ({} instructions interpreted in blocks waiting for code), {} compiled block runs ({} through links; back to the run loop after {} interpreter stops, {} fall-throughs, {} branches, {} returns), {} flushes",
+            "hospes: JIT: {} blocks compiled ({} instructions, {} native; {} with a PC thunk in place) in {:.2} s, {} left to the interpreter ({} instructions interpreted in blocks waiting for code), {} compiled block runs ({} through links; back to the run loop after {} interpreter stops, {} fall-throughs, {} branches, {} returns), {} flushes",
             s.compiled_blocks,
             s.compiled_instructions,
             s.native_instructions,
+            s.pc_thunks,
             s.compile_time.as_secs_f64(),
             s.interpreted_blocks,
             s.waiting_instructions,

@@ -284,6 +284,60 @@ fn assert_same(code: &[u8], interp: &Cpu, jitted: &Cpu) {
     );
 }
 
+/// A CALL to a PC thunk (`MOV EBX,[ESP]; RET`, on another page) is done in place by
+/// compiled code while the thunk's bytes stay those it was compiled with and its page
+/// is in the TLB: with the thunk rewritten every time round (to `MOV EDX,[ESP]`) or
+/// its TLB entry dropped, both tiers must still agree at every budget.
+#[test]
+fn jit_does_pc_thunks_in_place_only_while_they_are_there() {
+    const THUNK: u32 = CODE + 0x1000;
+    let thunk_modrm = (THUNK + 1).to_le_bytes();
+    let thunk_page = THUNK.to_le_bytes();
+    // What the loop does between the CALL's return and DEC ECX.
+    let middles: [Vec<u8>; 3] = [
+        vec![0x90],                                          // NOP
+        [&[0x80, 0x35][..], &thunk_modrm, &[0x08]].concat(), // XOR [THUNK+1],8
+        [&[0x0F, 0x01, 0x3D][..], &thunk_page].concat(),     // INVLPG [THUNK]
+    ];
+    let mut jit = Jit::new(Tier::Jit).expect("JIT");
+    for middle in &middles {
+        // MOV ECX,20; loop: CALL THUNK; ADD EAX,EBX; ADD ESI,EDX; XOR EBX,EBX;
+        // XOR EDX,EDX; middle; DEC ECX; JNZ loop; HLT
+        let mut program = vec![0xB9, 20, 0, 0, 0, 0xE8];
+        program.extend((THUNK - (CODE + 10)).to_le_bytes());
+        program.extend([0x01, 0xD8, 0x01, 0xD6, 0x31, 0xDB, 0x31, 0xD2]);
+        program.extend(middle);
+        program.push(0x49);
+        let back = 5i32 - (program.len() as i32 + 2);
+        program.extend([0x75, back as u8, 0xF4]);
+        for mode in [Mode::Protected32, Mode::Paged] {
+            for budget in 1..150 {
+                let (interp, jitted) = run_in_both_tiers(&mut jit, budget, |cpu| {
+                    let mut rng = Rng(5);
+                    setup_tables(cpu, &mut rng);
+                    enter_mode(cpu, mode, &mut rng);
+                    cpu.write_phys(CODE as u64, &program);
+                    cpu.write_phys(THUNK as u64, &[0x8B, 0x1C, 0x24, 0xC3]);
+                    cpu.state.rip = CODE as u64;
+                    use hospes_cpu::state::{EAX, ESI, ESP};
+                    cpu.state.gpr[EAX] = 0;
+                    cpu.state.gpr[ESI] = 0;
+                    cpu.state.gpr[ESP] = 0x8000;
+                });
+                assert_same(&program, &interp, &jitted);
+                assert!(
+                    ram(&interp) == ram(&jitted),
+                    "{mode:?} budget {budget}: memory differs"
+                );
+            }
+        }
+    }
+    assert!(
+        jit.stats.pc_thunks > 0,
+        "no block was compiled with its thunk in place"
+    );
+}
+
 /// Compiled code checks an address once per block where it can (a second access to
 /// the same address relies on the first one's TLB check): a write after a read still
 /// needs its own check (a read-only page), and so does a wider access after a narrower

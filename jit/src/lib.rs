@@ -111,6 +111,8 @@ pub struct Stats {
     pub waiting_instructions: u64,
     /// Time the compile thread spent compiling.
     pub compile_time: std::time::Duration,
+    /// Blocks compiled with the PC thunk their CALL calls done in place.
+    pub pc_thunks: u64,
 }
 
 pub struct Jit {
@@ -349,6 +351,8 @@ impl Jit {
         {
             self.note_rewrite(block);
         }
+        let pc_thunk = translate::PcThunk::called_by(cpu, &block.instrs, cpu.state.rip);
+        self.stats.pc_thunks += pc_thunk.is_some() as u64;
         let token = self.next_token;
         self.next_token += 1;
         let runs = Arc::new(AtomicU32::new(0));
@@ -359,6 +363,7 @@ impl Jit {
                 phys: block.phys,
                 code32: block.code32,
                 assumed: translate::entry_assumptions(cpu),
+                pc_thunk,
             },
             instrs: block.instrs.to_vec(),
             runs: runs.clone(),

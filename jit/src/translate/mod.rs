@@ -641,6 +641,53 @@ pub struct BlockPlace {
     /// segments are compiled without segment checks, and the TLB table of that CPL is
     /// read, behind one check at entry.
     pub assumed: u32,
+    /// The PC thunk the block's last instruction (a CALL) called when the block was
+    /// found hot, which compiled code does in place while its bytes stay the same.
+    pub pc_thunk: Option<PcThunk>,
+}
+
+/// A position-independent code thunk (`__x86.get_pc_thunk.*`): `MOV reg,[ESP]; RET`,
+/// called at the start of nearly every function of 32-bit PIE code to learn its own
+/// address. Compiled code does CALL + thunk + RET as one step: the return address is
+/// pushed as by the CALL and also put in the register, ESP is back where it was, and
+/// the code goes on after the CALL (three instructions counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PcThunk {
+    /// The register the thunk loads (not ESP).
+    pub reg: usize,
+    /// The thunk's four bytes, as a little-endian u32: compiled code compares them
+    /// with the code at the target before doing the thunk in place.
+    pub bytes: u32,
+}
+
+impl PcThunk {
+    /// The thunk whose first four bytes (little-endian) are `bytes`, if they are one:
+    /// 8B /r with ModRM mod=00 r/m=100 and SIB [ESP] (04+8*reg 24), then C3.
+    pub fn from_bytes(bytes: u32) -> Option<PcThunk> {
+        let [opcode, modrm, sib, ret] = bytes.to_le_bytes();
+        let reg = (modrm >> 3 & 7) as usize;
+        (opcode == 0x8B && modrm & 0xC7 == 0x04 && sib == 0x24 && ret == 0xC3 && reg != ESP)
+            .then_some(PcThunk { reg, bytes })
+    }
+
+    /// The thunk that the near CALL ending a 32-bit block running at EIP `eip` calls,
+    /// as the TLB and memory hold it now (None where the TLB does not hold the
+    /// target's page: the block is not compiled with it in place).
+    pub fn called_by(cpu: &Cpu, instrs: &[Instruction], eip: u64) -> Option<PcThunk> {
+        let last = instrs.last()?;
+        if last.mnemonic() != Mnemonic::Call
+            || last.op0_kind() != iced_x86::OpKind::NearBranch32
+            || entry_assumptions(cpu) & ASSUME_FLAT_CS == 0
+        {
+            return None;
+        }
+        let target = eip.wrapping_add(last.near_branch32() as u64) & 0xFFFF_FFFF;
+        if target & (PAGE as u64 - 1) > PAGE as u64 - 4 {
+            return None;
+        }
+        let phys = cpu.fetch_tlb_hit(target)?;
+        PcThunk::from_bytes(cpu.mem.read_u32(phys))
+    }
 }
 
 /// Whether compiled code refers to something outside itself by a PC-relative
@@ -1777,8 +1824,64 @@ impl Emitter<'_> {
             e.set(Gpr::full(ESP), new_esp);
         });
         self.done += 1;
+        if let Some(thunk) = self.place.pc_thunk {
+            if self.flat_cs() {
+                self.pc_thunk_in_place(thunk, t, esp, ret, next_ip);
+            }
+        }
         let same_page = self.branch_in_page(target, 0xFFFF_FFFF);
         self.run_on(Next::Link { slot: 1, same_page }, t, crate::EXIT_TAKEN);
+    }
+
+    /// After a CALL to `t` pushed `ret` (ESP was `esp`): where the code at `t` is still
+    /// `thunk` (its page in the TLB, as the run loop's fetch needs) and the budget
+    /// holds the thunk's two instructions, does them (the register gets `ret`, ESP is
+    /// back to `esp`) and leaves for the instruction after the CALL; else goes on to
+    /// the CALL's own exit.
+    fn pc_thunk_in_place(
+        &mut self,
+        thunk: PcThunk,
+        t: Value,
+        esp: Value,
+        ret: Value,
+        next_ip: i64,
+    ) {
+        // The run loop would fetch the thunk through the TLB (a read hit).
+        let (mapped, host) = self.tlb_check(None, t, 4, false);
+        let compare = self.b.create_block();
+        let decided = self.b.create_block();
+        let in_place = self.b.append_block_param(decided, types::I8);
+        let no = self.b.ins().iconst(types::I8, 0);
+        self.b
+            .ins()
+            .brif(mapped, compare, &[], decided, &[no.into()]);
+        self.b.switch_to_block(compare);
+        let bytes = self.b.ins().load(types::I32, guest(), host, 0);
+        let same = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::Equal, bytes, thunk.bytes as i64);
+        let after = self.b.ins().iadd_imm_s(self.icount0, self.done + 2);
+        let end = self.b.ins().load(types::I64, trusted(), self.hctx, CTX_END);
+        let fits = self
+            .b
+            .ins()
+            .icmp(IntCC::UnsignedLessThanOrEqual, after, end);
+        let both = self.b.ins().band(same, fits);
+        self.b.ins().jump(decided, &[both.into()]);
+        self.b.switch_to_block(decided);
+        let thunk_blk = self.b.create_block();
+        let call_blk = self.b.create_block();
+        self.b.ins().brif(in_place, thunk_blk, &[], call_blk, &[]);
+        self.b.switch_to_block(thunk_blk);
+        let (regs, dirty) = (self.regs, self.dirty);
+        self.set(Gpr::full(ESP), esp);
+        self.set(Gpr::full(thunk.reg), ret);
+        self.done += 2;
+        self.exit(next_ip);
+        self.done -= 2;
+        (self.regs, self.dirty) = (regs, dirty);
+        self.b.switch_to_block(call_blk);
     }
 
     /// A near RET: pops the return address on the stack's fast path and leaves for it.
