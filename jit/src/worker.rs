@@ -6,7 +6,7 @@
 //! for before it; the caller ignores results for blocks it no longer waits for (their
 //! code is never run, and is freed with the next flush).
 
-use crate::translate::{BlockPlace, Trampoline, Translator};
+use crate::translate::{BlockPlace, CodeRange, Trampoline, Translator, HOP};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use iced_x86::Instruction;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -100,7 +100,13 @@ fn serve(inbox: &Receiver<Request>, outbox: &Sender<Compiled>, translator: &mut 
         let result = translator
             .compile(&job.instrs, job.block)
             .map(|(code, size, native)| {
-                perf_map.add(code as usize, size, job.block.phys, job.instrs.len());
+                perf_map.add(
+                    code as usize,
+                    size,
+                    job.block.phys,
+                    job.instrs.len(),
+                    translator.code_ranges.as_deref().unwrap_or(&[]),
+                );
                 (code as usize, native)
             });
         let done = Compiled {
@@ -143,12 +149,53 @@ impl PerfMap {
         }
     }
 
-    fn add(&mut self, code: usize, size: usize, phys: u64, instrs: usize) {
+    /// Names the block's code `guest_<physical address>_<instructions>`, and each
+    /// range of it that one instruction compiled to that name plus `@<index>` (`@hop`
+    /// for the code that runs on into the next block), so that `perf report` shows
+    /// where in a block the time goes.
+    fn add(&mut self, code: usize, size: usize, phys: u64, instrs: usize, ranges: &[CodeRange]) {
+        use std::fmt::Write as _;
         use std::io::Write;
         if let Some(f) = &mut self.0 {
-            // Flushed per line: the map must be complete whenever perf reads it.
-            let line = format!("{code:x} {size:x} guest_{phys:08x}_{instrs}\n");
-            if f.write_all(line.as_bytes())
+            let name = format!("guest_{phys:08x}_{instrs}");
+            // perf resolves neither overlapping nor adjacent same-named entries well:
+            // one entry per run of code of one instruction, and the gaps between.
+            let mut runs: Vec<(usize, usize, Option<u32>)> = Vec::new();
+            let mut at = 0;
+            for r in ranges.iter().filter(|r| r.start < r.end) {
+                let (start, end) = (r.start as usize, r.end as usize);
+                if start > at {
+                    runs.push((at, start, None));
+                }
+                match runs.last_mut() {
+                    Some(last) if last.1 == start && last.2 == Some(r.instruction) => last.1 = end,
+                    _ => runs.push((start, end, Some(r.instruction))),
+                }
+                at = at.max(end);
+            }
+            if size > at {
+                runs.push((at, size, None));
+            }
+            // Names are unique too (perf mixes up entries of one name): a part after
+            // the first of its instruction gets `.<n>`.
+            let mut lines = String::new();
+            let mut seen: Vec<Option<u32>> = Vec::new();
+            for (from, to, instruction) in runs {
+                let (start, len) = (code + from, to - from);
+                let label = match instruction {
+                    None => String::new(),
+                    Some(HOP) => "@hop".into(),
+                    Some(i) => format!("@{i}"),
+                };
+                let n = seen.iter().filter(|&&s| s == instruction).count();
+                seen.push(instruction);
+                let _ = match n {
+                    0 => writeln!(lines, "{start:x} {len:x} {name}{label}"),
+                    n => writeln!(lines, "{start:x} {len:x} {name}{label}.{n}"),
+                };
+            }
+            // Flushed per block: the map must be complete whenever perf reads it.
+            if f.write_all(lines.as_bytes())
                 .and_then(|_| f.flush())
                 .is_err()
             {

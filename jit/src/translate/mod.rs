@@ -31,8 +31,8 @@
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
-    types, AbiParam, BlockArg, FuncRef, InstBuilder, MemFlagsData, SigRef, Signature, UserFuncName,
-    Value,
+    types, AbiParam, BlockArg, FuncRef, InstBuilder, MemFlagsData, SigRef, Signature, SourceLoc,
+    UserFuncName, Value,
 };
 use cranelift_codegen::isa::CallConv;
 use cranelift_codegen::settings::{self, Configurable};
@@ -282,7 +282,22 @@ pub struct Translator {
     helpers: HelperIds,
     ctx: cranelift_codegen::Context,
     builder_ctx: FunctionBuilderContext,
+    /// For profiling (`HOSPES_PERF_MAP`): the ranges of the last block's code that
+    /// each of its instructions compiled to, filled in only if `Some`.
+    pub code_ranges: Option<Vec<CodeRange>>,
 }
+
+/// A range of a compiled block's code (offsets from its start) and the instruction it
+/// does: an index into the block's instructions, or [`HOP`] for the code that runs on
+/// into the next block.
+pub struct CodeRange {
+    pub start: u32,
+    pub end: u32,
+    pub instruction: u32,
+}
+
+/// [`CodeRange::instruction`] of the code that leaves a block (run on or return).
+pub const HOP: u32 = u32::MAX - 1;
 
 /// The helpers compiled code calls, as declared in the module.
 struct HelperIds {
@@ -449,6 +464,7 @@ impl Translator {
             helpers,
             ctx,
             builder_ctx,
+            code_ranges: std::env::var_os("HOSPES_PERF_MAP").map(|_| Vec::new()),
         })
     }
 
@@ -547,6 +563,7 @@ impl Translator {
             }
             let mut i = 0;
             while i < instrs.len() && !e.ended {
+                e.b.set_srcloc(SourceLoc::new(i as u32));
                 if let Some(native) = &natives[i] {
                     e.native(native, instrs, i);
                     native_count += 1;
@@ -598,12 +615,13 @@ impl Translator {
             e.b.seal_all_blocks();
             e.b.finalize(self.module.target_config());
         }
-        // HOSPES_JIT_DUMP=<physical address in hex>: print that block's instructions
-        // and host code (for working on code quality).
-        let dump = std::env::var("HOSPES_JIT_DUMP")
-            .ok()
-            .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
-            == Some(block.phys);
+        // HOSPES_JIT_DUMP=<physical addresses in hex, comma-separated>: print those
+        // blocks' instructions and host code (for working on code quality).
+        let dump = std::env::var("HOSPES_JIT_DUMP").is_ok_and(|v| {
+            v.split(',')
+                .filter_map(|a| u64::from_str_radix(a.trim().trim_start_matches("0x"), 16).ok())
+                .any(|a| a == block.phys)
+        });
         self.ctx.set_disasm(dump);
         self.module
             .define_function(id, &mut self.ctx)
@@ -615,6 +633,20 @@ impl Translator {
             }
             eprintln!("{}", compiled.vcode.as_deref().unwrap_or(""));
         }
+        if let Some(ranges) = &mut self.code_ranges {
+            ranges.clear();
+            ranges.extend(
+                compiled
+                    .buffer
+                    .get_srclocs_sorted()
+                    .iter()
+                    .map(|r| CodeRange {
+                        start: r.start,
+                        end: r.end,
+                        instruction: r.loc.bits(),
+                    }),
+            );
+        }
         if self.exec_offset != 0 && has_pc_relative_reloc(compiled) {
             return Err("a PC-relative reference out of the block's code".into());
         }
@@ -625,6 +657,16 @@ impl Translator {
             .module
             .get_finalized_function(id)
             .wrapping_add(self.exec_offset);
+        if dump {
+            // SAFETY: `code` is the start of the `size` bytes of code just finalized,
+            // mapped readable (as well as executable) until the translator is freed.
+            let bytes = unsafe { std::slice::from_raw_parts(code, size) };
+            let mut decoder =
+                iced_x86::Decoder::with_ip(64, bytes, code as u64, iced_x86::DecoderOptions::NONE);
+            for ins in &mut decoder {
+                eprintln!("  {:x} +{:x}: {ins}", ins.ip(), ins.ip() - code as u64);
+            }
+        }
         Ok((code, size, native_count))
     }
 }
@@ -978,6 +1020,7 @@ impl Emitter<'_> {
     /// on: whatever needs it (an interrupt due, a trap, a mode change) comes from an
     /// instruction the interpreter ran, and that ends the block at once.
     fn run_on(&mut self, next: Next, eip: Value, exit: u32) {
+        self.b.set_srcloc(SourceLoc::new(HOP));
         // The next block takes EIP and the count as parameters: they are stored only
         // where the code returns.
         self.store_registers();
