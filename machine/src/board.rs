@@ -219,7 +219,7 @@ impl Devices {
                 },
             },
         };
-        self.after_access();
+        self.after_access(port);
         v & hospes_cpu::mem::ones(size) as u32
     }
 
@@ -270,7 +270,7 @@ impl Devices {
                 }
             }
         }
-        self.after_access();
+        self.after_access(port);
     }
 
     /// The IDE bus-master registers, wherever the guest put BAR4: (channel, offset).
@@ -300,7 +300,14 @@ impl Devices {
         }
     }
 
-    fn after_access(&mut self) {
+    /// After an access to `port`: a reset the keyboard controller was asked for, the
+    /// A20 gate, and the interrupt lines. Port 61h (which the kernel polls while it
+    /// calibrates its clocks, with an OUT to port 80h as delay in between, about a
+    /// million times per boot) and port 80h change none of them.
+    fn after_access(&mut self, port: u16) {
+        if matches!(port, 0x61 | 0x80) {
+            return;
+        }
         if self.kbc.take_reset_request() {
             self.power_event = Some(PowerEvent::Reset);
         }

@@ -159,13 +159,10 @@ extern "C" fn helper_step(ctx: *mut HelperCtx<'_>, from: u32, to: u32) -> u32 {
             ctx.end,
         )
     };
-    for (i, ins) in block
-        .instrs
-        .iter()
-        .enumerate()
-        .take(to as usize)
-        .skip(from as usize)
-    {
+    let (from, to) = (from as usize, to as usize);
+    let run = block.instrs.get(from..to).unwrap_or_default();
+    for (i, ins) in run.iter().enumerate() {
+        let i = from + i;
         let before = cpu.state.icount;
         if !cpu.step_one(bus, ins, base) || cpu.end_block || cpu.check_irq {
             return 1;
