@@ -458,6 +458,10 @@ pub fn run_suite(suite: &Path, opts: &Options) -> Result<Report, String> {
         Tier::Interp => None,
         tier => Some(Jit::new(tier).map_err(|e| format!("cannot start the JIT: {e}"))?),
     };
+    // Its statistics are printed, hops included.
+    if let Some(j) = &mut jit {
+        j.count_hops();
+    }
     let start = std::time::Instant::now();
     let mut executed = 0u64;
     let mut results = Vec::new();

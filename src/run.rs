@@ -310,6 +310,9 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     };
     let stdio = matches!(args.serial.clone().unwrap_or(Serial::Stdio), Serial::Stdio);
     let mut machine = Machine::new(config, serial).map_err(|e| e.to_string())?;
+    if args.jit_stats {
+        machine.count_jit_hops();
+    }
     if let Some(p) = &args.debugcon {
         let file = std::fs::File::create(p)
             .map_err(|e| format!("cannot create debug console output {}: {e}", p.display()))?;
@@ -338,7 +341,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     let ended = screen::run(&mut machine, args.max_instructions, &args.screen, &how)?;
     if let Some(s) = machine.jit_stats().filter(|_| args.jit_stats) {
         eprintln!(
-            "hospes: JIT: {} blocks compiled ({} instructions, {} native; {} with a PC thunk in place) in {:.2} s, {} left to the interpreter ({} instructions interpreted in blocks waiting for code), {} compiled block runs ({} through links; back to the run loop after {} interpreter stops, {} fall-throughs, {} branches, {} returns), {} flushes",
+            "hospes: JIT: {} blocks compiled ({} instructions, {} native; {} with a PC thunk in place) in {:.2} s, {} left to the interpreter ({} instructions interpreted in blocks waiting for code), {} compiled block runs ({} through links; back to the run loop after {} interpreter stops, {} fall-throughs, {} branches, {} returns, {} budget ends), {} flushes",
             s.compiled_blocks,
             s.compiled_instructions,
             s.native_instructions,
@@ -352,6 +355,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
             s.exits[1],
             s.exits[2],
             s.exits[3],
+            s.exits[4],
             s.flushes
         );
     }

@@ -25,8 +25,6 @@ pub struct Block {
     pub phys: u64,
     /// Bytes from the first instruction's start to the last one's end.
     pub span: u64,
-    /// How many instructions (`instrs.len()`), where compiled code can read it.
-    pub count: u64,
     /// Decoded as 32-bit code.
     pub code32: bool,
     /// Still in the cache: no byte of it has been written since it was decoded.
@@ -52,7 +50,6 @@ pub struct Block {
 impl Block {
     pub fn new(phys: u64, instrs: Box<[Instruction]>) -> Block {
         let span = instrs.last().map_or(0, |i| i.ip() + i.len() as u64);
-        let count = instrs.len() as u64;
         let code32 = instrs
             .first()
             .is_some_and(|i| i.code_size() == iced_x86::CodeSize::Code32);
@@ -60,7 +57,6 @@ impl Block {
             instrs,
             phys,
             span,
-            count,
             code32,
             valid: Cell::new(true),
             tier_links: RefCell::new(Default::default()),

@@ -86,6 +86,9 @@ pub(crate) const EXIT_FALLTHROUGH: u32 = 1;
 pub(crate) const EXIT_TAKEN: u32 = 2;
 /// At a target read from a register or memory (RET, indirect JMP).
 pub(crate) const EXIT_INDIRECT: u32 = 3;
+/// Not run: a block reached through a link found the budget too short for it (the
+/// machine is as the block before left it, at this block's start).
+pub(crate) const EXIT_BUDGET: u32 = 4;
 
 /// Marks a block in [`Block::tier_code`] as having nothing to compile: the
 /// interpreter runs it.
@@ -102,11 +105,14 @@ pub struct Stats {
     pub compiled_instructions: u64,
     pub native_instructions: u64,
     pub flushes: u64,
+    /// Block runs (those reached through links counted only after
+    /// [`Jit::count_hops`]).
     pub block_runs: u64,
-    /// Block runs reached through a link, without the run loop.
+    /// Block runs reached through a link: by compiled code itself (counted only after
+    /// [`Jit::count_hops`]) or by the run loop following one.
     pub linked_runs: u64,
     /// Returns to the run loop by how the block was left (`EXIT_*` codes).
-    pub exits: [u64; 4],
+    pub exits: [u64; 5],
     /// Instructions the interpreter ran in blocks waiting for their code.
     pub waiting_instructions: u64,
     /// Time the compile thread spent compiling.
@@ -142,6 +148,8 @@ pub struct Jit {
     cache_limit: usize,
     /// Runs of a block before [`Tier::Auto`] compiles it.
     hot_threshold: u32,
+    /// Whether code compiled from now on counts its hops ([`Jit::count_hops`]).
+    count_hops: bool,
     /// Enters compiled code: the one of the translator whose code is installed.
     trampoline: Option<translate::Trampoline>,
     /// Where returns find the block at their target.
@@ -187,6 +195,7 @@ impl Jit {
             exit_from: None,
             cache_limit: MAX_COMPILED_BLOCKS,
             hot_threshold: HOT_THRESHOLD,
+            count_hops: false,
             trampoline: None,
             jump_cache: jump_cache::JumpCache::new(),
             stats: Stats::default(),
@@ -197,6 +206,13 @@ impl Jit {
     /// use a small limit to flush often).
     pub fn set_cache_limit(&mut self, blocks: usize) {
         self.cache_limit = blocks.max(1);
+    }
+
+    /// Makes code compiled from now on count the blocks it runs on into through links
+    /// ([`Stats::linked_runs`], part of [`Stats::block_runs`]): a memory increment per
+    /// hop, so only for statistics (`--jit-stats`).
+    pub fn count_hops(&mut self) {
+        self.count_hops = true;
     }
 
     /// Sets how many runs make a block hot for [`Tier::Auto`].
@@ -364,6 +380,7 @@ impl Jit {
                 code32: block.code32,
                 assumed: translate::entry_assumptions(cpu),
                 pc_thunk,
+                count_hops: self.count_hops,
             },
             instrs: block.instrs.to_vec(),
             runs: runs.clone(),
@@ -488,6 +505,10 @@ impl BlockRunner for Jit {
                     Rc::increment_strong_count(done.block);
                     Rc::from_raw(done.block)
                 };
+            }
+            if done.exit == EXIT_BUDGET {
+                self.stats.exits[EXIT_BUDGET as usize] += 1;
+                return true;
             }
             if done.exit == EXIT_STOP {
                 self.stats.exits[EXIT_STOP as usize] += 1;

@@ -205,6 +205,14 @@ impl Machine {
     }
 
     /// The JIT's counters (None when the interpreter runs everything).
+    /// Makes the JIT count hops between compiled blocks in its statistics (at a small
+    /// cost per hop).
+    pub fn count_jit_hops(&mut self) {
+        if let Some(j) = &mut self.jit {
+            j.count_hops();
+        }
+    }
+
     pub fn jit_stats(&self) -> Option<Stats> {
         self.jit.as_ref().map(|j| j.stats)
     }

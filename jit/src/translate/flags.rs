@@ -95,6 +95,9 @@ pub(super) extern "C" fn helper_cond(cpu: *const Cpu, cc: u32) -> u32 {
     unsafe { (*cpu).state.flags.cond(cc as u8) as u32 }
 }
 
+// `store_flags` writes `op` and `size` with one little-endian 16-bit store.
+const _: () = assert!(super::FLAG_SIZE == super::FLAG_OP + 1);
+
 // `stored_carry` tells the shift records from the others by their order.
 const _: () = assert!(
     FlagOp::Shl as u8 > FlagOp::Eager as u8
@@ -126,13 +129,13 @@ impl Emitter<'_> {
                 res,
                 ..
             }) => {
-                let op = self.b.ins().iconst(types::I8, op as i64);
-                let size = self.b.ins().iconst(types::I8, size as i64);
+                // `op` and `size` are neighbouring bytes: one 16-bit store.
+                let op_size = (size as i64) << 8 | op as i64;
+                let op_size = self.b.ins().iconst(types::I16, op_size);
                 let st = self.cpu;
-                self.b.ins().store(super::trusted(), op, st, super::FLAG_OP);
                 self.b
                     .ins()
-                    .store(super::trusted(), size, st, super::FLAG_SIZE);
+                    .store(super::trusted(), op_size, st, super::FLAG_OP);
                 self.b.ins().store(super::trusted(), a, st, super::FLAG_A);
                 self.b.ins().store(super::trusted(), b, st, super::FLAG_B);
                 self.b

@@ -77,8 +77,9 @@ pub type Trampoline =
 pub struct HelperCtx<'a> {
     cpu: *mut Cpu,
     bus: *mut (dyn Bus + 'a),
-    /// The block running now: compiled code sets it when it runs on into a linked
-    /// block, so helpers find its instructions and the caller sees where it left.
+    /// The block running now, so helpers find its instructions and the caller sees
+    /// where compiled code left: compiled code of a block reached through a link sets
+    /// it (and `base`) before it calls such a helper or returns.
     block: *const Block,
     /// EIP at the running block's first instruction.
     base: u64,
@@ -350,7 +351,6 @@ const CTX_END: i32 = offset_of!(HelperCtx<'static>, end) as i32;
 const CTX_CHAINED: i32 = offset_of!(HelperCtx<'static>, chained) as i32;
 const BLOCK_LINK_ADDRS: i64 = offset_of!(Block, tier_link_addrs) as i64;
 const BLOCK_CODE: i32 = offset_of!(Block, tier_code) as i32;
-const BLOCK_COUNT: i32 = offset_of!(Block, count) as i32;
 const BLOCK_SPAN: i32 = offset_of!(Block, span) as i32;
 const BLOCK_PHYS: i32 = offset_of!(Block, phys) as i32;
 const BLOCK_CODE32: i32 = offset_of!(Block, code32) as i32;
@@ -587,6 +587,20 @@ impl Translator {
                     entry_args.push(BlockArg::Value(v));
                 }
             }
+            // The budget: the code runs whole or not at all (the run loop checked it
+            // for the first block; a link only for its own).
+            let after = e.b.ins().iadd_imm_u(icount0, instrs.len() as i64);
+            let end = e.b.ins().load(types::I64, trusted(), hctx, CTX_END);
+            let fits = e.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, after, end);
+            let assumptions = e.b.create_block();
+            let short = e.b.create_block();
+            e.b.set_cold_block(short);
+            e.b.ins().brif(fits, assumptions, &[], short, &[]);
+            e.b.switch_to_block(short);
+            // Nothing has run: the machine is as the block before left it.
+            e.store_position(base, 0);
+            e.leave_with(crate::EXIT_BUDGET);
+            e.b.switch_to_block(assumptions);
             let mask = e.assumed_mask;
             if mask == 0 {
                 e.b.ins().jump(body, &entry_args);
@@ -683,6 +697,8 @@ pub struct BlockPlace {
     /// The PC thunk the block's last instruction (a CALL) called when the block was
     /// found hot, which compiled code does in place while its bytes stay the same.
     pub pc_thunk: Option<PcThunk>,
+    /// Count the hops out of the block in the context (for statistics).
+    pub count_hops: bool,
 }
 
 /// A position-independent code thunk (`__x86.get_pc_thunk.*`): `MOV reg,[ESP]; RET`,
@@ -1076,30 +1092,25 @@ impl Emitter<'_> {
                 .ins()
                 .icmp_imm_u(IntCC::UnsignedGreaterThan, code, crate::QUEUED as i64);
         require(self, compiled);
-        let count = self.b.ins().load(types::I64, fl, to, BLOCK_COUNT);
-        let after = self.b.ins().iadd_imm_s(self.icount0, self.done);
-        let after = self.b.ins().iadd(after, count);
-        let end = self.b.ins().load(types::I64, fl, self.hctx, CTX_END);
-        let fits = self
-            .b
-            .ins()
-            .icmp(IntCC::UnsignedLessThanOrEqual, after, end);
-        require(self, fits);
-        let span = self.b.ins().load(types::I64, fl, to, BLOCK_SPAN);
-        let past = self.b.ins().iadd(eip, span);
+        // The next block checks the budget for itself (it knows its length).
         // With a flat CS the block is inside the limit: its bytes are on one page, the
         // page the TLB check below (or the link's distance on this page) puts EIP on.
-        if !self.flat_cs() {
-            let last = self.b.ins().iadd_imm_s(past, -1);
-            let in_limit = self.within_cs_limit(last);
-            require(self, in_limit);
-        }
-        if !self.place.code32 {
-            let no_wrap = self
-                .b
-                .ins()
-                .icmp_imm_u(IntCC::UnsignedLessThan, past, 0x1_0000);
-            require(self, no_wrap);
+        let flat = self.flat_cs();
+        if !flat || !self.place.code32 {
+            let span = self.b.ins().load(types::I64, fl, to, BLOCK_SPAN);
+            let past = self.b.ins().iadd(eip, span);
+            if !flat {
+                let last = self.b.ins().iadd_imm_s(past, -1);
+                let in_limit = self.within_cs_limit(last);
+                require(self, in_limit);
+            }
+            if !self.place.code32 {
+                let no_wrap = self
+                    .b
+                    .ins()
+                    .icmp_imm_u(IntCC::UnsignedLessThan, past, 0x1_0000);
+                require(self, no_wrap);
+            }
         }
         // The run loop's fetch: the TLB entry for the page of EIP (a miss leaves it
         // to the run loop, which walks the page tables and fills the TLB). Looked at
@@ -1130,15 +1141,16 @@ impl Emitter<'_> {
             let here = self.b.ins().icmp(IntCC::Equal, phys, to_phys);
             require(self, here);
         }
-        self.b.ins().store(fl, to, self.hctx, CTX_BLOCK);
-        self.b.ins().store(fl, eip, self.hctx, CTX_BASE);
-        let chained = self.b.ins().load(types::I64, fl, self.hctx, CTX_CHAINED);
-        let chained = self.b.ins().iadd_imm_u(chained, 1);
-        self.b.ins().store(fl, chained, self.hctx, CTX_CHAINED);
+        if self.place.count_hops {
+            let chained = self.b.ins().load(types::I64, fl, self.hctx, CTX_CHAINED);
+            let chained = self.b.ins().iadd_imm_u(chained, 1);
+            self.b.ins().store(fl, chained, self.hctx, CTX_CHAINED);
+        }
         let count = self.b.ins().iadd_imm_s(self.icount0, self.done);
+        let args = [self.cpu, self.hctx, eip, count];
         self.b
             .ins()
-            .return_call_indirect(self.block_sig, code, &[self.cpu, self.hctx, eip, count]);
+            .return_call_indirect(self.block_sig, code, &args);
         self.b.switch_to_block(back);
         self.store_position(eip, self.done);
         self.leave_with(exit);
@@ -1150,10 +1162,21 @@ impl Emitter<'_> {
     fn call_interpreter(&mut self, from: usize, to: usize, ip: u64, done: i64) -> Value {
         let eip = self.eip_at(ip as i64);
         self.store_all(eip, done);
+        self.publish_block();
         let from = self.b.ins().iconst(types::I32, from as i64);
         let to = self.b.ins().iconst(types::I32, to as i64);
         let call = self.b.ins().call(self.helpers.step, &[self.hctx, from, to]);
         self.b.inst_results(call)[0]
+    }
+
+    /// Tells the helpers and the caller which block is running, and where: stored
+    /// only before a helper that reads it is called and where the code returns (not
+    /// at every hop).
+    pub(super) fn publish_block(&mut self) {
+        let fl = trusted();
+        let addr = self.b.ins().iconst(types::I64, self.place.addr as i64);
+        self.b.ins().store(fl, addr, self.hctx, CTX_BLOCK);
+        self.b.ins().store(fl, self.base, self.hctx, CTX_BASE);
     }
 
     /// Calls the interpreter for instructions `from..to`; afterwards nothing is assumed
@@ -2192,6 +2215,12 @@ impl Emitter<'_> {
     /// EIP of a branch target (relative to the block), wrapped to the operand size.
     fn target_eip(&mut self, target: u64, mask: u64) -> Value {
         let t = self.b.ins().iadd_imm_u(self.base, target as i64);
+        if mask == 0xFFFF_FFFF {
+            // Zero-extending the low half: one register move (an AND with the mask
+            // would read it from memory).
+            let low = self.b.ins().ireduce(types::I32, t);
+            return self.b.ins().uextend(types::I64, low);
+        }
         self.b.ins().band_imm_u(t, mask as i64)
     }
 
@@ -2221,6 +2250,7 @@ impl Emitter<'_> {
 
     /// Returns `code` (one of the `EXIT_*` codes); everything is stored.
     fn leave_with(&mut self, code: u32) {
+        self.publish_block();
         let v = self.iconst32(code);
         self.b.ins().return_(&[v]);
         self.ended = true;

@@ -214,6 +214,8 @@ impl Emitter<'_> {
         size: u8,
         store: bool,
     ) {
+        // The helpers find the instruction in the running block.
+        self.publish_block();
         let at = self.iconst32(index as u32);
         // The FOP the instruction leaves, worked out here rather than on every run.
         let fop = self.iconst32(hospes_cpu::fpu::fpu_opcode(ins) as u32);
