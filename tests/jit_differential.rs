@@ -284,6 +284,65 @@ fn assert_same(code: &[u8], interp: &Cpu, jitted: &Cpu) {
     );
 }
 
+/// The x87 compare idiom and control words, which compiled code does itself: for
+/// each compare outcome (less, equal, greater, unordered) and condition, `FLD; FCOMP;
+/// FNSTSW AX; SAHF; SETcc`, with the integer flags before SAHF left by an ADD that
+/// overflows or not (SAHF keeps OF); then an invalid operation with IE masked and
+/// `FNSTCW; FLDCW` unmasking it (ES and B set), `FNSTSW AX` showing it.
+#[test]
+fn jit_matches_interpreter_on_x87_compares_and_control_words() {
+    const DATA: u32 = CODE + 0x1000;
+    let pairs: [(f64, f64); 4] = [(1.0, 2.0), (2.0, 2.0), (3.0, 2.0), (f64::NAN, 2.0)];
+    let mut jit = Jit::new(Tier::Jit).expect("JIT");
+    for (a, b) in pairs {
+        for cc in 0x90..=0x9Fu8 {
+            for eax in [0x7FFF_FFFFu32, 1] {
+                // MOV EDX,[DATA]; JMP $+2 (a block of its own, so that the TLB holds
+                // the data's page); ADD EAX,EAX; FLD [DATA]; FCOMP [DATA+8];
+                // FNSTSW AX; SAHF; SETcc CL; FLD1; FCHS; FSQRT (invalid: IE);
+                // FNSTCW [DATA+16]; FLDCW [DATA+18]; FNSTSW AX; HLT
+                let at = |k: u32| (DATA + k).to_le_bytes();
+                let program = [
+                    &[0x8B, 0x15][..],
+                    &at(0),
+                    &[0xEB, 0x00],
+                    &[0x01, 0xC0],
+                    &[0xDD, 0x05],
+                    &at(0),
+                    &[0xDC, 0x1D],
+                    &at(8),
+                    &[0xDF, 0xE0, 0x9E, 0x0F, cc, 0xC1],
+                    &[0xD9, 0xE8, 0xD9, 0xE0, 0xD9, 0xFA],
+                    &[0xD9, 0x3D],
+                    &at(16),
+                    &[0xD9, 0x2D],
+                    &at(18),
+                    &[0xDF, 0xE0, 0xF4],
+                ]
+                .concat();
+                let (interp, jitted) = run_in_both_tiers(&mut jit, 100, |cpu| {
+                    let mut rng = Rng(9);
+                    setup_tables(cpu, &mut rng);
+                    enter_mode(cpu, Mode::Protected32, &mut rng);
+                    cpu.state.cr0 &= !0b1100; // CR0.EM and CR0.TS clear: the FPU is there
+                    cpu.write_phys(CODE as u64, &program);
+                    let mut data = [a.to_le_bytes(), b.to_le_bytes()].concat();
+                    data.extend([0, 0, 0x7E, 0x03]); // room for FNSTCW; 037Eh: IE unmasked
+                    cpu.write_phys(DATA as u64, &data);
+                    cpu.state.rip = CODE as u64;
+                    cpu.state.gpr[hospes_cpu::state::EAX] = eax as u64;
+                });
+                assert_same(&program, &interp, &jitted);
+                assert!(
+                    ram(&interp) == ram(&jitted),
+                    "{a} vs {b}, SETcc {cc:#x}: memory differs"
+                );
+            }
+        }
+    }
+    assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
+}
+
 /// A CALL to a PC thunk (`MOV EBX,[ESP]; RET`, on another page) is done in place by
 /// compiled code while the thunk's bytes stay those it was compiled with and its page
 /// is in the TLB: with the thunk rewritten every time round (to `MOV EDX,[ESP]`) or

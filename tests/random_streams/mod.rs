@@ -506,8 +506,20 @@ pub fn jit_friendly_code(rng: &mut Rng) -> Vec<u8> {
                 17 => {
                     // x87 instructions: register forms, any memory form (loads and
                     // stores of every size, arithmetic, FLDCW of whatever is in memory,
-                    // unmasking exceptions), and mostly FLD/FST/FSTP of reals.
-                    match rng.below(10) {
+                    // unmasking exceptions), FNSTCW, FNSTSW AX and SAHF (the compare
+                    // idiom), and mostly FLD/FST/FSTP of reals.
+                    match rng.below(13) {
+                        10 => ins.extend_from_slice(&[0xDF, 0xE0, 0x9E]),
+                        11 => ins.push(0x9E),
+                        12 => {
+                            ins.push(0xD9);
+                            modrm(rng, &mut ins, true);
+                            let m = ins.len() - 6;
+                            ins[m] = ins[m] & 0xC7 | 7 << 3;
+                            if ins[m] >> 6 == 3 {
+                                ins[m] &= 0x3F;
+                            }
+                        }
                         2 => {
                             ins.push(0xD8 + rng.below(8) as u8);
                             ins.push(0xC0 | rng.below(64) as u8);

@@ -273,6 +273,18 @@ pub(super) enum Native {
         src: Gpr,
     },
     Cli,
+    /// SAHF: SF, ZF, AF, PF and CF from AH.
+    Sahf,
+    /// FNSTSW AX.
+    FnstswAx,
+    /// FNSTCW to memory.
+    Fnstcw {
+        mem: MemRef,
+    },
+    /// FLDCW from memory.
+    Fldcw {
+        mem: MemRef,
+    },
     /// A numeric x87 instruction on registers only (`mem` None), reading a memory
     /// operand of `size` bytes, or storing one (FST/FSTP/FIST/FISTP).
     X87 {
@@ -643,6 +655,10 @@ pub(super) fn classify(ins: &Instruction) -> Option<Native> {
             })
         }
         M::Cli => Some(Native::Cli),
+        M::Sahf => Some(Native::Sahf),
+        M::Fnstsw if ins.op0_kind() == OpKind::Register => Some(Native::FnstswAx),
+        M::Fnstcw => Some(Native::Fnstcw { mem: mem_ref(ins)? }),
+        M::Fldcw => Some(Native::Fldcw { mem: mem_ref(ins)? }),
         m if X87_REGISTER_ONLY.contains(&m) || X87_READ.contains(&m) || X87_STORE.contains(&m) => {
             x87(ins)
         }

@@ -33,6 +33,9 @@ pub(super) enum PendingFlags {
     /// Flags already in the state, whose CF is `cf` (an i32 0/1): what BT leaves, for
     /// the JB/JAE after it to read inline.
     Stored { cf: Value },
+    /// Flags already in the state, eager: `bits` (an i32) is their `Flags::bits`, for
+    /// conditions to read inline (what SAHF leaves).
+    Eager { bits: Value },
     /// Flags the interpreter computes from the operands: `kind` is one of the
     /// `DEFERRED_*` codes, `a` and `b` its operands (see [`helper_flags`]).
     Deferred {
@@ -120,7 +123,7 @@ impl Emitter<'_> {
     /// the state. Leaves the record pending: storing it twice is harmless.
     pub(super) fn store_flags(&mut self) {
         match self.flags {
-            None | Some(PendingFlags::Stored { .. }) => {}
+            None | Some(PendingFlags::Stored { .. } | PendingFlags::Eager { .. }) => {}
             Some(PendingFlags::Lazy {
                 op,
                 size,
@@ -260,6 +263,7 @@ impl Emitter<'_> {
                 self.b.ins().band_imm_u(bits, CF as i64)
             }
             Some(PendingFlags::Stored { cf }) => cf,
+            Some(PendingFlags::Eager { bits }) => self.b.ins().band_imm_u(bits, CF as i64),
             _ => {
                 self.flush_flags();
                 self.stored_carry()
@@ -460,6 +464,163 @@ impl Emitter<'_> {
         self.b.ins().bor(f, of)
     }
 
+    /// SAHF: SF, ZF, AF, PF and CF from AH (`ah`, an i32 0-255), OF kept; the flags
+    /// are stored eager.
+    pub(super) fn sahf_flags(&mut self, ah: Value) {
+        let of = self.overflow_flag();
+        let of = self.b.ins().ishl_imm_u(of, OF.trailing_zeros() as i64);
+        let from_ah = self.b.ins().band_imm_u(ah, (SF | ZF | AF | PF | CF) as i64);
+        let bits = self.load_flag_bits();
+        let bits = self.b.ins().band_imm_u(bits, !(ARITH as i64));
+        let bits = self.b.ins().bor(bits, from_ah);
+        let bits = self.b.ins().bor(bits, of);
+        let fl = super::trusted();
+        self.b.ins().store(fl, bits, self.cpu, super::FLAG_BITS);
+        let eager = self.b.ins().iconst(types::I8, FlagOp::Eager as i64);
+        self.b.ins().store(fl, eager, self.cpu, super::FLAG_OP);
+        self.flags = Some(PendingFlags::Eager { bits });
+    }
+
+    /// OF as an i32 0/1: inline for the add, subtract, logic, INC and DEC records
+    /// (of this block or in the state) and eager flags; the interpreter's code for
+    /// the others.
+    fn overflow_flag(&mut self) -> Value {
+        match self.flags {
+            Some(PendingFlags::Lazy {
+                op: op @ (FlagOp::Add | FlagOp::Sub | FlagOp::Logic | FlagOp::Inc | FlagOp::Dec),
+                size,
+                a,
+                b,
+                res,
+                ..
+            }) => {
+                let f = self.flags_but_carry(op, size, a, b, res);
+                let of = self.b.ins().ushr_imm_u(f, OF.trailing_zeros() as i64);
+                return self.b.ins().band_imm_u(of, 1);
+            }
+            Some(PendingFlags::Eager { bits }) => {
+                let of = self.b.ins().ushr_imm_u(bits, OF.trailing_zeros() as i64);
+                return self.b.ins().band_imm_u(of, 1);
+            }
+            _ => self.flush_flags(),
+        }
+        let fl = super::trusted();
+        let op = self
+            .b
+            .ins()
+            .uload8(types::I32, fl, self.cpu, super::FLAG_OP);
+        let shift =
+            self.b
+                .ins()
+                .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, op, FlagOp::Shl as i64);
+        let inline_blk = self.b.create_block();
+        let ask_blk = self.b.create_block();
+        self.b.set_cold_block(ask_blk);
+        let done = self.b.create_block();
+        let of = self.b.append_block_param(done, types::I32);
+        self.b.ins().brif(shift, ask_blk, &[], inline_blk, &[]);
+        self.b.switch_to_block(ask_blk);
+        let o_cc = self.iconst32(encoding(ConditionCode::o));
+        let helper = self.helpers.cond;
+        let call = self.b.ins().call(helper, &[self.cpu, o_cc]);
+        let asked = self.b.inst_results(call)[0];
+        self.b.ins().jump(done, &[asked.into()]);
+        self.b.switch_to_block(inline_blk);
+        let load = |e: &mut Self, at: i32| e.b.ins().load(types::I32, fl, e.cpu, at);
+        let (a, b, r) = (
+            load(self, super::FLAG_A),
+            load(self, super::FLAG_B),
+            load(self, super::FLAG_RES),
+        );
+        // Add and INC: the operands' signs agree and the result's differs; subtract
+        // and DEC: they differ and the result's differs from the first (INC/DEC
+        // record b = 1).
+        let ar = self.b.ins().bxor(a, r);
+        let br = self.b.ins().bxor(b, r);
+        let ab = self.b.ins().bxor(a, b);
+        let add_of = self.b.ins().band(ar, br);
+        let sub_of = self.b.ins().band(ab, ar);
+        let is_add = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::Equal, op, FlagOp::Add as i64);
+        let is_inc = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::Equal, op, FlagOp::Inc as i64);
+        let adds = self.b.ins().bor(is_add, is_inc);
+        let x = self.b.ins().select(adds, add_of, sub_of);
+        let size = self
+            .b
+            .ins()
+            .uload8(types::I32, fl, self.cpu, super::FLAG_SIZE);
+        let top = self.b.ins().ishl_imm_u(size, 3);
+        let top = self.b.ins().iadd_imm_s(top, -1);
+        let x = self.b.ins().ushr(x, top);
+        let arith_of = self.b.ins().band_imm_u(x, 1);
+        // Eager flags hold OF in `bits`; logic operations clear it.
+        let bits = self.load_flag_bits();
+        let bits_of = self.b.ins().ushr_imm_u(bits, OF.trailing_zeros() as i64);
+        let bits_of = self.b.ins().band_imm_u(bits_of, 1);
+        let is_sub = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::Equal, op, FlagOp::Sub as i64);
+        let is_dec = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::Equal, op, FlagOp::Dec as i64);
+        let subs = self.b.ins().bor(is_sub, is_dec);
+        let arith = self.b.ins().bor(adds, subs);
+        let is_eager = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::Equal, op, FlagOp::Eager as i64);
+        let zero = self.iconst32(0);
+        let other = self.b.ins().select(is_eager, bits_of, zero);
+        let inline_of = self.b.ins().select(arith, arith_of, other);
+        self.b.ins().jump(done, &[inline_of.into()]);
+        self.b.switch_to_block(done);
+        of
+    }
+
+    /// The condition `cc` (an i8 0/1) of eager flags `bits`.
+    fn eager_condition(&mut self, bits: Value, cc: ConditionCode) -> Value {
+        use ConditionCode as C;
+        let bit = |e: &mut Self, flag: u32| {
+            let v = e.b.ins().ushr_imm_u(bits, flag.trailing_zeros() as i64);
+            e.b.ins().band_imm_u(v, 1)
+        };
+        let (cf, zf, sf, of, pf) = (
+            bit(self, CF),
+            bit(self, ZF),
+            bit(self, SF),
+            bit(self, OF),
+            bit(self, PF),
+        );
+        let less = self.b.ins().bxor(sf, of);
+        let v = match cc {
+            C::o | C::no => of,
+            C::b | C::ae => cf,
+            C::e | C::ne => zf,
+            C::be | C::a => self.b.ins().bor(cf, zf),
+            C::s | C::ns => sf,
+            C::p | C::np => pf,
+            C::l | C::ge => less,
+            _ => self.b.ins().bor(zf, less),
+        };
+        let negated = matches!(
+            cc,
+            C::no | C::ae | C::ne | C::a | C::ns | C::np | C::ge | C::g
+        );
+        let v = if negated {
+            self.b.ins().bxor_imm_u(v, 1)
+        } else {
+            v
+        };
+        self.b.ins().ireduce(types::I8, v)
+    }
+
     pub(super) fn load_flag_bits(&mut self) -> Value {
         self.b
             .ins()
@@ -490,6 +651,9 @@ impl Emitter<'_> {
 
     fn inline_condition(&mut self, cc: ConditionCode) -> Option<Value> {
         use ConditionCode as C;
+        if let Some(PendingFlags::Eager { bits }) = self.flags {
+            return Some(self.eager_condition(bits, cc));
+        }
         if let Some(PendingFlags::Stored { cf }) = self.flags {
             let is_set = match cc {
                 C::b => IntCC::NotEqual,

@@ -41,6 +41,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 use hospes_cpu::block::{Block, TIER_LINKS};
 use hospes_cpu::flags::{FlagOp, Flags, TF};
+use hospes_cpu::fpu::FpuState;
 use hospes_cpu::mem::Bus;
 use hospes_cpu::mmu::{Tlb, TlbEntry, TLB_ENTRIES};
 use hospes_cpu::state::{
@@ -335,6 +336,9 @@ const SEG_LIMIT: i32 = offset_of!(Segment, limit) as i32;
 const SEG_ATTR: i32 = offset_of!(Segment, attr) as i32;
 const CPL: i32 = STATE + offset_of!(CpuState, cpl) as i32;
 const CR0: i32 = STATE + offset_of!(CpuState, cr0) as i32;
+const FPU: i32 = STATE + offset_of!(CpuState, fpu) as i32;
+const FPU_STATUS: i32 = FPU + offset_of!(FpuState, status) as i32;
+const FPU_CONTROL: i32 = FPU + offset_of!(FpuState, control) as i32;
 const CR4: i32 = STATE + offset_of!(CpuState, cr4) as i32;
 const TSC_OFFSET: i32 = STATE + offset_of!(CpuState, tsc_offset) as i32;
 const TLB_ENTRY: i64 = std::mem::size_of::<TlbEntry>() as i64;
@@ -1675,6 +1679,10 @@ impl Emitter<'_> {
             Native::Div { ref src } => self.div(ins, index, src),
             Native::Cmpxchg { ref dst, src } => self.cmpxchg(ins, index, dst, src),
             Native::Cli => self.cli(ins, index),
+            Native::Sahf => self.sahf(),
+            Native::FnstswAx => self.fnstsw_ax(ins, index),
+            Native::Fnstcw { ref mem } => self.fnstcw(ins, index, mem),
+            Native::Fldcw { ref mem } => self.fldcw(ins, index, mem),
             Native::X87 {
                 ref mem,
                 size,

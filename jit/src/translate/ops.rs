@@ -3,11 +3,14 @@
 //! block (a side exit) wherever it would fault or needs the interpreter's checks.
 
 use super::classify::{Gpr, MemRef, Operand, StringOp};
-use super::{guest, trusted, Emitter, HelperCtx, CPL, CR0, CTX_X87_OUT, FLAG_BITS};
+use super::{
+    guest, trusted, Emitter, HelperCtx, CPL, CR0, CTX_X87_OUT, FLAG_BITS, FPU_CONTROL, FPU_STATUS,
+};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use hospes_cpu::flags::{DF, IF};
-use hospes_cpu::state::{CR0_PE, EAX, EDI, EDX, ES, ESI, ESP};
+use hospes_cpu::fpu::float::{BUSY, ES as FPU_ES, EXC};
+use hospes_cpu::state::{CR0_EM, CR0_PE, CR0_TS, EAX, EDI, EDX, ES, ESI, ESP};
 use iced_x86::{Instruction, Mnemonic};
 
 /// AL, AX or EAX.
@@ -181,6 +184,91 @@ impl Emitter<'_> {
         self.set(Gpr::full(ESP), new_esp);
         self.done += 1;
         self.run_on(super::Next::Lookup, target, crate::EXIT_INDIRECT);
+    }
+
+    /// Whether x87 instructions run rather than fault with #NM (CR0.EM and CR0.TS
+    /// clear), and with `waiting`, also not with #MF (no unmasked exception pending
+    /// with CR0.NE set), as `Cpu::exec_fpu` checks.
+    fn fpu_ready(&mut self, waiting: bool) -> Value {
+        let cr0 = self.b.ins().load(types::I64, trusted(), self.cpu, CR0);
+        let mut fault = CR0_EM | CR0_TS;
+        if !waiting {
+            let off = self.b.ins().band_imm_u(cr0, fault as i64);
+            return self.b.ins().icmp_imm_u(IntCC::Equal, off, 0);
+        }
+        // #MF needs both ES and CR0.NE: NE (bit 5) moved onto ES (bit 7).
+        let status = self
+            .b
+            .ins()
+            .uload16(types::I64, trusted(), self.cpu, FPU_STATUS);
+        let es = self.b.ins().band_imm_u(status, FPU_ES as i64);
+        let ne = self.b.ins().ishl_imm_u(cr0, 2);
+        let pending = self.b.ins().band(es, ne);
+        fault |= 1 << 7;
+        let any = self.b.ins().bor(cr0, pending);
+        let off = self.b.ins().band_imm_u(any, fault as i64);
+        self.b.ins().icmp_imm_u(IntCC::Equal, off, 0)
+    }
+
+    /// SAHF: the flags from AH.
+    pub(super) fn sahf(&mut self) {
+        let eax = self.reg32(EAX);
+        let ah = self.b.ins().ushr_imm_u(eax, 8);
+        let ah = self.b.ins().band_imm_u(ah, 0xFF);
+        self.sahf_flags(ah);
+    }
+
+    /// FNSTSW AX: AX = the status word.
+    pub(super) fn fnstsw_ax(&mut self, ins: &Instruction, index: usize) {
+        let ready = self.fpu_ready(false);
+        self.with_slow_path(ins, index, ready, |e| {
+            let sw = e.b.ins().uload16(types::I32, trusted(), e.cpu, FPU_STATUS);
+            e.set(
+                Gpr {
+                    n: EAX,
+                    size: 2,
+                    high: false,
+                },
+                sw,
+            );
+        });
+    }
+
+    /// FNSTCW m16: the control word to memory.
+    pub(super) fn fnstcw(&mut self, ins: &Instruction, index: usize, m: &MemRef) {
+        let ready = self.fpu_ready(false);
+        let off = self.ea(m);
+        let (hit, host) = self.fast_address(m.seg, off, 2, true, 0);
+        let ok = self.b.ins().band(ready, hit);
+        self.with_slow_path(ins, index, ok, |e| {
+            let cw = e.b.ins().uload16(types::I32, trusted(), e.cpu, FPU_CONTROL);
+            e.store_guest(host, cw, 2);
+        });
+    }
+
+    /// FLDCW m16: the control word from memory (reserved bits as the interpreter
+    /// keeps them), and ES/B as the new masks leave the pending exceptions.
+    pub(super) fn fldcw(&mut self, ins: &Instruction, index: usize, m: &MemRef) {
+        let ready = self.fpu_ready(true);
+        let off = self.ea(m);
+        let (hit, host) = self.fast_address(m.seg, off, 2, false, 0);
+        let ok = self.b.ins().band(ready, hit);
+        self.with_slow_path(ins, index, ok, |e| {
+            let fl = trusted();
+            let cw = e.load_guest(host, 2);
+            let cw = e.b.ins().band_imm_u(cw, 0x1F7F);
+            let cw = e.b.ins().bor_imm_u(cw, 0x0040);
+            e.b.ins().istore16(fl, cw, e.cpu, FPU_CONTROL);
+            let sw = e.b.ins().uload16(types::I32, fl, e.cpu, FPU_STATUS);
+            let masked = e.b.ins().bnot(cw);
+            let unmasked = e.b.ins().band(sw, masked);
+            let unmasked = e.b.ins().band_imm_u(unmasked, EXC as i64);
+            let any = e.b.ins().icmp_imm_u(IntCC::NotEqual, unmasked, 0);
+            let cleared = e.b.ins().band_imm_u(sw, !((FPU_ES | BUSY) as i64));
+            let set = e.b.ins().bor_imm_u(cleared, (FPU_ES | BUSY) as i64);
+            let sw = e.b.ins().select(any, set, cleared);
+            e.b.ins().istore16(fl, sw, e.cpu, FPU_STATUS);
+        });
     }
 
     /// CLI where the CPL may change IF (real mode, or CPL <= IOPL); elsewhere the
