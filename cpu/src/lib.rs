@@ -40,6 +40,24 @@ pub struct Cpu {
     /// Depth of faults being delivered inside a task switch's new task (bounds recursion
     /// through chains of broken task gates).
     pub(crate) nested_task_faults: u8,
+    /// For another execution tier: what its code reads next to the CPU state while it
+    /// runs (set before each run; meaningless otherwise).
+    pub tier: TierScratch,
+}
+
+/// What another execution tier (the JIT) keeps beside the CPU for its code to read at
+/// a fixed distance from the CPU's address, as it reads the state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TierScratch {
+    /// The tier's own context for the run (an address).
+    pub ctx: usize,
+    /// The instruction count the run must not pass.
+    pub end: u64,
+    /// The tier's table of blocks for indirect branches (an address).
+    pub jump_cache: usize,
+    /// What the tier's code may assume about the machine now, in its own encoding.
+    pub assumed: u32,
 }
 
 impl Cpu {
@@ -56,6 +74,7 @@ impl Cpu {
             shutdown: false,
             budget_end: 0,
             nested_task_faults: 0,
+            tier: TierScratch::default(),
         })
     }
 

@@ -48,7 +48,7 @@ use hospes_cpu::state::{
     CpuState, Segment, ATTR_CODE, ATTR_DB, ATTR_DC, ATTR_P, ATTR_RW, ATTR_S, CR0_PE, CR4_TSD, CS,
     EAX, EBP, ECX, EDX, ESP, SS,
 };
-use hospes_cpu::Cpu;
+use hospes_cpu::{Cpu, TierScratch};
 use iced_x86::{Instruction, Mnemonic};
 use std::collections::{HashMap, HashSet};
 use std::mem::offset_of;
@@ -68,10 +68,10 @@ use flags::{deferred_shift, is_rotate, keeps_old_flags, PendingFlags, DEFERRED_M
 /// the first through the [`Trampoline`].
 pub type BlockFn = *const u8;
 
-/// Calls a [`BlockFn`] (`code`, the last argument) with the CPU, the helper context, EIP
-/// and the instruction count at its start, from Rust: compiled once per translator.
-pub type Trampoline =
-    unsafe extern "C" fn(*mut Cpu, *mut HelperCtx<'static>, u64, u64, BlockFn) -> u32;
+/// Calls a [`BlockFn`] (`code`, the last argument) with the CPU, EIP and the
+/// instruction count at its start, from Rust: compiled once per translator. The
+/// helper context is found through the CPU ([`Cpu::tier`]).
+pub type Trampoline = unsafe extern "C" fn(*mut Cpu, u64, u64, BlockFn) -> u32;
 
 /// What helpers need that compiled code does not touch.
 #[repr(C)]
@@ -88,8 +88,6 @@ pub struct HelperCtx<'a> {
     end: u64,
     /// Blocks entered through links without returning.
     chained: u64,
-    /// The JIT's jump cache: [`JUMP_CACHE_ENTRIES`] block addresses (or 0).
-    jump_cache: *const usize,
     /// The bits [`ops::helper_x87_store`] gives compiled code to write.
     x87_out: u64,
     /// [`entry_assumptions`] now (segments and the CPL change only in the interpreter,
@@ -246,6 +244,8 @@ pub fn call(
     // access the CPU at the same time. `block` is the block `code` was
     // compiled from, alive for the call; `code` and `trampoline` come from the same
     // live translator; `jump_cache` is the JIT's table, unchanged during the call.
+    // Compiled code finds `ctx` through `cpu.tier.ctx`, set below to this frame's
+    // `ctx`, which lives until the trampoline returns (no code reads it after).
     unsafe {
         let base = (*cpu).state.rip;
         let mut ctx = HelperCtx {
@@ -255,13 +255,20 @@ pub fn call(
             base,
             end,
             chained: 0,
-            jump_cache,
             x87_out: 0,
             assumed: entry_assumptions(&*cpu),
         };
-        let ctx_ptr = &mut ctx as *mut HelperCtx<'_> as *mut _;
+        let ctx_ptr = &mut ctx as *mut HelperCtx<'_>;
+        // Compiled code reads these beside the state; `ctx` lives until the
+        // trampoline returns, and nothing reads `tier.ctx` after.
+        (*cpu).tier = TierScratch {
+            ctx: ctx_ptr as usize,
+            end,
+            jump_cache: jump_cache as usize,
+            assumed: ctx.assumed,
+        };
         let icount = (*cpu).state.icount;
-        let exit = (entry.trampoline)(cpu, ctx_ptr, base, icount, entry.code);
+        let exit = (entry.trampoline)(cpu, base, icount, entry.code);
         Finished {
             exit,
             block: ctx.block,
@@ -351,15 +358,17 @@ const TLB_ADDEND: i32 = offset_of!(TlbEntry, addend) as i32;
 const TLB_PADDR: i32 = offset_of!(TlbEntry, paddr) as i32;
 const CTX_BLOCK: i32 = offset_of!(HelperCtx<'static>, block) as i32;
 const CTX_BASE: i32 = offset_of!(HelperCtx<'static>, base) as i32;
-const CTX_END: i32 = offset_of!(HelperCtx<'static>, end) as i32;
 const CTX_CHAINED: i32 = offset_of!(HelperCtx<'static>, chained) as i32;
 const BLOCK_LINK_ADDRS: i64 = offset_of!(Block, tier_link_addrs) as i64;
 const BLOCK_CODE: i32 = offset_of!(Block, tier_code) as i32;
 const BLOCK_SPAN: i32 = offset_of!(Block, span) as i32;
 const BLOCK_PHYS: i32 = offset_of!(Block, phys) as i32;
 const BLOCK_CODE32: i32 = offset_of!(Block, code32) as i32;
-const CTX_JUMP_CACHE: i32 = offset_of!(HelperCtx<'static>, jump_cache) as i32;
-const CTX_ASSUMED: i32 = offset_of!(HelperCtx<'static>, assumed) as i32;
+const TIER: i32 = offset_of!(Cpu, tier) as i32;
+const TIER_CTX: i32 = TIER + offset_of!(TierScratch, ctx) as i32;
+const TIER_END: i32 = TIER + offset_of!(TierScratch, end) as i32;
+const TIER_JUMP_CACHE: i32 = TIER + offset_of!(TierScratch, jump_cache) as i32;
+const TIER_ASSUMED: i32 = TIER + offset_of!(TierScratch, assumed) as i32;
 const CTX_X87_OUT: i32 = offset_of!(HelperCtx<'static>, x87_out) as i32;
 const PAGE: i64 = 4096;
 // Compiled code finds a TLB entry by shifting the page number.
@@ -510,11 +519,10 @@ impl Translator {
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
             let params = b.block_params(entry).to_vec();
-            let (cpu, hctx, base, icount0) = (params[0], params[1], params[2], params[3]);
+            let (cpu, base, icount0) = (params[0], params[1], params[2]);
             let mut e = Emitter {
                 b,
                 cpu,
-                hctx,
                 base,
                 icount0,
                 helpers,
@@ -594,7 +602,7 @@ impl Translator {
             // The budget: the code runs whole or not at all (the run loop checked it
             // for the first block; a link only for its own).
             let after = e.b.ins().iadd_imm_u(icount0, instrs.len() as i64);
-            let end = e.b.ins().load(types::I64, trusted(), hctx, CTX_END);
+            let end = e.b.ins().load(types::I64, trusted(), cpu, TIER_END);
             let fits = e.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, after, end);
             let assumptions = e.b.create_block();
             let short = e.b.create_block();
@@ -609,7 +617,7 @@ impl Translator {
             if mask == 0 {
                 e.b.ins().jump(body, &entry_args);
             } else {
-                let now = e.b.ins().load(types::I32, trusted(), hctx, CTX_ASSUMED);
+                let now = e.b.ins().load(types::I32, trusted(), cpu, TIER_ASSUMED);
                 let now = e.b.ins().band_imm_u(now, mask as i64);
                 let want = (block.assumed & mask) as i64;
                 let ok = e.b.ins().icmp_imm_u(IntCC::Equal, now, want);
@@ -768,7 +776,6 @@ fn block_signature(module: &JITModule) -> Signature {
     let ptr = module.target_config().pointer_type();
     let mut sig = Signature::new(CallConv::Tail);
     sig.params.push(AbiParam::new(ptr));
-    sig.params.push(AbiParam::new(ptr));
     sig.params.push(AbiParam::new(types::I64));
     sig.params.push(AbiParam::new(types::I64));
     sig.returns.push(AbiParam::new(types::I32));
@@ -801,7 +808,7 @@ fn build_trampoline(
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let p = b.block_params(entry).to_vec();
-        let call = b.ins().call_indirect(callee, p[4], &p[..4]);
+        let call = b.ins().call_indirect(callee, p[3], &p[..3]);
         let exit = b.inst_results(call)[0];
         b.ins().return_(&[exit]);
         b.seal_all_blocks();
@@ -812,7 +819,7 @@ fn build_trampoline(
     module.finalize_definitions().map_err(|e| err(&e))?;
     let code = module.get_finalized_function(id).wrapping_add(exec_offset);
     // SAFETY: `code` is the entry of the function just defined with exactly the
-    // signature `Trampoline` declares (two pointers, two i64 and a pointer in, an i32
+    // signature `Trampoline` declares (a pointer, two i64 and a pointer in, an i32
     // out, the platform's C calling convention), finalized and executable.
     Ok(unsafe { std::mem::transmute::<*const u8, Trampoline>(code) })
 }
@@ -858,7 +865,6 @@ struct Emitter<'a> {
     b: FunctionBuilder<'a>,
     /// The `Cpu` (its state at [`STATE`], its TLB at [`TLB_TABLES`]).
     cpu: Value,
-    hctx: Value,
     base: Value,
     /// The instruction count at entry.
     icount0: Value,
@@ -1069,7 +1075,7 @@ impl Emitter<'_> {
                 self.b.ins().load(types::I64, fl, link, 0)
             }
             Next::Lookup => {
-                let table = self.b.ins().load(types::I64, fl, self.hctx, CTX_JUMP_CACHE);
+                let table = self.b.ins().load(types::I64, fl, self.cpu, TIER_JUMP_CACHE);
                 let hash = self.b.ins().ushr_imm_u(lin, 12);
                 let hash = self.b.ins().bxor(hash, lin);
                 let index = self.b.ins().band_imm_u(hash, JUMP_CACHE_ENTRIES as i64 - 1);
@@ -1146,12 +1152,13 @@ impl Emitter<'_> {
             require(self, here);
         }
         if self.place.count_hops {
-            let chained = self.b.ins().load(types::I64, fl, self.hctx, CTX_CHAINED);
+            let hctx = self.hctx();
+            let chained = self.b.ins().load(types::I64, fl, hctx, CTX_CHAINED);
             let chained = self.b.ins().iadd_imm_u(chained, 1);
-            self.b.ins().store(fl, chained, self.hctx, CTX_CHAINED);
+            self.b.ins().store(fl, chained, hctx, CTX_CHAINED);
         }
         let count = self.b.ins().iadd_imm_s(self.icount0, self.done);
-        let args = [self.cpu, self.hctx, eip, count];
+        let args = [self.cpu, eip, count];
         self.b
             .ins()
             .return_call_indirect(self.block_sig, code, &args);
@@ -1169,7 +1176,8 @@ impl Emitter<'_> {
         self.publish_block();
         let from = self.b.ins().iconst(types::I32, from as i64);
         let to = self.b.ins().iconst(types::I32, to as i64);
-        let call = self.b.ins().call(self.helpers.step, &[self.hctx, from, to]);
+        let hctx = self.hctx();
+        let call = self.b.ins().call(self.helpers.step, &[hctx, from, to]);
         self.b.inst_results(call)[0]
     }
 
@@ -1179,8 +1187,15 @@ impl Emitter<'_> {
     pub(super) fn publish_block(&mut self) {
         let fl = trusted();
         let addr = self.b.ins().iconst(types::I64, self.place.addr as i64);
-        self.b.ins().store(fl, addr, self.hctx, CTX_BLOCK);
-        self.b.ins().store(fl, self.base, self.hctx, CTX_BASE);
+        let hctx = self.hctx();
+        self.b.ins().store(fl, addr, hctx, CTX_BLOCK);
+        self.b.ins().store(fl, self.base, hctx, CTX_BASE);
+    }
+
+    /// The helper context (loaded where a helper or the caller needs it: it is not
+    /// kept in a register).
+    pub(super) fn hctx(&mut self) -> Value {
+        self.b.ins().load(types::I64, trusted(), self.cpu, TIER_CTX)
     }
 
     /// Calls the interpreter for instructions `from..to`; afterwards nothing is assumed
@@ -1933,7 +1948,7 @@ impl Emitter<'_> {
             .ins()
             .icmp_imm_u(IntCC::Equal, bytes, thunk.bytes as i64);
         let after = self.b.ins().iadd_imm_s(self.icount0, self.done + 2);
-        let end = self.b.ins().load(types::I64, trusted(), self.hctx, CTX_END);
+        let end = self.b.ins().load(types::I64, trusted(), self.cpu, TIER_END);
         let fits = self
             .b
             .ins()
@@ -2203,7 +2218,7 @@ impl Emitter<'_> {
         let leave = self.b.create_block();
         let count = self.b.ins().iadd_imm_s(self.icount0, self.done);
         let after = self.b.ins().iadd_imm_s(count, self.count as i64);
-        let end = self.b.ins().load(types::I64, trusted(), self.hctx, CTX_END);
+        let end = self.b.ins().load(types::I64, trusted(), self.cpu, TIER_END);
         let fits = self
             .b
             .ins()

@@ -309,7 +309,8 @@ impl Emitter<'_> {
         let fop = self.iconst32(hospes_cpu::fpu::fpu_opcode(ins) as u32);
         let Some(m) = m else {
             let zero = self.iconst32(0);
-            let args = [self.hctx, at, zero, zero, zero, fop];
+            let hctx = self.hctx();
+            let args = [hctx, at, zero, zero, zero, fop];
             let call = self.b.ins().call(self.helpers.x87_read, &args);
             let done = self.b.inst_results(call)[0];
             self.with_slow_path(ins, index, done, |_| {});
@@ -319,11 +320,13 @@ impl Emitter<'_> {
         let (hit, host) = self.fast_address(m.seg, off, size, store, 0);
         self.with_slow_path(ins, index, hit, |e| {
             if store {
-                let call = e.b.ins().call(e.helpers.x87_store, &[e.hctx, at, off, fop]);
+                let hctx = e.hctx();
+                let call = e.b.ins().call(e.helpers.x87_store, &[hctx, at, off, fop]);
                 let done = e.b.inst_results(call)[0];
                 e.with_slow_path(ins, index, done, |e| {
                     let ty = if size == 8 { types::I64 } else { types::I32 };
-                    let bits = e.b.ins().load(ty, trusted(), e.hctx, CTX_X87_OUT);
+                    let hctx = e.hctx();
+                    let bits = e.b.ins().load(ty, trusted(), hctx, CTX_X87_OUT);
                     e.store_guest(host, bits, size);
                 });
             } else {
@@ -335,7 +338,8 @@ impl Emitter<'_> {
                 } else {
                     (e.load_guest(host, size), e.iconst32(0))
                 };
-                let args = [e.hctx, at, off, low, high, fop];
+                let hctx = e.hctx();
+                let args = [hctx, at, off, low, high, fop];
                 let call = e.b.ins().call(e.helpers.x87_read, &args);
                 let done = e.b.inst_results(call)[0];
                 e.with_slow_path(ins, index, done, |_| {});
