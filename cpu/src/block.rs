@@ -33,8 +33,8 @@ pub struct Block {
     /// they are still valid and still at the address it jumps to before using them).
     /// Cleared when the block leaves the cache, so links never form lasting cycles.
     tier_links: RefCell<[Option<Rc<Block>>; TIER_LINKS]>,
-    /// The address of each block in `tier_links` (0 for none), for compiled code to
-    /// read: it stays valid exactly as long as the link keeps that block alive.
+    /// The address of each block in `tier_links` ([`no_block`] for none), for compiled
+    /// code to read: it stays valid exactly as long as the link keeps that block alive.
     pub tier_link_addrs: [Cell<usize>; TIER_LINKS],
     /// For another execution tier (the JIT): its code for this block, 0 if none. The
     /// tier owns what it stores here and clears it before freeing the code; it is also
@@ -60,7 +60,7 @@ impl Block {
             code32,
             valid: Cell::new(true),
             tier_links: RefCell::new(Default::default()),
-            tier_link_addrs: Default::default(),
+            tier_link_addrs: std::array::from_fn(|_| Cell::new(no_block())),
             tier_code: Cell::new(0),
             tier_heat: Cell::new(0),
             uncached: false,
@@ -80,6 +80,18 @@ impl Block {
             self.tier_links.borrow_mut()[slot] = Some(to.clone());
         }
     }
+}
+
+/// Zeros the size of a [`Block`]: what compiled code finds where no block is linked
+/// (an empty link, an empty jump cache entry), read as a block without code (its
+/// `tier_code` 0), so that it needs no separate test for "no block".
+static NO_BLOCK: [u64; std::mem::size_of::<Block>() / 8 + 1] =
+    [0; std::mem::size_of::<Block>() / 8 + 1];
+
+/// The address that stands for "no block" in [`Block::tier_link_addrs`] and in a
+/// tier's tables: of zeros that read as a block with no code.
+pub fn no_block() -> usize {
+    NO_BLOCK.as_ptr() as usize
 }
 
 /// Exits a tier may link: fall through, branch taken.
@@ -211,7 +223,7 @@ fn retire(b: &Block) {
     b.tier_code.set(0);
     // Addresses first: compiled code must never see one whose block may be gone.
     for a in &b.tier_link_addrs {
-        a.set(0);
+        a.set(no_block());
     }
     *b.tier_links.borrow_mut() = Default::default();
 }

@@ -5,11 +5,11 @@
 //! address to the block's physical address) before running it.
 
 use crate::translate::{jump_cache_index, JUMP_CACHE_ENTRIES};
-use hospes_cpu::block::Block;
+use hospes_cpu::block::{no_block, Block};
 use std::rc::Rc;
 
 pub(crate) struct JumpCache {
-    /// Each entry's block address (0 for none), read by compiled code.
+    /// Each entry's block address ([`no_block`] for none), read by compiled code.
     addrs: Box<[usize]>,
     /// The blocks themselves, kept alive while their address is in `addrs`.
     blocks: Box<[Option<Rc<Block>>]>,
@@ -18,7 +18,7 @@ pub(crate) struct JumpCache {
 impl JumpCache {
     pub fn new() -> JumpCache {
         JumpCache {
-            addrs: vec![0; JUMP_CACHE_ENTRIES].into_boxed_slice(),
+            addrs: vec![no_block(); JUMP_CACHE_ENTRIES].into_boxed_slice(),
             blocks: vec![None; JUMP_CACHE_ENTRIES].into_boxed_slice(),
         }
     }
@@ -36,7 +36,7 @@ impl JumpCache {
     }
 
     pub fn clear(&mut self) {
-        self.addrs.fill(0);
+        self.addrs.fill(no_block());
         self.blocks.fill(None);
     }
 
