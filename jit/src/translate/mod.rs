@@ -326,6 +326,9 @@ struct Helpers {
 /// Compiled code is given the `Cpu`: its state is at this offset.
 const STATE: i32 = offset_of!(Cpu, state) as i32;
 const GPR: i32 = STATE + offset_of!(CpuState, gpr) as i32;
+// Compiled code reads and writes the low half of a 64-bit register slot at its address
+// (see `Emitter::store_registers`).
+const _: () = assert!(cfg!(target_endian = "little"));
 const RIP: i32 = STATE + offset_of!(CpuState, rip) as i32;
 const ICOUNT: i32 = STATE + offset_of!(CpuState, icount) as i32;
 const FLAGS: i32 = STATE + offset_of!(CpuState, flags) as i32;
@@ -991,15 +994,16 @@ impl Emitter<'_> {
         self.store_position(eip, done);
     }
 
-    /// Stores the registers and flags held only in SSA.
+    /// Stores the registers and flags held only in SSA. A register's state slot is 64
+    /// bits wide, but a 32-bit CPU never sets the upper half (every writer stores a
+    /// zero-extended 32-bit value): storing the low half keeps it so.
     fn store_registers(&mut self) {
         for n in 0..8 {
             if self.dirty[n] {
                 let v = self.regs[n].expect("a dirty register is held");
-                let wide = self.b.ins().uextend(types::I64, v);
                 self.b
                     .ins()
-                    .store(trusted(), wide, self.cpu, GPR + n as i32 * 8);
+                    .store(trusted(), v, self.cpu, GPR + n as i32 * 8);
             }
         }
         self.store_flags();
@@ -1418,7 +1422,10 @@ impl Emitter<'_> {
         // The page of the access's last byte: the tag (of the slot lin's page picks)
         // can equal it only if the access stays in lin's page, so one compare checks
         // both (a neighbouring page has another slot).
-        let last_byte = self.b.ins().iadd_imm_u(lin, size as i64 - 1);
+        let last_byte = match size {
+            1 => lin,
+            _ => self.b.ins().iadd_imm_u(lin, size as i64 - 1),
+        };
         let page = self.b.ins().band_imm_u(last_byte, !0xFFFi64);
         let tag_ok = self.b.ins().icmp(IntCC::Equal, tag, page);
         let ok = match usable {
