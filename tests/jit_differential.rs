@@ -350,6 +350,61 @@ fn jit_matches_interpreter_on_x87_compares_and_control_words() {
     assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
 }
 
+/// REP STOSB, which compiled code does as a memset where the bytes are on one page the
+/// TLB holds and the budget holds them all (one instruction each): counts of 0, 1 and
+/// 7 on a page, 32 across a page boundary (the interpreter's), in both tiers at every
+/// budget.
+#[test]
+fn jit_matches_interpreter_on_rep_stosb() {
+    const DATA: u32 = CODE + 0x2000;
+    let at = |k: u32| (DATA + k).to_le_bytes();
+    let stosb = |edi: u32, count: u32| -> Vec<u8> {
+        // MOV EDI,edi; MOV ECX,count; REP STOSB; INC EAX
+        [
+            &[0xBF][..],
+            &edi.to_le_bytes(),
+            &[0xB9],
+            &count.to_le_bytes(),
+            &[0xF3, 0xAA, 0x40],
+        ]
+        .concat()
+    };
+    // MOV [DATA],EDX; MOV [DATA+1000h],EDX; JMP $+2 (the TLB holds both pages
+    // writable); MOV AL,5Ah; then the REP STOSBs; HLT.
+    let program = [
+        &[0x89, 0x15][..],
+        &at(0),
+        &[0x89, 0x15],
+        &at(0x1000),
+        &[0xEB, 0x00, 0xB0, 0x5A],
+        &stosb(DATA + 0x10, 7),
+        &stosb(DATA + 0x40, 0),
+        &stosb(DATA + 0x80, 1),
+        &stosb(DATA + 0xFF0, 32),
+        &[0xF4],
+    ]
+    .concat();
+    let mut jit = Jit::new(Tier::Jit).expect("JIT");
+    for mode in [Mode::Protected32, Mode::Paged] {
+        for budget in 1..80 {
+            let (interp, jitted) = run_in_both_tiers(&mut jit, budget, |cpu| {
+                let mut rng = Rng(4);
+                setup_tables(cpu, &mut rng);
+                enter_mode(cpu, mode, &mut rng);
+                cpu.write_phys(CODE as u64, &program);
+                cpu.state.rip = CODE as u64;
+                cpu.state.flags.set_bit(hospes_cpu::flags::DF, false);
+            });
+            assert_same(&program, &interp, &jitted);
+            assert!(
+                ram(&interp) == ram(&jitted),
+                "{mode:?} budget {budget}: memory differs"
+            );
+        }
+    }
+    assert!(jit.stats.native_instructions > 0, "nothing ran compiled");
+}
+
 /// A CALL to a PC thunk (`MOV EBX,[ESP]; RET`, on another page) is done in place by
 /// compiled code while the thunk's bytes stay those it was compiled with and its page
 /// is in the TLB: with the thunk rewritten every time round (to `MOV EDX,[ESP]`) or

@@ -263,6 +263,8 @@ pub(super) enum Native {
         size: u8,
         seg: usize,
     },
+    /// REP STOSB with 32-bit addresses (a memset).
+    RepStosb,
     /// DIV of EDX:EAX by a 32-bit operand.
     Div {
         src: Operand,
@@ -491,6 +493,9 @@ pub(super) fn classify(ins: &Instruction) -> Option<Native> {
     // LOCK changes nothing on one CPU; where a P6 refuses it, the interpreter decides.
     if ins.has_lock_prefix() && !hospes_cpu::exec::lockable(ins) {
         return None;
+    }
+    if ins.mnemonic() == M::Stosb && ins.has_rep_prefix() && ins.op0_kind() == OpKind::MemoryESEDI {
+        return Some(Native::RepStosb);
     }
     if let Some((op, size)) = string_op(ins) {
         let seg = (ins.memory_segment() as usize).wrapping_sub(Register::ES as usize);

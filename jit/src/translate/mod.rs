@@ -532,6 +532,7 @@ impl Translator {
                 leave,
                 place: block,
                 block_sig,
+                frontend: self.module.target_config(),
                 count: instrs.len(),
                 assumed_mask: 0,
                 regs: [None; 8],
@@ -881,6 +882,8 @@ struct Emitter<'a> {
     assumed_mask: u32,
     /// The signature of block code, for tail calls into linked blocks.
     block_sig: SigRef,
+    /// For library calls (memset).
+    frontend: cranelift_codegen::isa::TargetFrontendConfig,
     /// Each register's current 32-bit value, if held in SSA.
     regs: [Option<Value>; 8],
     /// Registers whose value in SSA is newer than the state's.
@@ -1699,6 +1702,7 @@ impl Emitter<'_> {
             }
             Native::IncDec { ref dst, size, inc } => self.inc_dec(ins, index, dst, size, inc),
             Native::String { op, size, seg } => self.string(ins, index, op, size, seg),
+            Native::RepStosb => self.rep_stosb(ins, index),
             Native::Div { ref src } => self.div(ins, index, src),
             Native::Cmpxchg { ref dst, src } => self.cmpxchg(ins, index, dst, src),
             Native::Cli => self.cli(ins, index),

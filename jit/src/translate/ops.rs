@@ -10,7 +10,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use hospes_cpu::flags::{DF, IF};
 use hospes_cpu::fpu::float::{BUSY, ES as FPU_ES, EXC};
-use hospes_cpu::state::{CR0_EM, CR0_PE, CR0_TS, EAX, EDI, EDX, ES, ESI, ESP};
+use hospes_cpu::state::{CR0_EM, CR0_PE, CR0_TS, EAX, ECX, EDI, EDX, ES, ESI, ESP};
 use iced_x86::{Instruction, Mnemonic};
 
 /// AL, AX or EAX.
@@ -100,6 +100,61 @@ impl Emitter<'_> {
                 });
             }
         }
+    }
+
+    /// REP STOSB (32-bit addresses): where DF is clear, ES is flat, the ECX bytes at
+    /// EDI are on one page the TLB holds writable, and the budget holds them all (one
+    /// instruction per byte, as the interpreter counts them) with the rest of the
+    /// block, a memset; otherwise the interpreter's.
+    pub(super) fn rep_stosb(&mut self, ins: &Instruction, index: usize) {
+        let flat_es = self.place.assumed & (1 << ES) != 0;
+        let bits = self.load_flag_bits();
+        let df = self.b.ins().band_imm_u(bits, DF as i64);
+        let up = self.b.ins().icmp_imm_u(IntCC::Equal, df, 0);
+        let ecx = self.reg32(ECX);
+        let edi = self.reg32(EDI);
+        let n = self.b.ins().uextend(types::I64, ecx);
+        let lin = self.b.ins().uextend(types::I64, edi);
+        // On EDI's page: its offset plus the count stays within the page.
+        let offset = self.b.ins().band_imm_u(lin, 0xFFF);
+        let past = self.b.ins().iadd(offset, n);
+        let in_page = self
+            .b
+            .ins()
+            .icmp_imm_u(IntCC::UnsignedLessThanOrEqual, past, 0x1000);
+        // Each byte counts as an instruction (none: one); the rest of the block after.
+        let rest = (self.count - index - 1) as i64;
+        let after = self.b.ins().iadd(self.icount0, n);
+        let after = self.b.ins().iadd_imm_s(after, self.done + rest);
+        let end = self.b.ins().load(types::I64, trusted(), self.cpu, super::TIER_END);
+        let fits = self
+            .b
+            .ins()
+            .icmp(IntCC::UnsignedLessThanOrEqual, after, end);
+        let (mapped, host) = self.tlb_check(None, lin, 1, true);
+        let mut ok = self.b.ins().band(up, in_page);
+        ok = self.b.ins().band(ok, fits);
+        ok = self.b.ins().band(ok, mapped);
+        if !flat_es {
+            ok = self.b.ins().iconst(types::I8, 0);
+        }
+        self.with_slow_path(ins, index, ok, |e| {
+            let eax = e.reg32(EAX);
+            let al = e.b.ins().ireduce(types::I8, eax);
+            let frontend = e.frontend;
+            e.b.call_memset(frontend, host, al, n);
+            let edi = e.b.ins().iadd(edi, ecx);
+            e.set(Gpr::full(EDI), edi);
+            let zero = e.iconst32(0);
+            e.set(Gpr::full(ECX), zero);
+            // The count goes on from the bytes done (this instruction counts as one
+            // in `done`, and as one when ECX was 0).
+            let extra = e.b.ins().iadd_imm_s(n, -1);
+            let none = e.b.ins().icmp_imm_u(IntCC::Equal, n, 0);
+            let zero64 = e.b.ins().iconst(types::I64, 0);
+            let extra = e.b.ins().select(none, zero64, extra);
+            e.icount0 = e.b.ins().iadd(e.icount0, extra);
+        });
     }
 
     /// DIV of EDX:EAX by a 32-bit operand; the flags are left as they are (as the
