@@ -271,11 +271,15 @@ impl Emitter<'_> {
         }
     }
 
-    /// CF of the flags in the state (everything stored), as an i32 0/1: computed inline
-    /// for every record but the shifts' (which ask the interpreter). INC/DEC at the
-    /// start of a block keep CF from the record a block before left, so this is
-    /// common.
-    fn stored_carry(&mut self) -> Value {
+    /// A flag of the flags in the state (everything stored), as an i32 0/1: `inline`
+    /// works it out from the record (`op`, `a`, `b`, `res`, as i32s) for every kind
+    /// but the shifts, whose flag the interpreter's code gives (condition `cc`, which
+    /// is the flag itself).
+    fn stored_flag(
+        &mut self,
+        cc: ConditionCode,
+        inline: impl FnOnce(&mut Self, Value, Value, Value, Value) -> Value,
+    ) -> Value {
         let fl = super::trusted();
         let op = self
             .b
@@ -290,13 +294,13 @@ impl Emitter<'_> {
         let ask_blk = self.b.create_block();
         self.b.set_cold_block(ask_blk);
         let done = self.b.create_block();
-        let cf = self.b.append_block_param(done, types::I32);
+        let flag = self.b.append_block_param(done, types::I32);
         self.b.ins().brif(shift, ask_blk, &[], inline_blk, &[]);
 
         self.b.switch_to_block(ask_blk);
-        let b_cc = self.iconst32(encoding(ConditionCode::b));
+        let cc = self.iconst32(encoding(cc));
         let helper = self.helpers.cond;
-        let call = self.b.ins().call(helper, &[self.cpu, b_cc]);
+        let call = self.b.ins().call(helper, &[self.cpu, cc]);
         let asked = self.b.inst_results(call)[0];
         self.b.ins().jump(done, &[asked.into()]);
 
@@ -307,50 +311,55 @@ impl Emitter<'_> {
             load(self, super::FLAG_B),
             load(self, super::FLAG_RES),
         );
-        // The carry (Add) or borrow (Sub) out of the operand's top bit, as
-        // `Flags::arith` has it.
-        let not_a = self.b.ins().bnot(a);
-        let nab = self.b.ins().band(not_a, b);
-        let either = self.b.ins().bor(not_a, b);
-        let x = self.b.ins().band(either, res);
-        let borrow = self.b.ins().bor(nab, x);
-        let ab = self.b.ins().band(a, b);
-        let either = self.b.ins().bor(a, b);
-        let not_r = self.b.ins().bnot(res);
-        let x = self.b.ins().band(either, not_r);
-        let carry = self.b.ins().bor(ab, x);
-        let is_sub = self
-            .b
-            .ins()
-            .icmp_imm_u(IntCC::Equal, op, FlagOp::Sub as i64);
-        let is_add = self
-            .b
-            .ins()
-            .icmp_imm_u(IntCC::Equal, op, FlagOp::Add as i64);
-        let out = self.b.ins().select(is_sub, borrow, carry);
+        let v = inline(self, op, a, b, res);
+        self.b.ins().jump(done, &[v.into()]);
+        self.b.switch_to_block(done);
+        flag
+    }
+
+    /// The top bit (of the record's operand size) of `x`, as an i32 0/1.
+    fn stored_top_bit(&mut self, x: Value) -> Value {
         let size = self
             .b
             .ins()
-            .uload8(types::I32, fl, self.cpu, super::FLAG_SIZE);
+            .uload8(types::I32, super::trusted(), self.cpu, super::FLAG_SIZE);
         let top = self.b.ins().ishl_imm_u(size, 3);
         let top = self.b.ins().iadd_imm_s(top, -1);
-        let out = self.b.ins().ushr(out, top);
-        let arith_cf = self.b.ins().band_imm_u(out, 1);
-        // Eager, INC and DEC records hold CF in `bits`; logic operations clear it.
-        let bits = self.load_flag_bits();
-        let bits_cf = self.b.ins().band_imm_u(bits, CF as i64);
-        let is_logic = self
-            .b
-            .ins()
-            .icmp_imm_u(IntCC::Equal, op, FlagOp::Logic as i64);
-        let zero = self.iconst32(0);
-        let other_cf = self.b.ins().select(is_logic, zero, bits_cf);
-        let arith = self.b.ins().bor(is_sub, is_add);
-        let inline_cf = self.b.ins().select(arith, arith_cf, other_cf);
-        self.b.ins().jump(done, &[inline_cf.into()]);
+        let out = self.b.ins().ushr(x, top);
+        self.b.ins().band_imm_u(out, 1)
+    }
 
-        self.b.switch_to_block(done);
-        cf
+    /// CF of the flags in the state (everything stored), as an i32 0/1: computed inline
+    /// for every record but the shifts' (which ask the interpreter). INC/DEC at the
+    /// start of a block keep CF from the record a block before left, so this is
+    /// common.
+    fn stored_carry(&mut self) -> Value {
+        self.stored_flag(ConditionCode::b, |e, op, a, b, res| {
+            // The carry (Add) or borrow (Sub) out of the operand's top bit, as
+            // `Flags::arith` has it.
+            let not_a = e.b.ins().bnot(a);
+            let nab = e.b.ins().band(not_a, b);
+            let either = e.b.ins().bor(not_a, b);
+            let x = e.b.ins().band(either, res);
+            let borrow = e.b.ins().bor(nab, x);
+            let ab = e.b.ins().band(a, b);
+            let either = e.b.ins().bor(a, b);
+            let not_r = e.b.ins().bnot(res);
+            let x = e.b.ins().band(either, not_r);
+            let carry = e.b.ins().bor(ab, x);
+            let is_sub = e.b.ins().icmp_imm_u(IntCC::Equal, op, FlagOp::Sub as i64);
+            let is_add = e.b.ins().icmp_imm_u(IntCC::Equal, op, FlagOp::Add as i64);
+            let out = e.b.ins().select(is_sub, borrow, carry);
+            let arith_cf = e.stored_top_bit(out);
+            // Eager, INC and DEC records hold CF in `bits`; logic operations clear it.
+            let bits = e.load_flag_bits();
+            let bits_cf = e.b.ins().band_imm_u(bits, CF as i64);
+            let is_logic = e.b.ins().icmp_imm_u(IntCC::Equal, op, FlagOp::Logic as i64);
+            let zero = e.iconst32(0);
+            let other_cf = e.b.ins().select(is_logic, zero, bits_cf);
+            let arith = e.b.ins().bor(is_sub, is_add);
+            e.b.ins().select(arith, arith_cf, other_cf)
+        })
     }
 
     /// BT: CF becomes `cf` (an i32 0/1), the other flags are kept. Stores the flags
@@ -504,84 +513,33 @@ impl Emitter<'_> {
             }
             _ => self.flush_flags(),
         }
-        let fl = super::trusted();
-        let op = self
-            .b
-            .ins()
-            .uload8(types::I32, fl, self.cpu, super::FLAG_OP);
-        let shift =
-            self.b
-                .ins()
-                .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, op, FlagOp::Shl as i64);
-        let inline_blk = self.b.create_block();
-        let ask_blk = self.b.create_block();
-        self.b.set_cold_block(ask_blk);
-        let done = self.b.create_block();
-        let of = self.b.append_block_param(done, types::I32);
-        self.b.ins().brif(shift, ask_blk, &[], inline_blk, &[]);
-        self.b.switch_to_block(ask_blk);
-        let o_cc = self.iconst32(encoding(ConditionCode::o));
-        let helper = self.helpers.cond;
-        let call = self.b.ins().call(helper, &[self.cpu, o_cc]);
-        let asked = self.b.inst_results(call)[0];
-        self.b.ins().jump(done, &[asked.into()]);
-        self.b.switch_to_block(inline_blk);
-        let load = |e: &mut Self, at: i32| e.b.ins().load(types::I32, fl, e.cpu, at);
-        let (a, b, r) = (
-            load(self, super::FLAG_A),
-            load(self, super::FLAG_B),
-            load(self, super::FLAG_RES),
-        );
-        // Add and INC: the operands' signs agree and the result's differs; subtract
-        // and DEC: they differ and the result's differs from the first (INC/DEC
-        // record b = 1).
-        let ar = self.b.ins().bxor(a, r);
-        let br = self.b.ins().bxor(b, r);
-        let ab = self.b.ins().bxor(a, b);
-        let add_of = self.b.ins().band(ar, br);
-        let sub_of = self.b.ins().band(ab, ar);
-        let is_add = self
-            .b
-            .ins()
-            .icmp_imm_u(IntCC::Equal, op, FlagOp::Add as i64);
-        let is_inc = self
-            .b
-            .ins()
-            .icmp_imm_u(IntCC::Equal, op, FlagOp::Inc as i64);
-        let adds = self.b.ins().bor(is_add, is_inc);
-        let x = self.b.ins().select(adds, add_of, sub_of);
-        let size = self
-            .b
-            .ins()
-            .uload8(types::I32, fl, self.cpu, super::FLAG_SIZE);
-        let top = self.b.ins().ishl_imm_u(size, 3);
-        let top = self.b.ins().iadd_imm_s(top, -1);
-        let x = self.b.ins().ushr(x, top);
-        let arith_of = self.b.ins().band_imm_u(x, 1);
-        // Eager flags hold OF in `bits`; logic operations clear it.
-        let bits = self.load_flag_bits();
-        let bits_of = self.b.ins().ushr_imm_u(bits, OF.trailing_zeros() as i64);
-        let bits_of = self.b.ins().band_imm_u(bits_of, 1);
-        let is_sub = self
-            .b
-            .ins()
-            .icmp_imm_u(IntCC::Equal, op, FlagOp::Sub as i64);
-        let is_dec = self
-            .b
-            .ins()
-            .icmp_imm_u(IntCC::Equal, op, FlagOp::Dec as i64);
-        let subs = self.b.ins().bor(is_sub, is_dec);
-        let arith = self.b.ins().bor(adds, subs);
-        let is_eager = self
-            .b
-            .ins()
-            .icmp_imm_u(IntCC::Equal, op, FlagOp::Eager as i64);
-        let zero = self.iconst32(0);
-        let other = self.b.ins().select(is_eager, bits_of, zero);
-        let inline_of = self.b.ins().select(arith, arith_of, other);
-        self.b.ins().jump(done, &[inline_of.into()]);
-        self.b.switch_to_block(done);
-        of
+        self.stored_flag(ConditionCode::o, |e, op, a, b, r| {
+            // Add and INC: the operands' signs agree and the result's differs;
+            // subtract and DEC: they differ and the result's differs from the first
+            // (INC/DEC records have b = 1).
+            let ar = e.b.ins().bxor(a, r);
+            let br = e.b.ins().bxor(b, r);
+            let ab = e.b.ins().bxor(a, b);
+            let add_of = e.b.ins().band(ar, br);
+            let sub_of = e.b.ins().band(ab, ar);
+            let is_add = e.b.ins().icmp_imm_u(IntCC::Equal, op, FlagOp::Add as i64);
+            let is_inc = e.b.ins().icmp_imm_u(IntCC::Equal, op, FlagOp::Inc as i64);
+            let adds = e.b.ins().bor(is_add, is_inc);
+            let x = e.b.ins().select(adds, add_of, sub_of);
+            let arith_of = e.stored_top_bit(x);
+            // Eager flags hold OF in `bits`; logic operations clear it.
+            let bits = e.load_flag_bits();
+            let bits_of = e.b.ins().ushr_imm_u(bits, OF.trailing_zeros() as i64);
+            let bits_of = e.b.ins().band_imm_u(bits_of, 1);
+            let is_sub = e.b.ins().icmp_imm_u(IntCC::Equal, op, FlagOp::Sub as i64);
+            let is_dec = e.b.ins().icmp_imm_u(IntCC::Equal, op, FlagOp::Dec as i64);
+            let subs = e.b.ins().bor(is_sub, is_dec);
+            let arith = e.b.ins().bor(adds, subs);
+            let is_eager = e.b.ins().icmp_imm_u(IntCC::Equal, op, FlagOp::Eager as i64);
+            let zero = e.iconst32(0);
+            let other = e.b.ins().select(is_eager, bits_of, zero);
+            e.b.ins().select(arith, arith_of, other)
+        })
     }
 
     /// The condition `cc` (an i8 0/1) of eager flags `bits`.

@@ -126,7 +126,10 @@ impl Emitter<'_> {
         let rest = (self.count - index - 1) as i64;
         let after = self.b.ins().iadd(self.icount0, n);
         let after = self.b.ins().iadd_imm_s(after, self.done + rest);
-        let end = self.b.ins().load(types::I64, trusted(), self.cpu, super::TIER_END);
+        let end = self
+            .b
+            .ins()
+            .load(types::I64, trusted(), self.cpu, super::TIER_END);
         let fits = self
             .b
             .ins()
