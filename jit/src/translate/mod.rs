@@ -396,14 +396,14 @@ impl Translator {
         flags
             .set("preserve_frame_pointers", "true")
             .map_err(|e| err(&e))?;
-        // Measured on the Linux boot benchmark: Cranelift's optimiser (`speed`:
-        // constants folded into addressing, redundant extensions gone) cuts the
-        // compiled code's host instructions by ~5% and the run by 2-4%, though
-        // compiling takes ~40% longer (on the other core); its backtracking
-        // register allocator matters more (`single_pass` compiled 1.6 times faster
-        // but ran the boot twice as long). HOSPES_JIT_OPT and HOSPES_JIT_REGALLOC
-        // override these, for measurements.
-        let opt = std::env::var("HOSPES_JIT_OPT").unwrap_or_else(|_| "speed".into());
+        // Measured on the Linux boot benchmark: Cranelift's optimiser (`speed`) cuts
+        // the compiled code's host instructions by ~5% and the run by 2-4%, but it
+        // is not used: on some code (the v86-mode random streams of the differential
+        // tests) its alias resolution takes minutes per block, which guest code must
+        // not be able to cause. The backtracking register allocator matters more
+        // (`single_pass` compiled 1.6 times faster but ran the boot twice as long).
+        // HOSPES_JIT_OPT and HOSPES_JIT_REGALLOC override these, for measurements.
+        let opt = std::env::var("HOSPES_JIT_OPT").unwrap_or_else(|_| "none".into());
         flags.set("opt_level", &opt).map_err(|e| err(&e))?;
         let alloc = std::env::var("HOSPES_JIT_REGALLOC").unwrap_or_else(|_| "backtracking".into());
         flags
