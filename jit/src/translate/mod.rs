@@ -651,9 +651,11 @@ impl Translator {
                 .any(|a| a == block.phys)
         });
         self.ctx.set_disasm(dump);
-        self.module
-            .define_function(id, &mut self.ctx)
-            .map_err(|e| err(&e))?;
+        if let Err(e) = self.module.define_function(id, &mut self.ctx) {
+            // The context must start empty for the next block, whatever happened.
+            self.module.clear_context(&mut self.ctx);
+            return Err(err(&e));
+        }
         let compiled = self.ctx.compiled_code().ok_or("no code")?;
         if dump {
             for ins in instrs {
@@ -675,11 +677,12 @@ impl Translator {
                     }),
             );
         }
-        if self.exec_offset != 0 && has_pc_relative_reloc(compiled) {
-            return Err("a PC-relative reference out of the block's code".into());
-        }
+        let pc_relative = self.exec_offset != 0 && has_pc_relative_reloc(compiled);
         let size = compiled.code_info().total_size as usize;
         self.module.clear_context(&mut self.ctx);
+        if pc_relative {
+            return Err("a PC-relative reference out of the block's code".into());
+        }
         self.module.finalize_definitions().map_err(|e| err(&e))?;
         let code = self
             .module
