@@ -397,12 +397,13 @@ impl Translator {
             .set("preserve_frame_pointers", "true")
             .map_err(|e| err(&e))?;
         // Measured on the Linux boot benchmark: Cranelift's optimiser (`speed`) cuts
-        // the compiled code's host instructions by ~5% and the run by 2-4%, but it
-        // is not used: on some code (the v86-mode random streams of the differential
-        // tests) its alias resolution takes minutes per block, which guest code must
-        // not be able to cause. The backtracking register allocator matters more
-        // (`single_pass` compiled 1.6 times faster but ran the boot twice as long).
-        // HOSPES_JIT_OPT and HOSPES_JIT_REGALLOC override these, for measurements.
+        // the compiled code's host instructions by ~5% and the run by 2-4%, at ~40%
+        // more compile time; not the default until the compile-time blow-up seen in
+        // the 10^7-instruction v86-mode differential test (most of the time in
+        // `DataFlowGraph::resolve_all_aliases`, with either level) is understood.
+        // The backtracking register allocator matters more (`single_pass` compiled
+        // 1.6 times faster but ran the boot twice as long). HOSPES_JIT_OPT and
+        // HOSPES_JIT_REGALLOC override these, for measurements.
         let opt = std::env::var("HOSPES_JIT_OPT").unwrap_or_else(|_| "none".into());
         flags.set("opt_level", &opt).map_err(|e| err(&e))?;
         let alloc = std::env::var("HOSPES_JIT_REGALLOC").unwrap_or_else(|_| "backtracking".into());
