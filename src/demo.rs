@@ -701,6 +701,7 @@ pub fn run(args: &DisplayArgs, tier: hospes_jit::Tier) -> Result<(), String> {
         rtc_start_unix: 1_764_028_800,
         firmware: None,
         tier,
+        disks: Vec::new(),
     };
     let mut machine =
         Machine::new(config, Box::new(std::io::stdout())).map_err(|e| e.to_string())?;
@@ -715,5 +716,8 @@ pub fn run(args: &DisplayArgs, tier: hospes_jit::Tier) -> Result<(), String> {
             Err(format!("the demo guest halted: {}", machine.describe_cpu()))
         }
         Ended::Guest(Stop::InstructionLimit) => Err("the demo guest did not finish".into()),
+        Ended::Guest(Stop::ReplayEnded | Stop::ReplayDiverged) => {
+            Err("the demo guest is not replayed".into())
+        }
     }
 }

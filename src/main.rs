@@ -45,6 +45,8 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Run the built-in demo guest (the same as running hospes with no arguments).
     Demo(DemoArgs),
+    /// Replay a recording made with `run --record`, checking every state digest.
+    Replay(run::ReplayArgs),
 }
 
 #[derive(clap::Args)]
@@ -82,6 +84,11 @@ fn main() -> ExitCode {
         ),
         Some(Command::Demo(args)) => demo::run(&args.screen, args.tier.tier),
         Some(Command::Run(args)) => match run::run(*args) {
+            Ok(0) => Ok(()),
+            Ok(code) => return ExitCode::from(code as u8),
+            Err(e) => Err(e),
+        },
+        Some(Command::Replay(args)) => match run::replay(args) {
             Ok(0) => Ok(()),
             Ok(code) => return ExitCode::from(code as u8),
             Err(e) => Err(e),

@@ -2,13 +2,10 @@
 
 use crate::screen::{self, Display, DisplayArgs, Ended, Presentation};
 use hospes_bios::{
-    BootDevice, BootOptions, DirectKernel, DriveKind, KernelFormat, LinuxBoot, Module,
-    MultibootBoot, CDROM, FIRST_HARD_DISK, FLOPPY_A,
+    BootDevice, BootOptions, DirectKernel, KernelFormat, LinuxBoot, Module, MultibootBoot,
 };
-use hospes_devices::ide::IdeDevice;
 use hospes_jit::Tier;
-use hospes_machine::board::DriveSlot;
-use hospes_machine::disk::{FileBackend, RawDrive};
+use hospes_machine::snapshot::{DiskFile, DiskRole, Snapshot};
 use hospes_machine::{Machine, MachineConfig, Stop};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -110,6 +107,30 @@ pub struct RunArgs {
     /// Stop after this many instructions (for tests and benchmarks).
     #[arg(long, value_name = "N", hide = true)]
     pub max_instructions: Option<u64>,
+    /// Record the run into FILE (a snapshot of the start, every outside input stamped
+    /// with the instruction count, state digests); `hospes replay FILE` plays it back.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// When the run ends, save the whole machine to FILE (see --restore).
+    #[arg(long, value_name = "FILE")]
+    pub save_on_exit: Option<PathBuf>,
+    /// Start from a snapshot saved with --save-on-exit, in place of building a machine:
+    /// it brings its memory size and disks (which must be unchanged) along.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "hda", "hdb", "cdrom", "fda", "boot", "bios", "rtc_start"])]
+    pub restore: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// The recording.
+    #[arg(value_name = "FILE")]
+    pub recording: PathBuf,
+    /// Where COM1's output goes: stdio, none or file:PATH (its input comes from the
+    /// recording).
+    #[arg(long, value_name = "BACKEND")]
+    pub serial: Option<Serial>,
+    #[command(flatten)]
+    pub tier: TierArg,
 }
 
 /// QEMU's single-dash spellings, rewritten to ours before parsing.
@@ -222,7 +243,15 @@ fn direct_kernel(args: &RunArgs, path: &Path) -> Result<DirectKernel, String> {
     }
 }
 
-pub fn run(args: RunArgs) -> Result<i32, String> {
+/// Builds the machine the command line describes.
+fn build(args: &RunArgs, serial: Box<dyn Write>) -> Result<Machine, String> {
+    if let Some(path) = &args.restore {
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let snap = Snapshot::read_from(std::io::BufReader::new(file))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        return Machine::from_snapshot(&snap, args.tier.tier, serial).map_err(|e| e.to_string());
+    }
     let firmware = match &args.bios {
         None if args.vga_bios.is_some() => {
             return Err("--vga-bios is for a firmware given with --bios (hospes's own BIOS has its own video services)".into());
@@ -250,50 +279,28 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
             Some(hospes_machine::Firmware { image, vga_bios })
         }
     };
-    let mut drives = Vec::new();
-    for (path, number, kind) in [
-        (&args.fda, FLOPPY_A, DriveKind::Floppy),
-        (&args.hda, FIRST_HARD_DISK, DriveKind::HardDisk),
-        (&args.hdb, FIRST_HARD_DISK + 1, DriveKind::HardDisk),
-        (&args.cdrom, CDROM, DriveKind::Cdrom),
-    ] {
-        if let Some(p) = path {
-            let drive = RawDrive::open(p, kind)?;
-            drives.push(DriveSlot {
-                number,
-                drive: Box::new(drive),
-            });
-        }
-    }
-    // IDE as QEMU wires it: hda/hdb on the primary channel, the CD-ROM as the secondary
-    // master.
-    let disk = |p: &Option<PathBuf>| -> Result<Option<IdeDevice>, String> {
-        p.as_ref()
-            .map(|p| FileBackend::open(p, false).map(|b| IdeDevice::Disk(Box::new(b))))
-            .transpose()
-    };
-    let cd = match &args.cdrom {
-        Some(p) => Some(IdeDevice::Cdrom(Some(Box::new(FileBackend::open(
-            p, true,
-        )?)))),
-        None => None,
-    };
-    let ide = [(disk(&args.hda)?, disk(&args.hdb)?), (cd, None)];
+    let disks: Vec<DiskFile> = [
+        (&args.fda, DiskRole::Floppy),
+        (&args.hda, DiskRole::Hda),
+        (&args.hdb, DiskRole::Hdb),
+        (&args.cdrom, DiskRole::Cdrom),
+    ]
+    .into_iter()
+    .filter_map(|(path, role)| {
+        path.as_ref().map(|p| DiskFile {
+            path: std::path::absolute(p).unwrap_or_else(|_| p.clone()),
+            role,
+        })
+    })
+    .collect();
+    let (drives, ide) = hospes_machine::disk::attach(&disks)?;
     let mut boot = BootOptions::default();
     if let Some(order) = &args.boot {
         boot.order = boot_order(order)?;
     }
     if let Some(k) = &args.kernel {
-        boot.kernel = Some(direct_kernel(&args, k)?);
+        boot.kernel = Some(direct_kernel(args, k)?);
     }
-    let serial: Box<dyn Write> = match args.serial.clone().unwrap_or(Serial::Stdio) {
-        Serial::Stdio => Box::new(std::io::stdout()),
-        Serial::None => Box::new(std::io::sink()),
-        Serial::File(p) => Box::new(
-            std::fs::File::create(&p)
-                .map_err(|e| format!("cannot create serial output {}: {e}", p.display()))?,
-        ),
-    };
     let config = MachineConfig {
         ram_mib: args.memory,
         boot,
@@ -307,9 +314,49 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         }),
         firmware,
         tier: args.tier.tier,
+        disks,
     };
+    Machine::new(config, serial).map_err(|e| e.to_string())
+}
+
+fn serial_output(serial: &Option<Serial>) -> Result<Box<dyn Write>, String> {
+    Ok(match serial.clone().unwrap_or(Serial::Stdio) {
+        Serial::Stdio => Box::new(std::io::stdout()),
+        Serial::None => Box::new(std::io::sink()),
+        Serial::File(p) => Box::new(
+            std::fs::File::create(&p)
+                .map_err(|e| format!("cannot create serial output {}: {e}", p.display()))?,
+        ),
+    })
+}
+
+/// `hospes replay`: 0 when the replay ran to the end of the recording identically.
+pub fn replay(args: ReplayArgs) -> Result<i32, String> {
+    let serial = serial_output(&args.serial)?;
+    let mut machine =
+        Machine::replay(&args.recording, args.tier.tier, serial).map_err(|e| e.to_string())?;
+    let stop = machine.run(None);
+    let report = machine.replay_report().unwrap_or("").to_string();
+    match stop {
+        Stop::ReplayEnded => {
+            eprintln!("hospes: {report}");
+            Ok(0)
+        }
+        Stop::ReplayDiverged => Err(report),
+        other => Err(format!(
+            "the replay stopped before the end of the recording ({other:?}): {}",
+            machine.describe_cpu()
+        )),
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<i32, String> {
+    let serial = serial_output(&args.serial)?;
     let stdio = matches!(args.serial.clone().unwrap_or(Serial::Stdio), Serial::Stdio);
-    let mut machine = Machine::new(config, serial).map_err(|e| e.to_string())?;
+    let mut machine = build(&args, serial)?;
+    if let Some(path) = &args.record {
+        machine.record(path).map_err(|e| e.to_string())?;
+    }
     if args.jit_stats {
         machine.count_jit_hops();
     }
@@ -339,6 +386,12 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         linger: false,
     };
     let ended = screen::run(&mut machine, args.max_instructions, &args.screen, &how)?;
+    if args.record.is_some() {
+        machine.finish_recording().map_err(|e| e.to_string())?;
+    }
+    if let Some(path) = &args.save_on_exit {
+        machine.save(path).map_err(|e| e.to_string())?;
+    }
     if let Some(s) = machine.jit_stats().filter(|_| args.jit_stats) {
         eprintln!(
             "hospes: JIT: {} blocks compiled ({} instructions, {} native; {} with a PC thunk in place) in {:.2} s, {} left to the interpreter ({} instructions interpreted in blocks waiting for code), {} compiled block runs ({} through links; back to the run loop after {} interpreter stops, {} fall-throughs, {} branches, {} returns, {} budget ends), {} flushes",
@@ -378,6 +431,13 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
                 machine.describe_cpu()
             );
             Ok(3)
+        }
+        Stop::ReplayEnded | Stop::ReplayDiverged => {
+            eprintln!(
+                "hospes: {}",
+                machine.replay_report().unwrap_or("the recording stopped")
+            );
+            Ok(4)
         }
     }
 }

@@ -77,6 +77,7 @@ pub const FIRST_HARD_DISK: u8 = 0x80;
 pub const CDROM: u8 = 0xE0;
 
 /// The BIOS: its ROM and the state it keeps outside guest memory.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Bios {
     rom: Rom,
     options: BootOptions,

@@ -61,7 +61,7 @@ impl fmt::Display for LinuxError {
 impl std::error::Error for LinuxError {}
 
 /// What to write into guest memory and how to enter the kernel.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct LinuxImage {
     /// (physical address, bytes) to copy into guest memory.
     pub chunks: Vec<(u32, Vec<u8>)>,

@@ -169,14 +169,14 @@ impl std::error::Error for MultibootError {}
 
 /// A boot module: its contents and its string (QEMU's convention: the whole `--initrd`
 /// entry, file name and arguments).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Module {
     pub data: Vec<u8>,
     pub string: String,
 }
 
 /// A Multiboot kernel to boot directly.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct MultibootBoot {
     pub kernel: Vec<u8>,
     /// The command line the kernel sees (by QEMU's convention, starting with the
@@ -208,7 +208,7 @@ pub struct KernelLayout<'a> {
 }
 
 /// What to write into guest memory and how to enter the kernel.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct MultibootImage {
     /// (physical address, bytes) to copy into guest memory.
     pub chunks: Vec<(u32, Vec<u8>)>,

@@ -14,7 +14,7 @@ use hospes_cpu::state::{
 use hospes_cpu::Cpu;
 
 /// A device to boot from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BootDevice {
     Floppy,
     HardDisk,
@@ -22,7 +22,7 @@ pub enum BootDevice {
 }
 
 /// A Linux bzImage to boot directly.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct LinuxBoot {
     pub kernel: Vec<u8>,
     pub initrd: Option<Vec<u8>>,
@@ -30,7 +30,7 @@ pub struct LinuxBoot {
 }
 
 /// A kernel to boot directly instead of a boot sector.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum DirectKernel {
     Linux(LinuxBoot),
     Multiboot(MultibootBoot),
@@ -59,7 +59,7 @@ impl KernelFormat {
 }
 
 /// What POST boots.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BootOptions {
     pub order: Vec<BootDevice>,
     /// Boot this kernel, not the boot order.
@@ -77,7 +77,7 @@ impl Default for BootOptions {
 
 /// A direct kernel laid out for guest memory, kept so that every POST (a reset too)
 /// loads it afresh.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) enum LoadedKernel {
     Linux(linux::LinuxImage),
     Multiboot(MultibootImage),

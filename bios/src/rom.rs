@@ -27,7 +27,7 @@ pub const CONFIG_TABLE: u16 = 0x0100;
 pub const RSDP: u32 = 0xF_0200 - ROM_BASE;
 
 /// What a VMCALL in the ROM asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Service {
     /// Power-on self test, from the reset vector.
     Post,
@@ -40,11 +40,13 @@ pub enum Service {
 }
 
 /// The assembled ROM.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Rom {
     pub image: Vec<u8>,
     /// Linear address of each VMCALL opcode -> the service it stands for.
     pub services: HashMap<u32, Service>,
     /// Real-mode entry point (offset in F000) of each interrupt vector's handler.
+    #[serde(with = "serde_big_array::BigArray")]
     pub vectors: [u16; 256],
 }
 

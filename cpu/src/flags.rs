@@ -30,7 +30,7 @@ pub const WRITABLE: u32 = ARITH | TF | IF | DF | IOPL | NT | RF | VM | AC | VIF 
 
 /// How the arithmetic flags are to be derived from the recorded operands.
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FlagOp {
     /// The arithmetic flags are stored in `Flags::bits`.
     Eager,
@@ -53,7 +53,7 @@ pub enum FlagOp {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Flags {
     /// Every EFLAGS bit that is not lazy; holds the arithmetic flags when `op` is `Eager`
     /// (and CF when `op` is `Inc`/`Dec`).
@@ -224,6 +224,19 @@ impl Flags {
     pub fn set_masked(&mut self, v: u32, which: u32) {
         let cur = self.get();
         self.set((cur & !which) | (v & which));
+    }
+
+    /// The same EFLAGS with no lazy record: states that differ only in how their flags
+    /// are kept (which the tiers, and the timing of compilation, may vary) compare equal.
+    pub fn canonical(&self) -> Flags {
+        Flags {
+            bits: self.get(),
+            op: FlagOp::Eager,
+            size: 0,
+            a: 0,
+            b: 0,
+            res: 0,
+        }
     }
 
     /// Makes the arithmetic flags eager so individual bits can be edited.

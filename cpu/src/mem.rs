@@ -88,7 +88,7 @@ impl std::fmt::Display for MemError {
 impl std::error::Error for MemError {}
 
 /// Backing of one guest page.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Backing {
     /// Offset of the page in the host mapping; `writable` is false for ROM.
     Host { offset: usize, writable: bool },
@@ -100,6 +100,17 @@ pub enum Backing {
 /// reads see (chipset shadowing in write-only mode: reads from ROM, writes into the shadow
 /// RAM beneath it). The rest of the entry says where reads go.
 const WRITES_TO_RAM: u32 = 1 << 31;
+
+/// What a snapshot keeps of guest memory beside its bytes: the sizes and where each
+/// guest page leads (RAM, ROM, aliases, shadowing, MMIO).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemLayout {
+    pub ram_size: usize,
+    /// Bytes of the host mapping: RAM, then the ROM space.
+    pub host_len: usize,
+    pub rom_used: usize,
+    pub pages: Vec<u32>,
+}
 
 pub struct PhysMem {
     map: MmapMut,
@@ -145,6 +156,56 @@ impl PhysMem {
 
     pub fn ram_size(&self) -> usize {
         self.ram_size
+    }
+
+    /// The layout a snapshot keeps (see [`PhysMem::set_layout`]).
+    pub fn layout(&self) -> MemLayout {
+        MemLayout {
+            ram_size: self.ram_size,
+            host_len: self.map.len(),
+            rom_used: self.rom_used,
+            pages: self.pages.clone(),
+        }
+    }
+
+    /// Takes a saved layout of memory of the same size. The layout may come from a
+    /// file: every page must lead inside the mapping, or nothing changes. Decoded code
+    /// is forgotten (the caller flushes what the CPU cached).
+    pub fn set_layout(&mut self, layout: MemLayout) -> Result<(), MemError> {
+        if layout.ram_size != self.ram_size || layout.host_len != self.map.len() {
+            return Err(MemError(format!(
+                "a memory of {} + {} bytes, not {} + {}",
+                layout.ram_size,
+                layout.host_len.saturating_sub(layout.ram_size),
+                self.ram_size,
+                self.map.len() - self.ram_size
+            )));
+        }
+        let inside = |&e: &u32| {
+            let e = e & !WRITES_TO_RAM;
+            e == 0 || ((((e >> 1) - 1) as usize) << PAGE_SHIFT) < self.map.len()
+        };
+        if layout.pages.len() != MAPPED_PAGES
+            || layout.rom_used > self.map.len() - self.ram_size
+            || !layout.pages.iter().all(inside)
+        {
+            return Err(MemError("a page map leading outside guest memory".into()));
+        }
+        self.pages = layout.pages;
+        self.rom_used = layout.rom_used;
+        self.clear_code_pages();
+        Ok(())
+    }
+
+    /// All of guest memory as the host holds it: RAM, then the ROM space.
+    pub fn host_bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// See [`PhysMem::host_bytes`]. Writing here bypasses the code-page tracking: the
+    /// caller flushes decoded code.
+    pub fn host_bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.map
     }
 
     /// Copies a ROM image into the ROM space and maps it read-only at `base` (page aligned).

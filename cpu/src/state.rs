@@ -64,7 +64,7 @@ pub const ATTR_G: u16 = 1 << 15;
 
 /// A segment register: the visible selector and the hidden descriptor cache.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     pub base: u64,
     /// Byte-granular limit (already scaled by G).
@@ -127,7 +127,7 @@ impl Segment {
 
 /// GDTR / IDTR.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DescTable {
     pub base: u64,
     pub limit: u32,
@@ -135,7 +135,7 @@ pub struct DescTable {
 
 /// Model-specific registers that this i686 model implements.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Msrs {
     pub sysenter_cs: u64,
     pub sysenter_esp: u64,
@@ -151,7 +151,7 @@ pub struct Msrs {
 
 /// The whole architectural state of one CPU.
 #[repr(C)]
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CpuState {
     pub gpr: [u64; 16],
     pub rip: u64,

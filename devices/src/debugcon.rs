@@ -12,7 +12,7 @@ pub const DEBUGCON_READBACK: u8 = 0xE9;
 /// forever must not grow host memory without bound).
 const MAX_PENDING: usize = 1 << 20;
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct DebugConsole {
     pending: Vec<u8>,
 }

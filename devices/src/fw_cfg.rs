@@ -23,6 +23,7 @@ pub const MAX_NAME: usize = 55;
 /// Interface version 1: the traditional port interface only (no DMA).
 const ID_TRADITIONAL: u32 = 1;
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct FwCfg {
     items: BTreeMap<u16, Vec<u8>>,
     next_file_key: u16,

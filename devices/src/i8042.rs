@@ -31,7 +31,7 @@ const CB_AUX_OFF: u8 = 1 << 5;
 const CB_XLATE: u8 = 1 << 6;
 
 /// What a byte written to port 60h is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum DataTarget {
     Keyboard,
     CommandByte,
@@ -42,13 +42,14 @@ enum DataTarget {
     Mouse,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Source {
     Keyboard,
     Mouse,
 }
 
 /// The PS/2 keyboard.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Keyboard {
     queue: VecDeque<u8>,
     enabled: bool,
@@ -58,6 +59,7 @@ struct Keyboard {
 }
 
 /// The PS/2 mouse.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Mouse {
     queue: VecDeque<u8>,
     reporting: bool,
@@ -73,6 +75,7 @@ struct Mouse {
     buttons: u8,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct I8042 {
     command_byte: u8,
     ram: [u8; 32],

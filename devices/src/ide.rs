@@ -84,6 +84,12 @@ pub enum IdeDevice {
     Cdrom(Option<Box<dyn BlockBackend>>),
 }
 
+impl IdeDevice {
+    fn no_cdrom() -> IdeDevice {
+        IdeDevice::Cdrom(None)
+    }
+}
+
 // Status register bits.
 const BSY: u8 = 0x80;
 const DRDY: u8 = 0x40;
@@ -120,7 +126,7 @@ const ASC_MEDIUM_NOT_PRESENT: u8 = 0x3A;
 
 /// The command block registers as one device holds them, with the previous values
 /// (HOB, "high order byte") kept for 48-bit commands.
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct TaskFile {
     feature: u8,
     nsector: u8,
@@ -171,7 +177,7 @@ impl TaskFile {
 }
 
 /// The data phase a device is in.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 enum Phase {
     Idle,
     /// PIO data in (disk reads, IDENTIFY): `remaining` sectors follow the buffered block.
@@ -202,7 +208,11 @@ enum Phase {
 }
 
 /// One device on the channel with its registers and transfer state.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Drive {
+    /// Host storage is not state: a snapshot is restored onto a machine built with
+    /// the same devices, which keeps its own (see [`IdeChannel::restore`]).
+    #[serde(skip, default = "IdeDevice::no_cdrom")]
     device: IdeDevice,
     tf: TaskFile,
     status: u8,
@@ -228,6 +238,7 @@ struct Drive {
     unit_attention: bool,
     /// ATAPI: a media event (2 = new media, 3 = removal) for GET EVENT STATUS.
     media_event: u8,
+    #[serde(skip)]
     serial: &'static str,
     /// Whether IDENTIFY advertises (and commands accept) multiword DMA.
     dma_enabled: bool,
@@ -1114,6 +1125,7 @@ const BM_STATUS_CAPABLE: u8 = 0x60;
 const MAX_PRD_ENTRIES: u32 = 8192;
 
 /// One IDE channel (primary or secondary) with up to two devices.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct IdeChannel {
     command_base: u16,
     control_port: u16,
@@ -1147,6 +1159,28 @@ impl IdeChannel {
             bm_status: 0,
             prd_table: 0,
         }
+    }
+
+    /// Takes the state of `saved` (a snapshot of a channel with the same devices), keeping
+    /// this channel's storage. Fails, changing nothing, if the devices differ.
+    pub fn restore(&mut self, mut saved: IdeChannel) -> Result<(), String> {
+        let same = |a: &Option<Drive>, b: &Option<Drive>| a.is_some() == b.is_some();
+        if !self
+            .drives
+            .iter()
+            .zip(&saved.drives)
+            .all(|(a, b)| same(a, b))
+        {
+            return Err("the IDE devices differ from the machine's".into());
+        }
+        for (mine, theirs) in self.drives.iter_mut().zip(saved.drives.iter_mut()) {
+            if let (Some(mine), Some(theirs)) = (mine, theirs) {
+                std::mem::swap(&mut mine.device, &mut theirs.device);
+                theirs.serial = mine.serial;
+            }
+        }
+        *self = saved;
+        Ok(())
     }
 
     /// The primary channel (0x1F0-0x1F7, 0x3F6; IRQ 14).

@@ -20,6 +20,10 @@ pub trait PciFunction {
     /// Writes the bytes of `value` selected by `mask` (0xFF per enabled byte) into the
     /// dword at `offset` (dword aligned).
     fn config_write(&mut self, offset: u8, value: u32, mask: u32);
+    /// The function's state, for a snapshot.
+    fn save(&self) -> Vec<u8>;
+    /// Puts back a state [`PciFunction::save`] gave (from a file: checked).
+    fn restore(&mut self, state: &[u8]) -> Result<(), String>;
 }
 
 /// A 256-byte configuration space with a per-bit writable mask.
@@ -105,6 +109,19 @@ impl PciFunction for ConfigSpace {
             *byte = (*byte & !writable) | (new & writable);
         }
     }
+
+    /// The register contents; which bits are writable is the function's make, not state.
+    fn save(&self) -> Vec<u8> {
+        self.data.to_vec()
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let data: [u8; 256] = state
+            .try_into()
+            .map_err(|_| format!("a PCI configuration space of {} bytes", state.len()))?;
+        self.data = data;
+        Ok(())
+    }
 }
 
 /// The i440FX host bridge (00.0). Chipset registers 0x40-0xFF (PAM, SMRAM, ...) are
@@ -155,7 +172,7 @@ pub const PAM0: u8 = 0x59;
 pub const PAM_RESET: [u8; 7] = [0; 7];
 
 /// One area of the BIOS and option-ROM space (C0000-FFFFF) whose routing a PAM field sets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PamArea {
     pub base: u32,
     pub len: u32,
@@ -199,7 +216,38 @@ impl Default for PciBus {
     }
 }
 
+/// What a snapshot keeps of the bus: the address latch and each function's state.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct PciBusState {
+    address: u32,
+    pam_written: bool,
+    functions: Vec<(u8, Vec<u8>)>,
+}
+
 impl PciBus {
+    pub fn save(&self) -> PciBusState {
+        PciBusState {
+            address: self.address,
+            pam_written: self.pam_written,
+            functions: self.functions.iter().map(|(d, f)| (*d, f.save())).collect(),
+        }
+    }
+
+    /// Puts back a saved state onto a bus built with the same functions.
+    pub fn restore(&mut self, state: &PciBusState) -> Result<(), String> {
+        if state.functions.len() != self.functions.len() {
+            return Err("the PCI functions differ from the machine's".into());
+        }
+        for (devfn, saved) in &state.functions {
+            self.function_mut(*devfn)
+                .ok_or_else(|| format!("no PCI function {devfn:#04x} in this machine"))?
+                .restore(saved)?;
+        }
+        self.address = state.address;
+        self.pam_written = state.pam_written;
+        Ok(())
+    }
+
     /// Bus 0 with the host bridge, the PIIX3 ISA bridge and the PIIX3 IDE function.
     pub fn new() -> Self {
         let mut bus = PciBus {

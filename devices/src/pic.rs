@@ -9,7 +9,7 @@
 
 use crate::{Nanos, PortDevice};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Chip {
     irr: u8,
     isr: u8,
@@ -213,6 +213,7 @@ impl Chip {
 }
 
 /// Master and slave 8259A.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Pic {
     master: Chip,
     slave: Chip,

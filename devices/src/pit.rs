@@ -32,7 +32,7 @@ fn to_bcd(v: u32) -> u16 {
     ((v / 1000) << 12 | (v / 100 % 10) << 8 | (v / 10 % 10) << 4 | (v % 10)) as u16
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Channel {
     mode: u8,
     bcd: bool,
@@ -317,6 +317,7 @@ impl Channel {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Pit {
     channels: [Channel; 3],
     /// The virtual time of the last call (for `irq_level`).

@@ -27,7 +27,9 @@ const C_UF: u8 = 0x10;
 /// Update-in-progress lasts this long before each second's update.
 const UIP_NANOS: Nanos = 244_000;
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Rtc {
+    #[serde(with = "serde_big_array::BigArray")]
     cmos: [u8; 128],
     index: u8,
     nmi_masked: bool,

@@ -56,6 +56,7 @@ const IIR_RDA: u8 = 0x04;
 const IIR_RLS: u8 = 0x06;
 const IIR_TIMEOUT: u8 = 0x0C;
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Uart {
     base: u16,
     divisor: u16,

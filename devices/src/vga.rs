@@ -53,6 +53,7 @@ pub enum DisplayMode {
     },
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Vga {
     misc: u8,
     feature: u8,
@@ -68,6 +69,7 @@ pub struct Vga {
     /// The attribute controller's flip-flop: true when the next write to 3C0h is data.
     attr_data_next: bool,
     /// 6-bit red, green, blue per DAC entry.
+    #[serde(with = "serde_big_array::BigArray")]
     dac: [[u8; 3]; 256],
     dac_write_index: u8,
     dac_read_index: u8,

@@ -2,6 +2,7 @@
 //! that lets the CPU (through [`Bus`]) and the BIOS (through [`Platform`]) reach them.
 
 use crate::clock;
+use crate::snapshot::{put, take};
 use hospes_bios::acpi;
 use hospes_bios::{Bios, Drive, Platform};
 use hospes_cpu::mem::Bus;
@@ -19,7 +20,7 @@ use hospes_devices::vga::Vga;
 use hospes_devices::{Nanos, PortDevice, Timed};
 
 /// Why the machine stopped on its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PowerEvent {
     /// The guest powered off (ACPI S5).
     PowerOff,
@@ -346,6 +347,69 @@ pub struct Board {
     /// The built-in BIOS; None when a firmware image runs in its place (its emulator
     /// calls are then not honoured).
     pub bios: Option<Bios>,
+}
+
+impl Board {
+    /// Appends the state of every device and of the BIOS to `out` (host storage
+    /// excepted: see [`crate::snapshot`]).
+    pub fn save(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        let d = &self.devices;
+        put(
+            out,
+            &(&d.pic, &d.pit, &d.rtc, &d.uarts, &d.kbc, &d.pci.save()),
+        )?;
+        put(out, &(&d.ide, &d.vga, &d.debugcon, &d.fw_cfg))?;
+        put(
+            out,
+            &(d.port92, d.port61, d.pm1_enable, d.icount, d.power_event),
+        )?;
+        put(out, &(d.a20, d.a20_changed, d.timers_changed))?;
+        put(out, &self.bios)
+    }
+
+    /// Each device's name and a hash of its state (the BIOS's is not included: it is
+    /// mostly the kernel it loads).
+    pub fn digests(&self) -> Vec<(&'static str, u64)> {
+        fn hash<T: serde::Serialize>(value: &T) -> u64 {
+            let mut bytes = Vec::new();
+            // Encoding into memory cannot fail.
+            let _ = put(&mut bytes, value);
+            crate::replay::hash_bytes(&bytes)
+        }
+        let d = &self.devices;
+        vec![
+            ("PIC", hash(&d.pic)),
+            ("PIT", hash(&d.pit)),
+            ("RTC", hash(&d.rtc)),
+            ("UARTs", hash(&d.uarts)),
+            ("keyboard controller", hash(&d.kbc)),
+            ("PCI bus", hash(&d.pci.save())),
+            ("IDE channels", hash(&d.ide)),
+            ("VGA", hash(&d.vga)),
+            (
+                "chipset",
+                hash(&(d.port92, d.port61, d.pm1_enable, d.a20, d.power_event)),
+            ),
+        ]
+    }
+
+    /// Takes the state [`Board::save`] wrote, onto a board built with the same devices
+    /// and storage. On an error the board is left partly restored: throw it away.
+    pub fn restore(&mut self, input: &mut &[u8]) -> Result<(), String> {
+        let d = &mut self.devices;
+        let pci;
+        (d.pic, d.pit, d.rtc, d.uarts, d.kbc, pci) = take(input)?;
+        d.pci.restore(&pci)?;
+        let (ide, vga, debugcon, fw_cfg): ([IdeChannel; 2], _, _, _) = take(input)?;
+        for (mine, saved) in d.ide.iter_mut().zip(ide) {
+            mine.restore(saved)?;
+        }
+        (d.vga, d.debugcon, d.fw_cfg) = (vga, debugcon, fw_cfg);
+        (d.port92, d.port61, d.pm1_enable, d.icount, d.power_event) = take(input)?;
+        (d.a20, d.a20_changed, d.timers_changed) = take(input)?;
+        self.bios = take(input)?;
+        Ok(())
+    }
 }
 
 impl Bus for Board {

@@ -1,7 +1,10 @@
 //! Disk images behind the BIOS drives: raw image files for now (the block-backend layer
 //! with qcow2, VMDK and VDI comes with the disk-image issue).
 
-use hospes_bios::{Drive, DriveError, DriveKind};
+use crate::board::DriveSlot;
+use crate::snapshot::{DiskFile, DiskRole};
+use hospes_bios::{Drive, DriveError, DriveKind, CDROM, FIRST_HARD_DISK, FLOPPY_A};
+use hospes_devices::ide::IdeDevice;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -146,4 +149,47 @@ impl hospes_devices::ide::BlockBackend for FileBackend {
     fn read_only(&self) -> bool {
         self.read_only
     }
+}
+
+/// The IDE devices of the primary and secondary channels, (master, slave) each.
+pub type IdeDevices = [(Option<IdeDevice>, Option<IdeDevice>); 2];
+
+/// Opens the disk images for the BIOS and for IDE, wired as QEMU does: hda/hdb on the
+/// primary channel, the CD-ROM as the secondary master (the floppy is the BIOS's only).
+pub fn attach(files: &[DiskFile]) -> Result<(Vec<DriveSlot>, IdeDevices), String> {
+    let mut drives = Vec::new();
+    let mut ide: IdeDevices = [(None, None), (None, None)];
+    for file in files {
+        let path = &file.path;
+        let (number, kind) = match file.role {
+            DiskRole::Floppy => (FLOPPY_A, DriveKind::Floppy),
+            DiskRole::Hda => (FIRST_HARD_DISK, DriveKind::HardDisk),
+            DiskRole::Hdb => (FIRST_HARD_DISK + 1, DriveKind::HardDisk),
+            DiskRole::Cdrom => (CDROM, DriveKind::Cdrom),
+        };
+        if drives.iter().any(|d: &DriveSlot| d.number == number) {
+            return Err(format!(
+                "two images for the same drive ({})",
+                path.display()
+            ));
+        }
+        drives.push(DriveSlot {
+            number,
+            drive: Box::new(RawDrive::open(path, kind)?),
+        });
+        let slot = match file.role {
+            DiskRole::Floppy => continue,
+            DiskRole::Hda => &mut ide[0].0,
+            DiskRole::Hdb => &mut ide[0].1,
+            DiskRole::Cdrom => &mut ide[1].0,
+        };
+        let cd = file.role == DiskRole::Cdrom;
+        let backend = Box::new(FileBackend::open(path, cd)?);
+        *slot = Some(if cd {
+            IdeDevice::Cdrom(Some(backend))
+        } else {
+            IdeDevice::Disk(backend)
+        });
+    }
+    Ok((drives, ide))
 }

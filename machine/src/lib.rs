@@ -9,12 +9,16 @@ pub mod board;
 pub mod clock;
 pub mod disk;
 pub mod firmware;
+pub mod replay;
 pub mod shadow;
+pub mod snapshot;
 
 use board::{Board, Devices, DriveSlot, PowerEvent};
 use hospes_bios::{Bios, BootOptions};
 use hospes_cpu::{BlockRunner, Cpu, Exit};
 use hospes_jit::{Jit, Stats, Tier};
+use replay::{Digest, Entry, Input, Player, Recorder};
+use snapshot::{put, take, DiskFile, Shape, Snapshot};
 use std::fmt;
 use std::io::Write;
 
@@ -43,6 +47,9 @@ pub struct MachineConfig {
     pub firmware: Option<Firmware>,
     /// Which execution tier runs guest code (see DESIGN.md, Execution tiers).
     pub tier: Tier,
+    /// The image files behind `drives` and `ide` (see [`disk::attach`]), for snapshots
+    /// to name. A machine whose disks are not all files here cannot be saved to a file.
+    pub disks: Vec<DiskFile>,
 }
 
 /// A firmware image given in place of the built-in BIOS, and what it is given to run.
@@ -77,6 +84,21 @@ pub enum Stop {
     HaltedForever,
     /// The instruction limit given to `run` was reached.
     InstructionLimit,
+    /// A replay reached the end of its recording ([`Machine::replay_report`] says more).
+    ReplayEnded,
+    /// A replay went another way than its recording ([`Machine::replay_report`] says
+    /// where and what differs).
+    ReplayDiverged,
+}
+
+/// Where outside input comes from, and whether it is written down.
+enum Journal {
+    /// From the host, as it comes.
+    Live,
+    /// From the host, and into a recording.
+    Record(Recorder),
+    /// From a recording only.
+    Replay(Player),
 }
 
 pub struct Machine {
@@ -94,6 +116,13 @@ pub struct Machine {
     /// Where the firmware's debug console (port 0x402) goes, besides the log.
     debugcon_out: Option<Box<dyn Write>>,
     debugcon_line: Vec<u8>,
+    ram_mib: u64,
+    disks: Vec<DiskFile>,
+    /// Input from the host waiting for the next input point.
+    pending: Vec<Input>,
+    journal: Journal,
+    /// How the replay ended, or the error that stopped a recording.
+    replay_report: Option<String>,
 }
 
 impl Machine {
@@ -168,6 +197,11 @@ impl Machine {
             shadow,
             debugcon_out: None,
             debugcon_line: Vec::new(),
+            ram_mib: config.ram_mib,
+            disks: config.disks,
+            pending: Vec::new(),
+            journal: Journal::Live,
+            replay_report: None,
         };
         m.cpu.reset();
         m.board.devices.sync_irqs();
@@ -231,7 +265,10 @@ impl Machine {
             self.board.devices.advance();
             self.cpu.irq_changed();
             self.drain_serial();
-            self.poll_serial_input();
+            if let Some(stop) = self.input_point() {
+                self.drain_serial();
+                return stop;
+            }
             if let Some(ev) = self.board.devices.power_event.take() {
                 match ev {
                     PowerEvent::PowerOff => return Stop::PowerOff,
@@ -256,6 +293,9 @@ impl Machine {
             if let Some(l) = limit {
                 budget = budget.min(l - icount);
             }
+            if let Some(at) = self.next_replay_stop() {
+                budget = budget.min(at.saturating_sub(icount).max(1));
+            }
             let runner = self.jit.as_mut().map(|j| j as &mut dyn BlockRunner);
             match self.cpu.run_with(&mut self.board, budget, runner) {
                 Exit::Budget => {}
@@ -273,7 +313,10 @@ impl Machine {
                     // slice, waiting for outside input).
                     // The guest may have reprogrammed a timer just before HLT: ask again.
                     let deadline = self.board.devices.next_event().map(clock::icount_at);
-                    let wake = deadline.unwrap_or(self.cpu.state.icount + MAX_SLICE);
+                    let mut wake = deadline.unwrap_or(self.cpu.state.icount + MAX_SLICE);
+                    if let Some(at) = self.next_replay_stop() {
+                        wake = wake.min(at);
+                    }
                     self.cpu.state.icount = self.cpu.state.icount.max(wake);
                 }
             }
@@ -334,16 +377,336 @@ impl Machine {
             got.extend_from_slice(&bytes);
         }
         if !got.is_empty() {
-            self.serial_input(&got);
+            self.pending.push(Input::Serial(got));
         }
     }
 
     /// A key pressed or released on the host keyboard, as its set-2 make code (E0xxh for
-    /// extended keys); the i8042 translates it if the guest asks for set 1.
+    /// extended keys); the i8042 translates it if the guest asks for set 1. It reaches
+    /// the guest when the machine next runs.
     pub fn key_event(&mut self, make: u16, pressed: bool) {
-        self.board.devices.kbc.key_set2(make, pressed);
+        self.pending.push(Input::Key { make, pressed });
+    }
+
+    /// Bytes typed on the serial console (COM1). They reach the guest when the machine
+    /// next runs.
+    pub fn serial_input(&mut self, bytes: &[u8]) {
+        self.pending.push(Input::Serial(bytes.to_vec()));
+    }
+
+    fn apply(&mut self, input: Input) {
+        match input {
+            Input::Serial(bytes) => self.board.devices.uarts[0].push_input(&bytes),
+            Input::Key { make, pressed } => self.board.devices.kbc.key_set2(make, pressed),
+        }
         self.board.devices.sync_irqs();
         self.cpu.irq_changed();
+    }
+
+    /// The one place outside input enters the machine (at a slice boundary, the devices
+    /// caught up with the instruction count), where a recording writes it down and takes
+    /// its digests, and where a replay feeds it back and compares them. Returns why the
+    /// run must stop, if it must.
+    fn input_point(&mut self) -> Option<Stop> {
+        let icount = self.cpu.state.icount;
+        match std::mem::replace(&mut self.journal, Journal::Live) {
+            Journal::Replay(mut player) => {
+                let stop = self.replay_entries(&mut player, icount);
+                self.journal = Journal::Replay(player);
+                stop
+            }
+            journal => {
+                self.journal = journal;
+                self.poll_serial_input();
+                for input in std::mem::take(&mut self.pending) {
+                    if let Journal::Record(r) = &mut self.journal {
+                        if let Err(e) = r.write(&Entry::Input(icount, input.clone())) {
+                            return Some(self.stop_recording(e));
+                        }
+                    }
+                    self.apply(input);
+                }
+                let due = match &self.journal {
+                    Journal::Record(r) => (icount >= r.next_digest).then_some(r.digests),
+                    _ => None,
+                };
+                if let Some(n) = due {
+                    let digest = self.digest(n);
+                    if let Journal::Record(r) = &mut self.journal {
+                        r.next_digest = icount + replay::DIGEST_INTERVAL;
+                        r.digests += 1;
+                        if let Err(e) = r.write(&Entry::Digest(icount, Box::new(digest))) {
+                            return Some(self.stop_recording(e));
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Feeds a replay the entries due at `icount`.
+    fn replay_entries(&mut self, player: &mut Player, icount: u64) -> Option<Stop> {
+        // Host input has no place in a replay.
+        self.pending.clear();
+        while let Some(entry) = player.next.take() {
+            let at = entry.icount();
+            if at > icount {
+                player.next = Some(entry);
+                return None;
+            }
+            if at < icount {
+                self.replay_report = Some(format!(
+                    "replay diverged: it passed instruction {at}, where the recording has {}, without stopping there (now at {icount})",
+                    match entry {
+                        Entry::Input(..) => "an input",
+                        Entry::Digest(..) => "a digest",
+                        Entry::End(_) => "its end",
+                    }
+                ));
+                return Some(Stop::ReplayDiverged);
+            }
+            match entry {
+                Entry::Input(_, input) => {
+                    player.inputs += 1;
+                    self.apply(input);
+                }
+                Entry::Digest(_, recorded) => {
+                    let replayed = self.digest(player.digests);
+                    player.digests += 1;
+                    let differences = recorded.differences(&replayed);
+                    if !differences.is_empty() {
+                        self.replay_report = Some(format!(
+                            "replay diverged at instruction {icount} (digest {}): {}",
+                            player.digests,
+                            differences.join("; ")
+                        ));
+                        return Some(Stop::ReplayDiverged);
+                    }
+                }
+                Entry::End(_) => {
+                    self.replay_report = Some(format!(
+                        "replay ended at instruction {icount}, as recorded: {} inputs fed, {} digests identical",
+                        player.inputs, player.digests
+                    ));
+                    return Some(Stop::ReplayEnded);
+                }
+            }
+            player.advance();
+        }
+        self.replay_report = Some(format!(
+            "replay reached the end of a recording cut short (no end mark), at instruction {icount}: {} inputs fed, {} digests identical",
+            player.inputs, player.digests
+        ));
+        Some(Stop::ReplayEnded)
+    }
+
+    /// Where a replay must next stop (its next entry), if replaying.
+    fn next_replay_stop(&self) -> Option<u64> {
+        match &self.journal {
+            Journal::Replay(p) => Some(p.next.as_ref().map_or(u64::MAX, Entry::icount)),
+            _ => None,
+        }
+    }
+
+    fn stop_recording(&mut self, e: MachineError) -> Stop {
+        self.journal = Journal::Live;
+        self.replay_report = Some(e.to_string());
+        Stop::ReplayDiverged
+    }
+
+    /// The machine's state in brief (see [`Digest`]); `n` picks the slice of memory.
+    pub fn digest(&self, n: u32) -> Digest {
+        let memory = self.cpu.mem.host_bytes();
+        let slice_len = memory
+            .len()
+            .div_ceil(replay::MEMORY_SLICES as usize)
+            .next_multiple_of(4096);
+        let slice = n % replay::MEMORY_SLICES;
+        let start = (slice as usize * slice_len).min(memory.len());
+        let end = (start + slice_len).min(memory.len());
+        let mut cpu = self.cpu.state.clone();
+        cpu.flags = cpu.flags.canonical();
+        Digest {
+            cpu,
+            devices: self
+                .board
+                .digests()
+                .into_iter()
+                .map(|(name, h)| (name.to_string(), h))
+                .collect(),
+            memory_slice: slice,
+            memory: replay::hash_bytes(&memory[start..end]),
+        }
+    }
+
+    /// Starts writing a recording of this run to `path` (from now on).
+    pub fn record(&mut self, path: &std::path::Path) -> Result<(), MachineError> {
+        let start = self.snapshot_for_file()?;
+        self.journal = Journal::Record(Recorder::create(path, &start)?);
+        Ok(())
+    }
+
+    /// Ends a recording started with [`Machine::record`], closing its file.
+    pub fn finish_recording(&mut self) -> Result<(), MachineError> {
+        match std::mem::replace(&mut self.journal, Journal::Live) {
+            Journal::Record(r) => r.finish(self.cpu.state.icount),
+            other => {
+                self.journal = other;
+                Ok(())
+            }
+        }
+    }
+
+    /// A machine to replay the recording in `path`: built from its starting snapshot,
+    /// fed only from the recording.
+    pub fn replay(
+        path: &std::path::Path,
+        tier: Tier,
+        serial_out: Box<dyn Write>,
+    ) -> Result<Machine, MachineError> {
+        let (start, player) = Player::open(path)?;
+        let mut m = Machine::from_snapshot(&start, tier, serial_out)?;
+        m.journal = Journal::Replay(player);
+        Ok(m)
+    }
+
+    /// How a replay ended (or why a recording stopped), once it has.
+    pub fn replay_report(&self) -> Option<&str> {
+        self.replay_report.as_deref()
+    }
+
+    /// The whole machine now. Pages equal to those of `previous` (an earlier snapshot of
+    /// this machine) share its copies.
+    pub fn snapshot(&self, previous: Option<&Snapshot>) -> Result<Snapshot, MachineError> {
+        let mut state = Vec::new();
+        let err = MachineError;
+        put(&mut state, &self.cpu.state).map_err(err)?;
+        put(&mut state, &self.cpu.mem.layout()).map_err(err)?;
+        self.board.save(&mut state).map_err(err)?;
+        put(&mut state, &(&self.shadow, self.resets)).map_err(err)?;
+        Ok(Snapshot {
+            icount: self.cpu.state.icount,
+            shape: Shape {
+                ram_mib: self.ram_mib,
+                host_len: self.cpu.mem.host_bytes().len(),
+                disks: self.disks.clone(),
+            },
+            state,
+            pages: Snapshot::pages_of(self.cpu.mem.host_bytes(), previous),
+            disk_sums: None,
+        })
+    }
+
+    /// A snapshot to write to a file: it must name every disk of the machine.
+    pub fn snapshot_for_file(&self) -> Result<Snapshot, MachineError> {
+        if self.board.devices.drives.len() != self.disks.len() {
+            return Err(MachineError(
+                "this machine's disks are not all image files: it cannot be saved to a file".into(),
+            ));
+        }
+        self.snapshot(None)
+    }
+
+    /// Writes the whole machine to the file `path`.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), MachineError> {
+        let snap = self.snapshot_for_file()?;
+        let fail =
+            |e: std::io::Error| MachineError(format!("cannot write {}: {e}", path.display()));
+        let file = std::fs::File::create(path).map_err(fail)?;
+        let mut out = std::io::BufWriter::new(file);
+        snap.write_to(&mut out)?;
+        out.into_inner()
+            .map_err(|e| fail(e.into_error()))?
+            .sync_all()
+            .map_err(fail)
+    }
+
+    /// Puts the machine back to `snap`, a snapshot of a machine of the same shape (this
+    /// one, or one built with [`Machine::from_snapshot`]). On an error the machine is
+    /// left in an unknown state: throw it away.
+    pub fn restore(&mut self, snap: &Snapshot) -> Result<(), MachineError> {
+        let shape = &snap.shape;
+        if shape.ram_mib != self.ram_mib
+            || shape.host_len != self.cpu.mem.host_bytes().len()
+            || shape.disks != self.disks
+        {
+            return Err(MachineError(
+                "the snapshot is of a machine of another shape (memory or disks)".into(),
+            ));
+        }
+        let bad = |e: String| MachineError(format!("the snapshot cannot be restored: {e}"));
+        let mut input = &snap.state[..];
+        let state: hospes_cpu::state::CpuState = take(&mut input).map_err(bad)?;
+        let layout: hospes_cpu::mem::MemLayout = take(&mut input).map_err(bad)?;
+        self.cpu
+            .mem
+            .set_layout(layout)
+            .map_err(|e| bad(e.to_string()))?;
+        self.board.restore(&mut input).map_err(bad)?;
+        (self.shadow, self.resets) = take(&mut input).map_err(bad)?;
+        if !input.is_empty() {
+            return Err(bad("trailing bytes".into()));
+        }
+        snap.copy_pages_to(self.cpu.mem.host_bytes_mut());
+        self.cpu.state = state;
+        self.cpu.flush_tlb();
+        self.cpu.flush_code();
+        self.cpu.shutdown = false;
+        self.cpu.irq_changed();
+        if let Some(jit) = &mut self.jit {
+            jit.flush();
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// A machine built to `snap`'s shape (its disk images opened and checked unchanged)
+    /// and restored to it.
+    pub fn from_snapshot(
+        snap: &Snapshot,
+        tier: Tier,
+        serial_out: Box<dyn Write>,
+    ) -> Result<Machine, MachineError> {
+        let shape = &snap.shape;
+        snap.check_disks()?;
+        let ram = shape.ram_mib << 20;
+        if !(2..=MAX_RAM_MIB).contains(&shape.ram_mib) || shape.host_len < ram as usize {
+            return Err(MachineError(
+                "the snapshot's memory size is out of range".into(),
+            ));
+        }
+        let (drives, ide) = disk::attach(&shape.disks).map_err(MachineError)?;
+        let cpu = Cpu::new(ram as usize, shape.host_len - ram as usize)
+            .map_err(|e| MachineError(e.to_string()))?;
+        let jit = match tier {
+            Tier::Interp => None,
+            tier => Some(
+                Jit::new(tier).map_err(|e| MachineError(format!("cannot start the JIT: {e}")))?,
+            ),
+        };
+        let shadow = shadow::Shadowing::new(&cpu.mem);
+        let mut m = Machine {
+            cpu,
+            board: Board {
+                devices: Devices::new(0, drives, ide),
+                bios: None,
+            },
+            jit,
+            serial_out,
+            serial_in: None,
+            resets: 0,
+            shadow,
+            debugcon_out: None,
+            debugcon_line: Vec::new(),
+            ram_mib: shape.ram_mib,
+            disks: shape.disks.clone(),
+            pending: Vec::new(),
+            journal: Journal::Live,
+            replay_report: None,
+        };
+        m.restore(snap)?;
+        Ok(m)
     }
 
     /// Virtual time now, in nanoseconds.
@@ -376,12 +739,5 @@ impl Machine {
                 line.trim_end().to_string()
             })
             .collect()
-    }
-
-    /// Bytes typed on the serial console (COM1).
-    pub fn serial_input(&mut self, bytes: &[u8]) {
-        self.board.devices.uarts[0].push_input(bytes);
-        self.board.devices.sync_irqs();
-        self.cpu.irq_changed();
     }
 }

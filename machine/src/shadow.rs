@@ -16,9 +16,11 @@ const SHADOW_BASE: u64 = 0xC_0000;
 const SHADOW_PAGES: usize = ((0x10_0000 - SHADOW_BASE) / PAGE_SIZE) as usize;
 
 /// How the shadowable area is routed now, and what lies there when RAM is not selected.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Shadowing {
     /// Per page of C0000-FFFFF: what reads see when they do not go to RAM (the ROM mapped
     /// there when the machine was built, or MMIO where none was).
+    #[serde(with = "serde_big_array::BigArray")]
     rom: [Backing; SHADOW_PAGES],
     /// The routing last applied, per PAM area; None before the first application.
     applied: Option<[PamArea; 13]>,

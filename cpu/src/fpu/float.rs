@@ -37,7 +37,7 @@ pub const ADJUST: i32 = 24576;
 
 /// An 80-bit register value: explicit 64-bit significand and 16-bit sign/exponent.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct F80 {
     pub sig: u64,
     pub se: u16,

@@ -31,7 +31,7 @@ use iced_x86::{Instruction, MemorySize, Mnemonic as M, OpKind, Register};
 /// tagged "zero"), pointers and opcode 0. FNINIT then gives control 037FH and an all-empty
 /// tag word FFFFH.
 #[repr(C)]
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FpuState {
     /// Physical registers R0..R7.
     pub regs: [F80; 8],

@@ -1,0 +1,323 @@
+//! Record and replay (DESIGN.md, Time and determinism).
+//!
+//! Everything from outside enters the machine at one point of the run loop (see
+//! `Machine::input_point`), stamped with the instruction count. A recording is a
+//! snapshot of the machine when it started, then those inputs in order, with state
+//! digests taken every so many instructions and an end mark. Replaying restores the
+//! snapshot and feeds the inputs back at the same counts: the guest runs the same, with
+//! either tier, and every digest must match; the first that does not stops the replay
+//! with a report of what differs.
+//!
+//! The file: [`MAGIC`], the snapshot format version (u32, little-endian), the snapshot's
+//! length (u64) and the snapshot file's bytes, then one zlib stream of entries, each a
+//! length (u32) and an [`Entry`] in postcard. The stream is flushed after every entry,
+//! so a recording cut short (hospes killed) replays up to its last whole entry.
+
+use crate::snapshot::{self, put, take, Snapshot};
+use crate::MachineError;
+use flate2::read::ZlibDecoder;
+use flate2::write::ZlibEncoder;
+use hospes_cpu::state::CpuState;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+/// The first bytes of a recording.
+pub const MAGIC: &[u8; 16] = b"HOSPES RECORDING";
+
+/// Instructions between two state digests of a recording.
+pub const DIGEST_INTERVAL: u64 = 50_000_000;
+/// Guest memory is digested a slice at a time, one slice per digest in turn (so a
+/// digest costs little): a difference in memory shows within this many digests.
+pub const MEMORY_SLICES: u32 = 32;
+
+/// Something from outside the machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Input {
+    /// Bytes typed on the serial console (COM1).
+    Serial(Vec<u8>),
+    /// A key pressed or released, as its set-2 make code (E0xxh for extended keys).
+    Key { make: u16, pressed: bool },
+}
+
+/// The machine's state in brief, to tell a replay that went another way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    pub cpu: CpuState,
+    /// Each device's name and a hash of its state.
+    pub devices: Vec<(String, u64)>,
+    /// Which slice of guest memory (of [`MEMORY_SLICES`]) is hashed, and the hash.
+    pub memory_slice: u32,
+    pub memory: u64,
+}
+
+impl Digest {
+    /// What differs between a recorded digest and the replay's, in words.
+    pub fn differences(&self, replayed: &Digest) -> Vec<String> {
+        let mut out = cpu_differences(&self.cpu, &replayed.cpu);
+        for ((name, a), (_, b)) in self.devices.iter().zip(&replayed.devices) {
+            if a != b {
+                out.push(format!("the state of the {name} differs"));
+            }
+        }
+        if self.devices.len() != replayed.devices.len() {
+            out.push("the set of devices differs".into());
+        }
+        if self.memory != replayed.memory {
+            out.push(format!(
+                "guest memory differs (slice {} of {MEMORY_SLICES} of host memory)",
+                self.memory_slice + 1
+            ));
+        }
+        out
+    }
+}
+
+fn cpu_differences(a: &CpuState, b: &CpuState) -> Vec<String> {
+    const GPR: [&str; 8] = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
+    const SEG: [&str; 6] = ["es", "cs", "ss", "ds", "fs", "gs"];
+    let mut out = Vec::new();
+    let mut field = |name: &str, x: u64, y: u64| {
+        if x != y {
+            out.push(format!("{name} recorded {x:#x}, replayed {y:#x}"));
+        }
+    };
+    field("instruction count", a.icount, b.icount);
+    field("eip", a.rip, b.rip);
+    for (i, name) in GPR.iter().enumerate() {
+        field(name, a.reg32(i) as u64, b.reg32(i) as u64);
+    }
+    field("eflags", a.flags.get() as u64, b.flags.get() as u64);
+    for (i, name) in SEG.iter().enumerate() {
+        field(name, a.seg[i].selector as u64, b.seg[i].selector as u64);
+        field(&format!("{name} base"), a.seg[i].base, b.seg[i].base);
+    }
+    for (name, x, y) in [
+        ("cr0", a.cr0, b.cr0),
+        ("cr2", a.cr2, b.cr2),
+        ("cr3", a.cr3, b.cr3),
+        ("cr4", a.cr4, b.cr4),
+        ("cpl", a.cpl as u64, b.cpl as u64),
+        ("halted", a.halted as u64, b.halted as u64),
+        ("interrupt shadow", a.irq_shadow as u64, b.irq_shadow as u64),
+        ("A20 mask", a.a20_mask, b.a20_mask),
+        ("TSC offset", a.tsc_offset, b.tsc_offset),
+        (
+            "FPU control word",
+            a.fpu.control as u64,
+            b.fpu.control as u64,
+        ),
+        ("FPU status word", a.fpu.status as u64, b.fpu.status as u64),
+        ("FPU tag word", a.fpu.tag as u64, b.fpu.tag as u64),
+    ] {
+        field(name, x, y);
+    }
+    let mut other = |name: &str, same: bool| {
+        if !same {
+            out.push(format!("{name} differ"));
+        }
+    };
+    other("the FPU registers", a.fpu.regs == b.fpu.regs);
+    other(
+        "the FPU pointers",
+        a.fpu == b.fpu || a.fpu.regs != b.fpu.regs,
+    );
+    other("the MSRs", a.msr == b.msr);
+    other("the debug registers", a.dr == b.dr);
+    other(
+        "the descriptor tables",
+        (a.gdtr, a.idtr, a.ldtr, a.tr) == (b.gdtr, b.idtr, b.ldtr, b.tr),
+    );
+    other("the hidden segment limits or attributes", a.seg == b.seg);
+    if out.is_empty() && a != b {
+        out.push("other CPU state differs".into());
+    }
+    out
+}
+
+/// One entry of a recording.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Entry {
+    /// Outside input, at an instruction count.
+    Input(u64, Input),
+    /// The state at an instruction count.
+    Digest(u64, Box<Digest>),
+    /// The recording ends at this instruction count.
+    End(u64),
+}
+
+impl Entry {
+    pub fn icount(&self) -> u64 {
+        match self {
+            Entry::Input(at, _) | Entry::Digest(at, _) | Entry::End(at) => *at,
+        }
+    }
+}
+
+/// Writes a recording as the machine runs.
+pub struct Recorder {
+    out: ZlibEncoder<BufWriter<File>>,
+    /// When the next digest is due.
+    pub(crate) next_digest: u64,
+    pub(crate) digests: u32,
+}
+
+impl Recorder {
+    /// Starts a recording in `path` from `start`, the machine as it is now.
+    pub fn create(path: &Path, start: &Snapshot) -> Result<Recorder, MachineError> {
+        let fail = |e: std::io::Error| {
+            MachineError(format!(
+                "cannot write the recording {}: {e}",
+                path.display()
+            ))
+        };
+        let file = File::create(path).map_err(fail)?;
+        let mut out = BufWriter::new(file);
+        let mut snap = Vec::new();
+        start.write_to(&mut snap)?;
+        out.write_all(MAGIC).map_err(fail)?;
+        out.write_all(&snapshot::VERSION.to_le_bytes())
+            .map_err(fail)?;
+        out.write_all(&(snap.len() as u64).to_le_bytes())
+            .map_err(fail)?;
+        out.write_all(&snap).map_err(fail)?;
+        Ok(Recorder {
+            out: ZlibEncoder::new(out, flate2::Compression::fast()),
+            next_digest: start.icount,
+            digests: 0,
+        })
+    }
+
+    pub fn write(&mut self, entry: &Entry) -> Result<(), MachineError> {
+        let mut bytes = Vec::new();
+        put(&mut bytes, entry).map_err(MachineError)?;
+        let fail = |e: std::io::Error| MachineError(format!("cannot write the recording: {e}"));
+        self.out
+            .write_all(&(bytes.len() as u32).to_le_bytes())
+            .map_err(fail)?;
+        self.out.write_all(&bytes).map_err(fail)?;
+        self.out.flush().map_err(fail)
+    }
+
+    /// Ends the recording at `icount` and closes the file.
+    pub fn finish(mut self, icount: u64) -> Result<(), MachineError> {
+        self.write(&Entry::End(icount))?;
+        let fail = |e: std::io::Error| MachineError(format!("cannot write the recording: {e}"));
+        let mut out = self.out.finish().map_err(fail)?;
+        out.flush().map_err(fail)?;
+        out.into_inner()
+            .map_err(|e| fail(e.into_error()))?
+            .sync_all()
+            .map_err(fail)
+    }
+}
+
+/// Reads a recording's entries in order.
+pub struct Player {
+    entries: ZlibDecoder<BufReader<File>>,
+    /// The next entry, read ahead (None at the end of the file).
+    pub(crate) next: Option<Entry>,
+    /// The file ended without an end mark (a recording cut short).
+    pub(crate) cut_short: bool,
+    pub(crate) inputs: u64,
+    pub(crate) digests: u32,
+}
+
+impl Player {
+    /// Opens a recording: its starting snapshot, and the player of its entries.
+    pub fn open(path: &Path) -> Result<(Snapshot, Player), MachineError> {
+        let name = path.display();
+        let bad =
+            |what: &str| MachineError(format!("{name}: not a usable hospes recording: {what}"));
+        let file =
+            File::open(path).map_err(|e| MachineError(format!("cannot open {name}: {e}")))?;
+        let mut input = BufReader::new(file);
+        let mut head = [0u8; 28];
+        input.read_exact(&mut head).map_err(|_| bad("too short"))?;
+        if &head[..16] != MAGIC {
+            return Err(bad("it does not start as one"));
+        }
+        let version = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
+        if version != snapshot::VERSION {
+            return Err(MachineError(format!(
+                "{name}: the recording is of format version {version}; this hospes reads version {} only",
+                snapshot::VERSION
+            )));
+        }
+        let len = u64::from_le_bytes(head[20..28].try_into().expect("8 bytes"));
+        let snap = Snapshot::read_from((&mut input).take(len))
+            .map_err(|e| MachineError(format!("{name}: {e}")))?;
+        let mut player = Player {
+            entries: ZlibDecoder::new(input),
+            next: None,
+            cut_short: false,
+            inputs: 0,
+            digests: 0,
+        };
+        player.advance();
+        Ok((snap, player))
+    }
+
+    /// Reads the next entry into `next`.
+    pub(crate) fn advance(&mut self) {
+        self.next = self.read_entry();
+        if self.next.is_none() {
+            self.cut_short = true;
+        }
+    }
+
+    fn read_entry(&mut self) -> Option<Entry> {
+        let mut len = [0u8; 4];
+        self.entries.read_exact(&mut len).ok()?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > 64 << 20 {
+            return None;
+        }
+        let mut bytes = vec![0u8; len];
+        self.entries.read_exact(&mut bytes).ok()?;
+        take(&mut &bytes[..]).ok()
+    }
+}
+
+/// A fast hash of bytes, the same on every host (for digests; not cryptographic).
+/// Four lanes take every fourth word, so the multiplications overlap; each step is a
+/// bijection of the lane, so a change in any one word always changes the result.
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let step = |h: u64, w: u64| (h ^ w).wrapping_mul(K).rotate_left(29);
+    let mut lanes = [bytes.len() as u64, 1, 2, 3].map(|x| x ^ K);
+    let mut blocks = bytes.chunks_exact(32);
+    for block in &mut blocks {
+        for (lane, w) in lanes.iter_mut().zip(block.chunks_exact(8)) {
+            *lane = step(*lane, u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+    }
+    let mut h = lanes.iter().fold(K, |h, &lane| step(h, lane));
+    for &b in blocks.remainder() {
+        h = step(h, b as u64);
+    }
+    h ^ (h >> 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_sees_every_byte_and_its_place() {
+        let a = vec![0u8; 4099];
+        let base = hash_bytes(&a);
+        for i in [0, 7, 8, 31, 32, 4095, 4098] {
+            let mut b = a.clone();
+            b[i] = 1;
+            assert_ne!(hash_bytes(&b), base, "byte {i}");
+        }
+        let mut x = vec![0u8; 16];
+        x[0] = 1;
+        let mut y = vec![0u8; 16];
+        y[8] = 1;
+        assert_ne!(hash_bytes(&x), hash_bytes(&y));
+        assert_ne!(hash_bytes(&a[..4098]), base);
+    }
+}

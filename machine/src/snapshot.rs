@@ -1,0 +1,271 @@
+//! Snapshots: the whole machine (CPU, memory, every device, the BIOS) as bytes and back
+//! (DESIGN.md, Record/replay, snapshots, gdb).
+//!
+//! A [`Snapshot`] lives in memory: the state of the CPU and devices encoded with
+//! postcard, and guest memory page by page, where pages equal to those of the snapshot
+//! before share its copy (a debugger keeps many). [`Snapshot::write_to`] puts one in a
+//! file: a magic line and a version, then one zlib stream with the machine's shape
+//! (RAM size, the disk images and their checksums), the state, and the non-zero pages.
+//! What is stored is restored onto a machine built anew from that shape, on any host.
+//!
+//! Host storage is not in a snapshot: disk images are named by path and checked by
+//! size and CRC-32 when a snapshot is restored from a file.
+
+use crate::MachineError;
+use flate2::read::ZlibDecoder;
+use flate2::write::ZlibEncoder;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The first bytes of a snapshot file.
+pub const MAGIC: &[u8; 16] = b"HOSPES SNAPSHOT\n";
+/// The layout of the state. Bump it whenever a saved structure changes (the test
+/// `snapshot_format_is_versioned` notices): older files are then refused, clearly.
+pub const VERSION: u32 = 1;
+
+const PAGE: usize = hospes_cpu::mem::PAGE_SIZE as usize;
+
+/// Appends `value`, encoded, to `out`.
+pub(crate) fn put<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), String> {
+    postcard::to_io(value, out)
+        .map(|_| ())
+        .map_err(|e| format!("cannot encode the machine state: {e}"))
+}
+
+/// Decodes a value from the front of `input`, which moves past it.
+pub(crate) fn take<T: DeserializeOwned>(input: &mut &[u8]) -> Result<T, String> {
+    let (value, rest) = postcard::take_from_bytes(input)
+        .map_err(|e| format!("the machine state does not decode: {e}"))?;
+    *input = rest;
+    Ok(value)
+}
+
+/// Where a disk image is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskRole {
+    Floppy,
+    Hda,
+    Hdb,
+    Cdrom,
+}
+
+/// A disk image file of the machine, as a snapshot names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskFile {
+    pub path: PathBuf,
+    pub role: DiskRole,
+}
+
+/// A disk image's size and CRC-32, read through.
+fn checksum(file: &DiskFile) -> Result<(u64, u32), String> {
+    let path = &file.path;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| format!("cannot open disk image {}: {e}", path.display()))?;
+    let mut crc = flate2::Crc::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("cannot read disk image {}: {e}", path.display()))?;
+        if n == 0 {
+            return Ok((crc.amount() as u64, crc.sum()));
+        }
+        crc.update(&buf[..n]);
+    }
+}
+
+/// What a machine must be built with before a snapshot can be restored onto it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub ram_mib: u64,
+    /// Bytes of host memory behind the guest's: RAM and the ROM space.
+    pub host_len: usize,
+    pub disks: Vec<DiskFile>,
+}
+
+/// The whole machine at one instruction count.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub icount: u64,
+    pub(crate) shape: Shape,
+    /// CPU, memory layout, devices and BIOS, machine fields (see `Machine::snapshot`).
+    pub(crate) state: Vec<u8>,
+    /// Host memory page by page; None for a page of zeros.
+    pub(crate) pages: Vec<Option<Arc<[u8]>>>,
+    /// Each disk image's size and CRC-32 when the snapshot was written to a file (None
+    /// for a snapshot that never left memory).
+    pub(crate) disk_sums: Option<Vec<(u64, u32)>>,
+}
+
+impl Snapshot {
+    /// Takes `memory` page by page, sharing the pages that `previous` holds unchanged.
+    pub(crate) fn pages_of(memory: &[u8], previous: Option<&Snapshot>) -> Vec<Option<Arc<[u8]>>> {
+        let old = previous.map(|p| &p.pages[..]).unwrap_or(&[]);
+        memory
+            .chunks(PAGE)
+            .enumerate()
+            .map(|(i, page)| {
+                if page.iter().all(|&b| b == 0) {
+                    return None;
+                }
+                match old.get(i) {
+                    Some(Some(same)) if &same[..] == page => Some(same.clone()),
+                    _ => Some(Arc::from(page)),
+                }
+            })
+            .collect()
+    }
+
+    /// Copies the pages into `memory` (of the same size). Pages that already hold the
+    /// right bytes are not written: a page of guest RAM never written stays unallocated.
+    pub(crate) fn copy_pages_to(&self, memory: &mut [u8]) {
+        for (page, saved) in memory.chunks_mut(PAGE).zip(&self.pages) {
+            match saved {
+                Some(bytes) if page != &bytes[..] => page.copy_from_slice(bytes),
+                None if page.iter().any(|&b| b != 0) => page.fill(0),
+                _ => {}
+            }
+        }
+    }
+
+    /// Fails unless the disk images are as they were when the snapshot was written to
+    /// a file (a snapshot that never left memory checks nothing).
+    pub fn check_disks(&self) -> Result<(), MachineError> {
+        let Some(sums) = &self.disk_sums else {
+            return Ok(());
+        };
+        for (file, &(len, crc)) in self.shape.disks.iter().zip(sums) {
+            let now = checksum(file).map_err(MachineError)?;
+            if now != (len, crc) {
+                return Err(MachineError(format!(
+                    "{} changed since the snapshot was taken ({} bytes, CRC-32 {:08x}; it was {len} bytes, {crc:08x})",
+                    file.path.display(),
+                    now.0,
+                    now.1
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the machine must be built with to restore this snapshot.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// Host memory this snapshot holds apart from the pages it shares.
+    pub fn bytes_held(&self) -> usize {
+        self.state.len() + self.pages.iter().flatten().count() * PAGE
+    }
+
+    /// Writes the snapshot as a file's contents.
+    pub fn write_to(&self, out: impl Write) -> Result<(), MachineError> {
+        let fail = |e: std::io::Error| MachineError(format!("cannot write the snapshot: {e}"));
+        let mut out = out;
+        out.write_all(MAGIC).map_err(fail)?;
+        out.write_all(&VERSION.to_le_bytes()).map_err(fail)?;
+        let mut z = ZlibEncoder::new(out, flate2::Compression::fast());
+        let sums = match &self.disk_sums {
+            Some(sums) => sums.clone(),
+            None => self
+                .shape
+                .disks
+                .iter()
+                .map(checksum)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(MachineError)?,
+        };
+        let mut head = Vec::new();
+        put(&mut head, &(self.icount, &self.shape, sums)).map_err(MachineError)?;
+        for part in [&head, &self.state] {
+            z.write_all(&(part.len() as u64).to_le_bytes())
+                .map_err(fail)?;
+            z.write_all(part).map_err(fail)?;
+        }
+        let mut present = vec![0u8; self.pages.len().div_ceil(8)];
+        for (i, p) in self.pages.iter().enumerate() {
+            if p.is_some() {
+                present[i / 8] |= 1 << (i % 8);
+            }
+        }
+        z.write_all(&present).map_err(fail)?;
+        for page in self.pages.iter().flatten() {
+            z.write_all(page).map_err(fail)?;
+        }
+        z.finish().map_err(fail)?.flush().map_err(fail)
+    }
+
+    /// Reads a snapshot file's contents. Anything that is not a whole, intact snapshot
+    /// of this version is an error.
+    pub fn read_from(input: impl Read) -> Result<Snapshot, MachineError> {
+        let bad = |what: &str| MachineError(format!("not a usable hospes snapshot: {what}"));
+        let mut input = input;
+        let mut magic = [0u8; 16];
+        input.read_exact(&mut magic).map_err(|_| bad("too short"))?;
+        if &magic != MAGIC {
+            return Err(bad("it does not start as one"));
+        }
+        let mut version = [0u8; 4];
+        input
+            .read_exact(&mut version)
+            .map_err(|_| bad("too short"))?;
+        let version = u32::from_le_bytes(version);
+        if version != VERSION {
+            return Err(MachineError(format!(
+                "the snapshot is of format version {version}; this hospes reads version {VERSION} only"
+            )));
+        }
+        let mut z = ZlibDecoder::new(input);
+        let broken = |e: std::io::Error| bad(&format!("damaged or cut short ({e})"));
+        let mut part = || -> Result<Vec<u8>, MachineError> {
+            let mut len = [0u8; 8];
+            z.read_exact(&mut len).map_err(broken)?;
+            let len = u64::from_le_bytes(len);
+            let mut bytes = Vec::new();
+            (&mut z).take(len).read_to_end(&mut bytes).map_err(broken)?;
+            if bytes.len() as u64 != len {
+                return Err(bad("cut short"));
+            }
+            Ok(bytes)
+        };
+        let head = part()?;
+        let state = part()?;
+        let (icount, shape, sums): (u64, Shape, Vec<(u64, u32)>) =
+            take(&mut &head[..]).map_err(|e| bad(&e))?;
+        if sums.len() != shape.disks.len() {
+            return Err(bad("disk checksums missing"));
+        }
+        if shape.host_len % PAGE != 0 || shape.host_len > 4 << 30 {
+            return Err(bad("a memory size out of range"));
+        }
+        let count = shape.host_len / PAGE;
+        let mut present = vec![0u8; count.div_ceil(8)];
+        z.read_exact(&mut present).map_err(broken)?;
+        let mut pages = Vec::with_capacity(count);
+        for i in 0..count {
+            if present[i / 8] & (1 << (i % 8)) == 0 {
+                pages.push(None);
+                continue;
+            }
+            let mut page = vec![0u8; PAGE];
+            z.read_exact(&mut page).map_err(broken)?;
+            pages.push(Some(Arc::from(page)));
+        }
+        // The stream must end here, with its checksum intact.
+        let mut rest = Vec::new();
+        z.read_to_end(&mut rest).map_err(broken)?;
+        if !rest.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(Snapshot {
+            icount,
+            shape,
+            state,
+            pages,
+            disk_sums: Some(sums),
+        })
+    }
+}
