@@ -259,6 +259,15 @@ impl Player {
         Ok((snap, player))
     }
 
+    /// Takes the next entry (None at the end of the recording).
+    pub fn next_entry(&mut self) -> Option<Entry> {
+        let entry = self.next.take();
+        if entry.is_some() {
+            self.advance();
+        }
+        entry
+    }
+
     /// Reads the next entry into `next`.
     pub(crate) fn advance(&mut self) {
         self.next = self.read_entry();
