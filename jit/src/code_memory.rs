@@ -20,10 +20,14 @@ use cranelift_module::ModuleResult;
 use std::io;
 
 /// Address space reserved per translator. Only pages written are backed; the JIT's
-/// block limit keeps use far below this (about 1.2 KB of code per block on Linux, 20,000
-/// blocks), and running out only fails the compile: the block is interpreted until the
-/// next flush starts a fresh region.
+/// block limit keeps use far below this on Linux (about 1.2 KB of code per block, 20,000
+/// blocks). Long blocks of 16-bit code with many memory operands can take 13 KB each
+/// (the random streams of the differential tests): running out fails that compile (the
+/// block is interpreted) and makes the JIT flush before it compiles another.
 pub const RESERVE: usize = 256 << 20;
+
+/// The error a compile fails with when the region is used up: the JIT then flushes.
+pub const FULL: &str = "the JIT's code memory is full";
 
 /// A region mapped twice: `write` and `exec` views of the same pages.
 pub struct DualMapped {
@@ -122,10 +126,7 @@ impl JITMemoryProvider for DualMapped {
                 // SAFETY: `start..end` lies inside the write view's `len` bytes.
                 Ok(unsafe { self.write.add(start) })
             }
-            _ => Err(io::Error::new(
-                io::ErrorKind::OutOfMemory,
-                "the JIT's code memory is full",
-            )),
+            _ => Err(io::Error::new(io::ErrorKind::OutOfMemory, FULL)),
         }
     }
 

@@ -119,6 +119,9 @@ pub struct Stats {
     pub compile_time: std::time::Duration,
     /// Blocks compiled with the PC thunk their CALL calls done in place.
     pub pc_thunks: u64,
+    /// Compiles that failed (the block is then interpreted): the code memory full, which
+    /// makes the JIT flush, or a translator error (logged).
+    pub failed_compiles: u64,
 }
 
 pub struct Jit {
@@ -146,6 +149,8 @@ pub struct Jit {
     exit_from: Option<ExitFrom>,
     /// Compiled blocks kept before the code cache is flushed.
     cache_limit: usize,
+    /// A compile failed for want of code memory: flush before the next.
+    memory_full: bool,
     /// Runs of a block before [`Tier::Auto`] compiles it.
     hot_threshold: u32,
     /// Whether code compiled from now on counts its hops ([`Jit::count_hops`]).
@@ -194,6 +199,7 @@ impl Jit {
             page_rewrites: HashMap::new(),
             exit_from: None,
             cache_limit: MAX_COMPILED_BLOCKS,
+            memory_full: false,
             hot_threshold: HOT_THRESHOLD,
             count_hops: false,
             trampoline: None,
@@ -245,6 +251,7 @@ impl Jit {
     pub fn flush(&mut self) {
         self.release_blocks();
         self.stats.flushes += 1;
+        self.memory_full = false;
         if let Some(w) = &self.worker {
             if !w.send(worker::Request::Flush) {
                 self.stop_compiling();
@@ -291,7 +298,12 @@ impl Jit {
                         }
                     }
                     Err(e) => {
-                        log::warn!("JIT: cannot compile a block, interpreting it: {e}");
+                        self.stats.failed_compiles += 1;
+                        if e.contains(code_memory::FULL) {
+                            self.memory_full = true;
+                        } else {
+                            log::warn!("JIT: cannot compile a block, interpreting it: {e}");
+                        }
                         block.tier_code.set(INTERPRETED);
                     }
                 }
@@ -352,7 +364,7 @@ impl Jit {
         if heat < needed {
             return None;
         }
-        if self.owned.len() + self.queued.len() >= self.cache_limit {
+        if self.memory_full || self.owned.len() + self.queued.len() >= self.cache_limit {
             self.flush();
         }
         if !translate::has_native(&block.instrs) {

@@ -426,11 +426,6 @@ fn string_op(ins: &Instruction) -> Option<(StringOp, u8)> {
     matches!(size, 1 | 2 | 4).then_some((op, size as u8))
 }
 
-/// Whether `ins` was decoded as 32-bit code.
-fn code32(ins: &Instruction) -> bool {
-    ins.code_size() == CodeSize::Code32
-}
-
 fn branch_target(ins: &Instruction) -> Option<(u64, u64)> {
     match ins.op0_kind() {
         OpKind::NearBranch16 => Some((ins.near_branch16() as u64, 0xFFFF)),
@@ -665,12 +660,10 @@ pub(super) fn classify(ins: &Instruction) -> Option<Native> {
             })
         }
         M::Cli => Some(Native::Cli),
-        // 32-bit code only for now: in 16-bit (v86) code these made compiling take
-        // minutes (see the session note).
-        M::Sahf if code32(ins) => Some(Native::Sahf),
-        M::Fnstsw if ins.op0_kind() == OpKind::Register && code32(ins) => Some(Native::FnstswAx),
-        M::Fnstcw if code32(ins) => Some(Native::Fnstcw { mem: mem_ref(ins)? }),
-        M::Fldcw if code32(ins) => Some(Native::Fldcw { mem: mem_ref(ins)? }),
+        M::Sahf => Some(Native::Sahf),
+        M::Fnstsw if ins.op0_kind() == OpKind::Register => Some(Native::FnstswAx),
+        M::Fnstcw => Some(Native::Fnstcw { mem: mem_ref(ins)? }),
+        M::Fldcw => Some(Native::Fldcw { mem: mem_ref(ins)? }),
         m if X87_REGISTER_ONLY.contains(&m) || X87_READ.contains(&m) || X87_STORE.contains(&m) => {
             x87(ins)
         }
