@@ -5,6 +5,7 @@ use hospes_bios::{
     BootDevice, BootOptions, DirectKernel, KernelFormat, LinuxBoot, Module, MultibootBoot,
 };
 use hospes_jit::Tier;
+use hospes_machine::gdb::Debugger;
 use hospes_machine::snapshot::{DiskFile, DiskRole, Snapshot};
 use hospes_machine::{Machine, MachineConfig, Stop};
 use std::io::Write;
@@ -118,6 +119,13 @@ pub struct RunArgs {
     /// it brings its memory size and disks (which must be unchanged) along.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "hda", "hdb", "cdrom", "fda", "boot", "bios", "rtc_start"])]
     pub restore: Option<PathBuf>,
+    /// Serve gdb's remote protocol on tcp::PORT (127.0.0.1): attach any time with
+    /// `target remote :PORT`.
+    #[arg(long, value_name = "tcp::PORT")]
+    pub gdb: Option<String>,
+    /// With --gdb, wait for gdb before running the first instruction.
+    #[arg(short = 'S', requires = "gdb")]
+    pub wait_for_gdb: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -131,13 +139,17 @@ pub struct ReplayArgs {
     pub serial: Option<Serial>,
     #[command(flatten)]
     pub tier: TierArg,
+    /// Wait for gdb on tcp::PORT (127.0.0.1) before replaying: it can then also go
+    /// backwards (reverse-stepi, reverse-continue, reverse watchpoints).
+    #[arg(long, value_name = "tcp::PORT")]
+    pub gdb: Option<String>,
 }
 
 /// QEMU's single-dash spellings, rewritten to ours before parsing.
 pub fn qemu_aliases(args: impl Iterator<Item = String>) -> Vec<String> {
-    const LONG: [&str; 12] = [
+    const LONG: [&str; 13] = [
         "kernel", "initrd", "append", "hda", "hdb", "cdrom", "fda", "boot", "bios", "serial",
-        "display", "memory",
+        "display", "memory", "gdb",
     ];
     args.map(|a| match a.strip_prefix('-') {
         Some(rest) if !rest.starts_with('-') && LONG.contains(&rest) => format!("--{rest}"),
@@ -330,12 +342,55 @@ fn serial_output(serial: &Option<Serial>) -> Result<Box<dyn Write>, String> {
     })
 }
 
+/// Runs the machine headless until gdb attaches (at once with `wait`), serves it until
+/// it detaches, and gives the machine back (with why it stopped, if it did).
+fn run_with_gdb(
+    mut machine: Machine,
+    spec: &str,
+    wait: bool,
+    limit: Option<u64>,
+) -> Result<(Machine, Option<Stop>), String> {
+    let port = hospes_machine::gdb::parse_port(spec)?;
+    if !wait {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .map_err(|e| format!("cannot listen for gdb on 127.0.0.1:{port}: {e}"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("gdb listener: {e}"))?;
+        loop {
+            let at = machine.cpu.state.icount + 10_000_000;
+            let stop = machine.run(Some(limit.map_or(at, |l| l.min(at))));
+            if stop != Stop::InstructionLimit
+                || limit.is_some_and(|l| machine.cpu.state.icount >= l)
+            {
+                return Ok((machine, Some(stop)));
+            }
+            if let Ok((stream, _)) = listener.accept() {
+                stream
+                    .set_nonblocking(false)
+                    .map_err(|e| format!("gdb connection: {e}"))?;
+                return Debugger::new(machine)?.serve(stream);
+            }
+        }
+    }
+    Debugger::new(machine)?.serve_tcp(port)
+}
+
 /// `hospes replay`: 0 when the replay ran to the end of the recording identically.
 pub fn replay(args: ReplayArgs) -> Result<i32, String> {
     let serial = serial_output(&args.serial)?;
     let mut machine =
         Machine::replay(&args.recording, args.tier.tier, serial).map_err(|e| e.to_string())?;
-    let stop = machine.run(None);
+    let mut stop = None;
+    if let Some(spec) = &args.gdb {
+        let port = hospes_machine::gdb::parse_port(spec)?;
+        let debugger = Debugger::new(machine)?;
+        (machine, stop) = debugger.serve_tcp(port)?;
+    }
+    let stop = match stop {
+        Some(s) => s,
+        None => machine.run(None),
+    };
     let report = machine.replay_report().unwrap_or("").to_string();
     match stop {
         Stop::ReplayEnded => {
@@ -343,6 +398,14 @@ pub fn replay(args: ReplayArgs) -> Result<i32, String> {
             Ok(0)
         }
         Stop::ReplayDiverged => Err(report),
+        // Only gdb's kill makes a replay power off (the end mark comes first).
+        Stop::PowerOff if args.gdb.is_some() => {
+            eprintln!(
+                "hospes: gdb ended the replay at instruction {}",
+                machine.cpu.state.icount
+            );
+            Ok(0)
+        }
         other => Err(format!(
             "the replay stopped before the end of the recording ({other:?}): {}",
             machine.describe_cpu()
@@ -385,7 +448,15 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
         title: "PC",
         linger: false,
     };
-    let ended = screen::run(&mut machine, args.max_instructions, &args.screen, &how)?;
+    let mut debugged = None;
+    if let Some(spec) = &args.gdb {
+        (machine, debugged) =
+            run_with_gdb(machine, spec, args.wait_for_gdb, args.max_instructions)?;
+    }
+    let ended = match debugged {
+        Some(stop) => Ended::Guest(stop),
+        None => screen::run(&mut machine, args.max_instructions, &args.screen, &how)?,
+    };
     if args.record.is_some() {
         machine.finish_recording().map_err(|e| e.to_string())?;
     }
@@ -432,7 +503,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
             );
             Ok(3)
         }
-        Stop::ReplayEnded | Stop::ReplayDiverged => {
+        Stop::ReplayEnded | Stop::ReplayDiverged | Stop::Breakpoint => {
             eprintln!(
                 "hospes: {}",
                 machine.replay_report().unwrap_or("the recording stopped")

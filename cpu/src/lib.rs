@@ -43,6 +43,13 @@ pub struct Cpu {
     /// For another execution tier: what its code reads next to the CPU state while it
     /// runs (set before each run; meaningless otherwise).
     pub tier: TierScratch,
+    /// A debugger's breakpoints (linear addresses): `run_with` stops before running an
+    /// instruction at one, except at instruction count `breakpoint_pass` (where the
+    /// debugger resumes from), and sets `breakpoint_hit`. While any is set, every
+    /// instruction is interpreted.
+    pub breakpoints: Vec<u64>,
+    pub breakpoint_pass: u64,
+    pub breakpoint_hit: bool,
 }
 
 /// What another execution tier (the JIT) keeps beside the CPU for its code to read at
@@ -75,6 +82,9 @@ impl Cpu {
             budget_end: 0,
             nested_task_faults: 0,
             tier: TierScratch::default(),
+            breakpoints: Vec::new(),
+            breakpoint_pass: 0,
+            breakpoint_hit: false,
         })
     }
 

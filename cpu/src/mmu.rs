@@ -190,6 +190,33 @@ impl Cpu {
         Ok(ppage | (lin & !PAGE_MASK))
     }
 
+    /// The physical address behind linear address `lin` as a debugger sees it: the
+    /// page tables read, nothing changed (no accessed bits, no TLB entry, no fault).
+    /// None when the page is not present.
+    pub fn debug_translate(&self, lin: u64) -> Option<u64> {
+        let lin = lin & 0xFFFF_FFFF;
+        let a20 = self.state.a20_mask;
+        if !self.state.paging() {
+            return Some(lin & a20);
+        }
+        let pde_addr = ((self.state.cr3 & 0xFFFF_F000) | ((lin >> 20) & 0xFFC)) & a20;
+        let pde = self.mem.read_u32(pde_addr);
+        if pde & 1 == 0 {
+            return None;
+        }
+        let paddr = if pde & 0x80 != 0 && self.state.cr4 & CR4_PSE != 0 {
+            (pde as u64 & 0xFFC0_0000) | (lin & 0x003F_FFFF)
+        } else {
+            let pte_addr = ((pde as u64 & 0xFFFF_F000) | ((lin >> 10) & 0xFFC)) & a20;
+            let pte = self.mem.read_u32(pte_addr);
+            if pte & 1 == 0 {
+                return None;
+            }
+            (pte as u64 & 0xFFFF_F000) | (lin & 0xFFF)
+        };
+        Some(paddr & a20)
+    }
+
     fn walk(&mut self, lin: u64, access: Access, user: bool) -> Res<Walk> {
         let write = access == Access::Write;
         let a20 = self.state.a20_mask;

@@ -9,6 +9,7 @@ pub mod board;
 pub mod clock;
 pub mod disk;
 pub mod firmware;
+pub mod gdb;
 pub mod replay;
 pub mod shadow;
 pub mod snapshot;
@@ -89,6 +90,8 @@ pub enum Stop {
     /// A replay went another way than its recording ([`Machine::replay_report`] says
     /// where and what differs).
     ReplayDiverged,
+    /// The CPU is at one of a debugger's breakpoints (`Cpu::breakpoints`).
+    Breakpoint,
 }
 
 /// Where outside input comes from, and whether it is written down.
@@ -123,6 +126,9 @@ pub struct Machine {
     journal: Journal,
     /// How the replay ended, or the error that stopped a recording.
     replay_report: Option<String>,
+    /// For a debugger going backwards: the instruction count each idle skip started
+    /// from, by where it ended (see [`Machine::previous_stop`]).
+    halt_gaps: Option<std::collections::BTreeMap<u64, u64>>,
 }
 
 impl Machine {
@@ -202,6 +208,7 @@ impl Machine {
             pending: Vec::new(),
             journal: Journal::Live,
             replay_report: None,
+            halt_gaps: None,
         };
         m.cpu.reset();
         m.board.devices.sync_irqs();
@@ -298,6 +305,10 @@ impl Machine {
             }
             let runner = self.jit.as_mut().map(|j| j as &mut dyn BlockRunner);
             match self.cpu.run_with(&mut self.board, budget, runner) {
+                Exit::Budget if std::mem::take(&mut self.cpu.breakpoint_hit) => {
+                    self.drain_serial();
+                    return Stop::Breakpoint;
+                }
                 Exit::Budget => {}
                 Exit::Shutdown => {
                     log::info!("triple fault: resetting");
@@ -317,7 +328,13 @@ impl Machine {
                     if let Some(at) = self.next_replay_stop() {
                         wake = wake.min(at);
                     }
-                    self.cpu.state.icount = self.cpu.state.icount.max(wake);
+                    let halted_at = self.cpu.state.icount;
+                    self.cpu.state.icount = halted_at.max(wake);
+                    if let Some(gaps) = &mut self.halt_gaps {
+                        if wake > halted_at {
+                            gaps.insert(wake, halted_at);
+                        }
+                    }
                 }
             }
         }
@@ -449,12 +466,12 @@ impl Machine {
     fn replay_entries(&mut self, player: &mut Player, icount: u64) -> Option<Stop> {
         // Host input has no place in a replay.
         self.pending.clear();
-        while let Some(entry) = player.next.take() {
+        while let Some(entry) = player.peek() {
             let at = entry.icount();
             if at > icount {
-                player.next = Some(entry);
                 return None;
             }
+            let entry = player.next_entry().expect("peeked");
             if at < icount {
                 self.replay_report = Some(format!(
                     "replay diverged: it passed instruction {at}, where the recording has {}, without stopping there (now at {icount})",
@@ -472,7 +489,7 @@ impl Machine {
                     self.apply(input);
                 }
                 Entry::Digest(_, recorded) => {
-                    let replayed = self.digest(player.digests);
+                    let replayed = self.digest(recorded.memory_slice);
                     player.digests += 1;
                     let differences = recorded.differences(&replayed);
                     if !differences.is_empty() {
@@ -492,7 +509,6 @@ impl Machine {
                     return Some(Stop::ReplayEnded);
                 }
             }
-            player.advance();
         }
         self.replay_report = Some(format!(
             "replay reached the end of a recording cut short (no end mark), at instruction {icount}: {} inputs fed, {} digests identical",
@@ -504,7 +520,7 @@ impl Machine {
     /// Where a replay must next stop (its next entry), if replaying.
     fn next_replay_stop(&self) -> Option<u64> {
         match &self.journal {
-            Journal::Replay(p) => Some(p.next.as_ref().map_or(u64::MAX, Entry::icount)),
+            Journal::Replay(p) => Some(p.peek().map_or(u64::MAX, Entry::icount)),
             _ => None,
         }
     }
@@ -569,6 +585,29 @@ impl Machine {
         let mut m = Machine::from_snapshot(&start, tier, serial_out)?;
         m.journal = Journal::Replay(player);
         Ok(m)
+    }
+
+    /// Notes where the CPU skips idle time from now on, for [`Machine::previous_stop`].
+    pub fn track_halts(&mut self) {
+        self.halt_gaps.get_or_insert_with(Default::default);
+    }
+
+    /// The instruction count a run last stopped at before `icount`, stepping one
+    /// instruction at a time: `icount - 1`, unless the CPU skipped idle time up to
+    /// `icount`, then where it halted (tracked since [`Machine::track_halts`]).
+    pub fn previous_stop(&self, icount: u64) -> u64 {
+        self.halt_gaps
+            .as_ref()
+            .and_then(|g| g.get(&icount).copied())
+            .unwrap_or(icount.saturating_sub(1))
+    }
+
+    /// The recording a replay plays (None when not replaying).
+    pub fn player(&mut self) -> Option<&mut Player> {
+        match &mut self.journal {
+            Journal::Replay(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// How a replay ended (or why a recording stopped), once it has.
@@ -704,6 +743,7 @@ impl Machine {
             pending: Vec::new(),
             journal: Journal::Live,
             replay_report: None,
+            halt_gaps: None,
         };
         m.restore(snap)?;
         Ok(m)
@@ -739,5 +779,47 @@ impl Machine {
                 line.trim_end().to_string()
             })
             .collect()
+    }
+}
+
+/// Small machines for the unit tests of snapshots, replay and the debugger.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::{Machine, MachineConfig, Stop};
+    use hospes_jit::Tier;
+
+    /// A machine past its POST (which finds nothing to boot), then running a loop
+    /// that counts in AX, stores the count at 0600h and writes it to COM1.
+    pub fn counting_machine() -> Machine {
+        let mut m = machine();
+        assert_eq!(m.run(Some(50_000_000)), Stop::HaltedForever);
+        let program = [
+            0xBA, 0xF8, 0x03, // mov dx, 3F8h
+            0x31, 0xC0, // xor ax, ax
+            0x40, // inc ax
+            0xA3, 0x00, 0x06, // mov [0600h], ax
+            0xEE, // out dx, al
+            0xEB, 0xF9, // jmp (to inc ax)
+        ];
+        m.cpu.write_phys(0x7C00, &program);
+        let s = &mut m.cpu.state;
+        s.seg[hospes_cpu::state::CS] = hospes_cpu::state::Segment::real(0, s.seg[0].attr);
+        s.rip = 0x7C00;
+        s.halted = false;
+        m
+    }
+
+    pub fn machine() -> Machine {
+        let config = MachineConfig {
+            ram_mib: 4,
+            boot: hospes_bios::BootOptions::default(),
+            drives: Vec::new(),
+            ide: [(None, None), (None, None)],
+            rtc_start_unix: 1_764_028_800,
+            firmware: None,
+            tier: Tier::Interp,
+            disks: Vec::new(),
+        };
+        Machine::new(config, Box::new(std::io::sink())).expect("machine")
     }
 }

@@ -213,13 +213,14 @@ impl Recorder {
     }
 }
 
-/// Reads a recording's entries in order.
+/// A recording's entries, read whole (they are small: inputs and digests), and where a
+/// replay is in them.
 pub struct Player {
-    entries: ZlibDecoder<BufReader<File>>,
-    /// The next entry, read ahead (None at the end of the file).
-    pub(crate) next: Option<Entry>,
+    entries: Vec<Entry>,
+    /// The next entry to replay.
+    cursor: usize,
     /// The file ended without an end mark (a recording cut short).
-    pub(crate) cut_short: bool,
+    pub cut_short: bool,
     pub(crate) inputs: u64,
     pub(crate) digests: u32,
 }
@@ -248,45 +249,59 @@ impl Player {
         let len = u64::from_le_bytes(head[20..28].try_into().expect("8 bytes"));
         let snap = Snapshot::read_from((&mut input).take(len))
             .map_err(|e| MachineError(format!("{name}: {e}")))?;
-        let mut player = Player {
-            entries: ZlibDecoder::new(input),
-            next: None,
-            cut_short: false,
-            inputs: 0,
-            digests: 0,
-        };
-        player.advance();
-        Ok((snap, player))
+        let mut z = ZlibDecoder::new(input);
+        let mut entries = Vec::new();
+        let mut cut_short = true;
+        while let Some(entry) = read_entry(&mut z) {
+            let end = matches!(entry, Entry::End(_));
+            entries.push(entry);
+            if end {
+                cut_short = false;
+                break;
+            }
+        }
+        Ok((
+            snap,
+            Player {
+                entries,
+                cursor: 0,
+                cut_short,
+                inputs: 0,
+                digests: 0,
+            },
+        ))
+    }
+
+    /// The next entry to replay.
+    pub fn peek(&self) -> Option<&Entry> {
+        self.entries.get(self.cursor)
     }
 
     /// Takes the next entry (None at the end of the recording).
     pub fn next_entry(&mut self) -> Option<Entry> {
-        let entry = self.next.take();
-        if entry.is_some() {
-            self.advance();
-        }
+        let entry = self.entries.get(self.cursor).cloned();
+        self.cursor += entry.is_some() as usize;
         entry
     }
 
-    /// Reads the next entry into `next`.
-    pub(crate) fn advance(&mut self) {
-        self.next = self.read_entry();
-        if self.next.is_none() {
-            self.cut_short = true;
-        }
+    /// Goes to the first entry after instruction count `icount`: a snapshot taken at
+    /// `icount` (after the run loop's input point) holds what those before did.
+    pub fn seek_past(&mut self, icount: u64) {
+        self.cursor = self.entries.partition_point(|e| e.icount() <= icount);
     }
+}
 
-    fn read_entry(&mut self) -> Option<Entry> {
-        let mut len = [0u8; 4];
-        self.entries.read_exact(&mut len).ok()?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > 64 << 20 {
-            return None;
-        }
-        let mut bytes = vec![0u8; len];
-        self.entries.read_exact(&mut bytes).ok()?;
-        take(&mut &bytes[..]).ok()
+/// The next entry of a recording's stream; None at its end, or where it was cut.
+fn read_entry(z: &mut impl Read) -> Option<Entry> {
+    let mut len = [0u8; 4];
+    z.read_exact(&mut len).ok()?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > 64 << 20 {
+        return None;
     }
+    let mut bytes = vec![0u8; len];
+    z.read_exact(&mut bytes).ok()?;
+    take(&mut &bytes[..]).ok()
 }
 
 /// A fast hash of bytes, the same on every host (for digests; not cryptographic).

@@ -283,43 +283,9 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Machine, MachineConfig, Stop};
+    use crate::testing::{counting_machine, machine};
+    use crate::{Machine, Stop};
     use hospes_jit::Tier;
-
-    /// A machine past its POST (which finds nothing to boot), then running a loop
-    /// that counts in AX, stores the count at 0600h and writes it to COM1.
-    fn counting_machine() -> Machine {
-        let mut m = machine();
-        assert_eq!(m.run(Some(50_000_000)), Stop::HaltedForever);
-        let program = [
-            0xBA, 0xF8, 0x03, // mov dx, 3F8h
-            0x31, 0xC0, // xor ax, ax
-            0x40, // inc ax
-            0xA3, 0x00, 0x06, // mov [0600h], ax
-            0xEE, // out dx, al
-            0xEB, 0xF9, // jmp (to inc ax)
-        ];
-        m.cpu.write_phys(0x7C00, &program);
-        let s = &mut m.cpu.state;
-        s.seg[hospes_cpu::state::CS] = hospes_cpu::state::Segment::real(0, s.seg[0].attr);
-        s.rip = 0x7C00;
-        s.halted = false;
-        m
-    }
-
-    fn machine() -> Machine {
-        let config = MachineConfig {
-            ram_mib: 4,
-            boot: hospes_bios::BootOptions::default(),
-            drives: Vec::new(),
-            ide: [(None, None), (None, None)],
-            rtc_start_unix: 1_764_028_800,
-            firmware: None,
-            tier: Tier::Interp,
-            disks: Vec::new(),
-        };
-        Machine::new(config, Box::new(std::io::sink())).expect("machine")
-    }
 
     fn file_of(m: &Machine) -> Vec<u8> {
         let mut bytes = Vec::new();

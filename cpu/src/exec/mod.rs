@@ -137,7 +137,8 @@ impl Cpu {
             };
             let base = self.state.rip;
             self.end_block = false;
-            if let Some(r) = runner.as_deref_mut() {
+            let breakpoints = !self.breakpoints.is_empty();
+            if let Some(r) = runner.as_deref_mut().filter(|_| !breakpoints) {
                 if r.run_block(self, bus, &block, end) {
                     continue;
                 }
@@ -145,6 +146,10 @@ impl Cpu {
             for ins in block.instrs.iter() {
                 if self.state.icount >= end {
                     break;
+                }
+                if breakpoints && self.stops_at(base.wrapping_add(ins.ip())) {
+                    self.breakpoint_hit = true;
+                    return Exit::Budget;
                 }
                 if !self.step_one(bus, ins, base) || self.end_block || self.check_irq {
                     break;
@@ -156,6 +161,13 @@ impl Cpu {
         } else {
             Exit::Budget
         }
+    }
+
+    /// Whether a debugger's breakpoint is at `eip` (now).
+    #[cold]
+    fn stops_at(&self, eip: u64) -> bool {
+        let lin = self.state.seg[CS].base.wrapping_add(eip & 0xFFFF_FFFF) & 0xFFFF_FFFF;
+        self.state.icount != self.breakpoint_pass && self.breakpoints.contains(&lin)
     }
 
     /// Executes one instruction. Returns false if control left the straight-line path
