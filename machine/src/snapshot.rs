@@ -27,6 +27,8 @@ pub const MAGIC: &[u8; 16] = b"HOSPES SNAPSHOT\n";
 pub const VERSION: u32 = 1;
 
 const PAGE: usize = hospes_cpu::mem::PAGE_SIZE as usize;
+/// A page of zeros to compare with (a slice comparison is a memcmp).
+const ZEROS: &[u8] = &[0; PAGE];
 
 /// Appends `value`, encoded, to `out`.
 pub(crate) fn put<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), String> {
@@ -111,7 +113,7 @@ impl Snapshot {
             .chunks(PAGE)
             .enumerate()
             .map(|(i, page)| {
-                if page.iter().all(|&b| b == 0) {
+                if page == ZEROS {
                     return None;
                 }
                 match old.get(i) {
@@ -128,7 +130,7 @@ impl Snapshot {
         for (page, saved) in memory.chunks_mut(PAGE).zip(&self.pages) {
             match saved {
                 Some(bytes) if page != &bytes[..] => page.copy_from_slice(bytes),
-                None if page.iter().any(|&b| b != 0) => page.fill(0),
+                None if page != ZEROS => page.fill(0),
                 _ => {}
             }
         }
