@@ -131,7 +131,46 @@ pub struct Machine {
     halt_gaps: Option<std::collections::BTreeMap<u64, u64>>,
 }
 
+/// The JIT for `tier` (None for the interpreter alone).
+fn start_jit(tier: Tier) -> Result<Option<Jit>, MachineError> {
+    match tier {
+        Tier::Interp => Ok(None),
+        tier => Jit::new(tier)
+            .map(Some)
+            .map_err(|e| MachineError(format!("cannot start the JIT: {e}"))),
+    }
+}
+
 impl Machine {
+    /// A machine of these parts, running live; `shape` is the RAM size in MiB and the
+    /// disk image files (for snapshots).
+    fn assemble(
+        cpu: Cpu,
+        board: Board,
+        jit: Option<Jit>,
+        shadow: shadow::Shadowing,
+        serial_out: Box<dyn Write>,
+        shape: (u64, Vec<DiskFile>),
+    ) -> Machine {
+        Machine {
+            cpu,
+            board,
+            jit,
+            serial_out,
+            serial_in: None,
+            resets: 0,
+            shadow,
+            debugcon_out: None,
+            debugcon_line: Vec::new(),
+            ram_mib: shape.0,
+            disks: shape.1,
+            pending: Vec::new(),
+            journal: Journal::Live,
+            replay_report: None,
+            halt_gaps: None,
+        }
+    }
+
     pub fn new(config: MachineConfig, serial_out: Box<dyn Write>) -> Result<Machine, MachineError> {
         if !(2..=MAX_RAM_MIB).contains(&config.ram_mib) {
             return Err(MachineError(format!(
@@ -140,12 +179,7 @@ impl Machine {
             )));
         }
         let ram = config.ram_mib << 20;
-        let jit = match config.tier {
-            Tier::Interp => None,
-            tier => Some(
-                Jit::new(tier).map_err(|e| MachineError(format!("cannot start the JIT: {e}")))?,
-            ),
-        };
+        let jit = start_jit(config.tier)?;
         let boot_order = config.boot.order.clone();
         let mut vga_bios = None;
         let (bios, mut cpu, pam) = match config.firmware {
@@ -193,23 +227,14 @@ impl Machine {
         devices.pci.set_pam(pam);
         devices.pci.take_pam_written();
         shadow.apply(pam, &mut cpu);
-        let mut m = Machine {
+        let mut m = Machine::assemble(
             cpu,
-            board: Board { devices, bios },
+            Board { devices, bios },
             jit,
-            serial_out,
-            serial_in: None,
-            resets: 0,
             shadow,
-            debugcon_out: None,
-            debugcon_line: Vec::new(),
-            ram_mib: config.ram_mib,
-            disks: config.disks,
-            pending: Vec::new(),
-            journal: Journal::Live,
-            replay_report: None,
-            halt_gaps: None,
-        };
+            serial_out,
+            (config.ram_mib, config.disks),
+        );
         m.cpu.reset();
         m.board.devices.sync_irqs();
         Ok(m)
@@ -718,33 +743,13 @@ impl Machine {
         let (drives, ide) = disk::attach(&shape.disks).map_err(MachineError)?;
         let cpu = Cpu::new(ram as usize, shape.host_len - ram as usize)
             .map_err(|e| MachineError(e.to_string()))?;
-        let jit = match tier {
-            Tier::Interp => None,
-            tier => Some(
-                Jit::new(tier).map_err(|e| MachineError(format!("cannot start the JIT: {e}")))?,
-            ),
-        };
         let shadow = shadow::Shadowing::new(&cpu.mem);
-        let mut m = Machine {
-            cpu,
-            board: Board {
-                devices: Devices::new(0, drives, ide),
-                bios: None,
-            },
-            jit,
-            serial_out,
-            serial_in: None,
-            resets: 0,
-            shadow,
-            debugcon_out: None,
-            debugcon_line: Vec::new(),
-            ram_mib: shape.ram_mib,
-            disks: shape.disks.clone(),
-            pending: Vec::new(),
-            journal: Journal::Live,
-            replay_report: None,
-            halt_gaps: None,
+        let board = Board {
+            devices: Devices::new(0, drives, ide),
+            bios: None,
         };
+        let shape = (shape.ram_mib, shape.disks.clone());
+        let mut m = Machine::assemble(cpu, board, start_jit(tier)?, shadow, serial_out, shape);
         m.restore(snap)?;
         Ok(m)
     }
