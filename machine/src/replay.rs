@@ -14,10 +14,11 @@
 //! so a recording cut short (hospes killed) replays up to its last whole entry.
 
 use crate::snapshot::{self, put, take, Snapshot};
-use crate::MachineError;
+use crate::{Journal, Machine, MachineError, Stop};
 use flate2::read::ZlibDecoder;
 use flate2::write::ZlibEncoder;
 use hospes_cpu::state::CpuState;
+use hospes_jit::Tier;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -302,6 +303,204 @@ fn read_entry(z: &mut impl Read) -> Option<Entry> {
     let mut bytes = vec![0u8; len];
     z.read_exact(&mut bytes).ok()?;
     take(&mut &bytes[..]).ok()
+}
+
+/// Outside input, recording and replaying: the machine's side.
+impl Machine {
+    /// The one place outside input enters the machine (at a slice boundary, the devices
+    /// caught up with the instruction count), where a recording writes it down and takes
+    /// its digests, and where a replay feeds it back and compares them. Returns why the
+    /// run must stop, if it must.
+    pub(crate) fn input_point(&mut self) -> Option<Stop> {
+        let icount = self.cpu.state.icount;
+        match std::mem::replace(&mut self.journal, Journal::Live) {
+            Journal::Replay(mut player) => {
+                let stop = self.replay_entries(&mut player, icount);
+                self.journal = Journal::Replay(player);
+                stop
+            }
+            journal => {
+                self.journal = journal;
+                self.poll_serial_input();
+                for input in std::mem::take(&mut self.pending) {
+                    if let Journal::Record(r) = &mut self.journal {
+                        if let Err(e) = r.write(&Entry::Input(icount, input.clone())) {
+                            return Some(self.stop_recording(e));
+                        }
+                    }
+                    self.apply(input);
+                }
+                let due = match &self.journal {
+                    Journal::Record(r) => (icount >= r.next_digest).then_some(r.digests),
+                    _ => None,
+                };
+                if let Some(n) = due {
+                    let digest = self.digest(n);
+                    if let Journal::Record(r) = &mut self.journal {
+                        r.next_digest = icount + DIGEST_INTERVAL;
+                        r.digests += 1;
+                        if let Err(e) = r.write(&Entry::Digest(icount, Box::new(digest))) {
+                            return Some(self.stop_recording(e));
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Feeds a replay the entries due at `icount`.
+    fn replay_entries(&mut self, player: &mut Player, icount: u64) -> Option<Stop> {
+        // Host input has no place in a replay.
+        self.pending.clear();
+        while let Some(entry) = player.peek() {
+            let at = entry.icount();
+            if at > icount {
+                return None;
+            }
+            let entry = player.next_entry().expect("peeked");
+            if at < icount {
+                self.replay_report = Some(format!(
+                    "replay diverged: it passed instruction {at}, where the recording has {}, without stopping there (now at {icount})",
+                    match entry {
+                        Entry::Input(..) => "an input",
+                        Entry::Digest(..) => "a digest",
+                        Entry::End(_) => "its end",
+                    }
+                ));
+                return Some(Stop::ReplayDiverged);
+            }
+            match entry {
+                Entry::Input(_, input) => {
+                    player.inputs += 1;
+                    self.apply(input);
+                }
+                Entry::Digest(_, recorded) => {
+                    let replayed = self.digest(recorded.memory_slice);
+                    player.digests += 1;
+                    let differences = recorded.differences(&replayed);
+                    if !differences.is_empty() {
+                        self.replay_report = Some(format!(
+                            "replay diverged at instruction {icount} (digest {}): {}",
+                            player.digests,
+                            differences.join("; ")
+                        ));
+                        return Some(Stop::ReplayDiverged);
+                    }
+                }
+                Entry::End(_) => {
+                    self.replay_report = Some(format!(
+                        "replay ended at instruction {icount}, as recorded: {} inputs fed, {} digests identical",
+                        player.inputs, player.digests
+                    ));
+                    return Some(Stop::ReplayEnded);
+                }
+            }
+        }
+        self.replay_report = Some(format!(
+            "replay reached the end of a recording cut short (no end mark), at instruction {icount}: {} inputs fed, {} digests identical",
+            player.inputs, player.digests
+        ));
+        Some(Stop::ReplayEnded)
+    }
+
+    /// Where a replay must next stop (its next entry), if replaying.
+    pub(crate) fn next_replay_stop(&self) -> Option<u64> {
+        match &self.journal {
+            Journal::Replay(p) => Some(p.peek().map_or(u64::MAX, Entry::icount)),
+            _ => None,
+        }
+    }
+
+    fn stop_recording(&mut self, e: MachineError) -> Stop {
+        self.journal = Journal::Live;
+        self.replay_report = Some(e.to_string());
+        Stop::ReplayDiverged
+    }
+
+    /// The machine's state in brief (see [`Digest`]); `n` picks the slice of memory.
+    pub fn digest(&self, n: u32) -> Digest {
+        let memory = self.cpu.mem.host_bytes();
+        let slice_len = memory
+            .len()
+            .div_ceil(MEMORY_SLICES as usize)
+            .next_multiple_of(4096);
+        let slice = n % MEMORY_SLICES;
+        let start = (slice as usize * slice_len).min(memory.len());
+        let end = (start + slice_len).min(memory.len());
+        let mut cpu = self.cpu.state.clone();
+        cpu.flags = cpu.flags.canonical();
+        Digest {
+            cpu,
+            devices: self
+                .board
+                .digests()
+                .into_iter()
+                .map(|(name, h)| (name.to_string(), h))
+                .collect(),
+            memory_slice: slice,
+            memory: hash_bytes(&memory[start..end]),
+        }
+    }
+
+    /// Starts writing a recording of this run to `path` (from now on).
+    pub fn record(&mut self, path: &std::path::Path) -> Result<(), MachineError> {
+        let start = self.snapshot_for_file()?;
+        self.journal = Journal::Record(Recorder::create(path, &start)?);
+        Ok(())
+    }
+
+    /// Ends a recording started with [`Machine::record`], closing its file.
+    pub fn finish_recording(&mut self) -> Result<(), MachineError> {
+        match std::mem::replace(&mut self.journal, Journal::Live) {
+            Journal::Record(r) => r.finish(self.cpu.state.icount),
+            other => {
+                self.journal = other;
+                Ok(())
+            }
+        }
+    }
+
+    /// A machine to replay the recording in `path`: built from its starting snapshot,
+    /// fed only from the recording.
+    pub fn replay(
+        path: &std::path::Path,
+        tier: Tier,
+        serial_out: Box<dyn Write>,
+    ) -> Result<Machine, MachineError> {
+        let (start, player) = Player::open(path)?;
+        let mut m = Machine::from_snapshot(&start, tier, serial_out)?;
+        m.journal = Journal::Replay(player);
+        Ok(m)
+    }
+
+    /// Notes where the CPU skips idle time from now on, for [`Machine::previous_stop`].
+    pub fn track_halts(&mut self) {
+        self.halt_gaps.get_or_insert_with(Default::default);
+    }
+
+    /// The instruction count a run last stopped at before `icount`, stepping one
+    /// instruction at a time: `icount - 1`, unless the CPU skipped idle time up to
+    /// `icount`, then where it halted (tracked since [`Machine::track_halts`]).
+    pub fn previous_stop(&self, icount: u64) -> u64 {
+        self.halt_gaps
+            .as_ref()
+            .and_then(|g| g.get(&icount).copied())
+            .unwrap_or(icount.saturating_sub(1))
+    }
+
+    /// The recording a replay plays (None when not replaying).
+    pub fn player(&mut self) -> Option<&mut Player> {
+        match &mut self.journal {
+            Journal::Replay(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// How a replay ended (or why a recording stopped), once it has.
+    pub fn replay_report(&self) -> Option<&str> {
+        self.replay_report.as_deref()
+    }
 }
 
 /// A fast hash of bytes, the same on every host (for digests; not cryptographic).

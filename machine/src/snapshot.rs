@@ -11,9 +11,12 @@
 //! Host storage is not in a snapshot: disk images are named by path and checked by
 //! size and CRC-32 when a snapshot is restored from a file.
 
-use crate::MachineError;
+use crate::board::{Board, Devices};
+use crate::{disk, shadow, start_jit, Machine, MachineError, MAX_RAM_MIB};
 use flate2::bufread::ZlibDecoder;
 use flate2::write::ZlibEncoder;
+use hospes_cpu::Cpu;
+use hospes_jit::Tier;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -279,6 +282,123 @@ impl Snapshot {
             pages,
             disk_sums: Some(sums),
         })
+    }
+}
+
+/// Snapshots: the machine's side.
+impl Machine {
+    /// The whole machine now. Pages equal to those of `previous` (an earlier snapshot of
+    /// this machine) share its copies.
+    pub fn snapshot(&self, previous: Option<&Snapshot>) -> Result<Snapshot, MachineError> {
+        let mut state = Vec::new();
+        let err = MachineError;
+        put(&mut state, &self.cpu.state).map_err(err)?;
+        put(&mut state, &self.cpu.mem.layout()).map_err(err)?;
+        self.board.save(&mut state).map_err(err)?;
+        put(&mut state, &(&self.shadow, self.resets)).map_err(err)?;
+        Ok(Snapshot {
+            icount: self.cpu.state.icount,
+            shape: Shape {
+                ram_mib: self.ram_mib,
+                host_len: self.cpu.mem.host_bytes().len(),
+                disks: self.disks.clone(),
+            },
+            state,
+            pages: Snapshot::pages_of(self.cpu.mem.host_bytes(), previous),
+            disk_sums: None,
+        })
+    }
+
+    /// A snapshot to write to a file: it must name every disk of the machine.
+    pub fn snapshot_for_file(&self) -> Result<Snapshot, MachineError> {
+        if self.board.devices.drives.len() != self.disks.len() {
+            return Err(MachineError(
+                "this machine's disks are not all image files: it cannot be saved to a file".into(),
+            ));
+        }
+        self.snapshot(None)
+    }
+
+    /// Writes the whole machine to the file `path`.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), MachineError> {
+        let snap = self.snapshot_for_file()?;
+        let fail =
+            |e: std::io::Error| MachineError(format!("cannot write {}: {e}", path.display()));
+        let file = std::fs::File::create(path).map_err(fail)?;
+        let mut out = std::io::BufWriter::new(file);
+        snap.write_to(&mut out)?;
+        out.into_inner()
+            .map_err(|e| fail(e.into_error()))?
+            .sync_all()
+            .map_err(fail)
+    }
+
+    /// Puts the machine back to `snap`, a snapshot of a machine of the same shape (this
+    /// one, or one built with [`Machine::from_snapshot`]). On an error the machine is
+    /// left in an unknown state: throw it away.
+    pub fn restore(&mut self, snap: &Snapshot) -> Result<(), MachineError> {
+        let shape = &snap.shape;
+        if shape.ram_mib != self.ram_mib
+            || shape.host_len != self.cpu.mem.host_bytes().len()
+            || shape.disks != self.disks
+        {
+            return Err(MachineError(
+                "the snapshot is of a machine of another shape (memory or disks)".into(),
+            ));
+        }
+        let bad = |e: String| MachineError(format!("the snapshot cannot be restored: {e}"));
+        let mut input = &snap.state[..];
+        let state: hospes_cpu::state::CpuState = take(&mut input).map_err(bad)?;
+        let layout: hospes_cpu::mem::MemLayout = take(&mut input).map_err(bad)?;
+        self.cpu
+            .mem
+            .set_layout(layout)
+            .map_err(|e| bad(e.to_string()))?;
+        self.board.restore(&mut input).map_err(bad)?;
+        (self.shadow, self.resets) = take(&mut input).map_err(bad)?;
+        if !input.is_empty() {
+            return Err(bad("trailing bytes".into()));
+        }
+        snap.copy_pages_to(self.cpu.mem.host_bytes_mut());
+        self.cpu.state = state;
+        self.cpu.flush_tlb();
+        self.cpu.flush_code();
+        self.cpu.shutdown = false;
+        self.cpu.irq_changed();
+        if let Some(jit) = &mut self.jit {
+            jit.flush();
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// A machine built to `snap`'s shape (its disk images opened and checked unchanged)
+    /// and restored to it.
+    pub fn from_snapshot(
+        snap: &Snapshot,
+        tier: Tier,
+        serial_out: Box<dyn Write>,
+    ) -> Result<Machine, MachineError> {
+        let shape = &snap.shape;
+        snap.check_disks()?;
+        let ram = shape.ram_mib << 20;
+        if !(2..=MAX_RAM_MIB).contains(&shape.ram_mib) || shape.host_len < ram as usize {
+            return Err(MachineError(
+                "the snapshot's memory size is out of range".into(),
+            ));
+        }
+        let (drives, ide) = disk::attach(&shape.disks).map_err(MachineError)?;
+        let cpu = Cpu::new(ram as usize, shape.host_len - ram as usize)
+            .map_err(|e| MachineError(e.to_string()))?;
+        let shadow = shadow::Shadowing::new(&cpu.mem);
+        let board = Board {
+            devices: Devices::new(0, drives, ide),
+            bios: None,
+        };
+        let shape = (shape.ram_mib, shape.disks.clone());
+        let mut m = Machine::assemble(cpu, board, start_jit(tier)?, shadow, serial_out, shape);
+        m.restore(snap)?;
+        Ok(m)
     }
 }
 
