@@ -97,6 +97,9 @@ fn gdb_breaks_steps_and_steps_back_through_a_replayed_linux_boot() {
     assert!(line.contains("waiting for gdb"), "{line}");
 
     let regs = "info registers eip eax ebx ecx edx esi edi ebp esp eflags cs ss ds";
+    let saved = scratch.join("at-entry.snap");
+    let _ = std::fs::remove_file(&saved);
+    let save = format!("monitor save {}", saved.display());
     let script = [
         "set pagination off",
         "set confirm off",
@@ -116,6 +119,8 @@ fn gdb_breaks_steps_and_steps_back_through_a_replayed_linux_boot() {
         "reverse-continue",
         "echo <again>\\n",
         "p/x $eip",
+        "monitor icount",
+        &save,
         "echo <end>\\n",
         "kill",
     ];
@@ -165,5 +170,25 @@ fn gdb_breaks_steps_and_steps_back_through_a_replayed_linux_boot() {
         !forward[0].contains("0x100000 "),
         "500 steps went nowhere:\n{out}"
     );
-    assert!(section(&out, "again").contains("0x100000"), "{out}");
+    let again = section(&out, "again");
+    assert!(again.contains("0x100000"), "{out}");
+
+    // `monitor save` wrote the machine at the breakpoint: restored, it goes on from
+    // that instruction count.
+    // (gdb prints what `monitor` answers on its standard error.)
+    assert!(out.contains("saved the machine to"), "{out}");
+    let icount: u64 = out
+        .lines()
+        .find_map(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no instruction count from `monitor icount`:\n{out}"));
+    let limit = (icount + 1000).to_string();
+    let restored = Command::new(env!("CARGO_BIN_EXE_hospes"))
+        .args(["run", "--display", "none", "--serial", "none", "--restore"])
+        .arg(&saved)
+        .args(["--max-instructions", &limit])
+        .output()
+        .expect("run hospes");
+    let stderr = String::from_utf8_lossy(&restored.stderr);
+    assert_eq!(restored.status.code(), Some(3), "{stderr}\n{out}");
+    assert!(stderr.contains(&format!("icount={limit} ")), "{stderr}");
 }

@@ -350,8 +350,9 @@ pub struct Board {
 }
 
 impl Board {
-    /// Appends the state of every device and of the BIOS to `out` (host storage
-    /// excepted: see [`crate::snapshot`]).
+    /// Appends the state of every device to `out` (host storage excepted: see
+    /// [`crate::snapshot`]). The BIOS is saved apart ([`Board::save_bios`]): it is
+    /// mostly the kernel it loads, the same in every snapshot of a run.
     pub fn save(&self, out: &mut Vec<u8>) -> Result<(), String> {
         let d = &self.devices;
         put(
@@ -363,8 +364,7 @@ impl Board {
             out,
             &(d.port92, d.port61, d.pm1_enable, d.icount, d.power_event),
         )?;
-        put(out, &(d.a20, d.a20_changed, d.timers_changed))?;
-        put(out, &self.bios)
+        put(out, &(d.a20, d.a20_changed, d.timers_changed))
     }
 
     /// Each device's name and a hash of its state (the BIOS's is not included: it is
@@ -393,6 +393,22 @@ impl Board {
         ]
     }
 
+    /// The BIOS's state (with the kernel it loads), or None with a firmware image.
+    pub fn save_bios(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        put(&mut out, &self.bios)?;
+        Ok(out)
+    }
+
+    pub fn restore_bios(&mut self, saved: &[u8]) -> Result<(), String> {
+        let mut input = saved;
+        self.bios = take(&mut input)?;
+        if !input.is_empty() {
+            return Err("trailing bytes after the BIOS".into());
+        }
+        Ok(())
+    }
+
     /// Takes the state [`Board::save`] wrote, onto a board built with the same devices
     /// and storage. On an error the board is left partly restored: throw it away.
     pub fn restore(&mut self, input: &mut &[u8]) -> Result<(), String> {
@@ -407,7 +423,6 @@ impl Board {
         (d.vga, d.debugcon, d.fw_cfg) = (vga, debugcon, fw_cfg);
         (d.port92, d.port61, d.pm1_enable, d.icount, d.power_event) = take(input)?;
         (d.a20, d.a20_changed, d.timers_changed) = take(input)?;
-        self.bios = take(input)?;
         Ok(())
     }
 }

@@ -564,6 +564,45 @@ impl Target for Debugger {
     fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
         true
     }
+
+    fn support_monitor_cmd(
+        &mut self,
+    ) -> Option<gdbstub::target::ext::monitor_cmd::MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+/// `monitor ...` in gdb: the machine's own commands.
+impl gdbstub::target::ext::monitor_cmd::MonitorCmd for Debugger {
+    fn handle_monitor_cmd(
+        &mut self,
+        cmd: &[u8],
+        mut out: gdbstub::target::ext::monitor_cmd::ConsoleOutput<'_>,
+    ) -> Result<(), String> {
+        use gdbstub::outputln;
+        let cmd = String::from_utf8_lossy(cmd);
+        let mut words = cmd.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("save"), Some(path)) => match self.machine.save(std::path::Path::new(path)) {
+                Ok(()) => outputln!(out, "saved the machine to {path}"),
+                Err(e) => outputln!(out, "{e}"),
+            },
+            (Some("icount"), None) => {
+                outputln!(out, "{}", self.machine.cpu.state.icount)
+            }
+            (Some("cpu"), None) => outputln!(out, "{}", self.machine.describe_cpu()),
+            _ => {
+                outputln!(out, "hospes monitor commands:");
+                outputln!(
+                    out,
+                    "  save FILE   save the whole machine (run --restore FILE)"
+                );
+                outputln!(out, "  icount      the instruction count");
+                outputln!(out, "  cpu         the CPU state in one line");
+            }
+        }
+        Ok(())
+    }
 }
 
 impl SingleThreadBase for Debugger {

@@ -5,7 +5,8 @@
 //! postcard, and guest memory page by page, where pages equal to those of the snapshot
 //! before share its copy (a debugger keeps many). [`Snapshot::write_to`] puts one in a
 //! file: a magic line and a version, then one zlib stream with the machine's shape
-//! (RAM size, the disk images and their checksums), the state, and the non-zero pages.
+//! (RAM size, the disk images and their checksums), the state, the BIOS, and the
+//! non-zero pages.
 //! What is stored is restored onto a machine built anew from that shape, on any host.
 //!
 //! Host storage is not in a snapshot: disk images are named by path and checked by
@@ -101,6 +102,8 @@ pub struct Snapshot {
     pub(crate) shape: Shape,
     /// CPU, memory layout, devices and BIOS, machine fields (see `Machine::snapshot`).
     pub(crate) state: Vec<u8>,
+    /// The BIOS (see `Board::save_bios`), shared with the snapshot before when the same.
+    pub(crate) bios: Arc<[u8]>,
     /// Host memory page by page; None for a page of zeros.
     pub(crate) pages: Vec<Page>,
     /// Each disk image's size and CRC-32 when the snapshot was written to a file (None
@@ -195,7 +198,7 @@ impl Snapshot {
         };
         let mut head = Vec::new();
         put(&mut head, &(self.icount, &self.shape, sums)).map_err(MachineError)?;
-        for part in [&head, &self.state] {
+        for part in [&head[..], &self.state, &self.bios] {
             z.write_all(&(part.len() as u64).to_le_bytes())
                 .map_err(fail)?;
             z.write_all(part).map_err(fail)?;
@@ -248,6 +251,7 @@ impl Snapshot {
         };
         let head = part()?;
         let state = part()?;
+        let bios = Arc::from(part()?);
         let (icount, shape, sums): (u64, Shape, Vec<(u64, u32)>) =
             take(&mut &head[..]).map_err(|e| bad(&e))?;
         if sums.len() != shape.disks.len() {
@@ -279,6 +283,7 @@ impl Snapshot {
             icount,
             shape,
             state,
+            bios,
             pages,
             disk_sums: Some(sums),
         })
@@ -296,6 +301,11 @@ impl Machine {
         put(&mut state, &self.cpu.mem.layout()).map_err(err)?;
         self.board.save(&mut state).map_err(err)?;
         put(&mut state, &(&self.shadow, self.resets)).map_err(err)?;
+        let bios = self.board.save_bios().map_err(err)?;
+        let bios = match previous {
+            Some(p) if *p.bios == *bios => p.bios.clone(),
+            _ => Arc::from(bios),
+        };
         Ok(Snapshot {
             icount: self.cpu.state.icount,
             shape: Shape {
@@ -304,6 +314,7 @@ impl Machine {
                 disks: self.disks.clone(),
             },
             state,
+            bios,
             pages: Snapshot::pages_of(self.cpu.mem.host_bytes(), previous),
             disk_sums: None,
         })
@@ -356,6 +367,7 @@ impl Machine {
             .map_err(|e| bad(e.to_string()))?;
         self.board.restore(&mut input).map_err(bad)?;
         (self.shadow, self.resets) = take(&mut input).map_err(bad)?;
+        self.board.restore_bios(&snap.bios).map_err(bad)?;
         if !input.is_empty() {
             return Err(bad("trailing bytes".into()));
         }
@@ -458,6 +470,7 @@ mod tests {
         let present = later.pages.iter().flatten().count();
         assert!(present > 10);
         assert_eq!(later.pages_shared_with(&then), present - 2);
+        assert!(Arc::ptr_eq(&later.bios, &then.bios), "the BIOS is shared");
         m.restore(&then).expect("restore");
         assert_eq!(m.digest(0), digest);
         assert_eq!(m.cpu.mem.read_u8(0x5000), 0);
