@@ -347,6 +347,7 @@ impl Debugger {
         if self.finished.is_some() {
             return Halt::HistoryEnd;
         }
+        self.disarm();
         let next = self.machine.cpu.state.icount + 1;
         match self.run_to(next) {
             Some(Stop::ReplayEnded) => Halt::HistoryEnd,
@@ -390,22 +391,34 @@ impl Debugger {
     }
 
     /// Runs up to `limit` with the breakpoints armed in the CPU (none at the current
-    /// instruction, where the machine resumes from).
+    /// instruction, where the machine resumes from). They stay armed until a step or a
+    /// restore disarms them.
     fn run_fast(&mut self, limit: u64) -> Option<Stop> {
+        let armed: Vec<u64> = self.breakpoints.iter().map(|&a| a as u64).collect();
+        if armed != self.machine.cpu.breakpoints {
+            // Compiled code would run through the breakpoints: it is made again, the
+            // blocks that hold one left to the interpreter.
+            self.machine.flush_code();
+            self.machine.cpu.breakpoints = armed;
+        }
         let cpu = &mut self.machine.cpu;
-        cpu.breakpoints = self.breakpoints.iter().map(|&a| a as u64).collect();
         cpu.breakpoint_pass = cpu.state.icount;
         let stop = self.run_to(limit);
-        self.machine.cpu.breakpoints.clear();
         if stop == Some(Stop::Breakpoint) {
             self.finished = None;
         }
         stop
     }
 
+    /// Runs without stopping at breakpoints (until `run_fast` arms them again).
+    fn disarm(&mut self) {
+        self.machine.cpu.breakpoints.clear();
+    }
+
     /// Goes back to instruction count `target`: restores the last snapshot at or before
     /// it and replays up to it.
     fn go_back_to(&mut self, target: u64) -> Result<(), String> {
+        self.disarm();
         let at = self.history.partition_point(|s| s.icount <= target);
         let snap = &self.history[at.saturating_sub(1)];
         self.machine.restore(snap).map_err(|e| e.to_string())?;

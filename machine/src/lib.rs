@@ -265,6 +265,14 @@ impl Machine {
         )
     }
 
+    /// Forgets all decoded and compiled code (it is made again as the guest runs).
+    pub fn flush_code(&mut self) {
+        self.cpu.flush_code();
+        if let Some(jit) = &mut self.jit {
+            jit.flush();
+        }
+    }
+
     /// The execution tier guest code runs in.
     pub fn tier(&self) -> Tier {
         self.jit.as_ref().map_or(Tier::Interp, Jit::tier)

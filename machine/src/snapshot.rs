@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub const MAGIC: &[u8; 16] = b"HOSPES SNAPSHOT\n";
 /// The layout of the state. Bump it whenever a saved structure changes (the test
 /// `snapshot_format_is_versioned` notices): older files are then refused, clearly.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 const PAGE: usize = hospes_cpu::mem::PAGE_SIZE as usize;
 /// A page of zeros to compare with (a slice comparison is a memcmp).
@@ -374,12 +374,9 @@ impl Machine {
         snap.copy_pages_to(self.cpu.mem.host_bytes_mut());
         self.cpu.state = state;
         self.cpu.flush_tlb();
-        self.cpu.flush_code();
+        self.flush_code();
         self.cpu.shutdown = false;
         self.cpu.irq_changed();
-        if let Some(jit) = &mut self.jit {
-            jit.flush();
-        }
         self.pending.clear();
         Ok(())
     }

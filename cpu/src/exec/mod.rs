@@ -137,7 +137,10 @@ impl Cpu {
             };
             let base = self.state.rip;
             self.end_block = false;
-            let breakpoints = !self.breakpoints.is_empty();
+            // A block holding a debugger's breakpoint is interpreted, checked before
+            // each instruction; others run as usual (the debugger flushed compiled code
+            // when it set the breakpoints, and the JIT compiles only blocks it is given).
+            let breakpoints = !self.breakpoints.is_empty() && self.holds_breakpoint(&block, base);
             if let Some(r) = runner.as_deref_mut().filter(|_| !breakpoints) {
                 if r.run_block(self, bus, &block, end) {
                     continue;
@@ -161,6 +164,24 @@ impl Cpu {
         } else {
             Exit::Budget
         }
+    }
+
+    /// Whether a debugger's breakpoint lies in `block`, starting at `base`.
+    #[cold]
+    fn holds_breakpoint(&self, block: &crate::block::Block, base: u64) -> bool {
+        let (Some(first), Some(last)) = (block.instrs.first(), block.instrs.last()) else {
+            return false;
+        };
+        let cs = self.state.seg[CS].base;
+        let lin = |ip: u64| cs.wrapping_add(base.wrapping_add(ip) & 0xFFFF_FFFF) & 0xFFFF_FFFF;
+        let (start, end) = (lin(first.ip()), lin(last.ip() + last.len() as u64));
+        self.breakpoints.iter().any(|&b| {
+            if start <= end {
+                (start..end).contains(&b)
+            } else {
+                b >= start || b < end
+            }
+        })
     }
 
     /// Whether a debugger's breakpoint is at `eip` (now).
