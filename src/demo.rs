@@ -702,6 +702,7 @@ pub fn run(args: &DisplayArgs, tier: hospes_jit::Tier) -> Result<(), String> {
         firmware: None,
         tier,
         disks: Vec::new(),
+        images: Vec::new(),
     };
     let mut machine =
         Machine::new(config, Box::new(std::io::stdout())).map_err(|e| e.to_string())?;

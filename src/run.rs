@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// When the run ends, save the whole machine to FILE (see --restore).
     #[arg(long, value_name = "FILE")]
     pub save_on_exit: Option<PathBuf>,
+    /// Keep the guest's disk writes in memory: the image files stay as they are (a
+    /// recording always does this, so that its replay starts from the same disks).
+    #[arg(long)]
+    pub snapshot: bool,
     /// Start from a snapshot saved with --save-on-exit, in place of building a machine:
     /// it brings its memory size and disks (which must be unchanged) along.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "hda", "hdb", "cdrom", "fda", "boot", "bios", "rtc_start"])]
@@ -305,7 +309,11 @@ fn build(args: &RunArgs, serial: Box<dyn Write>) -> Result<Machine, String> {
         })
     })
     .collect();
-    let (drives, ide) = hospes_machine::disk::attach(&disks)?;
+    let hospes_machine::disk::Attached {
+        drives,
+        ide,
+        images,
+    } = hospes_machine::disk::attach(&disks)?;
     let mut boot = BootOptions::default();
     if let Some(order) = &args.boot {
         boot.order = boot_order(order)?;
@@ -327,6 +335,7 @@ fn build(args: &RunArgs, serial: Box<dyn Write>) -> Result<Machine, String> {
         firmware,
         tier: args.tier.tier,
         disks,
+        images,
     };
     Machine::new(config, serial).map_err(|e| e.to_string())
 }
@@ -417,6 +426,9 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     let serial = serial_output(&args.serial)?;
     let stdio = matches!(args.serial.clone().unwrap_or(Serial::Stdio), Serial::Stdio);
     let mut machine = build(&args, serial)?;
+    if args.snapshot {
+        machine.keep_disk_writes_in_memory();
+    }
     if let Some(path) = &args.record {
         machine.record(path).map_err(|e| e.to_string())?;
     }

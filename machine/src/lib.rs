@@ -51,6 +51,8 @@ pub struct MachineConfig {
     /// The image files behind `drives` and `ide` (see [`disk::attach`]), for snapshots
     /// to name. A machine whose disks are not all files here cannot be saved to a file.
     pub disks: Vec<DiskFile>,
+    /// Those files, opened (the same order): their overlays are part of snapshots.
+    pub images: Vec<disk::Image>,
 }
 
 /// A firmware image given in place of the built-in BIOS, and what it is given to run.
@@ -121,6 +123,7 @@ pub struct Machine {
     debugcon_line: Vec<u8>,
     ram_mib: u64,
     disks: Vec<DiskFile>,
+    images: Vec<disk::Image>,
     /// Input from the host waiting for the next input point.
     pending: Vec<Input>,
     journal: Journal,
@@ -142,15 +145,15 @@ fn start_jit(tier: Tier) -> Result<Option<Jit>, MachineError> {
 }
 
 impl Machine {
-    /// A machine of these parts, running live; `shape` is the RAM size in MiB and the
-    /// disk image files (for snapshots).
+    /// A machine of these parts, running live; `shape` is the RAM size in MiB, the disk
+    /// image files and their images (for snapshots).
     fn assemble(
         cpu: Cpu,
         board: Board,
         jit: Option<Jit>,
         shadow: shadow::Shadowing,
         serial_out: Box<dyn Write>,
-        shape: (u64, Vec<DiskFile>),
+        shape: (u64, Vec<DiskFile>, Vec<disk::Image>),
     ) -> Machine {
         Machine {
             cpu,
@@ -164,6 +167,7 @@ impl Machine {
             debugcon_line: Vec::new(),
             ram_mib: shape.0,
             disks: shape.1,
+            images: shape.2,
             pending: Vec::new(),
             journal: Journal::Live,
             replay_report: None,
@@ -233,7 +237,7 @@ impl Machine {
             jit,
             shadow,
             serial_out,
-            (config.ram_mib, config.disks),
+            (config.ram_mib, config.disks, config.images),
         );
         m.cpu.reset();
         m.board.devices.sync_irqs();
@@ -263,6 +267,14 @@ impl Machine {
             s.cpl,
             s.halted
         )
+    }
+
+    /// From now on, disk writes stay in memory: the image files are not changed (as
+    /// QEMU's `-snapshot`), and snapshots carry what was written.
+    pub fn keep_disk_writes_in_memory(&mut self) {
+        for image in &self.images {
+            image.borrow_mut().use_overlay();
+        }
     }
 
     /// Forgets all decoded and compiled code (it is made again as the guest runs).
@@ -523,6 +535,7 @@ pub(crate) mod testing {
             firmware: None,
             tier: Tier::Interp,
             disks: Vec::new(),
+            images: Vec::new(),
         };
         Machine::new(config, Box::new(std::io::sink())).expect("machine")
     }

@@ -445,6 +445,8 @@ impl Machine {
 
     /// Starts writing a recording of this run to `path` (from now on).
     pub fn record(&mut self, path: &std::path::Path) -> Result<(), MachineError> {
+        // The replay starts from the disks as they are now: the run must not change them.
+        self.keep_disk_writes_in_memory();
         let start = self.snapshot_for_file()?;
         self.journal = Journal::Record(Recorder::create(path, &start)?);
         Ok(())

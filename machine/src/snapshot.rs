@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub const MAGIC: &[u8; 16] = b"HOSPES SNAPSHOT\n";
 /// The layout of the state. Bump it whenever a saved structure changes (the test
 /// `snapshot_format_is_versioned` notices): older files are then refused, clearly.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 const PAGE: usize = hospes_cpu::mem::PAGE_SIZE as usize;
 /// A page of zeros to compare with (a slice comparison is a memcmp).
@@ -301,6 +301,12 @@ impl Machine {
         put(&mut state, &self.cpu.mem.layout()).map_err(err)?;
         self.board.save(&mut state).map_err(err)?;
         put(&mut state, &(&self.shadow, self.resets)).map_err(err)?;
+        let overlays: Vec<_> = self
+            .images
+            .iter()
+            .map(|i| i.borrow().overlay().cloned())
+            .collect();
+        put(&mut state, &overlays).map_err(err)?;
         let bios = self.board.save_bios().map_err(err)?;
         let bios = match previous {
             Some(p) if *p.bios == *bios => p.bios.clone(),
@@ -367,6 +373,13 @@ impl Machine {
             .map_err(|e| bad(e.to_string()))?;
         self.board.restore(&mut input).map_err(bad)?;
         (self.shadow, self.resets) = take(&mut input).map_err(bad)?;
+        let overlays: Vec<Option<disk::Overlay>> = take(&mut input).map_err(bad)?;
+        if overlays.len() != self.images.len() {
+            return Err(bad("the disk overlays differ from the disks".into()));
+        }
+        for (image, overlay) in self.images.iter().zip(overlays) {
+            image.borrow_mut().set_overlay(overlay).map_err(bad)?;
+        }
         self.board.restore_bios(&snap.bios).map_err(bad)?;
         if !input.is_empty() {
             return Err(bad("trailing bytes".into()));
@@ -396,7 +409,11 @@ impl Machine {
                 "the snapshot's memory size is out of range".into(),
             ));
         }
-        let (drives, ide) = disk::attach(&shape.disks).map_err(MachineError)?;
+        let disk::Attached {
+            drives,
+            ide,
+            images,
+        } = disk::attach(&shape.disks).map_err(MachineError)?;
         let cpu = Cpu::new(ram as usize, shape.host_len - ram as usize)
             .map_err(|e| MachineError(e.to_string()))?;
         let shadow = shadow::Shadowing::new(&cpu.mem);
@@ -404,7 +421,7 @@ impl Machine {
             devices: Devices::new(0, drives, ide),
             bios: None,
         };
-        let shape = (shape.ram_mib, shape.disks.clone());
+        let shape = (shape.ram_mib, shape.disks.clone(), images);
         let mut m = Machine::assemble(cpu, board, start_jit(tier)?, shadow, serial_out, shape);
         m.restore(snap)?;
         Ok(m)
@@ -472,6 +489,54 @@ mod tests {
         assert_eq!(m.digest(0), digest);
         assert_eq!(m.cpu.mem.read_u8(0x5000), 0);
         assert_eq!(m.cpu.mem.read_u16(0x600), count);
+    }
+
+    #[test]
+    fn disk_writes_kept_in_memory_go_back_with_a_snapshot_and_never_reach_the_file() {
+        let path = std::env::temp_dir().join(format!("hospes-overlay-{}", std::process::id()));
+        std::fs::write(&path, vec![0x11u8; 64 << 10]).expect("scratch image");
+        let files = vec![DiskFile {
+            path: path.clone(),
+            role: DiskRole::Hda,
+        }];
+        let attached = disk::attach(&files).expect("attach");
+        let image = attached.images[0].clone();
+        let config = crate::MachineConfig {
+            ram_mib: 4,
+            boot: hospes_bios::BootOptions::default(),
+            drives: attached.drives,
+            ide: attached.ide,
+            rtc_start_unix: 0,
+            firmware: None,
+            tier: Tier::Interp,
+            disks: files,
+            images: attached.images,
+        };
+        let mut m = Machine::new(config, Box::new(std::io::sink())).expect("machine");
+        m.keep_disk_writes_in_memory();
+        let write = |v: u8| image.borrow_mut().write(4096, &[v; 512]).expect("write");
+        let read = || {
+            let mut b = [0u8; 1];
+            image.borrow().read(4096, &mut b).expect("read");
+            b[0]
+        };
+        write(0x22);
+        let snap = m.snapshot(None).expect("snapshot");
+        write(0x33);
+        assert_eq!(read(), 0x33);
+        m.restore(&snap).expect("restore");
+        assert_eq!(read(), 0x22, "the overlay as it was at the snapshot");
+        let mut file = Vec::new();
+        snap.write_to(&mut file).expect("write the snapshot");
+        let again = Snapshot::read_from(&file[..]).expect("read it back");
+        write(0x44);
+        m.restore(&again).expect("restore from the file's bytes");
+        assert_eq!(read(), 0x22);
+        assert!(std::fs::read(&path)
+            .expect("image")
+            .iter()
+            .all(|&b| b == 0x11));
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
