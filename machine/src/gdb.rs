@@ -207,8 +207,6 @@ pub struct Debugger {
     last_snapshot: Instant,
     /// Set when the guest has powered off (or a replay ended): the machine no longer runs.
     finished: Option<Stop>,
-    /// The furthest instruction count reached so far.
-    frontier: u64,
 }
 
 impl Debugger {
@@ -217,7 +215,6 @@ impl Debugger {
         machine.track_halts();
         let first = machine.snapshot(None).map_err(|e| e.to_string())?;
         Ok(Debugger {
-            frontier: machine.cpu.state.icount,
             machine,
             breakpoints: Vec::new(),
             watches: Vec::new(),
@@ -308,8 +305,6 @@ impl Debugger {
     /// Runs the machine up to instruction count `limit` (or until it stops on its own).
     fn run_to(&mut self, limit: u64) -> Option<Stop> {
         let stop = self.machine.run(Some(limit));
-        let icount = self.machine.cpu.state.icount;
-        self.frontier = self.frontier.max(icount);
         self.keep_snapshot();
         match stop {
             Stop::InstructionLimit => None,
