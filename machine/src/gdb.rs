@@ -241,7 +241,10 @@ impl Debugger {
     pub fn serve(mut self, stream: std::net::TcpStream) -> Result<(Machine, Option<Stop>), String> {
         let conn: Box<dyn ConnectionExt<Error = std::io::Error>> = Box::new(stream);
         let stub = GdbStub::new(conn);
-        match stub.run_blocking::<EventLoop>(&mut self) {
+        let ended = stub.run_blocking::<EventLoop>(&mut self);
+        // The machine goes on without gdb: no breakpoint may stop it.
+        self.disarm();
+        match ended {
             Ok(DisconnectReason::Kill) => {
                 let finished = Some(self.finished.unwrap_or(Stop::PowerOff));
                 Ok((self.machine, finished))
