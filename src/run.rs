@@ -423,6 +423,9 @@ pub fn replay(args: ReplayArgs) -> Result<i32, String> {
 }
 
 pub fn run(args: RunArgs) -> Result<i32, String> {
+    if args.gdb.is_some() && args.screen.display == Some(Display::Window) {
+        return Err("--gdb runs the machine headless: use it with --display none".into());
+    }
     let serial = serial_output(&args.serial)?;
     let stdio = matches!(args.serial.clone().unwrap_or(Serial::Stdio), Serial::Stdio);
     let mut machine = build(&args, serial)?;

@@ -441,6 +441,17 @@ impl Debugger {
             return Ok(Halt::HistoryStart);
         }
         let target = self.machine.previous_stop(now).max(first);
+        let at = self.history.partition_point(|s| s.icount <= target);
+        if target >= self.history[at - 1].icount + SNAPSHOT_INSTRUCTIONS {
+            // Steps back come in runs: a snapshot a little before this one makes the
+            // next ones replay little. (Going there may skip idle time past it.)
+            self.go_back_to(target - SNAPSHOT_INSTRUCTIONS / 2)?;
+            if self.machine.cpu.state.icount < target && self.finished.is_none() {
+                if let Ok(s) = self.machine.snapshot(Some(&self.history[at - 1])) {
+                    self.history.insert(at, s);
+                }
+            }
+        }
         self.go_back_to(target)?;
         Ok(Halt::Step)
     }
@@ -920,6 +931,26 @@ mod tests {
         assert_eq!(d.linear_eip(), 0x7C06);
         assert_eq!(d.machine.cpu.mem.read_u16(0x600), 1);
         assert_eq!(d.machine.cpu.state.icount, after - 1);
+    }
+
+    #[test]
+    fn a_step_back_far_from_any_snapshot_leaves_one_shortly_before() {
+        let mut d = debugger();
+        let start = d.machine.cpu.state.icount;
+        assert_eq!(d.run_to(start + 3 * SNAPSHOT_INSTRUCTIONS), None);
+        let kept = d.history.len();
+        assert!(matches!(d.reverse_step(), Ok(Halt::Step)));
+        let one_back = d.machine.cpu.state.clone();
+        assert_eq!(d.history.len(), kept + 1, "a snapshot on the way");
+        let near = |s: &Snapshot| {
+            s.icount < one_back.icount && s.icount + SNAPSHOT_INSTRUCTIONS > one_back.icount
+        };
+        assert!(d.history.iter().any(near), "a snapshot shortly before");
+        assert!(d.history.windows(2).all(|w| w[0].icount < w[1].icount));
+        assert!(matches!(d.reverse_step(), Ok(Halt::Step)));
+        assert_eq!(d.history.len(), kept + 1, "the next step replays from it");
+        assert!(matches!(d.step(), Halt::Step));
+        assert_eq!(d.machine.cpu.state, one_back);
     }
 
     #[test]
