@@ -1,0 +1,1562 @@
+//! QEMU's qcow2 disk image format: reading and writing images, with backing files.
+//!
+//! A qcow2 file is made of clusters (`1 << cluster_bits` bytes, 512 B to 2 MiB). Its
+//! header (at offset 0, big-endian like every number in the file) gives the virtual
+//! disk size and where two structures live:
+//! - The mapping. A guest offset splits into an L1 index, an L2 index and an offset
+//!   in the cluster. The L1 table (contiguous, held in memory here) points to L2
+//!   tables (one cluster each), whose entries point to data clusters. An entry of 0 is
+//!   "unallocated": the data comes from the backing file, or reads as zeros without
+//!   one. Version 3 adds entries that read as zeros, and any entry can instead point
+//!   to a compressed cluster (raw deflate at a byte offset, spanning 512-byte sectors).
+//! - The reference counts. A refcount table points to refcount blocks (one cluster
+//!   each), arrays of 1- to 64-bit counters, one per host cluster, saying how many
+//!   references point to it. A cluster with count 0 is free.
+//!
+//! Supported: versions 2 and 3, every cluster size and refcount width, zero clusters,
+//! compressed clusters (zlib) for reading, backing chains of qcow2 or raw files.
+//! Writes put new clusters at the end of the file (freed clusters are not reused),
+//! including new L2 tables, refcount blocks and a bigger refcount table when needed,
+//! and keep the refcounts exact. Each allocation writes the new cluster first, then
+//! its refcount, then the L2 entry, then the L1 entry, so an interrupted write leaves
+//! at worst leaked clusters, never a table pointing to unwritten data.
+//!
+//! Not supported: encryption, external data files, extended L2 entries (subclusters),
+//! compression types other than zlib, and writing to images with internal snapshots
+//! (reading them is fine: the active L1 table is what the guest sees). Header
+//! extensions are skipped; the backing file's format is found from its first bytes.
+//!
+//! The file is not trusted: every offset and size read from it is checked, so a
+//! damaged image gives an error, not a panic or an access outside the file.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 4] = b"QFI\xfb";
+/// The largest L1 or refcount table held in memory.
+const MAX_TABLE_BYTES: u64 = 32 << 20;
+/// The longest backing chain followed (this also stops an image backed by itself).
+const MAX_BACKING_DEPTH: u32 = 16;
+/// Host offsets have 56 bits in table entries; virtual sizes are kept below that too,
+/// so that offset arithmetic cannot overflow.
+const MAX_OFFSET: u64 = 1 << 56;
+/// Bits 9-55 of an L1 or L2 entry: a host offset.
+const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// L1 and L2 entry flag: the cluster's refcount is exactly 1.
+const COPIED: u64 = 1 << 63;
+/// L2 entry flag: a compressed cluster descriptor.
+const COMPRESSED: u64 = 1 << 62;
+/// L2 entry flag (version 3): the cluster reads as zeros.
+const ZERO: u64 = 1;
+/// The longest backing file name the format allows.
+const MAX_BACKING_NAME: u32 = 1023;
+
+const INCOMPAT_DIRTY: u64 = 1 << 0;
+const INCOMPAT_CORRUPT: u64 = 1 << 1;
+const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+const INCOMPAT_COMPRESSION_TYPE: u64 = 1 << 3;
+const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
+const INCOMPAT_KNOWN: u64 = INCOMPAT_DIRTY
+    | INCOMPAT_CORRUPT
+    | INCOMPAT_DATA_FILE
+    | INCOMPAT_COMPRESSION_TYPE
+    | INCOMPAT_EXTENDED_L2;
+
+/// Header field offsets this module writes to.
+const HEADER_REFCOUNT_TABLE: u64 = 48;
+const HEADER_AUTOCLEAR: u64 = 88;
+/// Bytes of the version 2 header, and of the version 3 header up to `header_length`.
+const HEADER_V2_LEN: usize = 72;
+const HEADER_V3_LEN: usize = 104;
+
+/// An open qcow2 image.
+pub struct Qcow2 {
+    file: File,
+    /// Why writes are refused; None when the image is open for writing.
+    read_only: Option<String>,
+    version: u32,
+    cluster_bits: u32,
+    /// The virtual disk size.
+    size: u64,
+    l1_table_offset: u64,
+    l1: Vec<u64>,
+    refcount_order: u32,
+    refcount_table_offset: u64,
+    refcount_table: Vec<u64>,
+    /// The file's length as far as this image has read or written it.
+    file_len: u64,
+    /// Where the next cluster is allocated: the cluster-aligned end of the file.
+    next_free: u64,
+    backing: Option<Backing>,
+    /// The last L2 table used: its offset and entries.
+    l2_cache: Option<(u64, Vec<u64>)>,
+    /// The last compressed cluster read: its L2 entry and contents.
+    inflated: Option<(u64, Vec<u8>)>,
+    /// Set while the refcount table grows (growing must not recurse).
+    growing_refcount_table: bool,
+}
+
+/// What a backing file is: an image of its own or plain bytes.
+enum Backing {
+    Qcow2(Box<Qcow2>),
+    Raw { file: File, len: u64 },
+}
+
+impl Backing {
+    fn len(&self) -> u64 {
+        match self {
+            Backing::Qcow2(image) => image.len(),
+            Backing::Raw { len, .. } => *len,
+        }
+    }
+}
+
+/// What an L2 entry says about one guest cluster.
+#[derive(Clone, Copy)]
+enum Cluster {
+    /// Not in this image: the backing file's data, or zeros.
+    Unallocated,
+    /// Reads as zeros, with no host cluster.
+    Zero,
+    /// Reads as zeros; the host cluster at this offset is reserved for it.
+    ZeroAllocated(u64),
+    /// The data is at this host offset.
+    Data(u64),
+    /// Deflated data of `len` bytes at host offset `start` (`entry` is the L2 entry).
+    Compressed { entry: u64, start: u64, len: u64 },
+}
+
+fn be32(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_be_bytes(b)
+}
+
+fn be64(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_be_bytes(b)
+}
+
+fn to_entries(bytes: &[u8]) -> Vec<u64> {
+    bytes.chunks_exact(8).map(|c| be64(c, 0)).collect()
+}
+
+fn to_bytes(entries: &[u64]) -> Vec<u8> {
+    entries.iter().flat_map(|e| e.to_be_bytes()).collect()
+}
+
+fn io_error(what: &str, e: std::io::Error) -> String {
+    format!("{what}: {e}")
+}
+
+/// Checks that a table of `bytes` at `offset` is cluster-aligned, not over the header
+/// and inside a file of `file_len` bytes.
+fn check_table(
+    what: &str,
+    offset: u64,
+    bytes: u64,
+    cluster_size: u64,
+    file_len: u64,
+) -> Result<(), String> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let inside = offset.checked_add(bytes).is_some_and(|end| end <= file_len);
+    if offset == 0 || !offset.is_multiple_of(cluster_size) || !inside {
+        return Err(format!(
+            "the {what} ({bytes} bytes at {offset:#x}) is misplaced or outside the file"
+        ));
+    }
+    Ok(())
+}
+
+impl Qcow2 {
+    /// Whether `head` (the first bytes of a file, at least 4) is a qcow2 header (magic "QFI\xfb").
+    pub fn probe(head: &[u8]) -> bool {
+        head.starts_with(MAGIC)
+    }
+
+    /// Opens an image; its backing file (if any; relative paths are relative to the
+    /// image's directory) is opened read-only, recursively, at most 16 deep. Backing
+    /// files may be qcow2 or raw (raw when the magic is not qcow2).
+    pub fn open(path: &Path, writable: bool) -> Result<Qcow2, String> {
+        Self::open_in_chain(path, writable, 0)
+    }
+
+    /// The virtual disk size in bytes.
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the virtual disk has no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        self.check_range(offset, buf.len())?;
+        let cluster_size = self.cluster_size();
+        let mut done = 0;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let room = cluster_size - (pos & (cluster_size - 1));
+            let n = (buf.len() - done).min(room as usize);
+            let cluster = self.locate(pos)?.1;
+            self.read_cluster(cluster, pos, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes, allocating clusters as needed (fails on a read-only image).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
+        if let Some(why) = &self.read_only {
+            return Err(why.clone());
+        }
+        self.check_range(offset, data.len())?;
+        let result = self.write_clusters(offset, data);
+        if let Err(e) = &result {
+            // The tables in memory may no longer match the file: stop writing rather
+            // than build on them.
+            self.read_only = Some(format!("writes stopped after an error: {e}"));
+        }
+        result
+    }
+
+    pub fn flush(&mut self) -> Result<(), String> {
+        self.file
+            .sync_all()
+            .map_err(|e| io_error("cannot flush the image", e))
+    }
+
+    fn open_in_chain(path: &Path, writable: bool, depth: u32) -> Result<Qcow2, String> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(|e| io_error(&path.display().to_string(), e))?;
+        let (mut image, backing_name) =
+            Self::from_file(file, writable).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(name) = backing_name {
+            if depth + 1 >= MAX_BACKING_DEPTH {
+                return Err(format!(
+                    "{}: the backing chain is more than {MAX_BACKING_DEPTH} deep",
+                    path.display()
+                ));
+            }
+            let name = Path::new(OsStr::from_bytes(&name));
+            let backing_path: PathBuf = match path.parent() {
+                Some(dir) if name.is_relative() => dir.join(name),
+                _ => name.to_path_buf(),
+            };
+            image.backing = Some(
+                Self::open_backing(&backing_path, depth + 1)
+                    .map_err(|e| format!("{}: backing file: {e}", path.display()))?,
+            );
+        }
+        Ok(image)
+    }
+
+    fn open_backing(path: &Path, depth: u32) -> Result<Backing, String> {
+        let file = File::open(path).map_err(|e| io_error(&path.display().to_string(), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io_error(&path.display().to_string(), e))?
+            .len();
+        let mut head = [0u8; 4];
+        if len >= 4 {
+            file.read_exact_at(&mut head, 0)
+                .map_err(|e| io_error(&path.display().to_string(), e))?;
+        }
+        if Self::probe(&head) {
+            Ok(Backing::Qcow2(Box::new(Self::open_in_chain(
+                path, false, depth,
+            )?)))
+        } else {
+            Ok(Backing::Raw { file, len })
+        }
+    }
+
+    /// Reads and checks the header and tables; gives the image (without its backing
+    /// file) and the backing file name, if any.
+    fn from_file(file: File, writable: bool) -> Result<(Qcow2, Option<Vec<u8>>), String> {
+        let file_len = file
+            .metadata()
+            .map_err(|e| io_error("cannot stat the image", e))?
+            .len();
+        let mut header = [0u8; HEADER_V3_LEN];
+        let got = file_len.min(HEADER_V3_LEN as u64) as usize;
+        file.read_exact_at(&mut header[..got], 0)
+            .map_err(|e| io_error("cannot read the header", e))?;
+        if !Self::probe(&header[..got]) {
+            return Err("not a qcow2 image".into());
+        }
+        if got < HEADER_V2_LEN {
+            return Err("the header is truncated".into());
+        }
+        let version = be32(&header, 4);
+        if version != 2 && version != 3 {
+            return Err(format!("qcow2 version {version} is not supported"));
+        }
+        let backing_offset = be64(&header, 8);
+        let backing_size = be32(&header, 16);
+        let cluster_bits = be32(&header, 20);
+        if !(9..=21).contains(&cluster_bits) {
+            return Err(format!(
+                "cluster_bits {cluster_bits} is out of range (9 to 21)"
+            ));
+        }
+        let cluster_size = 1u64 << cluster_bits;
+        let size = be64(&header, 24);
+        if size >= MAX_OFFSET {
+            return Err(format!("the disk size {size} is too large"));
+        }
+        if be32(&header, 32) != 0 {
+            return Err("encrypted images are not supported".into());
+        }
+        let l1_size = u64::from(be32(&header, 36));
+        let l1_table_offset = be64(&header, 40);
+        let refcount_table_offset = be64(&header, 48);
+        let refcount_table_clusters = u64::from(be32(&header, 56));
+        let snapshots = be32(&header, 60);
+        let (incompatible, autoclear, refcount_order) = if version == 3 {
+            if got < HEADER_V3_LEN {
+                return Err("the header is truncated".into());
+            }
+            let header_length = u64::from(be32(&header, 100));
+            if header_length < HEADER_V3_LEN as u64 || header_length > cluster_size {
+                return Err(format!("header_length {header_length} is out of range"));
+            }
+            (be64(&header, 72), be64(&header, 88), be32(&header, 96))
+        } else {
+            (0, 0, 4)
+        };
+        if incompatible & INCOMPAT_DATA_FILE != 0 {
+            return Err("images with an external data file are not supported".into());
+        }
+        if incompatible & INCOMPAT_COMPRESSION_TYPE != 0 {
+            return Err("compression types other than zlib are not supported".into());
+        }
+        if incompatible & INCOMPAT_EXTENDED_L2 != 0 {
+            return Err("extended L2 entries (subclusters) are not supported".into());
+        }
+        if incompatible & !INCOMPAT_KNOWN != 0 {
+            return Err(format!(
+                "unknown incompatible features {:#x}",
+                incompatible & !INCOMPAT_KNOWN
+            ));
+        }
+        if refcount_order > 6 {
+            return Err(format!(
+                "refcount_order {refcount_order} is out of range (0 to 6)"
+            ));
+        }
+
+        // Each L1 entry maps one L2 table's worth of guest clusters.
+        let l1_entry_covers = cluster_size << (cluster_bits - 3);
+        if l1_size < size.div_ceil(l1_entry_covers) {
+            return Err("the L1 table is too small for the disk size".into());
+        }
+        let l1_bytes = l1_size * 8;
+        if l1_bytes > MAX_TABLE_BYTES {
+            return Err(format!("the L1 table ({l1_bytes} bytes) is too large"));
+        }
+        check_table(
+            "L1 table",
+            l1_table_offset,
+            l1_bytes,
+            cluster_size,
+            file_len,
+        )?;
+        let refcount_bytes = refcount_table_clusters * cluster_size;
+        if refcount_bytes > MAX_TABLE_BYTES {
+            return Err(format!(
+                "the refcount table ({refcount_bytes} bytes) is too large"
+            ));
+        }
+        check_table(
+            "refcount table",
+            refcount_table_offset,
+            refcount_bytes,
+            cluster_size,
+            file_len,
+        )?;
+        let read_table = |offset: u64, bytes: u64, what: &str| -> Result<Vec<u64>, String> {
+            let mut raw = vec![0u8; bytes as usize];
+            file.read_exact_at(&mut raw, offset)
+                .map_err(|e| io_error(&format!("cannot read the {what}"), e))?;
+            Ok(to_entries(&raw))
+        };
+        let l1 = read_table(l1_table_offset, l1_bytes, "L1 table")?;
+        let refcount_table = read_table(refcount_table_offset, refcount_bytes, "refcount table")?;
+
+        let backing_name = if backing_offset != 0 && backing_size != 0 {
+            let inside = backing_offset
+                .checked_add(u64::from(backing_size))
+                .is_some_and(|end| end <= file_len);
+            if backing_size > MAX_BACKING_NAME || !inside {
+                return Err("the backing file name is too long or outside the file".into());
+            }
+            let mut name = vec![0u8; backing_size as usize];
+            file.read_exact_at(&mut name, backing_offset)
+                .map_err(|e| io_error("cannot read the backing file name", e))?;
+            Some(name)
+        } else {
+            None
+        };
+
+        let read_only = if !writable {
+            Some("the image is open read-only".to_string())
+        } else if incompatible & INCOMPAT_DIRTY != 0 {
+            return Err("the image is dirty (its refcounts need repair by qemu-img check -r all) and cannot be written".into());
+        } else if incompatible & INCOMPAT_CORRUPT != 0 {
+            return Err("the image is marked corrupt and cannot be written".into());
+        } else if snapshots != 0 {
+            return Err("writing to images with internal snapshots is not supported".into());
+        } else {
+            None
+        };
+
+        let next_free = file_len
+            .div_ceil(cluster_size)
+            .checked_mul(cluster_size)
+            .ok_or("the image file is too large")?;
+        let image = Qcow2 {
+            file,
+            read_only,
+            version,
+            cluster_bits,
+            size,
+            l1_table_offset,
+            l1,
+            refcount_order,
+            refcount_table_offset,
+            refcount_table,
+            file_len,
+            next_free,
+            backing: None,
+            l2_cache: None,
+            inflated: None,
+            growing_refcount_table: false,
+        };
+        if writable && autoclear != 0 {
+            // Autoclear features (persistent bitmaps, for one) describe the data as
+            // it was; the format says a writer that does not keep them up to date
+            // clears them.
+            image.write_header(HEADER_AUTOCLEAR, &[0; 8])?;
+        }
+        Ok((image, backing_name))
+    }
+
+    fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<(), String> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(format!(
+                "access of {len} bytes at {offset:#x} is past the end of the disk ({} bytes)",
+                self.size
+            )),
+        }
+    }
+
+    fn write_header(&self, at: u64, bytes: &[u8]) -> Result<(), String> {
+        self.file
+            .write_all_at(bytes, at)
+            .map_err(|e| io_error("cannot write the header", e))
+    }
+
+    /// Writes `bytes` at host offset `at`, growing the file if needed.
+    fn write_host(&mut self, at: u64, bytes: &[u8]) -> Result<(), String> {
+        self.file
+            .write_all_at(bytes, at)
+            .map_err(|e| io_error("cannot write the image", e))?;
+        self.file_len = self.file_len.max(at + bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Reads host bytes at `at`; the part of `buf` past the end of the file reads as
+    /// zeros (the last data cluster of an image may be short).
+    fn read_host(&self, at: u64, buf: &mut [u8]) -> Result<(), String> {
+        let inside = self.file_len.saturating_sub(at).min(buf.len() as u64) as usize;
+        let (head, tail) = buf.split_at_mut(inside);
+        tail.fill(0);
+        self.file
+            .read_exact_at(head, at)
+            .map_err(|e| io_error("cannot read the image", e))
+    }
+
+    /// The L2 table offset (0 if none) and the mapping of the guest cluster at `pos`.
+    fn locate(&mut self, pos: u64) -> Result<(u64, Cluster), String> {
+        let l2_entries_bits = self.cluster_bits - 3;
+        let l1_index = (pos >> (self.cluster_bits + l2_entries_bits)) as usize;
+        let Some(&l1_entry) = self.l1.get(l1_index) else {
+            return Ok((0, Cluster::Unallocated));
+        };
+        let l2 = l1_entry & OFFSET_MASK;
+        if l2 == 0 {
+            return Ok((0, Cluster::Unallocated));
+        }
+        let l2_index = ((pos >> self.cluster_bits) & ((1 << l2_entries_bits) - 1)) as usize;
+        let entry = self.l2_table(l2)?[l2_index];
+        Ok((l2, self.decode(entry)?))
+    }
+
+    /// The entries of the L2 table at `l2`, read if it is not the cached one.
+    fn l2_table(&mut self, l2: u64) -> Result<&[u64], String> {
+        let cluster_size = self.cluster_size();
+        if self.l2_cache.as_ref().is_none_or(|(at, _)| *at != l2) {
+            let inside = l2 + cluster_size <= self.file_len;
+            if !l2.is_multiple_of(cluster_size) || !inside {
+                return Err(format!(
+                    "L2 table at {l2:#x} is unaligned or outside the file"
+                ));
+            }
+            let mut raw = vec![0u8; cluster_size as usize];
+            self.file
+                .read_exact_at(&mut raw, l2)
+                .map_err(|e| io_error("cannot read an L2 table", e))?;
+            self.l2_cache = Some((l2, to_entries(&raw)));
+        }
+        match &self.l2_cache {
+            Some((_, table)) => Ok(table),
+            None => Err("L2 table cache is empty".into()),
+        }
+    }
+
+    fn decode(&self, entry: u64) -> Result<Cluster, String> {
+        let cluster_size = self.cluster_size();
+        if entry & COMPRESSED != 0 {
+            // The offset takes the low `62 - (cluster_bits - 8)` bits, the count of
+            // 512-byte sectors after the first the rest up to bit 61.
+            let offset_bits = 62 - (self.cluster_bits - 8);
+            let start = entry & ((1 << offset_bits) - 1);
+            let sectors = ((entry & !(COPIED | COMPRESSED)) >> offset_bits) + 1;
+            let len = sectors * 512 - (start & 511);
+            if start >= self.file_len {
+                return Err(format!(
+                    "compressed cluster at {start:#x} is outside the file"
+                ));
+            }
+            return Ok(Cluster::Compressed { entry, start, len });
+        }
+        let host = entry & OFFSET_MASK;
+        if !host.is_multiple_of(cluster_size) || (host != 0 && host >= self.file_len) {
+            return Err(format!(
+                "data cluster at {host:#x} is unaligned or outside the file"
+            ));
+        }
+        let zero = self.version >= 3 && entry & ZERO != 0;
+        Ok(match (zero, host) {
+            (true, 0) => Cluster::Zero,
+            (true, host) => Cluster::ZeroAllocated(host),
+            (false, 0) => Cluster::Unallocated,
+            (false, host) => Cluster::Data(host),
+        })
+    }
+
+    /// Reads the guest bytes at `pos` (all in the one guest cluster `cluster` maps).
+    fn read_cluster(&mut self, cluster: Cluster, pos: u64, buf: &mut [u8]) -> Result<(), String> {
+        let in_cluster = pos & (self.cluster_size() - 1);
+        match cluster {
+            Cluster::Unallocated => self.read_backing(pos, buf),
+            Cluster::Zero | Cluster::ZeroAllocated(_) => {
+                buf.fill(0);
+                Ok(())
+            }
+            Cluster::Data(host) => self.read_host(host + in_cluster, buf),
+            Cluster::Compressed { entry, start, len } => {
+                let data = self.inflate(entry, start, len)?;
+                buf.copy_from_slice(&data[in_cluster as usize..][..buf.len()]);
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads from the backing file; what is past its end (or everything, without
+    /// one) reads as zeros.
+    fn read_backing(&mut self, pos: u64, buf: &mut [u8]) -> Result<(), String> {
+        let Some(backing) = &mut self.backing else {
+            buf.fill(0);
+            return Ok(());
+        };
+        let inside = backing.len().saturating_sub(pos).min(buf.len() as u64) as usize;
+        let (head, tail) = buf.split_at_mut(inside);
+        tail.fill(0);
+        if head.is_empty() {
+            return Ok(());
+        }
+        match backing {
+            Backing::Qcow2(image) => image.read_at(pos, head),
+            Backing::Raw { file, .. } => file
+                .read_exact_at(head, pos)
+                .map_err(|e| io_error("cannot read the backing file", e)),
+        }
+    }
+
+    /// The contents of the compressed cluster with L2 entry `entry`.
+    fn inflate(&mut self, entry: u64, start: u64, len: u64) -> Result<&[u8], String> {
+        if self.inflated.as_ref().is_none_or(|(e, _)| *e != entry) {
+            // The sector count may round past the end of the file.
+            let len = len.min(self.file_len - start);
+            let mut input = vec![0u8; len as usize];
+            self.file
+                .read_exact_at(&mut input, start)
+                .map_err(|e| io_error("cannot read a compressed cluster", e))?;
+            let cluster_size = self.cluster_size();
+            let mut output = vec![0u8; cluster_size as usize];
+            let mut inflater = flate2::Decompress::new(false);
+            let result = inflater.decompress(&input, &mut output, flate2::FlushDecompress::Finish);
+            if result.is_err() || inflater.total_out() != cluster_size {
+                return Err(format!(
+                    "compressed cluster at {start:#x} does not inflate to a whole cluster"
+                ));
+            }
+            self.inflated = Some((entry, output));
+        }
+        match &self.inflated {
+            Some((_, data)) => Ok(data),
+            None => Err("compressed cluster cache is empty".into()),
+        }
+    }
+
+    fn write_clusters(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
+        let cluster_size = self.cluster_size();
+        let mut done = 0;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let room = cluster_size - (pos & (cluster_size - 1));
+            let n = (data.len() - done).min(room as usize);
+            self.write_in_cluster(pos, &data[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at guest offset `pos`, all inside one guest cluster.
+    fn write_in_cluster(&mut self, pos: u64, data: &[u8]) -> Result<(), String> {
+        let cluster_size = self.cluster_size();
+        let in_cluster = pos & (cluster_size - 1);
+        let (l2, cluster) = self.locate(pos)?;
+        if let Cluster::Data(host) | Cluster::ZeroAllocated(host) = cluster {
+            self.check_not_metadata(host)?;
+        }
+        if let Cluster::Data(host) = cluster {
+            // Without snapshots every data cluster has refcount 1: written in place.
+            return self.write_host(host + in_cluster, data);
+        }
+        // Anything else becomes a whole new cluster: what the guest saw there, with
+        // `data` over it.
+        let mut contents = vec![0u8; cluster_size as usize];
+        if data.len() as u64 != cluster_size {
+            self.read_cluster(cluster, pos - in_cluster, &mut contents)?;
+        }
+        contents[in_cluster as usize..][..data.len()].copy_from_slice(data);
+        let host = match cluster {
+            Cluster::ZeroAllocated(host) => host,
+            _ => self.take_free_cluster()?,
+        };
+        self.write_host(host, &contents)?;
+        if !matches!(cluster, Cluster::ZeroAllocated(_)) {
+            self.set_refcount(host, 1)?;
+        }
+        self.map_cluster(pos, l2, host | COPIED)?;
+        if let Cluster::Compressed { start, len, .. } = cluster {
+            // Released last: a crash before this leaks the old data, never loses it.
+            self.release_range(start, len)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a data cluster at `host` that is the header, the L1 table or the
+    /// refcount table (only a damaged L2 entry can say so; guest data written there
+    /// would damage the image further). L2 tables and refcount blocks are not checked:
+    /// that would take a walk over all the tables.
+    fn check_not_metadata(&self, host: u64) -> Result<(), String> {
+        let overlaps =
+            |start: u64, len: u64| host < start + len && start < host + self.cluster_size();
+        let l1_bytes = self.l1.len() as u64 * 8;
+        let refcount_bytes = self.refcount_table.len() as u64 * 8;
+        if host == 0
+            || overlaps(self.l1_table_offset, l1_bytes)
+            || overlaps(self.refcount_table_offset, refcount_bytes)
+        {
+            return Err(format!(
+                "data cluster at {host:#x} overlaps the image's header or tables"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Points the L2 entry for guest offset `pos` at `entry`, making the L2 table if
+    /// there is none (`l2` is 0).
+    fn map_cluster(&mut self, pos: u64, l2: u64, entry: u64) -> Result<(), String> {
+        let cluster_size = self.cluster_size();
+        let l2_entries_bits = self.cluster_bits - 3;
+        let l2_index = ((pos >> self.cluster_bits) & ((1 << l2_entries_bits) - 1)) as usize;
+        if l2 != 0 {
+            self.write_host(l2 + l2_index as u64 * 8, &entry.to_be_bytes())?;
+            if let Some((at, table)) = &mut self.l2_cache {
+                if *at == l2 {
+                    table[l2_index] = entry;
+                }
+            }
+            return Ok(());
+        }
+        // A new L2 table, complete with its entry before the L1 table points to it.
+        let table_at = self.take_free_cluster()?;
+        let mut table = vec![0u64; (cluster_size / 8) as usize];
+        table[l2_index] = entry;
+        self.write_host(table_at, &to_bytes(&table))?;
+        self.set_refcount(table_at, 1)?;
+        let l1_index = (pos >> (self.cluster_bits + l2_entries_bits)) as usize;
+        let l1_entry = table_at | COPIED;
+        self.write_host(
+            self.l1_table_offset + l1_index as u64 * 8,
+            &l1_entry.to_be_bytes(),
+        )?;
+        self.l1[l1_index] = l1_entry;
+        self.l2_cache = Some((table_at, table));
+        Ok(())
+    }
+
+    /// Takes the cluster at the end of the file for a new use (its refcount is set by
+    /// the caller once the cluster is written).
+    fn take_free_cluster(&mut self) -> Result<u64, String> {
+        let at = self.next_free;
+        let end = at + self.cluster_size();
+        if end > MAX_OFFSET {
+            return Err("the image file would grow too large".into());
+        }
+        if self.refcount(at)? != 0 {
+            return Err(format!(
+                "cluster {at:#x} past the end of the file is counted as used (qemu-img check -r all repairs this)"
+            ));
+        }
+        self.next_free = end;
+        Ok(at)
+    }
+
+    /// Counters per refcount block.
+    fn refcount_block_entries(&self) -> u64 {
+        (self.cluster_size() * 8) >> self.refcount_order
+    }
+
+    /// The refcount table index and block entry for host offset `host`.
+    fn refcount_position(&self, host: u64) -> (u64, u64) {
+        let cluster = host >> self.cluster_bits;
+        let entries = self.refcount_block_entries();
+        (cluster / entries, cluster % entries)
+    }
+
+    /// The refcount block for table index `index`, None if there is none.
+    fn refcount_block(&self, index: u64) -> Result<Option<u64>, String> {
+        let Some(&entry) = self.refcount_table.get(index as usize) else {
+            return Ok(None);
+        };
+        let block = entry & !511;
+        if block == 0 {
+            return Ok(None);
+        }
+        let cluster_size = self.cluster_size();
+        let inside = block
+            .checked_add(cluster_size)
+            .is_some_and(|end| end <= self.file_len);
+        if !block.is_multiple_of(cluster_size) || !inside {
+            return Err(format!(
+                "refcount block at {block:#x} is unaligned or outside the file"
+            ));
+        }
+        Ok(Some(block))
+    }
+
+    /// Where counter `entry` of a refcount block is: its first byte in the block, its
+    /// width in bytes and, for counters narrower than a byte, its bit shift.
+    fn counter_place(&self, entry: u64) -> (u64, usize, u32) {
+        let bits = 1u64 << self.refcount_order;
+        let bit = entry * bits;
+        let width = (bits / 8).max(1) as usize;
+        (bit / 8, width, (bit % 8) as u32)
+    }
+
+    fn get_counter(&self, bytes: &[u8], shift: u32) -> u64 {
+        let bits = 1u32 << self.refcount_order;
+        if bits < 8 {
+            (u64::from(bytes[0]) >> shift) & ((1 << bits) - 1)
+        } else {
+            bytes.iter().fold(0, |v, &b| (v << 8) | u64::from(b))
+        }
+    }
+
+    fn put_counter(&self, bytes: &mut [u8], shift: u32, value: u64) {
+        let bits = 1u32 << self.refcount_order;
+        if bits < 8 {
+            let mask = ((1u8 << bits) - 1) << shift;
+            bytes[0] = (bytes[0] & !mask) | (((value as u8) << shift) & mask);
+        } else {
+            let width = bytes.len();
+            bytes.copy_from_slice(&value.to_be_bytes()[8 - width..]);
+        }
+    }
+
+    /// The refcount of the host cluster at `host`.
+    fn refcount(&self, host: u64) -> Result<u64, String> {
+        let (index, entry) = self.refcount_position(host);
+        let Some(block) = self.refcount_block(index)? else {
+            return Ok(0);
+        };
+        let (at, width, shift) = self.counter_place(entry);
+        let mut bytes = [0u8; 8];
+        self.file
+            .read_exact_at(&mut bytes[..width], block + at)
+            .map_err(|e| io_error("cannot read a refcount block", e))?;
+        Ok(self.get_counter(&bytes[..width], shift))
+    }
+
+    /// Sets the refcount of the host cluster at `host`, making a refcount block (and
+    /// a bigger refcount table) if needed.
+    fn set_refcount(&mut self, host: u64, value: u64) -> Result<(), String> {
+        let (index, entry) = self.refcount_position(host);
+        if index >= self.refcount_table.len() as u64 {
+            self.grow_refcount_table(index)?;
+        }
+        let block = match self.refcount_block(index)? {
+            Some(block) => block,
+            None => self.new_refcount_block(index)?,
+        };
+        let (at, width, shift) = self.counter_place(entry);
+        let mut bytes = [0u8; 8];
+        let bytes = &mut bytes[..width];
+        if width == 1 {
+            // Narrow counters share their byte with others.
+            self.file
+                .read_exact_at(bytes, block + at)
+                .map_err(|e| io_error("cannot read a refcount block", e))?;
+        }
+        self.put_counter(bytes, shift, value);
+        self.write_host(block + at, bytes)
+    }
+
+    /// Lowers by one the refcount of the host cluster at `host`.
+    fn release(&mut self, host: u64) -> Result<(), String> {
+        match self.refcount(host)? {
+            0 => Err(format!(
+                "cluster {host:#x} is freed but its refcount is already 0"
+            )),
+            count => self.set_refcount(host, count - 1),
+        }
+    }
+
+    /// Lowers by one the refcounts of the host clusters `len` bytes at `start` touch.
+    fn release_range(&mut self, start: u64, len: u64) -> Result<(), String> {
+        let cluster_size = self.cluster_size();
+        let first = start & !(cluster_size - 1);
+        let last = (start + len - 1) & !(cluster_size - 1);
+        let mut host = first;
+        while host <= last {
+            self.release(host)?;
+            host += cluster_size;
+        }
+        Ok(())
+    }
+
+    /// Makes the refcount block for table index `index`, at the end of the file, and
+    /// enters it in the table.
+    fn new_refcount_block(&mut self, index: u64) -> Result<u64, String> {
+        let block = self.take_free_cluster()?;
+        let mut contents = vec![0u8; self.cluster_size() as usize];
+        let (own_index, own_entry) = self.refcount_position(block);
+        // A block usually counts itself; if it lands past what it covers, another
+        // block counts it.
+        if own_index == index {
+            let (at, width, shift) = self.counter_place(own_entry);
+            self.put_counter(&mut contents[at as usize..][..width], shift, 1);
+        }
+        self.write_host(block, &contents)?;
+        if own_index != index {
+            self.set_refcount(block, 1)?;
+        }
+        if self.refcount_block(index)?.is_some() {
+            return Err("a refcount block was made twice".into());
+        }
+        let slot = self.refcount_table_offset + index * 8;
+        self.write_host(slot, &block.to_be_bytes())?;
+        self.refcount_table[index as usize] = block;
+        Ok(block)
+    }
+
+    /// Replaces the refcount table by a bigger one (at the end of the file) with room
+    /// for index `needed`, itself and the refcount blocks that count it.
+    fn grow_refcount_table(&mut self, needed: u64) -> Result<(), String> {
+        if self.growing_refcount_table {
+            return Err("the refcount table grew while growing".into());
+        }
+        let cluster_size = self.cluster_size();
+        let per_cluster = cluster_size / 8;
+        let block_covers = self.refcount_block_entries() * cluster_size;
+        let start = self.next_free;
+        let mut entries = (needed + 1).max(self.refcount_table.len() as u64 * 2);
+        let clusters = loop {
+            let clusters = entries.div_ceil(per_cluster);
+            // A block covers at least 64 clusters, so the table needs at most
+            // clusters / 64 + 2 new blocks, and those at most 2 more.
+            let end = start + (clusters + clusters / 64 + 4) * cluster_size;
+            let covered = end.div_ceil(block_covers);
+            if covered <= clusters * per_cluster {
+                break clusters;
+            }
+            entries = covered;
+        };
+        if clusters * cluster_size > MAX_TABLE_BYTES {
+            return Err("the refcount table would grow past 32 MiB".into());
+        }
+        let old_offset = self.refcount_table_offset;
+        let old_clusters = (self.refcount_table.len() as u64 * 8).div_ceil(cluster_size);
+        let mut table = self.refcount_table.clone();
+        table.resize((clusters * per_cluster) as usize, 0);
+        let table_at = self.next_free;
+        for _ in 0..clusters {
+            self.take_free_cluster()?;
+        }
+        self.write_host(table_at, &to_bytes(&table))?;
+        // From here the table in memory is the new one, while the header still names
+        // the old one: the refcounts of the new table's clusters, and any blocks made
+        // for them, go into it before it is switched to.
+        self.refcount_table = table;
+        self.refcount_table_offset = table_at;
+        self.growing_refcount_table = true;
+        let mut result = Ok(());
+        for i in 0..clusters {
+            result = self.set_refcount(table_at + i * cluster_size, 1);
+            if result.is_err() {
+                break;
+            }
+        }
+        self.growing_refcount_table = false;
+        result?;
+        let mut fields = [0u8; 12];
+        fields[..8].copy_from_slice(&table_at.to_be_bytes());
+        fields[8..].copy_from_slice(&(clusters as u32).to_be_bytes());
+        self.write_header(HEADER_REFCOUNT_TABLE, &fields)?;
+        for i in 0..old_clusters {
+            self.release(old_offset + i * cluster_size)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::process::{Command, Output};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A scratch directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(test: &str) -> Scratch {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("hospes-qcow2-{test}-{}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).expect("scratch directory");
+            Scratch(dir)
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn have_qemu_img(test: &str) -> bool {
+        let found = Command::new("qemu-img")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !found {
+            eprintln!("{test}: skipped (qemu-img is not on PATH)");
+        }
+        found
+    }
+
+    fn run(dir: &Scratch, program: &str, args: &[&str]) -> Output {
+        Command::new(program)
+            .args(args)
+            .current_dir(&dir.0)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+    }
+
+    fn run_ok(dir: &Scratch, program: &str, args: &[&str]) {
+        let out = run(dir, program, args);
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// xorshift64*: deterministic test data without a crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Disk contents in 64 KiB regions of zeros, a compressible pattern, noise, or
+    /// zeros with a few marks (so that some clusters of a region are zero).
+    fn varied_contents(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = Rng(seed);
+        let mut data = vec![0u8; len];
+        for (i, region) in data.chunks_mut(64 << 10).enumerate() {
+            match rng.below(4) {
+                0 => {}
+                1 => {
+                    for (j, b) in region.iter_mut().enumerate() {
+                        *b = (j as u8).wrapping_mul(7) ^ (j >> 9) as u8 ^ i as u8;
+                    }
+                }
+                2 => region.iter_mut().for_each(|b| *b = rng.next() as u8),
+                _ => {
+                    for _ in 0..8 {
+                        let at = rng.below(region.len() as u64) as usize;
+                        region[at] = 0x5a;
+                    }
+                }
+            }
+        }
+        data
+    }
+
+    fn read_all(image: &mut Qcow2) -> Vec<u8> {
+        let mut data = vec![0u8; image.len() as usize];
+        image.read_at(0, &mut data).expect("read the whole image");
+        data
+    }
+
+    /// Compares unaligned spans (many crossing cluster boundaries) with `expected`.
+    fn check_spans(image: &mut Qcow2, expected: &[u8], seed: u64, what: &str) {
+        let mut rng = Rng(seed);
+        for _ in 0..200 {
+            let len = rng.below(20_000) as usize + 1;
+            let at = rng.below((expected.len() - len) as u64) as usize;
+            let mut buf = vec![0u8; len];
+            image.read_at(at as u64, &mut buf).expect("read a span");
+            assert!(
+                buf == expected[at..at + len],
+                "{what}: {len} bytes at {at:#x} differ"
+            );
+        }
+    }
+
+    fn convert(dir: &Scratch, raw: &str, image: &str, options: &[&str]) {
+        let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&[raw, image]);
+        run_ok(dir, "qemu-img", &args);
+    }
+
+    #[test]
+    fn qcow2_reads_images_made_by_qemu_img() {
+        if !have_qemu_img("qcow2_reads_images_made_by_qemu_img") {
+            return;
+        }
+        let dir = Scratch::new("read");
+        let raw = varied_contents(8 << 20, 1);
+        fs::write(dir.path("disk.raw"), &raw).unwrap();
+        let variants: &[(&str, &[&str])] = &[
+            ("v3.qcow2", &[]),
+            ("v2.qcow2", &["-o", "compat=0.10"]),
+            ("small.qcow2", &["-o", "cluster_size=4096"]),
+            ("large.qcow2", &["-o", "cluster_size=2M"]),
+            ("compressed.qcow2", &["-c", "-o", "cluster_size=4096"]),
+            ("compressed-512.qcow2", &["-c", "-o", "cluster_size=512"]),
+            ("compressed-v2.qcow2", &["-c", "-o", "compat=0.10"]),
+        ];
+        for &(name, options) in variants {
+            convert(&dir, "disk.raw", name, options);
+            let mut image = Qcow2::open(&dir.path(name), false).expect(name);
+            assert_eq!(image.len(), raw.len() as u64, "{name}");
+            assert!(
+                read_all(&mut image) == raw,
+                "{name}: the whole image differs"
+            );
+            check_spans(&mut image, &raw, 2, name);
+            assert!(
+                image.write_at(0, &[1]).is_err(),
+                "{name}: written read-only"
+            );
+            let mut two = [0u8; 2];
+            assert!(image.read_at(raw.len() as u64 - 1, &mut two).is_err());
+        }
+        let head = fs::read(dir.path("v3.qcow2")).unwrap();
+        assert!(Qcow2::probe(&head[..4]));
+        assert!(!Qcow2::probe(&raw[..4]));
+    }
+
+    #[test]
+    fn qcow2_reads_through_backing_files() {
+        if !have_qemu_img("qcow2_reads_through_backing_files") {
+            return;
+        }
+        let dir = Scratch::new("backing");
+        let mut expected = varied_contents(4 << 20, 3);
+        fs::write(dir.path("base.raw"), &expected).unwrap();
+        convert(&dir, "base.raw", "base.qcow2", &["-o", "cluster_size=4096"]);
+        run_ok(
+            &dir,
+            "qemu-img",
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-b",
+                "base.qcow2",
+                "-F",
+                "qcow2",
+                "overlay.qcow2",
+            ],
+        );
+        run_ok(
+            &dir,
+            "qemu-io",
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                "write -P 0xab 1M 64k",
+                "-c",
+                "write -P 0xcd 3000 5000",
+                "-c",
+                "write -z 2M 128k",
+                "overlay.qcow2",
+            ],
+        );
+        expected[1 << 20..(1 << 20) + (64 << 10)].fill(0xab);
+        expected[3000..8000].fill(0xcd);
+        expected[2 << 20..(2 << 20) + (128 << 10)].fill(0);
+        let mut overlay = Qcow2::open(&dir.path("overlay.qcow2"), false).unwrap();
+        assert!(read_all(&mut overlay) == expected, "overlay differs");
+        check_spans(&mut overlay, &expected, 4, "overlay");
+
+        // Three deep, the top one found by its absolute path.
+        let middle = dir.path("overlay.qcow2");
+        run_ok(
+            &dir,
+            "qemu-img",
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-b",
+                middle.to_str().unwrap(),
+                "-F",
+                "qcow2",
+                "top.qcow2",
+            ],
+        );
+        run_ok(
+            &dir,
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -P 0x77 512 1k", "top.qcow2"],
+        );
+        expected[512..1536].fill(0x77);
+        let mut top = Qcow2::open(&dir.path("top.qcow2"), false).unwrap();
+        assert!(read_all(&mut top) == expected, "three-deep chain differs");
+
+        // A raw backing file shorter than the disk: zeros past its end.
+        run_ok(
+            &dir,
+            "qemu-img",
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-b",
+                "base.raw",
+                "-F",
+                "raw",
+                "big.qcow2",
+                "6M",
+            ],
+        );
+        run_ok(
+            &dir,
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -P 0x11 5M 4k", "big.qcow2"],
+        );
+        let mut expected = fs::read(dir.path("base.raw")).unwrap();
+        expected.resize(6 << 20, 0);
+        expected[5 << 20..(5 << 20) + 4096].fill(0x11);
+        let mut big = Qcow2::open(&dir.path("big.qcow2"), false).unwrap();
+        assert_eq!(big.len(), 6 << 20);
+        assert!(read_all(&mut big) == expected, "raw-backed image differs");
+    }
+
+    /// Applies `count` writes of up to `max_len` bytes (patterns, noise or zeros) to
+    /// both `image` and `expected`, reading back now and then.
+    fn random_writes(
+        image: &mut Qcow2,
+        expected: &mut [u8],
+        seed: u64,
+        count: usize,
+        max_len: u64,
+    ) {
+        let mut rng = Rng(seed);
+        let size = expected.len() as u64;
+        for i in 0..count {
+            let len = 1 + rng.below(max_len) as usize;
+            let at = rng.below(size - len as u64) as usize;
+            let data: Vec<u8> = match rng.below(3) {
+                0 => vec![0; len],
+                1 => (0..len).map(|j| (i + j / 512) as u8).collect(),
+                _ => (0..len).map(|_| rng.next() as u8).collect(),
+            };
+            image.write_at(at as u64, &data).expect("write");
+            expected[at..at + len].copy_from_slice(&data);
+            if i % 16 == 0 {
+                let len = 1 + rng.below(max_len) as usize;
+                let at = rng.below(size - len as u64) as usize;
+                let mut buf = vec![0u8; len];
+                image.read_at(at as u64, &mut buf).expect("read back");
+                assert!(
+                    buf == expected[at..at + len],
+                    "read back at {at:#x} differs"
+                );
+            }
+        }
+        image.flush().expect("flush");
+    }
+
+    /// `qemu-img check` finds no errors or leaks in `image`, `qemu-img compare` finds
+    /// it equal to `expected`, and so does this module.
+    fn check_and_compare(dir: &Scratch, image: &str, expected: &[u8]) {
+        run_ok(dir, "qemu-img", &["check", image]);
+        fs::write(dir.path("expected.raw"), expected).unwrap();
+        run_ok(
+            dir,
+            "qemu-img",
+            &["compare", "-f", "raw", "-F", "qcow2", "expected.raw", image],
+        );
+        let mut reopened = Qcow2::open(&dir.path(image), false).unwrap();
+        assert!(
+            read_all(&mut reopened) == expected,
+            "{image}: reopened differs"
+        );
+    }
+
+    #[test]
+    fn qcow2_writes_pass_qemu_img_check_and_compare() {
+        if !have_qemu_img("qcow2_writes_pass_qemu_img_check_and_compare") {
+            return;
+        }
+        let dir = Scratch::new("write");
+        let size = 64usize << 20;
+        let variants: &[(&str, &str)] = &[
+            ("v2-512.qcow2", "compat=0.10,cluster_size=512"),
+            ("v3-4k.qcow2", "cluster_size=4096"),
+            ("v3-512-refcount1.qcow2", "cluster_size=512,refcount_bits=1"),
+            (
+                "v3-512-refcount64.qcow2",
+                "cluster_size=512,refcount_bits=64",
+            ),
+        ];
+        for (seed, &(name, options)) in variants.iter().enumerate() {
+            run_ok(
+                &dir,
+                "qemu-img",
+                &["create", "-f", "qcow2", "-o", options, name, "64M"],
+            );
+            let mut expected = vec![0u8; size];
+            let mut image = Qcow2::open(&dir.path(name), true).expect(name);
+            let table_clusters = image.refcount_table.len() as u64 * 8 / image.cluster_size();
+            random_writes(&mut image, &mut expected, 10 + seed as u64, 300, 64 << 10);
+            // One table cluster covers 8 MiB (16-bit) or 2 MiB (64-bit) of 512-byte clusters.
+            if options.contains("cluster_size=512") && !options.contains("refcount_bits=1") {
+                let grown = image.refcount_table.len() as u64 * 8 / image.cluster_size();
+                assert!(
+                    grown > table_clusters,
+                    "{name}: the refcount table did not grow"
+                );
+            }
+            drop(image);
+            check_and_compare(&dir, name, &expected);
+        }
+    }
+
+    #[test]
+    fn qcow2_writes_into_compressed_zeroed_and_backed_images() {
+        if !have_qemu_img("qcow2_writes_into_compressed_zeroed_and_backed_images") {
+            return;
+        }
+        let dir = Scratch::new("rewrite");
+        let contents = varied_contents(8 << 20, 5);
+        fs::write(dir.path("disk.raw"), &contents).unwrap();
+
+        convert(
+            &dir,
+            "disk.raw",
+            "compressed.qcow2",
+            &["-c", "-o", "cluster_size=4096"],
+        );
+        let mut expected = contents.clone();
+        let mut image = Qcow2::open(&dir.path("compressed.qcow2"), true).unwrap();
+        let packed = (0..contents.len() as u64)
+            .step_by(4096)
+            .filter(|&at| matches!(image.locate(at).unwrap().1, Cluster::Compressed { .. }))
+            .count();
+        assert!(packed > 100, "only {packed} compressed clusters");
+        random_writes(&mut image, &mut expected, 20, 150, 20_000);
+        drop(image);
+        check_and_compare(&dir, "compressed.qcow2", &expected);
+
+        // Zeroed clusters that keep their host cluster, and ones that do not.
+        convert(
+            &dir,
+            "disk.raw",
+            "zeroed.qcow2",
+            &["-o", "cluster_size=4096"],
+        );
+        run_ok(
+            &dir,
+            "qemu-io",
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                "write -z 1M 64k",
+                "-c",
+                "write -z -u 3M 64k",
+                "zeroed.qcow2",
+            ],
+        );
+        let mut expected = contents.clone();
+        expected[1 << 20..(1 << 20) + (64 << 10)].fill(0);
+        expected[3 << 20..(3 << 20) + (64 << 10)].fill(0);
+        let mut image = Qcow2::open(&dir.path("zeroed.qcow2"), true).unwrap();
+        assert!(read_all(&mut image) == expected, "zeroed image differs");
+        let kept = image.locate((1 << 20) + 8192).unwrap().1;
+        assert!(
+            matches!(kept, Cluster::ZeroAllocated(_)),
+            "write -z freed the clusters"
+        );
+        let unmapped = image.locate(3 << 20).unwrap().1;
+        assert!(
+            matches!(unmapped, Cluster::Zero),
+            "write -z -u kept the clusters"
+        );
+        for at in [(1 << 20) + 100, (1 << 20) + 8192, (3 << 20) + 4000] {
+            image.write_at(at as u64, &[0xee; 300]).unwrap();
+            expected[at..at + 300].fill(0xee);
+        }
+        random_writes(&mut image, &mut expected, 21, 50, 20_000);
+        drop(image);
+        check_and_compare(&dir, "zeroed.qcow2", &expected);
+
+        convert(&dir, "disk.raw", "base.qcow2", &[]);
+        run_ok(
+            &dir,
+            "qemu-img",
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=4096",
+                "-b",
+                "base.qcow2",
+                "-F",
+                "qcow2",
+                "overlay.qcow2",
+            ],
+        );
+        run_ok(
+            &dir,
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -z 2M 128k", "overlay.qcow2"],
+        );
+        let mut expected = contents.clone();
+        expected[2 << 20..(2 << 20) + (128 << 10)].fill(0);
+        let mut image = Qcow2::open(&dir.path("overlay.qcow2"), true).unwrap();
+        random_writes(&mut image, &mut expected, 22, 150, 20_000);
+        drop(image);
+        check_and_compare(&dir, "overlay.qcow2", &expected);
+        let base = Qcow2::open(&dir.path("base.qcow2"), false).map(|mut b| read_all(&mut b));
+        assert!(base.unwrap() == contents, "the backing file changed");
+    }
+
+    /// Opens `path` read-only and writable and uses it; errors are fine, panics are not.
+    fn exercise(path: &Path) {
+        if let Ok(mut image) = Qcow2::open(path, false) {
+            let len = image.len().min(2 << 20);
+            let mut buf = vec![0u8; 64 << 10];
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(buf.len() as u64) as usize;
+                let _ = image.read_at(at, &mut buf[..n]);
+                at += n as u64;
+            }
+        }
+        if let Ok(mut image) = Qcow2::open(path, true) {
+            let len = image.len();
+            for (i, at) in [0, 5000, 300_000, len / 2, len.saturating_sub(9000)]
+                .iter()
+                .enumerate()
+            {
+                let _ = image.write_at(*at, &[i as u8 + 1; 9000]);
+            }
+            let _ = image.flush();
+        }
+    }
+
+    fn put_be64(bytes: &mut [u8], at: usize, value: u64) {
+        bytes[at..at + 8].copy_from_slice(&value.to_be_bytes());
+    }
+
+    #[test]
+    fn qcow2_hostile_images_give_errors_not_panics() {
+        if !have_qemu_img("qcow2_hostile_images_give_errors_not_panics") {
+            return;
+        }
+        let dir = Scratch::new("hostile");
+        fs::write(dir.path("disk.raw"), varied_contents(1 << 20, 7)).unwrap();
+        convert(
+            &dir,
+            "disk.raw",
+            "plain.qcow2",
+            &["-o", "cluster_size=4096"],
+        );
+        convert(
+            &dir,
+            "disk.raw",
+            "packed.qcow2",
+            &["-c", "-o", "cluster_size=4096"],
+        );
+        let plain = fs::read(dir.path("plain.qcow2")).unwrap();
+        let packed = fs::read(dir.path("packed.qcow2")).unwrap();
+        let bad = dir.path("bad.qcow2");
+
+        for image in [&plain, &packed] {
+            for len in [
+                0,
+                3,
+                4,
+                50,
+                71,
+                72,
+                103,
+                104,
+                4096,
+                8192,
+                20_000,
+                image.len() / 2,
+                image.len() - 1,
+            ] {
+                fs::write(&bad, &image[..len.min(image.len())]).unwrap();
+                exercise(&bad);
+            }
+        }
+
+        let mut wide = plain.clone();
+        wide[20..24].copy_from_slice(&40u32.to_be_bytes());
+        fs::write(&bad, &wide).unwrap();
+        let err = Qcow2::open(&bad, false)
+            .err()
+            .expect("cluster_bits 40 accepted");
+        assert!(err.contains("cluster_bits"), "{err}");
+
+        let past_end = (plain.len() as u64 + (1 << 20)) & !4095;
+        let mut far_l1 = plain.clone();
+        put_be64(&mut far_l1, 40, past_end);
+        fs::write(&bad, &far_l1).unwrap();
+        assert!(
+            Qcow2::open(&bad, false).is_err(),
+            "L1 table past the end accepted"
+        );
+
+        let l1_offset = be64(&plain, 40) as usize;
+        let l2_offset = (be64(&plain, l1_offset) & OFFSET_MASK) as usize;
+        assert_ne!(l2_offset, 0);
+        let mut far_data = plain.clone();
+        put_be64(&mut far_data, l2_offset, past_end | COPIED);
+        fs::write(&bad, &far_data).unwrap();
+        let mut image = Qcow2::open(&bad, true).unwrap();
+        let mut buf = [0u8; 512];
+        assert!(
+            image.read_at(0, &mut buf).is_err(),
+            "data past the end read"
+        );
+        assert!(
+            image.write_at(0, &buf).is_err(),
+            "data past the end written"
+        );
+        assert!(image.read_at(4096, &mut buf).is_ok());
+        drop(image);
+
+        let mut onto_l1 = plain.clone();
+        put_be64(&mut onto_l1, l2_offset, l1_offset as u64 | COPIED);
+        fs::write(&bad, &onto_l1).unwrap();
+        let mut image = Qcow2::open(&bad, true).unwrap();
+        let err = image
+            .write_at(0, &buf)
+            .expect_err("data written over the L1 table");
+        assert!(err.contains("overlaps"), "{err}");
+        drop(image);
+
+        // An image that is its own backing file.
+        let mut selfish = plain.clone();
+        let name = b"bad.qcow2";
+        selfish[0xc00..0xc00 + name.len()].copy_from_slice(name);
+        put_be64(&mut selfish, 8, 0xc00);
+        selfish[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+        fs::write(&bad, &selfish).unwrap();
+        let err = Qcow2::open(&bad, false)
+            .err()
+            .expect("endless chain accepted");
+        assert!(err.contains("deep"), "{err}");
+
+        // Random damage to the header and tables (in the first clusters), and anywhere
+        // in the compressed image.
+        let mut rng = Rng(99);
+        for round in 0..1500 {
+            let (image, span) = if round % 2 == 0 {
+                (&plain, plain.len().min(8 * 4096))
+            } else {
+                (&packed, packed.len())
+            };
+            let mut damaged = image.clone();
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(span as u64) as usize;
+                damaged[at] ^= 1 << rng.below(8);
+            }
+            fs::write(&bad, &damaged).unwrap();
+            exercise(&bad);
+        }
+    }
+}
