@@ -162,3 +162,32 @@ fn linux_from_isolinux_cd() {
 fn linux_from_syslinux_disk() {
     boot("disk", &["--hda", "linux-disk.img", "--boot", "c"]);
 }
+
+/// The same disk as a qcow2 image (converted by `qemu-img`, compressed clusters and
+/// all), booted in the default tier with its writes kept in memory.
+#[test]
+fn linux_from_a_qcow2_copy_of_the_disk() {
+    let Some(dir) = images() else { return };
+    let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux_boot");
+    std::fs::create_dir_all(&scratch).expect("scratch directory");
+    let qcow2 = scratch.join("linux-disk.qcow2");
+    let converted = Command::new("qemu-img")
+        .args(["convert", "-c", "-O", "qcow2"])
+        .arg(dir.join("linux-disk.img"))
+        .arg(&qcow2)
+        .status();
+    match converted {
+        Err(_) => {
+            eprintln!("skipped: no qemu-img (scripts/guest-images installs qemu-utils)");
+            return;
+        }
+        Ok(s) => assert!(s.success(), "qemu-img convert: {s:?}"),
+    }
+    let before = std::fs::read(&qcow2).expect("read the image");
+    let path = qcow2.to_str().expect("a UTF-8 path");
+    boot("qcow2 disk", &["--hda", path, "--boot", "c", "--snapshot"]);
+    assert!(
+        std::fs::read(&qcow2).expect("read the image") == before,
+        "--snapshot wrote the image"
+    );
+}

@@ -1,5 +1,5 @@
-//! Disk images behind the BIOS drives and the IDE devices: raw image files for now (the
-//! block-backend layer with qcow2, VMDK and VDI comes with the disk-image issue).
+//! Disk images behind the BIOS drives and the IDE devices: raw files and qcow2 (found
+//! from the file's first bytes; VMDK and VDI are to come).
 //!
 //! One [`Image`] per file, shared by the BIOS's drive and the IDE device on it, so both
 //! see the same bytes. Its writes go to the file, or, with the overlay on (`--snapshot`,
@@ -7,6 +7,7 @@
 //! file is then never written, and a snapshot carries the overlay.
 
 use crate::board::DriveSlot;
+use crate::qcow2::Qcow2;
 use crate::snapshot::{DiskFile, DiskRole};
 use hospes_bios::{Drive, DriveError, DriveKind, CDROM, FIRST_HARD_DISK, FLOPPY_A};
 use hospes_devices::ide::IdeDevice;
@@ -23,9 +24,39 @@ const SECTOR: u64 = 512;
 /// Sectors written to memory in place of the file, by sector number.
 pub type Overlay = BTreeMap<u64, Box<[u8]>>;
 
+/// What is behind an image: the file's bytes as they are, or a format's mapping.
+enum Format {
+    Raw(File),
+    Qcow2(Box<Qcow2>),
+}
+
+impl Format {
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        match self {
+            Format::Raw(f) => f.read_exact_at(buf, offset).map_err(|e| e.to_string()),
+            Format::Qcow2(q) => q.read_at(offset, buf),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
+        match self {
+            Format::Raw(f) => f.write_all_at(data, offset).map_err(|e| e.to_string()),
+            Format::Qcow2(q) => q.write_at(offset, data),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        match self {
+            Format::Raw(f) => f.sync_data().map_err(|e| e.to_string()),
+            Format::Qcow2(q) => q.flush(),
+        }
+    }
+}
+
 /// An image file and, if on, the overlay in front of it.
 pub struct ImageFile {
-    file: File,
+    format: Format,
+    /// The size the guest sees.
     len: u64,
     writable: bool,
     overlay: Option<Overlay>,
@@ -37,6 +68,24 @@ pub type Image = Rc<RefCell<ImageFile>>;
 impl ImageFile {
     /// Opens an image, for writing too unless `read_only` (or the file is read-only).
     pub fn open(path: &Path, read_only: bool) -> Result<ImageFile, String> {
+        let mut head = [0u8; 4];
+        let probe = File::open(path)
+            .and_then(|f| f.read_at(&mut head, 0))
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        if Qcow2::probe(&head[..probe]) {
+            let readonly_file = std::fs::metadata(path)
+                .map(|m| m.permissions().readonly())
+                .unwrap_or(true);
+            let writable = !read_only && !readonly_file;
+            let image =
+                Qcow2::open(path, writable).map_err(|e| format!("{}: {e}", path.display()))?;
+            return Ok(ImageFile {
+                len: image.len(),
+                format: Format::Qcow2(Box::new(image)),
+                writable,
+                overlay: None,
+            });
+        }
         let file = if read_only {
             File::open(path)
         } else {
@@ -56,7 +105,7 @@ impl ImageFile {
         Ok(ImageFile {
             writable: !read_only && !meta.permissions().readonly(),
             len: meta.len(),
-            file,
+            format: Format::Raw(file),
             overlay: None,
         })
     }
@@ -100,11 +149,9 @@ impl ImageFile {
         }
     }
 
-    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
         self.check(offset, buf.len())?;
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| e.to_string())?;
+        self.format.read(offset, buf)?;
         let Some(overlay) = &self.overlay else {
             return Ok(());
         };
@@ -124,10 +171,7 @@ impl ImageFile {
         }
         self.check(offset, data.len())?;
         if self.overlay.is_none() {
-            return self
-                .file
-                .write_all_at(data, offset)
-                .map_err(|e| e.to_string());
+            return self.format.write(offset, data);
         }
         let end = offset + data.len() as u64;
         for n in offset / SECTOR..end.div_ceil(SECTOR) {
@@ -153,7 +197,7 @@ impl ImageFile {
     pub fn flush(&mut self) -> Result<(), String> {
         match self.overlay {
             Some(_) => Ok(()),
-            None => self.file.sync_data().map_err(|e| e.to_string()),
+            None => self.format.flush(),
         }
     }
 
@@ -206,7 +250,10 @@ impl Drive for RawDrive {
     }
     fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DriveError> {
         let offset = self.offset(lba)?;
-        self.image.borrow().read(offset, buf).map_err(DriveError)
+        self.image
+            .borrow_mut()
+            .read(offset, buf)
+            .map_err(DriveError)
     }
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DriveError> {
         if self.kind == DriveKind::Cdrom {
@@ -232,7 +279,7 @@ impl hospes_devices::ide::BlockBackend for FileBackend {
         self.image.borrow().len() / 512
     }
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
-        self.image.borrow().read(offset, buf)
+        self.image.borrow_mut().read(offset, buf)
     }
     fn write(&mut self, offset: u64, buf: &[u8]) -> Result<(), String> {
         if self.read_only {

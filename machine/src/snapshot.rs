@@ -517,7 +517,7 @@ mod tests {
         let write = |v: u8| image.borrow_mut().write(4096, &[v; 512]).expect("write");
         let read = || {
             let mut b = [0u8; 1];
-            image.borrow().read(4096, &mut b).expect("read");
+            image.borrow_mut().read(4096, &mut b).expect("read");
             b[0]
         };
         write(0x22);
