@@ -46,7 +46,7 @@ use hospes_cpu::mem::Bus;
 use hospes_cpu::mmu::{Tlb, TlbEntry, TLB_ENTRIES};
 use hospes_cpu::state::{
     CpuState, Segment, ATTR_CODE, ATTR_DB, ATTR_DC, ATTR_P, ATTR_RW, ATTR_S, CR0_PE, CR4_TSD, CS,
-    EAX, EBP, ECX, EDX, ESP, SS,
+    EAX, EBP, ECX, EDX, ES, ESP, SS,
 };
 use hospes_cpu::{Cpu, TierScratch};
 use iced_x86::{Instruction, Mnemonic};
@@ -398,9 +398,9 @@ impl Translator {
             .map_err(|e| err(&e))?;
         // Measured on the Linux boot benchmark: Cranelift's optimiser (`speed`) cuts
         // the compiled code's host instructions by ~5% and the run by 2-4%, at ~40%
-        // more compile time; not the default until the compile-time blow-up seen in
-        // the 10^7-instruction v86-mode differential test (most of the time in
-        // `DataFlowGraph::resolve_all_aliases`, with either level) is understood.
+        // more compile time; not the default yet (it was held back while a compile-time
+        // blow-up in the v86 differential test was open; that was a failed compile's
+        // function left in the context, at either level, and is fixed).
         // The backtracking register allocator matters more (`single_pass` compiled
         // 1.6 times faster but ran the boot twice as long). HOSPES_JIT_OPT and
         // HOSPES_JIT_REGALLOC override these, for measurements.
@@ -1707,6 +1707,11 @@ impl Emitter<'_> {
             }
             Native::IncDec { ref dst, size, inc } => self.inc_dec(ins, index, dst, size, inc),
             Native::String { op, size, seg } => self.string(ins, index, op, size, seg),
+            Native::RepStosb if self.place.assumed & (1 << ES) == 0 => {
+                // ES is not known to be flat here: the interpreter's, and on.
+                self.interpret(instrs, index, index + 1);
+                return;
+            }
             Native::RepStosb => self.rep_stosb(ins, index),
             Native::Div { ref src } => self.div(ins, index, src),
             Native::Cmpxchg { ref dst, src } => self.cmpxchg(ins, index, dst, src),

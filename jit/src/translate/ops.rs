@@ -102,12 +102,11 @@ impl Emitter<'_> {
         }
     }
 
-    /// REP STOSB (32-bit addresses): where DF is clear, ES is flat, the ECX bytes at
-    /// EDI are on one page the TLB holds writable, and the budget holds them all (one
-    /// instruction per byte, as the interpreter counts them) with the rest of the
-    /// block, a memset; otherwise the interpreter's.
+    /// REP STOSB (32-bit addresses) where ES is flat (the caller's check): where DF is
+    /// clear, the ECX bytes at EDI are on one page the TLB holds writable, and the
+    /// budget holds them all (one instruction per byte, as the interpreter counts them)
+    /// with the rest of the block, a memset; otherwise the interpreter's.
     pub(super) fn rep_stosb(&mut self, ins: &Instruction, index: usize) {
-        let flat_es = self.place.assumed & (1 << ES) != 0;
         let bits = self.load_flag_bits();
         let df = self.b.ins().band_imm_u(bits, DF as i64);
         let up = self.b.ins().icmp_imm_u(IntCC::Equal, df, 0);
@@ -138,9 +137,6 @@ impl Emitter<'_> {
         let mut ok = self.b.ins().band(up, in_page);
         ok = self.b.ins().band(ok, fits);
         ok = self.b.ins().band(ok, mapped);
-        if !flat_es {
-            ok = self.b.ins().iconst(types::I8, 0);
-        }
         self.with_slow_path(ins, index, ok, |e| {
             let eax = e.reg32(EAX);
             let al = e.b.ins().ireduce(types::I8, eax);
