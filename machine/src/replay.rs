@@ -220,8 +220,6 @@ pub struct Player {
     entries: Vec<Entry>,
     /// The next entry to replay.
     cursor: usize,
-    /// The file ended without an end mark (a recording cut short).
-    pub cut_short: bool,
     pub(crate) inputs: u64,
     pub(crate) digests: u32,
 }
@@ -251,13 +249,12 @@ impl Player {
         let snap = Snapshot::read_from((&mut input).take(len))
             .map_err(|e| MachineError(format!("{name}: {e}")))?;
         let mut z = ZlibDecoder::new(input);
+        // Up to the end mark, or where the file was cut (the replay says which).
         let mut entries = Vec::new();
-        let mut cut_short = true;
         while let Some(entry) = read_entry(&mut z) {
             let end = matches!(entry, Entry::End(_));
             entries.push(entry);
             if end {
-                cut_short = false;
                 break;
             }
         }
@@ -266,7 +263,6 @@ impl Player {
             Player {
                 entries,
                 cursor: 0,
-                cut_short,
                 inputs: 0,
                 digests: 0,
             },

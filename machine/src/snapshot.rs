@@ -162,11 +162,6 @@ impl Snapshot {
         Ok(())
     }
 
-    /// What the machine must be built with to restore this snapshot.
-    pub fn shape(&self) -> &Shape {
-        &self.shape
-    }
-
     /// How many pages this snapshot shares with `other` (the same copy, not only the
     /// same bytes).
     pub fn pages_shared_with(&self, other: &Snapshot) -> usize {
