@@ -1,5 +1,5 @@
-//! Disk images behind the BIOS drives and the IDE devices: raw files and qcow2 (found
-//! from the file's first bytes; VMDK and VDI are to come).
+//! Disk images behind the BIOS drives and the IDE devices, of any format [`image`]
+//! reads.
 //!
 //! One [`Image`] per file, shared by the BIOS's drive and the IDE device on it, so both
 //! see the same bytes. Its writes go to the file, or, with the overlay on (`--snapshot`,
@@ -7,14 +7,12 @@
 //! file is then never written, and a snapshot carries the overlay.
 
 use crate::board::DriveSlot;
-use crate::qcow2::Qcow2;
+use crate::image::{self, DiskFormat};
 use crate::snapshot::{DiskFile, DiskRole};
 use hospes_bios::{Drive, DriveError, DriveKind, CDROM, FIRST_HARD_DISK, FLOPPY_A};
 use hospes_devices::ide::IdeDevice;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -24,38 +22,9 @@ const SECTOR: u64 = 512;
 /// Sectors written to memory in place of the file, by sector number.
 pub type Overlay = BTreeMap<u64, Box<[u8]>>;
 
-/// What is behind an image: the file's bytes as they are, or a format's mapping.
-enum Format {
-    Raw(File),
-    Qcow2(Box<Qcow2>),
-}
-
-impl Format {
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
-        match self {
-            Format::Raw(f) => f.read_exact_at(buf, offset).map_err(|e| e.to_string()),
-            Format::Qcow2(q) => q.read_at(offset, buf),
-        }
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
-        match self {
-            Format::Raw(f) => f.write_all_at(data, offset).map_err(|e| e.to_string()),
-            Format::Qcow2(q) => q.write_at(offset, data),
-        }
-    }
-
-    fn flush(&mut self) -> Result<(), String> {
-        match self {
-            Format::Raw(f) => f.sync_data().map_err(|e| e.to_string()),
-            Format::Qcow2(q) => q.flush(),
-        }
-    }
-}
-
 /// An image file and, if on, the overlay in front of it.
 pub struct ImageFile {
-    format: Format,
+    format: Box<dyn DiskFormat>,
     /// The size the guest sees.
     len: u64,
     writable: bool,
@@ -66,46 +35,14 @@ pub struct ImageFile {
 pub type Image = Rc<RefCell<ImageFile>>;
 
 impl ImageFile {
-    /// Opens an image, for writing too unless `read_only` (or the file is read-only).
+    /// Opens an image of any format, for writing too unless `read_only` (or the file
+    /// is read-only).
     pub fn open(path: &Path, read_only: bool) -> Result<ImageFile, String> {
-        let mut head = [0u8; 4];
-        let probe = File::open(path)
-            .and_then(|f| f.read_at(&mut head, 0))
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        if Qcow2::probe(&head[..probe]) {
-            let readonly_file = std::fs::metadata(path)
-                .map(|m| m.permissions().readonly())
-                .unwrap_or(true);
-            let writable = !read_only && !readonly_file;
-            let image =
-                Qcow2::open(path, writable).map_err(|e| format!("{}: {e}", path.display()))?;
-            return Ok(ImageFile {
-                len: image.len(),
-                format: Format::Qcow2(Box::new(image)),
-                writable,
-                overlay: None,
-            });
-        }
-        let file = if read_only {
-            File::open(path)
-        } else {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .or_else(|e| match e.kind() {
-                    std::io::ErrorKind::PermissionDenied => File::open(path),
-                    _ => Err(e),
-                })
-        }
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let format = image::open(path, !read_only, None)?;
         Ok(ImageFile {
-            writable: !read_only && !meta.permissions().readonly(),
-            len: meta.len(),
-            format: Format::Raw(file),
+            len: format.len(),
+            writable: format.is_writable(),
+            format,
             overlay: None,
         })
     }
@@ -151,7 +88,7 @@ impl ImageFile {
 
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
         self.check(offset, buf.len())?;
-        self.format.read(offset, buf)?;
+        self.format.read_at(offset, buf)?;
         let Some(overlay) = &self.overlay else {
             return Ok(());
         };
@@ -171,7 +108,7 @@ impl ImageFile {
         }
         self.check(offset, data.len())?;
         if self.overlay.is_none() {
-            return self.format.write(offset, data);
+            return self.format.write_at(offset, data);
         }
         let end = offset + data.len() as u64;
         for n in offset / SECTOR..end.div_ceil(SECTOR) {

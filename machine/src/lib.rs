@@ -10,7 +10,7 @@ pub mod clock;
 pub mod disk;
 pub mod firmware;
 pub mod gdb;
-pub mod qcow2;
+pub mod image;
 pub mod replay;
 pub mod shadow;
 pub mod snapshot;

@@ -951,6 +951,27 @@ impl Qcow2 {
     }
 }
 
+impl super::DiskFormat for Qcow2 {
+    fn format_name(&self) -> &'static str {
+        "qcow2"
+    }
+    fn len(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        Qcow2::read_at(self, offset, buf)
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
+        Qcow2::write_at(self, offset, data)
+    }
+    fn is_writable(&self) -> bool {
+        self.read_only.is_none()
+    }
+    fn flush(&mut self) -> Result<(), String> {
+        Qcow2::flush(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
