@@ -2,6 +2,7 @@
 
 mod conformance;
 mod demo;
+mod img;
 mod run;
 mod screen;
 mod window;
@@ -47,6 +48,9 @@ enum Command {
     Demo(DemoArgs),
     /// Replay a recording made with `run --record`, checking every state digest.
     Replay(run::ReplayArgs),
+    /// Disk images: info, create, convert, check, import-ova.
+    #[command(subcommand)]
+    Img(img::ImgCommand),
 }
 
 #[derive(clap::Args)]
@@ -91,6 +95,11 @@ fn main() -> ExitCode {
         Some(Command::Replay(args)) => match run::replay(args) {
             Ok(0) => Ok(()),
             Ok(code) => return ExitCode::from(code as u8),
+            Err(e) => Err(e),
+        },
+        Some(Command::Img(command)) => match img::run(command) {
+            Ok(0) => Ok(()),
+            Ok(code) => return ExitCode::from(code),
             Err(e) => Err(e),
         },
         Some(Command::Conformance {

@@ -6,6 +6,7 @@ use hospes_bios::{
 };
 use hospes_jit::Tier;
 use hospes_machine::gdb::Debugger;
+use hospes_machine::image::ova::Appliance;
 use hospes_machine::snapshot::{DiskFile, DiskRole, Snapshot};
 use hospes_machine::{Machine, MachineConfig, Stop};
 use std::io::Write;
@@ -47,14 +48,13 @@ pub struct TierArg {
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Guest RAM in MiB.
-    #[arg(
-        short = 'm',
-        long = "memory",
-        default_value_t = 128,
-        value_name = "MIB"
-    )]
-    pub memory: u64,
+    /// A disk image to boot (the same as --hda), or an OVA appliance: its disks become
+    /// hda and hdb, its memory size the default, and the guest's writes stay in memory.
+    #[arg(value_name = "IMAGE", conflicts_with_all = ["hda", "hdb", "restore"])]
+    pub image: Option<PathBuf>,
+    /// Guest RAM in MiB [default: 128, or the appliance's].
+    #[arg(short = 'm', long = "memory", value_name = "MIB")]
+    pub memory: Option<u64>,
     /// A Linux bzImage or a Multiboot kernel to boot directly.
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
@@ -147,6 +147,20 @@ pub struct ReplayArgs {
     /// backwards (reverse-stepi, reverse-continue, reverse watchpoints).
     #[arg(long, value_name = "tcp::PORT")]
     pub gdb: Option<String>,
+}
+
+const DEFAULT_MEMORY_MIB: u64 = 128;
+
+/// Whether the file named on the command line is an OVA appliance.
+fn is_ova(path: &Path) -> Result<bool, String> {
+    use std::os::unix::fs::FileExt;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut head = [0u8; 512];
+    let n = file
+        .read_at(&mut head, 0)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(hospes_machine::image::ova::probe(&head[..n]))
 }
 
 /// QEMU's single-dash spellings, rewritten to ours before parsing.
@@ -295,20 +309,55 @@ fn build(args: &RunArgs, serial: Box<dyn Write>) -> Result<Machine, String> {
             Some(hospes_machine::Firmware { image, vga_bios })
         }
     };
-    let disks: Vec<DiskFile> = [
-        (&args.fda, DiskRole::Floppy),
-        (&args.hda, DiskRole::Hda),
-        (&args.hdb, DiskRole::Hdb),
-        (&args.cdrom, DiskRole::Cdrom),
+    let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    let appliance = match &args.image {
+        Some(path) if is_ova(path)? => Some(Appliance::read(path)?),
+        _ => None,
+    };
+    let hda = match (&appliance, &args.image) {
+        (Some(_), _) => None,
+        (None, Some(image)) => Some(image),
+        (None, None) => args.hda.as_ref(),
+    };
+    let mut disks: Vec<DiskFile> = [
+        (args.fda.as_ref(), DiskRole::Floppy),
+        (hda, DiskRole::Hda),
+        (args.hdb.as_ref(), DiskRole::Hdb),
+        (args.cdrom.as_ref(), DiskRole::Cdrom),
     ]
     .into_iter()
     .filter_map(|(path, role)| {
-        path.as_ref().map(|p| DiskFile {
-            path: std::path::absolute(p).unwrap_or_else(|_| p.clone()),
+        path.map(|p| DiskFile {
+            path: absolute(p),
             role,
+            member: None,
         })
     })
     .collect();
+    let mut memory = args.memory.unwrap_or(DEFAULT_MEMORY_MIB);
+    if let (Some(ova), Some(path)) = (&appliance, &args.image) {
+        if ova.disks.len() > 2 {
+            return Err(format!("{}: the appliance has {} disks; hospes attaches two hard disks (import it with `hospes img import-ova` and choose)", path.display(), ova.disks.len()));
+        }
+        for (name, role) in ova.disks.iter().zip([DiskRole::Hda, DiskRole::Hdb]) {
+            disks.push(DiskFile {
+                path: absolute(path),
+                role,
+                member: Some(name.clone()),
+            });
+        }
+        memory = args.memory.or(ova.memory_mib).unwrap_or(DEFAULT_MEMORY_MIB);
+        eprintln!(
+            "hospes: {}: the appliance's disks are read-only in the archive; the guest's writes stay in memory (`hospes img import-ova` makes images of their own)",
+            path.display()
+        );
+        if ova.cpus.is_some_and(|n| n > 1) {
+            log::warn!(
+                "the appliance asks for {} CPUs; hospes runs one",
+                ova.cpus.unwrap_or(1)
+            );
+        }
+    }
     let hospes_machine::disk::Attached {
         drives,
         ide,
@@ -322,7 +371,7 @@ fn build(args: &RunArgs, serial: Box<dyn Write>) -> Result<Machine, String> {
         boot.kernel = Some(direct_kernel(args, k)?);
     }
     let config = MachineConfig {
-        ram_mib: args.memory,
+        ram_mib: memory,
         boot,
         drives,
         ide,
@@ -475,6 +524,7 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     if args.record.is_some() {
         machine.finish_recording().map_err(|e| e.to_string())?;
     }
+    machine.flush_disks()?;
     if let Some(path) = &args.save_on_exit {
         machine.save(path).map_err(|e| e.to_string())?;
     }

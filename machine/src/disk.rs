@@ -38,13 +38,16 @@ impl ImageFile {
     /// Opens an image of any format, for writing too unless `read_only` (or the file
     /// is read-only).
     pub fn open(path: &Path, read_only: bool) -> Result<ImageFile, String> {
-        let format = image::open(path, !read_only, None)?;
-        Ok(ImageFile {
+        Ok(ImageFile::new(image::open(path, !read_only, None)?))
+    }
+
+    pub fn new(format: Box<dyn DiskFormat>) -> ImageFile {
+        ImageFile {
             len: format.len(),
             writable: format.is_writable(),
             format,
             overlay: None,
-        })
+        }
     }
 
     pub fn len(&self) -> u64 {
@@ -266,7 +269,16 @@ pub fn attach(files: &[DiskFile]) -> Result<Attached, String> {
             ));
         }
         let cd = file.role == DiskRole::Cdrom;
-        let image = Rc::new(RefCell::new(ImageFile::open(path, cd)?));
+        let image = match &file.member {
+            Some(name) => {
+                // Read-only in the archive: the guest's writes go to memory.
+                let mut image = ImageFile::new(image::ova::open_disk(path, name)?);
+                image.use_overlay();
+                image
+            }
+            None => ImageFile::open(path, cd)?,
+        };
+        let image = Rc::new(RefCell::new(image));
         let drive =
             RawDrive::new(image.clone(), kind).map_err(|e| format!("{}: {e}", path.display()))?;
         out.drives.push(DriveSlot {

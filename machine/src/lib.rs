@@ -278,6 +278,18 @@ impl Machine {
         }
     }
 
+    /// Makes the guest's disk writes durable in the image files (on exit; the guest's
+    /// FLUSH CACHE does the same for its disk).
+    pub fn flush_disks(&mut self) -> Result<(), String> {
+        for (image, file) in self.images.iter().zip(&self.disks) {
+            image
+                .borrow_mut()
+                .flush()
+                .map_err(|e| format!("cannot flush {}: {e}", file.path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Forgets all decoded and compiled code (it is made again as the guest runs).
     pub fn flush_code(&mut self) {
         self.cpu.flush_code();

@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub const MAGIC: &[u8; 16] = b"HOSPES SNAPSHOT\n";
 /// The layout of the state. Bump it whenever a saved structure changes (the test
 /// `snapshot_format_is_versioned` notices): older files are then refused, clearly.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 const PAGE: usize = hospes_cpu::mem::PAGE_SIZE as usize;
 /// A page of zeros to compare with (a slice comparison is a memcmp).
@@ -63,6 +63,9 @@ pub enum DiskRole {
 pub struct DiskFile {
     pub path: PathBuf,
     pub role: DiskRole,
+    /// The disk image inside the archive at `path` (an OVA appliance's disk, by its
+    /// name there), or None when `path` is the image.
+    pub member: Option<String>,
 }
 
 /// A disk image's size and CRC-32, read through.
@@ -493,6 +496,7 @@ mod tests {
         let files = vec![DiskFile {
             path: path.clone(),
             role: DiskRole::Hda,
+            member: None,
         }];
         let attached = disk::attach(&files).expect("attach");
         let image = attached.images[0].clone();

@@ -6,6 +6,7 @@
 //! before use, so a damaged image gives a one-line error, never a panic or an access
 //! outside the file.
 
+pub mod ova;
 pub mod qcow2;
 pub mod raw;
 
@@ -198,6 +199,24 @@ pub fn open(
         "raw" => Box::new(raw::Raw::new(Box::new(file), writable).map_err(named)?),
         "qcow2" => Box::new(qcow2::Qcow2::open(path, writable)?),
         other => return Err(format!("unknown image format {other:?}")),
+    })
+}
+
+/// Opens an image of any format (found from its content) that lies in `storage`:
+/// a member of an archive, or bytes in memory (the fuzz targets). Formats that name
+/// other files (backing files, VMDK extents) cannot be opened this way.
+pub fn from_storage(
+    storage: Box<dyn Storage>,
+    writable: bool,
+) -> Result<Box<dyn DiskFormat>, String> {
+    let len = storage.size().map_err(|e| format!("cannot read: {e}"))?;
+    let mut head = vec![0u8; (len as usize).min(PROBE_BYTES)];
+    storage
+        .read_exact_at(&mut head, 0)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    Ok(match probe(&head) {
+        "raw" => Box::new(raw::Raw::new(storage, writable)?),
+        other => return Err(format!("{other} images cannot be opened from memory yet")),
     })
 }
 
