@@ -231,3 +231,36 @@ pub fn create(path: &Path, format: &str, size: u64, options: &CreateOptions) -> 
         )),
     }
 }
+
+/// The most bytes a fuzzed image held in memory may grow to.
+pub const FUZZ_STORAGE_LIMIT: u64 = 64 << 20;
+
+/// What the fuzz targets (and the hostile-image tests) do with an image made of
+/// arbitrary bytes: read its start and spots `seed` picks, write a little, check it,
+/// read again. Errors are expected and ignored; a panic is a bug.
+pub fn exercise(image: &mut dyn DiskFormat, seed: &[u8]) {
+    let len = image.len();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = 0;
+    while at < len.min(1 << 20) {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        let _ = image.read_at(at, &mut buf[..n]);
+        at += n as u64;
+    }
+    // Offsets from the seed's bytes, read as numbers, anywhere in the disk.
+    let spots: Vec<u64> = seed
+        .chunks(8)
+        .take(16)
+        .map(|c| c.iter().fold(0u64, |v, &b| v << 8 | b as u64))
+        .map(|v| if len == 0 { 0 } else { v % len })
+        .collect();
+    for (i, &spot) in spots.iter().enumerate() {
+        let n = (len - spot).min(4096 + i as u64 * 1000) as usize;
+        if i % 4 == 3 {
+            let _ = image.write_at(spot, &buf[..n]);
+        }
+        let _ = image.read_at(spot, &mut buf[..n]);
+    }
+    let _ = image.check();
+    let _ = image.flush();
+}

@@ -1,0 +1,12 @@
+//! Arbitrary bytes as a VMDK image: open, read, write, check; nothing may panic.
+#![no_main]
+
+use hospes_machine::image::{self, vmdk::Vmdk};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let storage = image::MemStorage::new(data.to_vec(), image::FUZZ_STORAGE_LIMIT);
+    if let Ok(mut disk) = Vmdk::from_storage(Box::new(storage), true) {
+        image::exercise(&mut disk, data);
+    }
+});
