@@ -191,7 +191,7 @@ fn main() {
                 APPEND,
             ]),
             "cd" => s(&["-cdrom", &g("linux.iso"), "-boot", "d"]),
-            _ => s(&["-hda", &g("linux-disk.img")]),
+            _ => s(&["-hda", &g("linux-disk.img"), "-snapshot"]),
         };
         let mut hospes_args = s(&["run", "-m", "256", "--display", "none"]);
         hospes_args.extend(media.iter().cloned());

@@ -165,9 +165,9 @@ fn is_ova(path: &Path) -> Result<bool, String> {
 
 /// QEMU's single-dash spellings, rewritten to ours before parsing.
 pub fn qemu_aliases(args: impl Iterator<Item = String>) -> Vec<String> {
-    const LONG: [&str; 13] = [
+    const LONG: [&str; 14] = [
         "kernel", "initrd", "append", "hda", "hdb", "cdrom", "fda", "boot", "bios", "serial",
-        "display", "memory", "gdb",
+        "display", "memory", "gdb", "snapshot",
     ];
     args.map(|a| match a.strip_prefix('-') {
         Some(rest) if !rest.starts_with('-') && LONG.contains(&rest) => format!("--{rest}"),

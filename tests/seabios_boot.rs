@@ -810,6 +810,7 @@ fn seabios_boots_linux_from_a_disk() {
             "none",
             "-hda",
             disk.to_str().unwrap(),
+            "-snapshot",
         ],
     );
     eprintln!(
