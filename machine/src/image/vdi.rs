@@ -144,7 +144,10 @@ fn format_uuid(u: &[u8; 16]) -> String {
         u16::from_le_bytes([u[6], u[7]]),
         u[8],
         u[9],
-        u[10..].iter().map(|b| format!("{b:02x}")).collect::<String>()
+        u[10..]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     )
 }
 
@@ -202,8 +205,7 @@ impl Vdi {
     /// Opens an image file (read-only if `writable` is false or the file is).
     pub fn open(path: &Path, writable: bool) -> Result<Vdi, String> {
         let (file, writable) = super::open_file(path, writable)?;
-        Self::from_storage(Box::new(file), writable)
-            .map_err(|e| format!("{}: {e}", path.display()))
+        Self::from_storage(Box::new(file), writable).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Reads and checks the header and the block map.
@@ -393,8 +395,7 @@ impl Vdi {
         file.set_len(file_len)
             .map_err(|e| format!("cannot size the image: {e}"))?;
         Storage::write_all_at(&file, &head, 0).map_err(|e| format!("cannot write: {e}"))?;
-        file.sync_all()
-            .map_err(|e| format!("cannot write: {e}"))
+        file.sync_all().map_err(|e| format!("cannot write: {e}"))
     }
 
     /// The virtual disk size in bytes.
@@ -694,10 +695,8 @@ mod tests {
         fn new(test: &str) -> TempDir {
             static SERIAL: AtomicU64 = AtomicU64::new(0);
             let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!(
-                "hospes-vdi-{test}-{}-{serial}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("hospes-vdi-{test}-{}-{serial}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).expect("make a scratch directory");
             TempDir(dir)
@@ -808,7 +807,10 @@ mod tests {
             let at = rand.upto((expected.len() - len) as u64 + 1) as usize;
             let mut got = vec![0u8; len];
             image.read_at(at as u64, &mut got).expect("read a span");
-            assert!(got == expected[at..at + len], "{name}: {len} bytes at {at:#x} differ");
+            assert!(
+                got == expected[at..at + len],
+                "{name}: {len} bytes at {at:#x} differ"
+            );
         }
     }
 
@@ -819,13 +821,18 @@ mod tests {
         }
         let dir = TempDir::new("read");
         // 5 MiB, and 4 MiB + 300 KiB + 3 sectors (not a whole number of blocks).
-        for (n, len) in [5 * MIB, 4 * MIB + (300 << 10) + 1536].into_iter().enumerate() {
+        for (n, len) in [5 * MIB, 4 * MIB + (300 << 10) + 1536]
+            .into_iter()
+            .enumerate()
+        {
             let raw = disk_contents(len, 100 + n as u64);
             fs::write(dir.path("disk.raw"), &raw).unwrap();
             for (name, options) in [("dynamic.vdi", "static=off"), ("static.vdi", "static=on")] {
                 qemu_img_ok(
                     &dir,
-                    &["convert", "-f", "raw", "-O", "vdi", "-o", options, "disk.raw", name],
+                    &[
+                        "convert", "-f", "raw", "-O", "vdi", "-o", options, "disk.raw", name,
+                    ],
                 );
                 let bytes = fs::read(dir.path(name)).unwrap();
                 assert!(Vdi::probe(&bytes[..1024]), "{name}: not probed");
@@ -834,15 +841,25 @@ mod tests {
                 assert_eq!(image.len(), len as u64, "{name}");
                 assert!(whole(&mut image) == raw, "{name} ({len}): the disk differs");
                 compare_spans(&mut image, &raw, 7 + n as u64, name);
-                assert!(image.write_at(0, &[1]).is_err(), "{name}: written read-only");
+                assert!(
+                    image.write_at(0, &[1]).is_err(),
+                    "{name}: written read-only"
+                );
                 let mut two = [0u8; 2];
                 assert!(image.read_at(len as u64 - 1, &mut two).is_err());
                 let report = image.check().unwrap();
                 assert!(report.errors.is_empty(), "{name}: {:?}", report.errors);
                 assert_eq!(report.leaked_clusters, 0, "{name}");
                 let details = image.details();
-                let kind = if name == "static.vdi" { "static" } else { "dynamic" };
-                assert!(details.contains(&("image type", kind.to_string())), "{details:?}");
+                let kind = if name == "static.vdi" {
+                    "static"
+                } else {
+                    "dynamic"
+                };
+                assert!(
+                    details.contains(&("image type", kind.to_string())),
+                    "{details:?}"
+                );
                 assert!(details.contains(&("block size", "1048576".to_string())));
                 // Through the format-independent entry point too.
                 let mut any = crate::image::open(&dir.path(name), false, None).unwrap();
@@ -861,7 +878,11 @@ mod tests {
         let mut rand = Rand(seed);
         let size = expected.len() as u64;
         for i in 0..count {
-            let max = if rand.upto(4) == 0 { 3 * MIB as u64 } else { 70_000 };
+            let max = if rand.upto(4) == 0 {
+                3 * MIB as u64
+            } else {
+                70_000
+            };
             let len = (1 + rand.upto(max)).min(size) as usize;
             let at = rand.upto(size - len as u64 + 1) as usize;
             let data: Vec<u8> = match rand.upto(3) {
@@ -869,7 +890,9 @@ mod tests {
                 1 => (0..len).map(|j| (i ^ (j >> 9)) as u8).collect(),
                 _ => {
                     let noise = rand.next();
-                    (0..len).map(|j| (noise >> (j % 57)) as u8 ^ j as u8).collect()
+                    (0..len)
+                        .map(|j| (noise >> (j % 57)) as u8 ^ j as u8)
+                        .collect()
                 }
             };
             image.write_at(at as u64, &data).expect("write");
@@ -879,7 +902,10 @@ mod tests {
                 let at = rand.upto(size - len as u64 + 1) as usize;
                 let mut got = vec![0u8; len];
                 image.read_at(at as u64, &mut got).expect("read back");
-                assert!(got == expected[at..at + len], "read back at {at:#x} differs");
+                assert!(
+                    got == expected[at..at + len],
+                    "read back at {at:#x} differs"
+                );
             }
         }
         image.flush().expect("flush");
@@ -889,7 +915,10 @@ mod tests {
     fn check_and_compare(dir: &TempDir, name: &str, expected: &[u8]) {
         qemu_img_ok(dir, &["check", "-f", "vdi", name]);
         fs::write(dir.path("expected.raw"), expected).unwrap();
-        qemu_img_ok(dir, &["compare", "-f", "vdi", "-F", "raw", name, "expected.raw"]);
+        qemu_img_ok(
+            dir,
+            &["compare", "-f", "vdi", "-F", "raw", name, "expected.raw"],
+        );
         let mut image = Vdi::open(&dir.path(name), false).unwrap();
         assert!(whole(&mut image) == expected, "{name}: reopened differs");
         let report = image.check().unwrap();
@@ -905,10 +934,31 @@ mod tests {
         let len = 7 * MIB + (100 << 10) + 512;
         let contents = disk_contents(len, 200);
         fs::write(dir.path("disk.raw"), &contents).unwrap();
-        qemu_img_ok(&dir, &["convert", "-f", "raw", "-O", "vdi", "disk.raw", "qemu-dynamic.vdi"]);
         qemu_img_ok(
             &dir,
-            &["convert", "-f", "raw", "-O", "vdi", "-o", "static=on", "disk.raw", "qemu-static.vdi"],
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vdi",
+                "disk.raw",
+                "qemu-dynamic.vdi",
+            ],
+        );
+        qemu_img_ok(
+            &dir,
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vdi",
+                "-o",
+                "static=on",
+                "disk.raw",
+                "qemu-static.vdi",
+            ],
         );
         for variant in ["dynamic", "static"] {
             let options = CreateOptions {
@@ -944,7 +994,10 @@ mod tests {
         let file = dir.path("hospes-dynamic.vdi");
         let image = Vdi::open(&file, false).unwrap();
         let details = image.details();
-        assert!(details.iter().any(|(k, v)| *k == "uuid" && v.len() == 36), "{details:?}");
+        assert!(
+            details.iter().any(|(k, v)| *k == "uuid" && v.len() == 36),
+            "{details:?}"
+        );
         let allocated = image.blocks_allocated;
         assert!(allocated > 0 && allocated as usize <= image.map.len());
         drop(image);
@@ -956,7 +1009,11 @@ mod tests {
         fs::write(&file, &bytes).unwrap();
         let mut image = Vdi::open(&file, false).unwrap();
         assert_eq!(image.check().unwrap().errors.len(), 1);
-        assert!(!qemu_img(&dir, &["check", "-f", "vdi", "hospes-dynamic.vdi"]).status.success());
+        assert!(
+            !qemu_img(&dir, &["check", "-f", "vdi", "hospes-dynamic.vdi"])
+                .status
+                .success()
+        );
         drop(image);
         let mut image = Vdi::open(&file, true).unwrap();
         assert!(image.is_writable());
@@ -1003,7 +1060,10 @@ mod tests {
             at += n as u64;
         }
         let len = image.len();
-        for (i, at) in [0, 4000, len / 2, len.saturating_sub(70_000)].into_iter().enumerate() {
+        for (i, at) in [0, 4000, len / 2, len.saturating_sub(70_000)]
+            .into_iter()
+            .enumerate()
+        {
             let _ = image.write_at(at, &[i as u8 + 1; 70_000]);
         }
         let _ = image.flush();
@@ -1029,7 +1089,10 @@ mod tests {
         let dir = TempDir::new("hostile");
         let raw = disk_contents(4 * MIB, 400);
         fs::write(dir.path("disk.raw"), &raw).unwrap();
-        qemu_img_ok(&dir, &["convert", "-f", "raw", "-O", "vdi", "disk.raw", "small.vdi"]);
+        qemu_img_ok(
+            &dir,
+            &["convert", "-f", "raw", "-O", "vdi", "disk.raw", "small.vdi"],
+        );
         let good = fs::read(dir.path("small.vdi")).unwrap();
         let map_offset = le32(&good, OFF_MAP) as usize;
         let data_offset = le32(&good, OFF_DATA) as usize;
@@ -1080,7 +1143,9 @@ mod tests {
         // Two entries on one data block.
         let mut case = good.clone();
         let blocks = le32(&good, OFF_BLOCKS) as usize;
-        let entries: Vec<u32> = (0..blocks).map(|b| le32(&good, map_offset + 4 * b)).collect();
+        let entries: Vec<u32> = (0..blocks)
+            .map(|b| le32(&good, map_offset + 4 * b))
+            .collect();
         let used = entries.iter().position(|&e| is_allocated(e)).unwrap();
         let other = (used + 1) % blocks;
         put32(&mut case, map_offset + 4 * other, entries[used]);
@@ -1105,7 +1170,8 @@ mod tests {
             } else {
                 for _ in 0..1 + rand.upto(4) {
                     let at = if rand.upto(2) == 0 {
-                        OFF_SIGNATURE + rand.upto((MIN_HEADER_BYTES - OFF_SIGNATURE) as u64) as usize
+                        OFF_SIGNATURE
+                            + rand.upto((MIN_HEADER_BYTES - OFF_SIGNATURE) as u64) as usize
                     } else {
                         rand.upto(span as u64) as usize
                     };
