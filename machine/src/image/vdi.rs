@@ -323,7 +323,8 @@ impl Vdi {
     }
 
     /// Makes a new image of `size` zero bytes: variant "dynamic" (the default: no
-    /// blocks allocated) or "static" (every block allocated, the file full size).
+    /// blocks allocated) or "static" (also "fixed": every block allocated, the file
+    /// full size, its data a hole). Blocks are 1 MiB; no backing file.
     pub fn create(path: &Path, size: u64, options: &CreateOptions) -> Result<(), String> {
         let image_type = match options.variant.as_deref() {
             None | Some("dynamic") => TYPE_DYNAMIC,
@@ -1169,11 +1170,15 @@ mod tests {
                 damaged.truncate(rand.upto(good.len() as u64 + 1) as usize);
             } else {
                 for _ in 0..1 + rand.upto(4) {
-                    let at = if rand.upto(2) == 0 {
-                        OFF_SIGNATURE
-                            + rand.upto((MIN_HEADER_BYTES - OFF_SIGNATURE) as u64) as usize
-                    } else {
-                        rand.upto(span as u64) as usize
+                    // The header's fields, the block map's entries, or anywhere
+                    // before the data.
+                    let at = match rand.upto(3) {
+                        0 => {
+                            OFF_SIGNATURE
+                                + rand.upto((MIN_HEADER_BYTES - OFF_SIGNATURE) as u64) as usize
+                        }
+                        1 => map_offset + rand.upto(4 * blocks as u64) as usize,
+                        _ => rand.upto(span as u64) as usize,
                     };
                     if rand.upto(2) == 0 {
                         damaged[at] ^= 1 << rand.upto(8);
