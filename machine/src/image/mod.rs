@@ -9,6 +9,7 @@
 pub mod ova;
 pub mod qcow2;
 pub mod raw;
+pub mod vdi;
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -160,6 +161,8 @@ pub const PROBE_BYTES: usize = 1024;
 pub fn probe(head: &[u8]) -> &'static str {
     if qcow2::Qcow2::probe(head) {
         "qcow2"
+    } else if vdi::Vdi::probe(head) {
+        "vdi"
     } else {
         "raw"
     }
@@ -198,6 +201,7 @@ pub fn open(
     Ok(match format {
         "raw" => Box::new(raw::Raw::new(Box::new(file), writable).map_err(named)?),
         "qcow2" => Box::new(qcow2::Qcow2::open(path, writable)?),
+        "vdi" => Box::new(vdi::Vdi::open(path, writable)?),
         other => return Err(format!("unknown image format {other:?}")),
     })
 }
@@ -225,6 +229,7 @@ pub fn create(path: &Path, format: &str, size: u64, options: &CreateOptions) -> 
     let named = |e: String| format!("{}: {e}", path.display());
     match format {
         "raw" => raw::Raw::create(path, size, options).map_err(named),
+        "vdi" => vdi::Vdi::create(path, size, options).map_err(named),
         other => Err(format!(
             "cannot create {other:?} images (formats: {})",
             CREATABLE.join(", ")
