@@ -220,6 +220,7 @@ pub fn from_storage(
         .map_err(|e| format!("cannot read: {e}"))?;
     Ok(match probe(&head) {
         "raw" => Box::new(raw::Raw::new(storage, writable)?),
+        "vdi" => Box::new(vdi::Vdi::from_storage(storage, writable)?),
         other => return Err(format!("{other} images cannot be opened from memory yet")),
     })
 }
