@@ -21,13 +21,21 @@
 //! its refcount, then the L2 entry, then the L1 entry, so an interrupted write leaves
 //! at worst leaked clusters, never a table pointing to unwritten data.
 //!
+//! [`Qcow2::create`] makes empty images (v3 or v2, 16-bit refcounts, optionally with a
+//! backing file) laid out like qemu-img's. `check` recounts the references the
+//! tables make (active and snapshot L1 and L2 tables, refcount structures, header)
+//! and compares them with the stored refcounts, as `qemu-img check` does.
+//!
 //! Not supported: encryption, external data files, extended L2 entries (subclusters),
 //! compression types other than zlib, and writing to images with internal snapshots
-//! (reading them is fine: the active L1 table is what the guest sees). Header
-//! extensions are skipped; the backing file's format is found from its first bytes.
+//! (reading them is fine: the active L1 table is what the guest sees). Of the header
+//! extensions only the backing file format is read; without it the backing file's
+//! format is found from its first bytes.
 //!
-//! The file is not trusted: every offset and size read from it is checked, so a
-//! damaged image gives an error, not a panic or an access outside the file.
+//! The image is read through [`Storage`] (a file, or bytes in memory by
+//! [`Qcow2::from_storage`]) and not trusted: every offset and size read from it is
+//! checked and allocations are bounded, so a damaged image gives an error, not a
+//! panic, an access outside the storage or a huge allocation.
 
 use super::{CheckReport, CreateOptions, DiskFormat, Storage};
 use std::collections::{BTreeMap, HashSet};
@@ -1256,7 +1264,11 @@ impl Qcow2 {
             }
             self.read_host(block, &mut block_bytes)?;
             let first = index as u64 * entries;
-            for entry in 0..entries {
+            // Stretches of zero counters (most of a block, often) are skipped.
+            let per_chunk = (64 * 8) >> self.refcount_order;
+            let chunks = block_bytes.chunks(64).enumerate();
+            let used = chunks.filter(|(_, chunk)| chunk.iter().any(|&b| b != 0));
+            for entry in used.flat_map(|(i, _)| i as u64 * per_chunk..(i as u64 + 1) * per_chunk) {
                 let (at, width, shift) = self.counter_place(entry);
                 let value = self.get_counter(&block_bytes[at as usize..][..width], shift);
                 let cluster = first + entry;
