@@ -60,6 +60,9 @@ const COPIED: u64 = 1 << 63;
 const COMPRESSED: u64 = 1 << 62;
 /// L2 entry flag (version 3): the cluster reads as zeros.
 const ZERO: u64 = 1;
+/// The most clusters past the end of the file with stale refcounts that an
+/// allocation steps over.
+const MAX_STALE_CLUSTERS: u32 = 1 << 16;
 /// The longest backing file name the format allows.
 const MAX_BACKING_NAME: u32 = 1023;
 
@@ -254,11 +257,7 @@ impl Qcow2 {
     /// an image that names one is refused. Like [`Qcow2::open`], it treats the bytes
     /// as hostile.
     pub fn from_storage(storage: Box<dyn Storage>, writable: bool) -> Result<Qcow2, String> {
-        let image = Self::from_storage_unbacked(storage, writable)?;
-        if image.backing_name.is_some() {
-            return Err("a backing file cannot be opened for an image in memory".into());
-        }
-        Ok(image)
+        Self::from_storage_unbacked(storage, writable, false)
     }
 
     fn open_in_chain(path: &Path, writable: bool, depth: u32) -> Result<Qcow2, String> {
@@ -267,7 +266,7 @@ impl Qcow2 {
             .write(writable)
             .open(path)
             .map_err(|e| io_error(&path.display().to_string(), e))?;
-        let mut image = Self::from_storage_unbacked(Box::new(file), writable)
+        let mut image = Self::from_storage_unbacked(Box::new(file), writable, true)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         if let Some(name) = image.backing_name.clone() {
             if depth + 1 >= MAX_BACKING_DEPTH {
@@ -321,8 +320,13 @@ impl Qcow2 {
     }
 
     /// Reads and checks the header and tables; gives the image without its backing
-    /// file (`backing_name` says which one it names, if any).
-    fn from_storage_unbacked(file: Box<dyn Storage>, writable: bool) -> Result<Qcow2, String> {
+    /// file (`backing_name` says which one it names, if any; refused unless
+    /// `backing_allowed`, before anything is written).
+    fn from_storage_unbacked(
+        file: Box<dyn Storage>,
+        writable: bool,
+        backing_allowed: bool,
+    ) -> Result<Qcow2, String> {
         let file_len = file
             .size()
             .map_err(|e| io_error("cannot stat the image", e))?;
@@ -452,6 +456,9 @@ impl Qcow2 {
         } else {
             None
         };
+        if backing_name.is_some() && !backing_allowed {
+            return Err("a backing file cannot be opened for an image in memory".into());
+        }
         let backing_format = read_backing_format(
             &*file,
             header_length,
@@ -784,16 +791,25 @@ impl Qcow2 {
 
     /// Takes the cluster at the end of the file for a new use (its refcount is set by
     /// the caller once the cluster is written).
+    ///
+    /// A cluster past the end of the file with a refcount that is not 0 (a stale
+    /// count: nothing can be stored there; `qemu-img check` ignores these) is
+    /// stepped over and left counted, as qemu's allocator does.
     fn take_free_cluster(&mut self) -> Result<u64, String> {
-        let at = self.next_free;
+        let mut at = self.next_free;
+        let mut stepped = 0;
+        while self.refcount(at)? != 0 {
+            stepped += 1;
+            if stepped > MAX_STALE_CLUSTERS {
+                return Err(format!(
+                    "more than {MAX_STALE_CLUSTERS} clusters past the end of the file are counted as used"
+                ));
+            }
+            at += self.cluster_size();
+        }
         let end = at + self.cluster_size();
         if end > MAX_OFFSET {
             return Err("the image file would grow too large".into());
-        }
-        if self.refcount(at)? != 0 {
-            return Err(format!(
-                "cluster {at:#x} past the end of the file is counted as used (qemu-img check -r all repairs this)"
-            ));
         }
         self.next_free = end;
         Ok(at)
@@ -976,9 +992,13 @@ impl Qcow2 {
         let old_clusters = (self.refcount_table.len() as u64 * 8).div_ceil(cluster_size);
         let mut table = self.refcount_table.clone();
         table.resize((clusters * per_cluster) as usize, 0);
-        let table_at = self.next_free;
-        for _ in 0..clusters {
-            self.take_free_cluster()?;
+        let table_at = self.take_free_cluster()?;
+        for i in 1..clusters {
+            if self.take_free_cluster()? != table_at + i * cluster_size {
+                return Err(
+                    "stale refcounts past the end of the file are in the way of a new refcount table".into(),
+                );
+            }
         }
         self.write_host(table_at, &to_bytes(&table))?;
         // From here the table in memory is the new one, while the header still names
@@ -1006,6 +1026,12 @@ impl Qcow2 {
         Ok(())
     }
 }
+
+/// Bits of an L1 entry, of a standard L2 entry and of a refcount table entry that
+/// must be 0.
+const L1_RESERVED: u64 = 0x7f00_0000_0000_01ff;
+const L2_RESERVED: u64 = 0x3f00_0000_0000_01fe;
+const REFCOUNT_TABLE_RESERVED: u64 = 0x1ff;
 
 /// `check` refuses files of more clusters than this (it keeps two counters of two
 /// bytes per host cluster).
@@ -1232,16 +1258,20 @@ impl Qcow2 {
             .map_err(|e| format!("cannot write: {e}"))
     }
 
-    /// The stored refcounts, into `tally.stored`; counters for clusters past the end
-    /// of the file that are not 0 are leaks. Every refcount block is counted as a
-    /// reference.
+    /// The stored refcounts, into `tally.stored`. Every refcount block is counted as
+    /// a reference.
     fn tally_refcounts(&self, tally: &mut Tally) -> Result<(), String> {
         let cluster_size = self.cluster_size();
         let entries = self.refcount_block_entries();
         let mut seen = HashSet::new();
         let mut block_bytes = vec![0u8; cluster_size as usize];
         for (index, &entry) in self.refcount_table.iter().enumerate() {
-            let block = entry & !511;
+            if entry & REFCOUNT_TABLE_RESERVED != 0 {
+                tally.error(format!(
+                    "refcount table entry {index} has reserved bits set: {entry:#x}"
+                ));
+            }
+            let block = entry & !REFCOUNT_TABLE_RESERVED;
             if block == 0 {
                 continue;
             }
@@ -1257,13 +1287,13 @@ impl Qcow2 {
                 ));
                 continue;
             }
-            if !seen.insert(block) {
+            let first = index as u64 * entries;
+            if first >= tally.clusters || !seen.insert(block) {
                 // Counted twice, so reported by the comparison; its counters were
                 // read once.
                 continue;
             }
             self.read_host(block, &mut block_bytes)?;
-            let first = index as u64 * entries;
             // Stretches of zero counters (most of a block, often) are skipped.
             let per_chunk = (64 * 8) >> self.refcount_order;
             let chunks = block_bytes.chunks(64).enumerate();
@@ -1272,10 +1302,10 @@ impl Qcow2 {
                 let (at, width, shift) = self.counter_place(entry);
                 let value = self.get_counter(&block_bytes[at as usize..][..width], shift);
                 let cluster = first + entry;
+                // Counters past the end of the file count nothing that can be
+                // stored; qemu-img check ignores them, and so does this.
                 if cluster < tally.clusters {
                     tally.stored[cluster as usize] = u16::try_from(value).unwrap_or(u16::MAX);
-                } else if value != 0 {
-                    tally.leaked += 1;
                 }
             }
         }
@@ -1368,6 +1398,9 @@ impl Qcow2 {
         let mut l2_tables: BTreeMap<u64, u32> = BTreeMap::new();
         let mut active = HashSet::new();
         for (i, &entry) in self.l1.iter().enumerate() {
+            if entry & L1_RESERVED != 0 {
+                tally.error(format!("L1 entry {i} has reserved bits set: {entry:#x}"));
+            }
             let l2 = entry & OFFSET_MASK;
             if l2 == 0 {
                 continue;
@@ -1408,7 +1441,12 @@ impl Qcow2 {
             }
             let mut raw = vec![0u8; bytes as usize];
             self.read_host(offset, &mut raw)?;
-            for entry in to_entries(&raw) {
+            for (j, entry) in to_entries(&raw).into_iter().enumerate() {
+                if entry & L1_RESERVED != 0 {
+                    tally.error(format!(
+                        "snapshot {i}: L1 entry {j} has reserved bits set: {entry:#x}"
+                    ));
+                }
                 let l2 = entry & OFFSET_MASK;
                 if l2 == 0 {
                     continue;
@@ -1481,6 +1519,9 @@ impl Qcow2 {
                 )));
             }
             return;
+        }
+        if entry & L2_RESERVED != 0 {
+            tally.error(place(&format!("reserved bits set: {entry:#x}")));
         }
         let host = entry & OFFSET_MASK;
         if host == 0 {
@@ -2111,6 +2152,16 @@ mod tests {
         );
         let plain = fs::read(dir.path("plain.qcow2")).unwrap();
         let packed = fs::read(dir.path("packed.qcow2")).unwrap();
+        // Internal snapshots (their table and L1 tables are near the end of the file).
+        convert(&dir, "disk.raw", "snap.qcow2", &["-o", "cluster_size=4096"]);
+        run_ok(&dir, "qemu-img", &["snapshot", "-c", "one", "snap.qcow2"]);
+        run_ok(
+            &dir,
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -P 0x42 0 100k", "snap.qcow2"],
+        );
+        run_ok(&dir, "qemu-img", &["snapshot", "-c", "two", "snap.qcow2"]);
+        let snap = fs::read(dir.path("snap.qcow2")).unwrap();
         let bad = dir.path("bad.qcow2");
 
         for image in [&plain, &packed] {
@@ -2216,15 +2267,20 @@ mod tests {
         // Random damage to the header and tables (in the first clusters), and anywhere
         // in the compressed image.
         let mut rng = Rng(99);
-        for round in 0..1500 {
-            let (image, span) = if round % 2 == 0 {
-                (&plain, plain.len().min(8 * 4096))
-            } else {
-                (&packed, packed.len())
+        for round in 0..1800 {
+            let (image, span) = match round % 3 {
+                0 => (&plain, plain.len().min(8 * 4096)),
+                1 => (&packed, packed.len()),
+                _ => (&snap, snap.len()),
             };
             let mut damaged = image.clone();
             for _ in 0..1 + rng.below(3) {
-                let at = rng.below(span as u64) as usize;
+                let mut at = rng.below(span.min(8 * 4096) as u64) as usize;
+                if round % 3 == 2 && rng.below(2) == 0 {
+                    at = span - 1 - rng.below(span.min(16 * 4096) as u64) as usize;
+                } else if round % 3 == 1 {
+                    at = rng.below(span as u64) as usize;
+                }
                 damaged[at] ^= 1 << rng.below(8);
             }
             fs::write(&bad, &damaged).unwrap();
@@ -2413,6 +2469,23 @@ mod tests {
         let at = refcount_place(&leak, end as u64, 12);
         leak[at..at + 2].copy_from_slice(&1u16.to_be_bytes());
         cases.push(("a leaked cluster", leak, 3));
+
+        // A stale refcount past the end of the file: ignored, until a write steps over
+        // it and it is inside the file, used by nothing.
+        let mut stale = plain.clone();
+        let end = stale.len().div_ceil(4096) * 4096;
+        let at = refcount_place(&stale, end as u64, 12);
+        stale[at..at + 2].copy_from_slice(&1u16.to_be_bytes());
+        cases.push(("a stale refcount past the end", stale.clone(), 0));
+        let path = dir.path("stale.qcow2");
+        fs::write(&path, &stale).unwrap();
+        let hole = (0..256)
+            .find(|&i| be64(&plain, l2 + i * 8) == 0)
+            .expect("an unallocated cluster");
+        let mut image = Qcow2::open(&path, true).unwrap();
+        image.write_at(hole as u64 * 4096, &[0x12; 4096]).unwrap();
+        drop(image);
+        cases.push(("a stale refcount stepped over", fs::read(&path).unwrap(), 3));
 
         for (what, bytes, expected) in cases {
             let path = dir.path("damaged.qcow2");
