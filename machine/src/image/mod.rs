@@ -220,6 +220,7 @@ pub fn from_storage(
         .map_err(|e| format!("cannot read: {e}"))?;
     Ok(match probe(&head) {
         "raw" => Box::new(raw::Raw::new(storage, writable)?),
+        "qcow2" => Box::new(qcow2::Qcow2::from_storage(storage, writable)?),
         "vdi" => Box::new(vdi::Vdi::from_storage(storage, writable)?),
         other => return Err(format!("{other} images cannot be opened from memory yet")),
     })
@@ -230,6 +231,7 @@ pub fn create(path: &Path, format: &str, size: u64, options: &CreateOptions) -> 
     let named = |e: String| format!("{}: {e}", path.display());
     match format {
         "raw" => raw::Raw::create(path, size, options).map_err(named),
+        "qcow2" => qcow2::Qcow2::create(path, size, options).map_err(named),
         "vdi" => vdi::Vdi::create(path, size, options).map_err(named),
         other => Err(format!(
             "cannot create {other:?} images (formats: {})",
