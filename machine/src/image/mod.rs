@@ -8,6 +8,7 @@
 
 pub mod qcow2;
 pub mod raw;
+pub mod vmdk;
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -159,6 +160,8 @@ pub const PROBE_BYTES: usize = 1024;
 pub fn probe(head: &[u8]) -> &'static str {
     if qcow2::Qcow2::probe(head) {
         "qcow2"
+    } else if vmdk::Vmdk::probe(head) {
+        "vmdk"
     } else {
         "raw"
     }
@@ -197,6 +200,7 @@ pub fn open(
     Ok(match format {
         "raw" => Box::new(raw::Raw::new(Box::new(file), writable).map_err(named)?),
         "qcow2" => Box::new(qcow2::Qcow2::open(path, writable)?),
+        "vmdk" => Box::new(vmdk::Vmdk::open(path, writable)?),
         other => return Err(format!("unknown image format {other:?}")),
     })
 }
@@ -206,6 +210,7 @@ pub fn create(path: &Path, format: &str, size: u64, options: &CreateOptions) -> 
     let named = |e: String| format!("{}: {e}", path.display());
     match format {
         "raw" => raw::Raw::create(path, size, options).map_err(named),
+        "vmdk" => vmdk::Vmdk::create(path, size, options).map_err(named),
         other => Err(format!(
             "cannot create {other:?} images (formats: {})",
             CREATABLE.join(", ")
