@@ -598,25 +598,28 @@ impl Sparse {
         Ok(gt)
     }
 
-    /// Checks the tables; adds problems to `errors`.
-    fn check(&mut self, name: &str, errors: &mut Vec<String>) -> Result<(), String> {
-        // Byte ranges in use: (start, end, what).
-        let mut used: Vec<(u64, u64, String)> = vec![(0, SECTOR, "the header".into())];
+    /// Checks the tables; adds problems to `errors` (each prefixed with `name`).
+    fn check(&mut self, name: &str, errors: &mut Vec<String>) {
+        // Byte ranges in use, to find overlaps: (start, end, what).
+        let mut used: Vec<(u64, u64, Region)> = vec![(0, SECTOR, Region::Header)];
         if let Some((at, len)) = self.descriptor {
-            used.push((at, at + len, "the embedded descriptor".into()));
+            used.push((at, at + len, Region::Descriptor));
         }
         let gd_bytes = self.gd.len() as u64 * 4;
-        used.push((
-            self.gd_offset,
-            self.gd_offset + gd_bytes,
-            "the grain directory".into(),
-        ));
+        used.push((self.gd_offset, self.gd_offset + gd_bytes, Region::Gd));
         if let Some((at, _)) = &self.rgd {
-            used.push((*at, at + gd_bytes, "the redundant grain directory".into()));
+            used.push((*at, at + gd_bytes, Region::Rgd));
         }
+        let gd = self.gd.clone();
         let rgd = self.rgd.as_ref().map(|(_, entries)| entries.clone());
-        let mut seen = HashSet::new();
-        for (i, &gt_sector) in self.gd.clone().iter().enumerate() {
+        // Grain tables and grains already seen (a table read once, however many
+        // entries point to it).
+        let mut tables = HashSet::new();
+        let mut grains = HashSet::new();
+        for (i, &gt_sector) in gd.iter().enumerate() {
+            if errors.len() > MAX_ERRORS {
+                break;
+            }
             let redundant = rgd.as_ref().map(|r| r.get(i).copied().unwrap_or(0));
             if let Some(r) = redundant {
                 if (r == 0) != (gt_sector == 0) {
@@ -628,30 +631,28 @@ impl Sparse {
             if gt_sector == 0 {
                 continue;
             }
+            let redundant = redundant.filter(|&r| r != 0);
+            if !tables.insert(gt_sector) || redundant.is_some_and(|r| !tables.insert(r)) {
+                errors.push(format!(
+                    "{name}grain directory entry {i} points to a grain table used twice"
+                ));
+                continue;
+            }
             let table = u64::from(gt_sector) * SECTOR;
-            let entries = match read_entries(
-                &*self.storage,
-                "grain table",
-                table,
-                GTES_PER_GT,
-                self.file_len,
-            ) {
+            let read = |what: &str, table: u64| {
+                read_entries(&*self.storage, what, table, GTES_PER_GT, self.file_len)
+            };
+            let entries = match read("grain table", table) {
                 Ok(entries) => entries,
                 Err(e) => {
                     errors.push(format!("{name}grain directory entry {i}: {e}"));
                     continue;
                 }
             };
-            used.push((table, table + GT_BYTES, format!("grain table {i}")));
-            if let Some(r) = redundant.filter(|&r| r != 0) {
+            used.push((table, table + GT_BYTES, Region::Gt(i)));
+            if let Some(r) = redundant {
                 let table = u64::from(r) * SECTOR;
-                match read_entries(
-                    &*self.storage,
-                    "redundant grain table",
-                    table,
-                    GTES_PER_GT,
-                    self.file_len,
-                ) {
+                match read("redundant grain table", table) {
                     Ok(copy) if copy != entries => errors.push(format!(
                         "{name}grain table {i} and its redundant copy differ"
                     )),
@@ -660,11 +661,7 @@ impl Sparse {
                         errors.push(format!("{name}redundant grain directory entry {i}: {e}"))
                     }
                 }
-                used.push((
-                    table,
-                    table + GT_BYTES,
-                    format!("redundant grain table {i}"),
-                ));
+                used.push((table, table + GT_BYTES, Region::Rgt(i)));
             }
             for (j, &entry) in entries.iter().enumerate() {
                 if entry == 0 || (entry == GTE_ZERO && self.zero_grain) {
@@ -677,7 +674,7 @@ impl Sparse {
                     ));
                     continue;
                 }
-                if !seen.insert(entry) {
+                if !grains.insert(entry) {
                     errors.push(format!(
                         "{name}the grain at sector {entry} is used twice (grain table {i} entry {j})"
                     ));
@@ -702,25 +699,51 @@ impl Sparse {
                     ));
                     continue;
                 }
-                used.push((at, end, format!("the grain for guest offset {guest:#x}")));
-            }
-            if errors.len() > MAX_ERRORS {
-                break;
+                used.push((at, end, Region::Grain(guest)));
             }
         }
         used.sort_by_key(|&(start, end, _)| (start, end));
-        let mut last: Option<&(u64, u64, String)> = None;
-        for range in &used {
-            if let Some(prev) = last {
-                if range.0 < prev.1 {
-                    errors.push(format!("{name}{} overlaps {}", range.2, prev.2));
+        let mut last: Option<(u64, Region)> = None;
+        for &(start, end, what) in &used {
+            if let Some((last_end, last_what)) = last {
+                if start < last_end {
+                    errors.push(format!("{name}{what} overlaps {last_what}"));
+                    if errors.len() > MAX_ERRORS {
+                        break;
+                    }
                 }
             }
-            if last.is_none_or(|prev| range.1 > prev.1) {
-                last = Some(range);
+            if last.is_none_or(|(last_end, _)| end > last_end) {
+                last = Some((end, what));
             }
         }
-        Ok(())
+    }
+}
+
+/// A part of a sparse extent file, for `check`'s messages.
+#[derive(Clone, Copy)]
+enum Region {
+    Header,
+    Descriptor,
+    Gd,
+    Rgd,
+    Gt(usize),
+    Rgt(usize),
+    /// The grain for this guest (extent) offset.
+    Grain(u64),
+}
+
+impl std::fmt::Display for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Region::Header => write!(f, "the header"),
+            Region::Descriptor => write!(f, "the embedded descriptor"),
+            Region::Gd => write!(f, "the grain directory"),
+            Region::Rgd => write!(f, "the redundant grain directory"),
+            Region::Gt(i) => write!(f, "grain table {i}"),
+            Region::Rgt(i) => write!(f, "redundant grain table {i}"),
+            Region::Grain(at) => write!(f, "the grain for guest offset {at:#x}"),
+        }
     }
 }
 
@@ -824,8 +847,9 @@ fn tokens(line: &str) -> Vec<String> {
 }
 
 /// Parses a descriptor leniently: comments, unknown keys and lines are ignored;
-/// extent lines must be well formed.
-fn parse_descriptor(text: &str) -> Result<Descriptor, String> {
+/// extent lines must be well formed (they are skipped when `extents` is false: an
+/// embedded descriptor's extent names its own file).
+fn parse_descriptor(text: &str, extents: bool) -> Result<Descriptor, String> {
     let mut descriptor = Descriptor::default();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\0');
@@ -835,6 +859,9 @@ fn parse_descriptor(text: &str) -> Result<Descriptor, String> {
         let words = tokens(line);
         let access = words.first().map(|w| w.to_ascii_uppercase());
         if let Some(access @ ("RW" | "RDONLY" | "NOACCESS")) = access.as_deref() {
+            if !extents {
+                continue;
+            }
             if descriptor.extents.len() == MAX_EXTENTS {
                 return Err(format!(
                     "the descriptor has more than {MAX_EXTENTS} extents"
@@ -908,6 +935,7 @@ impl Vmdk {
     /// descriptor file and its extents. streamOptimized images are read-only.
     pub fn open(path: &Path, writable: bool) -> Result<Vmdk, String> {
         let named = |e: String| format!("{}: {e}", path.display());
+        let requested = writable;
         let (file, writable) = super::open_file(path, writable)?;
         let len = Storage::size(&file).map_err(|e| named(io_error("cannot read", e)))?;
         let mut head = vec![0u8; len.min(super::PROBE_BYTES as u64) as usize];
@@ -928,12 +956,14 @@ impl Vmdk {
         Storage::read_exact_at(&file, &mut text, 0)
             .map_err(|e| named(io_error("cannot read", e)))?;
         let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-        let descriptor = parse_descriptor(&String::from_utf8_lossy(&text[..end])).map_err(named)?;
+        let descriptor =
+            parse_descriptor(&String::from_utf8_lossy(&text[..end]), true).map_err(named)?;
         if descriptor.has_parent() {
             return Err(named(PARENT_ERROR.into()));
         }
+        // The descriptor itself is not written: its extents decide.
         let dir = path.parent().unwrap_or(Path::new("."));
-        Self::from_descriptor(descriptor, dir, writable).map_err(named)
+        Self::from_descriptor(descriptor, dir, requested).map_err(named)
     }
 
     /// Opens a single-file sparse image (monolithicSparse or streamOptimized) from
@@ -941,7 +971,7 @@ impl Vmdk {
     pub fn from_storage(storage: Box<dyn Storage>, writable: bool) -> Result<Vmdk, String> {
         let (sparse, text) = Sparse::open(storage)?;
         let descriptor = match &text {
-            Some(text) => parse_descriptor(text)?,
+            Some(text) => parse_descriptor(text, false)?,
             None => Descriptor::default(),
         };
         if descriptor.has_parent() {
@@ -1337,7 +1367,7 @@ impl DiskFormat for Vmdk {
                 } else {
                     String::new()
                 };
-                sparse.check(&name, &mut errors)?;
+                sparse.check(&name, &mut errors);
             }
         }
         if errors.len() > MAX_ERRORS {
@@ -1975,6 +2005,63 @@ mod tests {
             one_line_error(Vmdk::open(&dir.path("d.vmdk"), false), what);
         }
         one_line_error(Vmdk::open(&dir.path("absent.vmdk"), false), "absent");
+    }
+
+    #[test]
+    fn vmdk_check_finds_damaged_tables() {
+        let dir = Scratch::new("check");
+        let path = dir.path("c.vmdk");
+        Vmdk::create(&path, 1 << 20, &CreateOptions::default()).unwrap();
+        let mut image = Vmdk::open(&path, true).unwrap();
+        image.write_at(0, &[1u8; 70_000]).unwrap();
+        image.write_at(5 << 16, &[2u8; 10]).unwrap();
+        assert!(image.check().unwrap().errors.is_empty());
+        drop(image);
+        let base = fs::read(&path).unwrap();
+        let rgd = le64(&base, 48) as usize * 512;
+        let gd = le64(&base, 56) as usize * 512;
+        let gt = le32(&base, gd) as usize * 512;
+        let rgt = le32(&base, rgd) as usize * 512;
+        let errors = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut bytes = base.clone();
+            edit(&mut bytes);
+            let storage = MemStorage::new(bytes, 1 << 30);
+            let mut image = Vmdk::from_storage(Box::new(storage), false).unwrap();
+            image.check().unwrap().errors
+        };
+        let set = |bytes: &mut Vec<u8>, at: usize, value: u32| {
+            bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        };
+        // Grain 1 pointing to grain 0's data, in both tables.
+        let first = le32(&base, gt);
+        let found = errors(&|b| {
+            set(b, gt + 4, first);
+            set(b, rgt + 4, first);
+        });
+        assert!(found.iter().any(|e| e.contains("used twice")), "{found:?}");
+        // A grain past the end of the file.
+        let found = errors(&|b| {
+            set(b, gt + 20, 1 << 30);
+            set(b, rgt + 20, 1 << 30);
+        });
+        assert!(
+            found.iter().any(|e| e.contains("past the end")),
+            "{found:?}"
+        );
+        // A grain over the grain directory.
+        let found = errors(&|b| {
+            set(b, gt + 20, (gd / 512) as u32);
+            set(b, rgt + 20, (gd / 512) as u32);
+        });
+        assert!(found.iter().any(|e| e.contains("overlaps")), "{found:?}");
+        // The redundant table differs, or is missing.
+        let found = errors(&|b| set(b, rgt + 20, 0));
+        assert!(found.iter().any(|e| e.contains("differ")), "{found:?}");
+        let found = errors(&|b| set(b, rgd, 0));
+        assert!(found.iter().any(|e| e.contains("disagree")), "{found:?}");
+        // A grain table outside the file.
+        let found = errors(&|b| set(b, gd, u32::MAX));
+        assert!(found.iter().any(|e| e.contains("outside")), "{found:?}");
     }
 
     #[test]
