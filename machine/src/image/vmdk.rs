@@ -1750,6 +1750,86 @@ mod tests {
         }
     }
 
+    /// twoGbMaxExtent images of a 4.6 GiB disk (three extents each): reads, and
+    /// writes across the extent boundaries, agree with qemu-img.
+    #[test]
+    fn vmdk_spans_two_gigabyte_extents() {
+        if !have_qemu_img("vmdk_spans_two_gigabyte_extents") {
+            return;
+        }
+        let dir = Scratch::new("2gb");
+        let size: u64 = 4700 << 20;
+        let two_gb: u64 = 2 << 30;
+        let raw = fs::File::create(dir.path("big.raw")).unwrap();
+        raw.set_len(size).unwrap();
+        // (offset, bytes) written over zeros.
+        let mut patches: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut rng = Rng(23);
+        for at in [0, two_gb - 70_000, 2 * two_gb - 3, size - 100_000] {
+            let data: Vec<u8> = (0..100_000).map(|_| rng.next() as u8).collect();
+            Storage::write_all_at(&raw, &data, at).unwrap();
+            patches.push((at, data));
+        }
+        drop(raw);
+        let expected = |at: u64, len: usize| {
+            let mut out = vec![0u8; len];
+            for (start, data) in &patches {
+                for (i, &b) in data.iter().enumerate() {
+                    let pos = start + i as u64;
+                    if pos >= at && pos < at + len as u64 {
+                        out[(pos - at) as usize] = b;
+                    }
+                }
+            }
+            out
+        };
+        for subformat in ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat"] {
+            let name = format!("{subformat}.vmdk");
+            convert(&dir, "big.raw", &name, subformat);
+            let mut image = Vmdk::open(&dir.path(&name), true).expect(&name);
+            assert_eq!(image.len(), size);
+            assert!(image.details().contains(&("extents", "3".to_string())));
+            for &(at, _) in &patches {
+                let from = at.saturating_sub(5000);
+                let len = (110_000u64).min(size - from) as usize;
+                let mut buf = vec![0u8; len];
+                image.read_at(from, &mut buf).unwrap();
+                assert!(buf == expected(from, len), "{name}: differs near {at:#x}");
+            }
+            assert!(image.check().unwrap().errors.is_empty(), "{name}");
+        }
+        // Writes across both boundaries, into both images and the raw file.
+        let writes = [
+            (two_gb - 1000, 5000usize, 0x11u8),
+            (2 * two_gb - 65_536, 200_000, 0x22),
+        ];
+        let raw = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path("big.raw"))
+            .unwrap();
+        for &(at, len, fill) in &writes {
+            Storage::write_all_at(&raw, &vec![fill; len], at).unwrap();
+        }
+        drop(raw);
+        for subformat in ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat"] {
+            let name = format!("{subformat}.vmdk");
+            let mut image = Vmdk::open(&dir.path(&name), true).unwrap();
+            for &(at, len, fill) in &writes {
+                image.write_at(at, &vec![fill; len]).unwrap();
+            }
+            image.flush().unwrap();
+            assert!(image.check().unwrap().errors.is_empty(), "{name}");
+            drop(image);
+            if subformat.ends_with("Sparse") {
+                run_ok(&dir, &["check", "-f", "vmdk", &name]);
+            }
+            run_ok(
+                &dir,
+                &["compare", "-f", "vmdk", "-F", "raw", &name, "big.raw"],
+            );
+        }
+    }
+
     /// Grain directory entries of 0 (no grain table yet): writes allocate the
     /// tables at the end of the file.
     #[test]
