@@ -29,9 +29,17 @@
 //! write leaves at worst unused space. `create` makes monolithicSparse (64 KiB grains,
 //! every GT preallocated, like qemu-img) and monolithicFlat images.
 //!
-//! Not supported: parent links (snapshot deltas: `parentCID` other than ffffffff with
-//! a `parentFileNameHint`), VMFSSPARSE/SESPARSE (ESX COW) and raw device mapping
-//! extents, NOACCESS extents, and writing compressed grains.
+//! Snapshot deltas (`parentCID` other than ffffffff with a `parentFileNameHint`,
+//! relative to the image's directory) are read and written: unallocated grains of
+//! sparse extents come from the parent (opened read-only, any of the above, at most
+//! 16 deep; past its end zeros), and a new grain starts as the parent's data. The
+//! parent's CID is not compared with `parentCID` (QEMU does not either). Like VMware
+//! and QEMU, the first write gives the image a new CID (in its descriptor, embedded
+//! or a file), so that its own children can tell it changed.
+//!
+//! Not supported: VMFSSPARSE/SESPARSE (ESX COW) and raw device mapping extents,
+//! NOACCESS extents, writing compressed grains, and children opened from storage
+//! without a path (`from_storage`: the parent cannot be found).
 //!
 //! The files are not trusted: every offset and size read from them is checked before
 //! use, so a damaged image gives a one-line error, not a panic, an access outside the
@@ -192,6 +200,8 @@ struct Sparse {
     zero_grain: bool,
     /// The embedded descriptor's byte range, if any.
     descriptor: Option<(u64, u64)>,
+    /// Where the embedded descriptor's CID (8 hex digits) is, if found.
+    cid_offset: Option<u64>,
     /// The file's length as far as this extent has read or written it.
     file_len: u64,
     /// The last GT used: its byte offset and entries.
@@ -289,6 +299,7 @@ impl Sparse {
         };
 
         let mut descriptor = None;
+        let mut cid_offset = None;
         let mut text = None;
         if header.descriptor_offset != 0 && header.descriptor_size != 0 {
             let bytes = sectors_to_bytes(header.descriptor_size)
@@ -312,6 +323,7 @@ impl Sparse {
             let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
             text = Some(String::from_utf8_lossy(&raw[..end]).into_owned());
             descriptor = Some((offset, bytes));
+            cid_offset = cid_position(&raw[..end]).map(|at| offset + at as u64);
         }
 
         Ok((
@@ -327,6 +339,7 @@ impl Sparse {
                 markers: header.flags & FLAG_MARKERS != 0,
                 zero_grain: header.flags & FLAG_ZERO_GRAIN != 0,
                 descriptor,
+                cid_offset,
                 file_len,
                 gt_cache: None,
                 inflated: None,
@@ -450,8 +463,15 @@ impl Sparse {
         }
     }
 
-    /// Reads extent bytes (below the capacity).
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+    /// Reads extent bytes (below the capacity); unallocated grains come from
+    /// `parent` (guest offset `guest` + extent offset) when there is one.
+    fn read(
+        &mut self,
+        offset: u64,
+        buf: &mut [u8],
+        mut parent: Option<&mut Vmdk>,
+        guest: u64,
+    ) -> Result<(), String> {
         let mut done = 0;
         while done < buf.len() {
             let pos = offset + done as u64;
@@ -459,7 +479,11 @@ impl Sparse {
             let n = (buf.len() - done).min((self.grain_bytes - in_grain) as usize);
             let part = &mut buf[done..done + n];
             match self.locate(pos)? {
-                Grain::Unallocated | Grain::Zero => part.fill(0),
+                Grain::Unallocated => match parent.as_deref_mut() {
+                    Some(parent) => read_parent(parent, guest + pos, part)?,
+                    None => part.fill(0),
+                },
+                Grain::Zero => part.fill(0),
                 Grain::Data(at) => {
                     let from = at + in_grain;
                     if from + n as u64 > self.file_len {
@@ -482,8 +506,15 @@ impl Sparse {
         Ok(())
     }
 
-    /// Writes extent bytes (below the capacity), allocating grains as needed.
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
+    /// Writes extent bytes (below the capacity), allocating grains as needed (a new
+    /// grain starts as the parent's data, or zeros).
+    fn write(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        mut parent: Option<&mut Vmdk>,
+        guest: u64,
+    ) -> Result<(), String> {
         let mut done = 0;
         while done < data.len() {
             let pos = offset + done as u64;
@@ -504,7 +535,11 @@ impl Sparse {
                 Grain::Compressed(_) => {
                     return Err("compressed grains cannot be written".into());
                 }
-                Grain::Unallocated | Grain::Zero => self.allocate(pos, part)?,
+                Grain::Unallocated => {
+                    let parent = parent.as_deref_mut().map(|p| (p, guest));
+                    self.allocate(pos, part, parent)?
+                }
+                Grain::Zero => self.allocate(pos, part, None)?,
             }
             done += n;
         }
@@ -549,8 +584,14 @@ impl Sparse {
     }
 
     /// Gives the grain holding extent byte `pos` a new grain at the end of the file,
-    /// holding zeros and `data`.
-    fn allocate(&mut self, pos: u64, data: &[u8]) -> Result<(), String> {
+    /// holding `data` over the parent's data (the extent starting at its guest
+    /// offset given) or zeros.
+    fn allocate(
+        &mut self,
+        pos: u64,
+        data: &[u8],
+        parent: Option<(&mut Vmdk, u64)>,
+    ) -> Result<(), String> {
         let (gd_index, gt_index) = self.indexes(pos);
         let mut gt_sector = self.gd.get(gd_index).copied().unwrap_or(0);
         if gt_sector == 0 {
@@ -558,6 +599,9 @@ impl Sparse {
         }
         let in_grain = (pos % self.grain_bytes) as usize;
         let mut grain = vec![0u8; self.grain_bytes as usize];
+        if let Some((parent, guest)) = parent {
+            read_parent(parent, guest + pos - in_grain as u64, &mut grain)?;
+        }
         grain[in_grain..in_grain + data.len()].copy_from_slice(data);
         let at = self.append(&grain, "grain")?;
         let sector = (at / SECTOR) as u32;
@@ -747,6 +791,39 @@ impl std::fmt::Display for Region {
     }
 }
 
+/// Reads a parent's bytes at guest offset `at`; zeros past its end.
+fn read_parent(parent: &mut Vmdk, at: u64, buf: &mut [u8]) -> Result<(), String> {
+    let inside = parent.len().saturating_sub(at).min(buf.len() as u64) as usize;
+    if inside > 0 {
+        parent
+            .read_at(at, &mut buf[..inside])
+            .map_err(|e| format!("parent: {e}"))?;
+    }
+    buf[inside..].fill(0);
+    Ok(())
+}
+
+/// Where a descriptor's `CID=` value (8 hex digits) starts, if it has one.
+fn cid_position(text: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    for line in text.split(|&b| b == b'\n') {
+        let indent = line
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(line.len());
+        let rest = &line[indent..];
+        let hex = rest
+            .get(4..12)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+        let ends = rest.get(12).is_none_or(|b| !b.is_ascii_hexdigit());
+        if rest.starts_with(b"CID=") && hex && ends {
+            return Some(start + indent + 4);
+        }
+        start += line.len() + 1;
+    }
+    None
+}
+
 /// A FLAT or VMFS extent: sectors from `base` in a file.
 struct Flat {
     storage: Box<dyn Storage>,
@@ -905,7 +982,19 @@ fn parse_descriptor(text: &str, extents: bool) -> Result<Descriptor, String> {
     Ok(descriptor)
 }
 
-const PARENT_ERROR: &str = "VMDK images with a parent (snapshot deltas) are not supported";
+const PARENT_ERROR: &str =
+    "VMDK images with a parent (snapshot deltas) are not supported without a path to find it";
+/// The longest parent chain followed (this also stops an image that is its own parent).
+const MAX_PARENT_DEPTH: u32 = 16;
+
+/// Where the descriptor's CID is, to change it on the first write (as VMware and
+/// QEMU do, so that children made from this image can tell it changed).
+enum CidSpot {
+    /// In the embedded descriptor of the (only) sparse extent, at this byte.
+    Extent(u64),
+    /// In a descriptor file, at this byte.
+    File(Box<dyn Storage>, u64),
+}
 
 /// An open VMDK image.
 pub struct Vmdk {
@@ -915,6 +1004,21 @@ pub struct Vmdk {
     /// Why writes are refused; None when the image is open for writing.
     read_only: Option<String>,
     create_type: String,
+    /// The image this one is a delta of, and its name as the descriptor gives it.
+    parent: Option<(Box<Vmdk>, String)>,
+    /// Where the CID is; None once changed (or when it cannot be).
+    cid: Option<CidSpot>,
+}
+
+/// The extent holding guest byte `pos` (below the size) and how many bytes of it
+/// follow `pos`.
+fn extent_at(extents: &mut [Extent], pos: u64) -> Result<(&mut Extent, u64), String> {
+    let i = extents.partition_point(|e| e.start + e.len <= pos);
+    let extent = extents
+        .get_mut(i)
+        .ok_or_else(|| format!("no extent holds offset {pos:#x}"))?;
+    let left = extent.start + extent.len - pos;
+    Ok((extent, left))
 }
 
 impl Vmdk {
@@ -932,9 +1036,16 @@ impl Vmdk {
     }
 
     /// Opens a sparse extent file (monolithicSparse or streamOptimized) or a
-    /// descriptor file and its extents. streamOptimized images are read-only.
+    /// descriptor file and its extents. streamOptimized images are read-only. A
+    /// parent (`parentFileNameHint`, relative to the image's directory) is opened
+    /// read-only, recursively, at most 16 deep.
     pub fn open(path: &Path, writable: bool) -> Result<Vmdk, String> {
+        Self::open_chain(path, writable, 0)
+    }
+
+    fn open_chain(path: &Path, writable: bool, depth: u32) -> Result<Vmdk, String> {
         let named = |e: String| format!("{}: {e}", path.display());
+        let dir = path.parent().unwrap_or(Path::new("."));
         let requested = writable;
         let (file, writable) = super::open_file(path, writable)?;
         let len = Storage::size(&file).map_err(|e| named(io_error("cannot read", e)))?;
@@ -942,7 +1053,10 @@ impl Vmdk {
         Storage::read_exact_at(&file, &mut head, 0)
             .map_err(|e| named(io_error("cannot read", e)))?;
         if head.starts_with(MAGIC) {
-            return Self::from_storage(Box::new(file), writable).map_err(named);
+            let (mut image, descriptor) =
+                Self::from_sparse(Box::new(file), writable).map_err(named)?;
+            image.open_parent(&descriptor, dir, depth).map_err(named)?;
+            return Ok(image);
         }
         if !Self::probe(&head) {
             return Err(named("not a VMDK image".into()));
@@ -958,26 +1072,64 @@ impl Vmdk {
         let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
         let descriptor =
             parse_descriptor(&String::from_utf8_lossy(&text[..end]), true).map_err(named)?;
-        if descriptor.has_parent() {
-            return Err(named(PARENT_ERROR.into()));
+        // The descriptor file itself is only written for its CID: its extents
+        // decide whether the image is writable.
+        let cid = cid_position(&text[..end]).map(|at| at as u64);
+        let mut image = Self::from_descriptor(&descriptor, dir, requested).map_err(named)?;
+        image.cid = match cid {
+            Some(at) if writable && image.read_only.is_none() => {
+                Some(CidSpot::File(Box::new(file), at))
+            }
+            _ => None,
+        };
+        image.open_parent(&descriptor, dir, depth).map_err(named)?;
+        Ok(image)
+    }
+
+    /// Opens the parent `descriptor` names, if any.
+    fn open_parent(
+        &mut self,
+        descriptor: &Descriptor,
+        dir: &Path,
+        depth: u32,
+    ) -> Result<(), String> {
+        if !descriptor.has_parent() {
+            return Ok(());
         }
-        // The descriptor itself is not written: its extents decide.
-        let dir = path.parent().unwrap_or(Path::new("."));
-        Self::from_descriptor(descriptor, dir, requested).map_err(named)
+        let name = descriptor.parent_hint.clone().unwrap_or_default();
+        if depth + 1 >= MAX_PARENT_DEPTH {
+            return Err(format!(
+                "the parent chain is more than {MAX_PARENT_DEPTH} deep"
+            ));
+        }
+        let parent = Self::open_chain(&dir.join(&name), false, depth + 1)
+            .map_err(|e| format!("parent: {e}"))?;
+        self.parent = Some((Box::new(parent), name));
+        Ok(())
     }
 
     /// Opens a single-file sparse image (monolithicSparse or streamOptimized) from
     /// any storage; the embedded descriptor's extent lines are not followed.
     pub fn from_storage(storage: Box<dyn Storage>, writable: bool) -> Result<Vmdk, String> {
+        let (image, descriptor) = Self::from_sparse(storage, writable)?;
+        if descriptor.has_parent() {
+            return Err(PARENT_ERROR.into());
+        }
+        Ok(image)
+    }
+
+    /// A single-file sparse image, without its parent (if any), and its embedded
+    /// descriptor.
+    fn from_sparse(
+        storage: Box<dyn Storage>,
+        writable: bool,
+    ) -> Result<(Vmdk, Descriptor), String> {
         let (sparse, text) = Sparse::open(storage)?;
         let descriptor = match &text {
             Some(text) => parse_descriptor(text, false)?,
             None => Descriptor::default(),
         };
-        if descriptor.has_parent() {
-            return Err(PARENT_ERROR.into());
-        }
-        let create_type = descriptor.create_type.unwrap_or_else(|| {
+        let create_type = descriptor.create_type.clone().unwrap_or_else(|| {
             if sparse.compressed {
                 "streamOptimized".into()
             } else {
@@ -992,6 +1144,7 @@ impl Vmdk {
             None
         };
         let size = sparse.capacity;
+        let cid = sparse.cid_offset.map(CidSpot::Extent);
         let extents = if size > 0 {
             vec![Extent {
                 start: 0,
@@ -1001,15 +1154,22 @@ impl Vmdk {
         } else {
             Vec::new()
         };
-        Ok(Vmdk {
+        let image = Vmdk {
             extents,
             size,
             read_only,
             create_type,
-        })
+            parent: None,
+            cid,
+        };
+        Ok((image, descriptor))
     }
 
-    fn from_descriptor(descriptor: Descriptor, dir: &Path, writable: bool) -> Result<Vmdk, String> {
+    fn from_descriptor(
+        descriptor: &Descriptor,
+        dir: &Path,
+        writable: bool,
+    ) -> Result<Vmdk, String> {
         let mut read_only = (!writable).then(|| "the image is open read-only".to_string());
         let mut refuse = |why: String| {
             read_only.get_or_insert(why);
@@ -1092,7 +1252,12 @@ impl Vmdk {
             extents,
             size,
             read_only,
-            create_type: descriptor.create_type.unwrap_or_else(|| "unknown".into()),
+            create_type: descriptor
+                .create_type
+                .clone()
+                .unwrap_or_else(|| "unknown".into()),
+            parent: None,
+            cid: None,
         })
     }
 
@@ -1153,30 +1318,45 @@ impl Vmdk {
         }
     }
 
-    /// The extent holding guest byte `pos` (below the size) and how many bytes of
-    /// it follow `pos`.
-    fn extent_at(&mut self, pos: u64) -> Result<(&mut Extent, u64), String> {
-        let i = self.extents.partition_point(|e| e.start + e.len <= pos);
-        let extent = self
-            .extents
-            .get_mut(i)
-            .ok_or_else(|| format!("no extent holds offset {pos:#x}"))?;
-        let left = extent.start + extent.len - pos;
-        Ok((extent, left))
+    /// Gives the image a new CID before its first write.
+    fn change_cid(&mut self) -> Result<(), String> {
+        let Some(spot) = self.cid.take() else {
+            return Ok(());
+        };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let cid = format!(
+            "{:08x}",
+            (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
+        );
+        let (storage, at) = match &spot {
+            CidSpot::File(file, at) => (file.as_ref(), *at),
+            CidSpot::Extent(at) => match self.extents.first().map(|e| &e.data) {
+                Some(ExtentData::Sparse(sparse)) => (sparse.storage.as_ref(), *at),
+                _ => return Ok(()),
+            },
+        };
+        storage
+            .write_all_at(cid.as_bytes(), at)
+            .map_err(|e| io_error("cannot write the descriptor's CID", e))
     }
 
     fn write_extents(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
         let mut done = 0;
         while done < data.len() {
             let pos = offset + done as u64;
-            let (extent, left) = self.extent_at(pos)?;
+            let (extent, left) = extent_at(&mut self.extents, pos)?;
             let n = (data.len() - done).min(left.min(usize::MAX as u64) as usize);
             let inside = pos - extent.start;
             let part = &data[done..done + n];
             match &mut extent.data {
                 ExtentData::Zero => return Err("a ZERO extent cannot be written".into()),
                 ExtentData::Flat(flat) => flat.write(inside, part)?,
-                ExtentData::Sparse(sparse) => sparse.write(inside, part)?,
+                ExtentData::Sparse(sparse) => {
+                    let parent = self.parent.as_mut().map(|(p, _)| p.as_mut());
+                    sparse.write(inside, part, parent, extent.start)?
+                }
             }
             done += n;
         }
@@ -1293,14 +1473,17 @@ impl DiskFormat for Vmdk {
         let mut done = 0;
         while done < buf.len() {
             let pos = offset + done as u64;
-            let (extent, left) = self.extent_at(pos)?;
+            let (extent, left) = extent_at(&mut self.extents, pos)?;
             let n = (buf.len() - done).min(left.min(usize::MAX as u64) as usize);
             let inside = pos - extent.start;
             let part = &mut buf[done..done + n];
             match &mut extent.data {
                 ExtentData::Zero => part.fill(0),
                 ExtentData::Flat(flat) => flat.read(inside, part)?,
-                ExtentData::Sparse(sparse) => sparse.read(inside, part)?,
+                ExtentData::Sparse(sparse) => {
+                    let parent = self.parent.as_mut().map(|(p, _)| p.as_mut());
+                    sparse.read(inside, part, parent, extent.start)?
+                }
             }
             done += n;
         }
@@ -1312,7 +1495,9 @@ impl DiskFormat for Vmdk {
             return Err(why.clone());
         }
         self.check_range(offset, data.len())?;
-        let result = self.write_extents(offset, data);
+        let result = self
+            .change_cid()
+            .and_then(|()| self.write_extents(offset, data));
         if let Err(e) = &result {
             // The tables in memory may no longer match the file: stop writing rather
             // than build on them.
@@ -1344,6 +1529,9 @@ impl DiskFormat for Vmdk {
             ("create type", self.create_type.clone()),
             ("extents", self.extents.len().to_string()),
         ];
+        if let Some((_, name)) = &self.parent {
+            lines.push(("parent", name.clone()));
+        }
         let sparse = self.extents.iter().find_map(|e| match &e.data {
             ExtentData::Sparse(sparse) => Some(sparse),
             _ => None,
@@ -1830,6 +2018,101 @@ mod tests {
         }
     }
 
+    fn descriptor_value(image: &[u8], key: &str) -> String {
+        let text = String::from_utf8_lossy(&image[512..512 * 21]).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}"))
+            .to_string()
+    }
+
+    /// Children made by qemu-img (parentFileNameHint): reads fall through to the
+    /// parent, writes copy the parent's part of a new grain, and the parent is not
+    /// written.
+    #[test]
+    fn vmdk_reads_and_writes_snapshot_deltas() {
+        if !have_qemu_img("vmdk_reads_and_writes_snapshot_deltas") {
+            return;
+        }
+        let dir = Scratch::new("delta");
+        let mut expected = varied_contents(ODD_SIZE, 29);
+        fs::write(dir.path("base.raw"), &expected).unwrap();
+        convert(&dir, "base.raw", "base.vmdk", "monolithicSparse");
+        let child = ["create", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk"];
+        run_ok(&dir, &[&child[..], &["child.vmdk"]].concat());
+        let out = Command::new("qemu-io")
+            .args(["-f", "vmdk", "-c", "write -P 0x33 1000 3000"])
+            .args(["-c", "write -P 0x44 1M 100k", "child.vmdk"])
+            .current_dir(&dir.0)
+            .output()
+            .expect("qemu-io");
+        assert!(out.status.success(), "{out:?}");
+        expected[1000..4000].fill(0x33);
+        expected[1 << 20..(1 << 20) + (100 << 10)].fill(0x44);
+
+        let mut image = Vmdk::open(&dir.path("child.vmdk"), false).unwrap();
+        assert!(read_all(&mut image) == expected, "the child differs");
+        check_spans(&mut image, &expected, 30, "child");
+        assert!(image
+            .details()
+            .contains(&("parent", "base.vmdk".to_string())));
+        drop(image);
+
+        let base_before = fs::read(dir.path("base.vmdk")).unwrap();
+        let child_before = fs::read(dir.path("child.vmdk")).unwrap();
+        let mut image = Vmdk::open(&dir.path("child.vmdk"), true).unwrap();
+        assert!(image.is_writable());
+        random_writes(&mut image, &mut expected, 31, 200);
+        image.flush().unwrap();
+        assert!(
+            read_all(&mut image) == expected,
+            "the child differs after writes"
+        );
+        assert!(image.check().unwrap().errors.is_empty());
+        drop(image);
+        assert!(fs::read(dir.path("base.vmdk")).unwrap() == base_before);
+        let child_after = fs::read(dir.path("child.vmdk")).unwrap();
+        assert_ne!(
+            descriptor_value(&child_before, "CID"),
+            descriptor_value(&child_after, "CID")
+        );
+        assert_eq!(
+            descriptor_value(&child_before, "parentCID"),
+            descriptor_value(&child_after, "parentCID")
+        );
+        fs::write(dir.path("expected.raw"), &expected).unwrap();
+        run_ok(&dir, &["check", "-f", "vmdk", "child.vmdk"]);
+        run_ok(
+            &dir,
+            &[
+                "compare",
+                "-f",
+                "vmdk",
+                "-F",
+                "raw",
+                "child.vmdk",
+                "expected.raw",
+            ],
+        );
+
+        // Two deep.
+        run_ok(
+            &dir,
+            &[
+                "create",
+                "-f",
+                "vmdk",
+                "-b",
+                "child.vmdk",
+                "-F",
+                "vmdk",
+                "top.vmdk",
+            ],
+        );
+        let mut image = Vmdk::open(&dir.path("top.vmdk"), false).unwrap();
+        assert!(read_all(&mut image) == expected, "the grandchild differs");
+    }
+
     /// Grain directory entries of 0 (no grain table yet): writes allocate the
     /// tables at the end of the file.
     #[test]
@@ -2043,15 +2326,25 @@ mod tests {
         let e = one_line_error(Vmdk::open(&many, false), "100,000 extents");
         assert!(e.contains("4096"), "{e}");
 
-        // A parent link.
-        let child = dir.path("child.vmdk");
-        fs::write(
-            &child,
-            "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=87654321\n\
-             parentFileNameHint=\"base.vmdk\"\nRW 2048 SPARSE \"base.vmdk\"\n",
-        )
-        .unwrap();
-        let e = one_line_error(Vmdk::open(&child, false), "parent");
+        // Parents: an image that is its own parent, a missing parent, and a child
+        // without a path to find its parent.
+        let own = "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=87654321\n\
+             parentFileNameHint=\"own.vmdk\"\nRW 2048 SPARSE \"base.vmdk\"\n";
+        fs::write(dir.path("own.vmdk"), own).unwrap();
+        let e = one_line_error(Vmdk::open(&dir.path("own.vmdk"), false), "own parent");
+        assert!(e.contains("deep"), "{e}");
+        let orphan = own.replace("own.vmdk", "gone.vmdk");
+        fs::write(dir.path("orphan.vmdk"), orphan).unwrap();
+        one_line_error(
+            Vmdk::open(&dir.path("orphan.vmdk"), false),
+            "missing parent",
+        );
+        let mut child = base.clone();
+        let text = b"# Disk DescriptorFile\nCID=12345678\nparentCID=87654321\n\
+             parentFileNameHint=\"base.vmdk\"\n\0";
+        child[512..512 + text.len()].copy_from_slice(text);
+        let storage = MemStorage::new(child, 1 << 30);
+        let e = one_line_error(Vmdk::from_storage(Box::new(storage), false), "child");
         assert!(e.contains(PARENT_ERROR), "{e}");
 
         for (what, text) in [
