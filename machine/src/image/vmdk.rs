@@ -1187,7 +1187,8 @@ impl Vmdk {
                 }
                 _ => return Err(format!("extent {n}: NOACCESS extents are not supported")),
             };
-            let open = |line: &ExtentLine| -> Result<(File, PathBuf), String> {
+            // An extent file that cannot be written makes the image read-only.
+            let mut open = |line: &ExtentLine| -> Result<(File, PathBuf), String> {
                 let name = line
                     .file
                     .as_deref()
@@ -1196,7 +1197,7 @@ impl Vmdk {
                 let path = dir.join(name);
                 let (file, got) = super::open_file(&path, writable && rw)?;
                 if writable && rw && !got {
-                    return Err(format!("{}: cannot open for writing", path.display()));
+                    refuse(format!("{} is not writable", path.display()));
                 }
                 Ok((file, path))
             };
