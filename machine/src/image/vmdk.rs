@@ -642,8 +642,10 @@ impl Sparse {
         Ok(gt)
     }
 
-    /// Checks the tables; adds problems to `errors` (each prefixed with `name`).
-    fn check(&mut self, name: &str, errors: &mut Vec<String>) {
+    /// Checks the tables; adds problems to `errors` (each prefixed with `name`) and
+    /// gives the number of leaked grains: grain-sized stretches of the file that
+    /// nothing uses (left by an interrupted write; not counted when compressed).
+    fn check(&mut self, name: &str, errors: &mut Vec<String>) -> u64 {
         // Byte ranges in use, to find overlaps: (start, end, what).
         let mut used: Vec<(u64, u64, Region)> = vec![(0, SECTOR, Region::Header)];
         if let Some((at, len)) = self.descriptor {
@@ -737,17 +739,32 @@ impl Sparse {
                 } else {
                     at + self.grain_bytes.min(self.capacity - guest).div_ceil(SECTOR) * SECTOR
                 };
-                if end > self.file_len.div_ceil(SECTOR) * SECTOR {
+                let file_end = self.file_len.div_ceil(SECTOR) * SECTOR;
+                if end > file_end {
                     errors.push(format!(
                         "{name}the grain for guest offset {guest:#x} (at {at:#x}) is past the end of the file"
                     ));
                     continue;
                 }
+                // A last grain partly past the capacity uses a whole grain when the
+                // file has one.
+                let whole = at + self.grain_bytes;
+                let end = if !self.compressed && whole <= file_end {
+                    whole
+                } else {
+                    end
+                };
                 used.push((at, end, Region::Grain(guest)));
             }
         }
         used.sort_by_key(|&(start, end, _)| (start, end));
         let mut last: Option<(u64, Region)> = None;
+        let mut leaked = 0;
+        let mut leak = |from: u64, to: u64| {
+            // Tables use whole sectors.
+            let from = from.div_ceil(SECTOR) * SECTOR;
+            leaked += to.saturating_sub(from) / self.grain_bytes;
+        };
         for &(start, end, what) in &used {
             if let Some((last_end, last_what)) = last {
                 if start < last_end {
@@ -756,10 +773,19 @@ impl Sparse {
                         break;
                     }
                 }
+                leak(last_end, start);
             }
             if last.is_none_or(|(last_end, _)| end > last_end) {
                 last = Some((end, what));
             }
+        }
+        if let Some((last_end, _)) = last {
+            leak(last_end, self.file_len);
+        }
+        if self.compressed {
+            0
+        } else {
+            leaked
         }
     }
 }
@@ -1548,6 +1574,7 @@ impl DiskFormat for Vmdk {
 
     fn check(&mut self) -> Result<CheckReport, String> {
         let mut errors = Vec::new();
+        let mut leaked_clusters = 0;
         let several = self.extents.len() > 1;
         for (i, extent) in self.extents.iter_mut().enumerate() {
             if let ExtentData::Sparse(sparse) = &mut extent.data {
@@ -1556,7 +1583,7 @@ impl DiskFormat for Vmdk {
                 } else {
                     String::new()
                 };
-                sparse.check(&name, &mut errors);
+                leaked_clusters += sparse.check(&name, &mut errors);
             }
         }
         if errors.len() > MAX_ERRORS {
@@ -1566,7 +1593,7 @@ impl DiskFormat for Vmdk {
         }
         Ok(CheckReport {
             errors,
-            leaked_clusters: 0,
+            leaked_clusters,
         })
     }
 }
@@ -1746,6 +1773,7 @@ mod tests {
             assert!(image.read_at(raw.len() as u64 - 1, &mut two).is_err());
             let report = image.check().unwrap();
             assert!(report.errors.is_empty(), "{name}: {:?}", report.errors);
+            assert_eq!(report.leaked_clusters, 0, "{name}");
             let details = image.details();
             assert!(
                 details.contains(&("create type", subformat.to_string())),
@@ -1919,6 +1947,7 @@ mod tests {
             );
             let report = image.check().unwrap();
             assert!(report.errors.is_empty(), "{name}: {:?}", report.errors);
+            assert_eq!(report.leaked_clusters, 0, "{name}");
             drop(image);
 
             fs::write(dir.path(&raw_name), &mirror).unwrap();
@@ -2436,6 +2465,14 @@ mod tests {
         // A grain table outside the file.
         let found = errors(&|b| set(b, gd, u32::MAX));
         assert!(found.iter().any(|e| e.contains("outside")), "{found:?}");
+        // Two grains nothing points to (an interrupted write).
+        let mut bytes = base.clone();
+        bytes.extend_from_slice(&[7u8; 2 << 16]);
+        let storage = MemStorage::new(bytes, 1 << 30);
+        let mut image = Vmdk::from_storage(Box::new(storage), false).unwrap();
+        let report = image.check().unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.leaked_clusters, 2);
     }
 
     #[test]
