@@ -523,7 +523,8 @@ impl Sparse {
             let part = &data[done..done + n];
             match self.locate(pos)? {
                 Grain::Data(at) => {
-                    if at + self.grain_bytes > self.file_len {
+                    // Only bytes inside the file are written in place.
+                    if at + in_grain + n as u64 > self.file_len {
                         return Err(format!(
                             "the grain at {at:#x} for extent offset {pos:#x} is past the end of the file"
                         ));
@@ -2587,5 +2588,22 @@ mod tests {
             let _ = image.flush();
         }
         assert!(opened > 100, "only {opened} damaged images opened");
+
+        // Damaged descriptors parse or fail, without a panic.
+        let text = fs::read(dir.path("sparse.vmdk")).unwrap()[512..1536].to_vec();
+        for _ in 0..3000 {
+            let mut bytes = text.clone();
+            for _ in 0..rng.below(12) + 1 {
+                let at = rng.below(bytes.len() as u64) as usize;
+                bytes[at] = match rng.below(4) {
+                    0 => b'"',
+                    1 => b'\n',
+                    2 => b' ',
+                    _ => rng.next() as u8,
+                };
+            }
+            let _ = parse_descriptor(&String::from_utf8_lossy(&bytes), true);
+            let _ = parse_descriptor(&String::from_utf8_lossy(&bytes), false);
+        }
     }
 }
