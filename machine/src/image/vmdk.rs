@@ -37,6 +37,11 @@
 //! and QEMU, the first write gives the image a new CID (in its descriptor, embedded
 //! or a file), so that its own children can tell it changed.
 //!
+//! `check` verifies each sparse extent: GD and GT entries inside the file, no grain
+//! or table overlapping another or the metadata, no grain used twice, the redundant
+//! GD and GTs equal to the primary ones; grain-sized stretches of the file that
+//! nothing uses are counted as leaked (in grains).
+//!
 //! Not supported: VMFSSPARSE/SESPARSE (ESX COW) and raw device mapping extents,
 //! NOACCESS extents, writing compressed grains, and children opened from storage
 //! without a path (`from_storage`: the parent cannot be found).
