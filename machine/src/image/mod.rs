@@ -10,6 +10,7 @@ pub mod ova;
 pub mod qcow2;
 pub mod raw;
 pub mod vdi;
+pub mod vmdk;
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -163,6 +164,8 @@ pub fn probe(head: &[u8]) -> &'static str {
         "qcow2"
     } else if vdi::Vdi::probe(head) {
         "vdi"
+    } else if vmdk::Vmdk::probe(head) {
+        "vmdk"
     } else {
         "raw"
     }
@@ -202,6 +205,7 @@ pub fn open(
         "raw" => Box::new(raw::Raw::new(Box::new(file), writable).map_err(named)?),
         "qcow2" => Box::new(qcow2::Qcow2::open(path, writable)?),
         "vdi" => Box::new(vdi::Vdi::open(path, writable)?),
+        "vmdk" => Box::new(vmdk::Vmdk::open(path, writable)?),
         other => return Err(format!("unknown image format {other:?}")),
     })
 }
@@ -222,7 +226,8 @@ pub fn from_storage(
         "raw" => Box::new(raw::Raw::new(storage, writable)?),
         "qcow2" => Box::new(qcow2::Qcow2::from_storage(storage, writable)?),
         "vdi" => Box::new(vdi::Vdi::from_storage(storage, writable)?),
-        other => return Err(format!("{other} images cannot be opened from memory yet")),
+        "vmdk" => Box::new(vmdk::Vmdk::from_storage(storage, writable)?),
+        other => return Err(format!("{other} images cannot be opened from memory")),
     })
 }
 
@@ -233,6 +238,7 @@ pub fn create(path: &Path, format: &str, size: u64, options: &CreateOptions) -> 
         "raw" => raw::Raw::create(path, size, options).map_err(named),
         "qcow2" => qcow2::Qcow2::create(path, size, options).map_err(named),
         "vdi" => vdi::Vdi::create(path, size, options).map_err(named),
+        "vmdk" => vmdk::Vmdk::create(path, size, options).map_err(named),
         other => Err(format!(
             "cannot create {other:?} images (formats: {})",
             CREATABLE.join(", ")
