@@ -1,7 +1,7 @@
 //! `hospes img`: look at, make, convert and check disk images (as `qemu-img` does),
 //! and import OVA appliances.
 
-use hospes_machine::image::{self, ova::Appliance, CreateOptions, DiskFormat};
+use hospes_image::{self as image, ova::Appliance, CreateOptions, DiskFormat};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Subcommand)]

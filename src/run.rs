@@ -4,9 +4,9 @@ use crate::screen::{self, Display, DisplayArgs, Ended, Presentation};
 use hospes_bios::{
     BootDevice, BootOptions, DirectKernel, KernelFormat, LinuxBoot, Module, MultibootBoot,
 };
+use hospes_image::ova::Appliance;
 use hospes_jit::Tier;
 use hospes_machine::gdb::Debugger;
-use hospes_machine::image::ova::Appliance;
 use hospes_machine::snapshot::{DiskFile, DiskRole, Snapshot};
 use hospes_machine::{Machine, MachineConfig, Stop};
 use std::io::Write;
@@ -160,7 +160,7 @@ fn is_ova(path: &Path) -> Result<bool, String> {
     let n = file
         .read_at(&mut head, 0)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(hospes_machine::image::ova::probe(&head[..n]))
+    Ok(hospes_image::ova::probe(&head[..n]))
 }
 
 /// QEMU's single-dash spellings, rewritten to ours before parsing.

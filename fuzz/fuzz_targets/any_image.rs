@@ -2,7 +2,7 @@
 //! `hospes run` does): open, read, write, check; nothing may panic.
 #![no_main]
 
-use hospes_machine::image;
+use hospes_image as image;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! Arbitrary text as an OVA's OVF descriptor: parsed or refused, never a panic.
 #![no_main]
 
-use hospes_machine::image::ova;
+use hospes_image::ova;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

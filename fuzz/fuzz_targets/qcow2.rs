@@ -1,7 +1,7 @@
 //! Arbitrary bytes as a qcow2 image: open, read, write, check; nothing may panic.
 #![no_main]
 
-use hospes_machine::image::{self, qcow2::Qcow2};
+use hospes_image::{self as image, qcow2::Qcow2};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

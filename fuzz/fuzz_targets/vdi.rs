@@ -1,7 +1,7 @@
 //! Arbitrary bytes as a VDI image: open, read, write, check; nothing may panic.
 #![no_main]
 
-use hospes_machine::image::{self, vdi::Vdi};
+use hospes_image::{self as image, vdi::Vdi};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

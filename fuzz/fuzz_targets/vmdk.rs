@@ -1,7 +1,7 @@
 //! Arbitrary bytes as a VMDK image: open, read, write, check; nothing may panic.
 #![no_main]
 
-use hospes_machine::image::{self, vmdk::Vmdk};
+use hospes_image::{self as image, vmdk::Vmdk};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,10 +7,10 @@
 //! file is then never written, and a snapshot carries the overlay.
 
 use crate::board::DriveSlot;
-use crate::image::{self, DiskFormat};
 use crate::snapshot::{DiskFile, DiskRole};
 use hospes_bios::{Drive, DriveError, DriveKind, CDROM, FIRST_HARD_DISK, FLOPPY_A};
 use hospes_devices::ide::IdeDevice;
+use hospes_image::{self as image, DiskFormat};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;

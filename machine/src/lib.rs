@@ -10,7 +10,6 @@ pub mod clock;
 pub mod disk;
 pub mod firmware;
 pub mod gdb;
-pub mod image;
 pub mod replay;
 pub mod shadow;
 pub mod snapshot;

@@ -1609,7 +1609,7 @@ impl DiskFormat for Qcow2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::MemStorage;
+    use crate::MemStorage;
     use std::fs;
     use std::process::{Command, Output};
     use std::sync::atomic::{AtomicU64, Ordering};

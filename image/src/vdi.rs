@@ -681,7 +681,7 @@ impl DiskFormat for Vdi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::MemStorage;
+    use crate::MemStorage;
     use std::fs;
     use std::path::PathBuf;
     use std::process::{Command, Output};
@@ -837,7 +837,7 @@ mod tests {
                 );
                 let bytes = fs::read(dir.path(name)).unwrap();
                 assert!(Vdi::probe(&bytes[..1024]), "{name}: not probed");
-                assert_eq!(crate::image::probe(&bytes[..1024]), "vdi");
+                assert_eq!(crate::probe(&bytes[..1024]), "vdi");
                 let mut image = Vdi::open(&dir.path(name), false).expect(name);
                 assert_eq!(image.len(), len as u64, "{name}");
                 assert!(whole(&mut image) == raw, "{name} ({len}): the disk differs");
@@ -863,7 +863,7 @@ mod tests {
                 );
                 assert!(details.contains(&("block size", "1048576".to_string())));
                 // Through the format-independent entry point too.
-                let mut any = crate::image::open(&dir.path(name), false, None).unwrap();
+                let mut any = crate::open(&dir.path(name), false, None).unwrap();
                 assert_eq!(any.format_name(), "vdi");
                 let mut tail = vec![0u8; 5000];
                 any.read_at(len as u64 - 5000, &mut tail).unwrap();
@@ -967,7 +967,7 @@ mod tests {
                 ..CreateOptions::default()
             };
             let name = format!("hospes-{variant}.vdi");
-            crate::image::create(&dir.path(&name), "vdi", len as u64, &options).unwrap();
+            crate::create(&dir.path(&name), "vdi", len as u64, &options).unwrap();
             qemu_img_ok(&dir, &["check", "-f", "vdi", &name]);
             let info = qemu_img_ok(&dir, &["info", "--output=json", &name]);
             assert!(info.contains(&format!("\"virtual-size\": {len}")), "{info}");
@@ -982,7 +982,7 @@ mod tests {
         ];
         for (n, (name, start)) in cases.into_iter().enumerate() {
             let mut expected = start.clone();
-            let image = crate::image::open(&dir.path(name), true, None).unwrap();
+            let image = crate::open(&dir.path(name), true, None).unwrap();
             assert!(image.is_writable());
             drop(image);
             let mut image = Vdi::open(&dir.path(name), true).unwrap();
