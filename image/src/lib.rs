@@ -12,6 +12,9 @@ pub mod raw;
 pub mod vdi;
 pub mod vmdk;
 
+#[cfg(test)]
+mod testing;
+
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -1609,81 +1609,9 @@ impl DiskFormat for Qcow2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{have_qemu_img, run, run_ok, Rng, Scratch};
     use crate::MemStorage;
     use std::fs;
-    use std::process::{Command, Output};
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    /// A scratch directory, removed when dropped.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(test: &str) -> Scratch {
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir()
-                .join(format!("hospes-qcow2-{test}-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).expect("scratch directory");
-            Scratch(dir)
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn have_qemu_img(test: &str) -> bool {
-        let found = Command::new("qemu-img")
-            .arg("--version")
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if !found {
-            eprintln!("{test}: skipped (qemu-img is not on PATH)");
-        }
-        found
-    }
-
-    fn run(dir: &Scratch, program: &str, args: &[&str]) -> Output {
-        Command::new(program)
-            .args(args)
-            .current_dir(&dir.0)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-    }
-
-    fn run_ok(dir: &Scratch, program: &str, args: &[&str]) {
-        let out = run(dir, program, args);
-        assert!(
-            out.status.success(),
-            "{program} {args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// xorshift64*: deterministic test data without a crate.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
 
     /// Disk contents in 64 KiB regions of zeros, a compressible pattern, noise, or
     /// zeros with a few marks (so that some clusters of a region are zero).

@@ -681,97 +681,23 @@ impl DiskFormat for Vdi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{have_qemu_img, run, run_ok, Rng, Scratch};
     use crate::MemStorage;
     use std::fs;
     use std::path::PathBuf;
-    use std::process::{Command, Output};
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     const MIB: usize = 1 << 20;
-
-    /// A directory for one test's files, deleted afterwards.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(test: &str) -> TempDir {
-            static SERIAL: AtomicU64 = AtomicU64::new(0);
-            let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir()
-                .join(format!("hospes-vdi-{test}-{}-{serial}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).expect("make a scratch directory");
-            TempDir(dir)
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn qemu_img_present(test: &str) -> bool {
-        let present = Command::new("qemu-img")
-            .arg("--version")
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if !present {
-            eprintln!("{test}: skipped, qemu-img is not installed");
-        }
-        present
-    }
-
-    fn qemu_img(dir: &TempDir, args: &[&str]) -> Output {
-        Command::new("qemu-img")
-            .args(args)
-            .current_dir(&dir.0)
-            .output()
-            .expect("run qemu-img")
-    }
-
-    fn qemu_img_ok(dir: &TempDir, args: &[&str]) -> String {
-        let out = qemu_img(dir, args);
-        assert!(
-            out.status.success(),
-            "qemu-img {args:?}: {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// splitmix64, for repeatable test data.
-    struct Rand(u64);
-
-    impl Rand {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn upto(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
 
     /// A disk of `len` bytes in 256 KiB stretches: zeros, a counting pattern, noise,
     /// or zeros with a byte set here and there. Whole 1 MiB blocks of zeros too.
     fn disk_contents(len: usize, seed: u64) -> Vec<u8> {
-        let mut rand = Rand(seed);
+        let mut rand = Rng(seed);
         let mut disk = vec![0u8; len];
         for (n, stretch) in disk.chunks_mut(256 << 10).enumerate() {
             if n % 8 == 4 {
                 continue; // leaves blocks 1, 3, ... partly zero, and some wholly
             }
-            match rand.upto(4) {
+            match rand.below(4) {
                 0 => {}
                 1 => stretch
                     .iter_mut()
@@ -780,7 +706,7 @@ mod tests {
                 2 => stretch.iter_mut().for_each(|b| *b = rand.next() as u8),
                 _ => {
                     for _ in 0..5 {
-                        let at = rand.upto(stretch.len() as u64) as usize;
+                        let at = rand.below(stretch.len() as u64) as usize;
                         stretch[at] = 0xa5;
                     }
                 }
@@ -801,11 +727,11 @@ mod tests {
 
     /// Reads 150 unaligned spans, many across block boundaries.
     fn compare_spans(image: &mut Vdi, expected: &[u8], seed: u64, name: &str) {
-        let mut rand = Rand(seed);
+        let mut rand = Rng(seed);
         for _ in 0..150 {
-            let len = 1 + rand.upto(3 * MIB as u64 / 2) as usize;
+            let len = 1 + rand.below(3 * MIB as u64 / 2) as usize;
             let len = len.min(expected.len());
-            let at = rand.upto((expected.len() - len) as u64 + 1) as usize;
+            let at = rand.below((expected.len() - len) as u64 + 1) as usize;
             let mut got = vec![0u8; len];
             image.read_at(at as u64, &mut got).expect("read a span");
             assert!(
@@ -817,10 +743,10 @@ mod tests {
 
     #[test]
     fn vdi_reads_images_made_by_qemu_img() {
-        if !qemu_img_present("vdi_reads_images_made_by_qemu_img") {
+        if !have_qemu_img("vdi_reads_images_made_by_qemu_img") {
             return;
         }
-        let dir = TempDir::new("read");
+        let dir = Scratch::new("read");
         // 5 MiB, and 4 MiB + 300 KiB + 3 sectors (not a whole number of blocks).
         for (n, len) in [5 * MIB, 4 * MIB + (300 << 10) + 1536]
             .into_iter()
@@ -829,8 +755,9 @@ mod tests {
             let raw = disk_contents(len, 100 + n as u64);
             fs::write(dir.path("disk.raw"), &raw).unwrap();
             for (name, options) in [("dynamic.vdi", "static=off"), ("static.vdi", "static=on")] {
-                qemu_img_ok(
+                run_ok(
                     &dir,
+                    "qemu-img",
                     &[
                         "convert", "-f", "raw", "-O", "vdi", "-o", options, "disk.raw", name,
                     ],
@@ -876,17 +803,17 @@ mod tests {
     /// `count` writes (mostly short, some up to 3 blocks) into `image` and `expected`,
     /// reading back now and then.
     fn random_writes(image: &mut Vdi, expected: &mut [u8], seed: u64, count: usize) {
-        let mut rand = Rand(seed);
+        let mut rand = Rng(seed);
         let size = expected.len() as u64;
         for i in 0..count {
-            let max = if rand.upto(4) == 0 {
+            let max = if rand.below(4) == 0 {
                 3 * MIB as u64
             } else {
                 70_000
             };
-            let len = (1 + rand.upto(max)).min(size) as usize;
-            let at = rand.upto(size - len as u64 + 1) as usize;
-            let data: Vec<u8> = match rand.upto(3) {
+            let len = (1 + rand.below(max)).min(size) as usize;
+            let at = rand.below(size - len as u64 + 1) as usize;
+            let data: Vec<u8> = match rand.below(3) {
                 0 => vec![0; len],
                 1 => (0..len).map(|j| (i ^ (j >> 9)) as u8).collect(),
                 _ => {
@@ -899,8 +826,8 @@ mod tests {
             image.write_at(at as u64, &data).expect("write");
             expected[at..at + len].copy_from_slice(&data);
             if i % 20 == 0 {
-                let len = (1 + rand.upto(2 * MIB as u64)).min(size) as usize;
-                let at = rand.upto(size - len as u64 + 1) as usize;
+                let len = (1 + rand.below(2 * MIB as u64)).min(size) as usize;
+                let at = rand.below(size - len as u64 + 1) as usize;
                 let mut got = vec![0u8; len];
                 image.read_at(at as u64, &mut got).expect("read back");
                 assert!(
@@ -913,11 +840,12 @@ mod tests {
     }
 
     /// qemu-img finds `name` clean and equal to `expected`, and so does this module.
-    fn check_and_compare(dir: &TempDir, name: &str, expected: &[u8]) {
-        qemu_img_ok(dir, &["check", "-f", "vdi", name]);
+    fn check_and_compare(dir: &Scratch, name: &str, expected: &[u8]) {
+        run_ok(dir, "qemu-img", &["check", "-f", "vdi", name]);
         fs::write(dir.path("expected.raw"), expected).unwrap();
-        qemu_img_ok(
+        run_ok(
             dir,
+            "qemu-img",
             &["compare", "-f", "vdi", "-F", "raw", name, "expected.raw"],
         );
         let mut image = Vdi::open(&dir.path(name), false).unwrap();
@@ -928,15 +856,16 @@ mod tests {
 
     #[test]
     fn vdi_writes_pass_qemu_img_check_and_compare() {
-        if !qemu_img_present("vdi_writes_pass_qemu_img_check_and_compare") {
+        if !have_qemu_img("vdi_writes_pass_qemu_img_check_and_compare") {
             return;
         }
-        let dir = TempDir::new("write");
+        let dir = Scratch::new("write");
         let len = 7 * MIB + (100 << 10) + 512;
         let contents = disk_contents(len, 200);
         fs::write(dir.path("disk.raw"), &contents).unwrap();
-        qemu_img_ok(
+        run_ok(
             &dir,
+            "qemu-img",
             &[
                 "convert",
                 "-f",
@@ -947,8 +876,9 @@ mod tests {
                 "qemu-dynamic.vdi",
             ],
         );
-        qemu_img_ok(
+        run_ok(
             &dir,
+            "qemu-img",
             &[
                 "convert",
                 "-f",
@@ -968,8 +898,8 @@ mod tests {
             };
             let name = format!("hospes-{variant}.vdi");
             crate::create(&dir.path(&name), "vdi", len as u64, &options).unwrap();
-            qemu_img_ok(&dir, &["check", "-f", "vdi", &name]);
-            let info = qemu_img_ok(&dir, &["info", "--output=json", &name]);
+            run_ok(&dir, "qemu-img", &["check", "-f", "vdi", &name]);
+            let info = run_ok(&dir, "qemu-img", &["info", "--output=json", &name]);
             assert!(info.contains(&format!("\"virtual-size\": {len}")), "{info}");
             assert!(info.contains("\"format\": \"vdi\""), "{info}");
             check_and_compare(&dir, &name, &vec![0u8; len]);
@@ -1010,17 +940,23 @@ mod tests {
         fs::write(&file, &bytes).unwrap();
         let mut image = Vdi::open(&file, false).unwrap();
         assert_eq!(image.check().unwrap().errors.len(), 1);
-        assert!(
-            !qemu_img(&dir, &["check", "-f", "vdi", "hospes-dynamic.vdi"])
-                .status
-                .success()
-        );
+        assert!(!run(
+            &dir,
+            "qemu-img",
+            &["check", "-f", "vdi", "hospes-dynamic.vdi"]
+        )
+        .status
+        .success());
         drop(image);
         let mut image = Vdi::open(&file, true).unwrap();
         assert!(image.is_writable());
         assert!(image.check().unwrap().errors.is_empty());
         drop(image);
-        qemu_img_ok(&dir, &["check", "-f", "vdi", "hospes-dynamic.vdi"]);
+        run_ok(
+            &dir,
+            "qemu-img",
+            &["check", "-f", "vdi", "hospes-dynamic.vdi"],
+        );
 
         // Cut short after the block, before the map entry: a leaked block, reused.
         let mut bytes = fs::read(&file).unwrap();
@@ -1084,14 +1020,15 @@ mod tests {
 
     #[test]
     fn vdi_hostile_images_give_errors_not_panics() {
-        if !qemu_img_present("vdi_hostile_images_give_errors_not_panics") {
+        if !have_qemu_img("vdi_hostile_images_give_errors_not_panics") {
             return;
         }
-        let dir = TempDir::new("hostile");
+        let dir = Scratch::new("hostile");
         let raw = disk_contents(4 * MIB, 400);
         fs::write(dir.path("disk.raw"), &raw).unwrap();
-        qemu_img_ok(
+        run_ok(
             &dir,
+            "qemu-img",
             &["convert", "-f", "raw", "-O", "vdi", "disk.raw", "small.vdi"],
         );
         let good = fs::read(dir.path("small.vdi")).unwrap();
@@ -1163,25 +1100,25 @@ mod tests {
 
         // Random damage to the header and block map, and truncations.
         let span = data_offset.min(good.len());
-        let mut rand = Rand(401);
+        let mut rand = Rng(401);
         for round in 0..1500 {
             let mut damaged = good.clone();
             if round % 3 == 2 {
-                damaged.truncate(rand.upto(good.len() as u64 + 1) as usize);
+                damaged.truncate(rand.below(good.len() as u64 + 1) as usize);
             } else {
-                for _ in 0..1 + rand.upto(4) {
+                for _ in 0..1 + rand.below(4) {
                     // The header's fields, the block map's entries, or anywhere
                     // before the data.
-                    let at = match rand.upto(3) {
+                    let at = match rand.below(3) {
                         0 => {
                             OFF_SIGNATURE
-                                + rand.upto((MIN_HEADER_BYTES - OFF_SIGNATURE) as u64) as usize
+                                + rand.below((MIN_HEADER_BYTES - OFF_SIGNATURE) as u64) as usize
                         }
-                        1 => map_offset + rand.upto(4 * blocks as u64) as usize,
-                        _ => rand.upto(span as u64) as usize,
+                        1 => map_offset + rand.below(4 * blocks as u64) as usize,
+                        _ => rand.below(span as u64) as usize,
                     };
-                    if rand.upto(2) == 0 {
-                        damaged[at] ^= 1 << rand.upto(8);
+                    if rand.below(2) == 0 {
+                        damaged[at] ^= 1 << rand.below(8);
                     } else {
                         damaged[at] = rand.next() as u8;
                     }

@@ -1608,81 +1608,9 @@ impl DiskFormat for Vmdk {
 mod tests {
     use super::super::MemStorage;
     use super::*;
+    use crate::testing::{have_qemu_img, run_ok, Rng, Scratch};
     use std::fs;
-    use std::process::{Command, Output};
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    /// A scratch directory, removed when dropped.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(test: &str) -> Scratch {
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("hospes-vmdk-{test}-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).expect("scratch directory");
-            Scratch(dir)
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn have_qemu_img(test: &str) -> bool {
-        let found = Command::new("qemu-img")
-            .arg("--version")
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if !found {
-            eprintln!("{test}: skipped (qemu-img is not on PATH)");
-        }
-        found
-    }
-
-    fn run(dir: &Scratch, args: &[&str]) -> Output {
-        Command::new("qemu-img")
-            .args(args)
-            .current_dir(&dir.0)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run qemu-img: {e}"))
-    }
-
-    fn run_ok(dir: &Scratch, args: &[&str]) -> String {
-        let out = run(dir, args);
-        assert!(
-            out.status.success(),
-            "qemu-img {args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// xorshift64*: deterministic test data without a crate.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use std::process::Command;
 
     /// Disk contents in 32 KiB regions (half a grain) of zeros, a compressible
     /// pattern, noise, or zeros with a few marks; whole zero grains happen too.
@@ -1734,6 +1662,7 @@ mod tests {
         let option = format!("subformat={subformat}");
         run_ok(
             dir,
+            "qemu-img",
             &[
                 "convert", "-f", "raw", "-O", "vmdk", "-o", &option, raw, image,
             ],
@@ -1827,6 +1756,7 @@ mod tests {
         // qemu-img agrees.
         run_ok(
             &dir,
+            "qemu-img",
             &[
                 "compare",
                 "-f",
@@ -1895,7 +1825,11 @@ mod tests {
     }
 
     fn virtual_size(dir: &Scratch, image: &str) -> u64 {
-        let info = run_ok(dir, &["info", "-f", "vmdk", "--output=json", image]);
+        let info = run_ok(
+            dir,
+            "qemu-img",
+            &["info", "-f", "vmdk", "--output=json", image],
+        );
         let at = info.find("\"virtual-size\":").expect("virtual-size") + 15;
         info[at..]
             .trim_start()
@@ -1933,13 +1867,14 @@ mod tests {
         for (n, (name, mut mirror, sparse)) in cases.into_iter().enumerate() {
             assert_eq!(virtual_size(&dir, name), mirror.len() as u64, "{name}");
             if sparse {
-                run_ok(&dir, &["check", "-f", "vmdk", name]);
+                run_ok(&dir, "qemu-img", &["check", "-f", "vmdk", name]);
             }
             // A new image reads as zeros for qemu-img too.
             let raw_name = format!("{name}.raw");
             fs::write(dir.path(&raw_name), &mirror).unwrap();
             run_ok(
                 &dir,
+                "qemu-img",
                 &["compare", "-f", "vmdk", "-F", "raw", name, &raw_name],
             );
 
@@ -1958,10 +1893,11 @@ mod tests {
 
             fs::write(dir.path(&raw_name), &mirror).unwrap();
             if sparse {
-                run_ok(&dir, &["check", "-f", "vmdk", name]);
+                run_ok(&dir, "qemu-img", &["check", "-f", "vmdk", name]);
             }
             run_ok(
                 &dir,
+                "qemu-img",
                 &["compare", "-f", "vmdk", "-F", "raw", name, &raw_name],
             );
             let mut image = Vmdk::open(&dir.path(name), false).expect(name);
@@ -2045,10 +1981,11 @@ mod tests {
             assert!(image.check().unwrap().errors.is_empty(), "{name}");
             drop(image);
             if subformat.ends_with("Sparse") {
-                run_ok(&dir, &["check", "-f", "vmdk", &name]);
+                run_ok(&dir, "qemu-img", &["check", "-f", "vmdk", &name]);
             }
             run_ok(
                 &dir,
+                "qemu-img",
                 &["compare", "-f", "vmdk", "-F", "raw", &name, "big.raw"],
             );
         }
@@ -2075,7 +2012,7 @@ mod tests {
         fs::write(dir.path("base.raw"), &expected).unwrap();
         convert(&dir, "base.raw", "base.vmdk", "monolithicSparse");
         let child = ["create", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk"];
-        run_ok(&dir, &[&child[..], &["child.vmdk"]].concat());
+        run_ok(&dir, "qemu-img", &[&child[..], &["child.vmdk"]].concat());
         let out = Command::new("qemu-io")
             .args(["-f", "vmdk", "-c", "write -P 0x33 1000 3000"])
             .args(["-c", "write -P 0x44 1M 100k", "child.vmdk"])
@@ -2117,9 +2054,10 @@ mod tests {
             descriptor_value(&child_after, "parentCID")
         );
         fs::write(dir.path("expected.raw"), &expected).unwrap();
-        run_ok(&dir, &["check", "-f", "vmdk", "child.vmdk"]);
+        run_ok(&dir, "qemu-img", &["check", "-f", "vmdk", "child.vmdk"]);
         run_ok(
             &dir,
+            "qemu-img",
             &[
                 "compare",
                 "-f",
@@ -2134,6 +2072,7 @@ mod tests {
         // Two deep.
         run_ok(
             &dir,
+            "qemu-img",
             &[
                 "create",
                 "-f",
@@ -2173,7 +2112,7 @@ mod tests {
             Storage::write_all_at(&file, &[0u8; 12], at).unwrap();
         }
         drop(file);
-        run_ok(&dir, &["check", "-f", "vmdk", "tables.vmdk"]);
+        run_ok(&dir, "qemu-img", &["check", "-f", "vmdk", "tables.vmdk"]);
 
         let mut mirror = vec![0u8; size as usize];
         let mut image = Vmdk::open(&path, true).unwrap();
@@ -2185,9 +2124,10 @@ mod tests {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         drop(image);
         fs::write(dir.path("tables.raw"), &mirror).unwrap();
-        run_ok(&dir, &["check", "-f", "vmdk", "tables.vmdk"]);
+        run_ok(&dir, "qemu-img", &["check", "-f", "vmdk", "tables.vmdk"]);
         run_ok(
             &dir,
+            "qemu-img",
             &[
                 "compare",
                 "-f",
@@ -2256,9 +2196,10 @@ mod tests {
         assert!(image.check().unwrap().errors.is_empty());
         drop(image);
         fs::write(dir.path("both.raw"), &mirror).unwrap();
-        run_ok(&dir, &["check", "-f", "vmdk", "sp.vmdk"]);
+        run_ok(&dir, "qemu-img", &["check", "-f", "vmdk", "sp.vmdk"]);
         run_ok(
             &dir,
+            "qemu-img",
             &[
                 "compare",
                 "-f",
