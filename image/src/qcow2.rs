@@ -1609,55 +1609,11 @@ impl DiskFormat for Qcow2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{have_qemu_img, run, run_ok, Rng, Scratch};
+    use crate::testing::{
+        check_spans, have_qemu_img, read_all, run, run_ok, varied_contents, Rng, Scratch,
+    };
     use crate::MemStorage;
     use std::fs;
-
-    /// Disk contents in 64 KiB regions of zeros, a compressible pattern, noise, or
-    /// zeros with a few marks (so that some clusters of a region are zero).
-    fn varied_contents(len: usize, seed: u64) -> Vec<u8> {
-        let mut rng = Rng(seed);
-        let mut data = vec![0u8; len];
-        for (i, region) in data.chunks_mut(64 << 10).enumerate() {
-            match rng.below(4) {
-                0 => {}
-                1 => {
-                    for (j, b) in region.iter_mut().enumerate() {
-                        *b = (j as u8).wrapping_mul(7) ^ (j >> 9) as u8 ^ i as u8;
-                    }
-                }
-                2 => region.iter_mut().for_each(|b| *b = rng.next() as u8),
-                _ => {
-                    for _ in 0..8 {
-                        let at = rng.below(region.len() as u64) as usize;
-                        region[at] = 0x5a;
-                    }
-                }
-            }
-        }
-        data
-    }
-
-    fn read_all(image: &mut Qcow2) -> Vec<u8> {
-        let mut data = vec![0u8; image.len() as usize];
-        image.read_at(0, &mut data).expect("read the whole image");
-        data
-    }
-
-    /// Compares unaligned spans (many crossing cluster boundaries) with `expected`.
-    fn check_spans(image: &mut Qcow2, expected: &[u8], seed: u64, what: &str) {
-        let mut rng = Rng(seed);
-        for _ in 0..200 {
-            let len = rng.below(20_000) as usize + 1;
-            let at = rng.below((expected.len() - len) as u64) as usize;
-            let mut buf = vec![0u8; len];
-            image.read_at(at as u64, &mut buf).expect("read a span");
-            assert!(
-                buf == expected[at..at + len],
-                "{what}: {len} bytes at {at:#x} differ"
-            );
-        }
-    }
 
     fn convert(dir: &Scratch, raw: &str, image: &str, options: &[&str]) {
         let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];

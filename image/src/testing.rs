@@ -1,6 +1,7 @@
 //! What the formats' tests share: scratch directories, running qemu-img (the
 //! reference), and repeatable pseudo-random data.
 
+use crate::DiskFormat;
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -78,5 +79,53 @@ impl Rng {
 
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+}
+
+/// Disk contents in 32 KiB regions of zeros, a compressible pattern, noise, or zeros
+/// with a few marks: whole zero clusters, grains and blocks happen too.
+pub fn varied_contents(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng(seed);
+    let mut data = vec![0u8; len];
+    for (i, region) in data.chunks_mut(32 << 10).enumerate() {
+        match rng.below(5) {
+            0 | 1 => {}
+            2 => {
+                for (j, b) in region.iter_mut().enumerate() {
+                    *b = (j as u8).wrapping_mul(13) ^ (j >> 9) as u8 ^ i as u8;
+                }
+            }
+            3 => region.iter_mut().for_each(|b| *b = rng.next() as u8),
+            _ => {
+                for _ in 0..6 {
+                    let at = rng.below(region.len() as u64) as usize;
+                    region[at] = 0xa5;
+                }
+            }
+        }
+    }
+    data
+}
+
+pub fn read_all(image: &mut dyn DiskFormat) -> Vec<u8> {
+    let mut data = vec![0u8; image.len() as usize];
+    image.read_at(0, &mut data).expect("read the whole image");
+    data
+}
+
+/// Compares 200 unaligned spans of up to 1/24 of the disk (crossing cluster, grain
+/// and block boundaries) with `expected`.
+pub fn check_spans(image: &mut dyn DiskFormat, expected: &[u8], seed: u64, what: &str) {
+    let mut rng = Rng(seed);
+    let longest = (expected.len() / 24).max(1) as u64;
+    for _ in 0..200 {
+        let len = rng.below(longest) as usize + 1;
+        let at = rng.below((expected.len() - len) as u64 + 1) as usize;
+        let mut buf = vec![0u8; len];
+        image.read_at(at as u64, &mut buf).expect("read a span");
+        assert!(
+            buf == expected[at..at + len],
+            "{what}: {len} bytes at {at:#x} differ"
+        );
     }
 }

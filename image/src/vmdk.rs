@@ -205,8 +205,8 @@ struct Sparse {
     zero_grain: bool,
     /// The embedded descriptor's byte range, if any.
     descriptor: Option<(u64, u64)>,
-    /// Where the embedded descriptor's CID (8 hex digits) is, if found.
-    cid_offset: Option<u64>,
+    /// Where the embedded descriptor's CID is and its number of digits, if found.
+    cid_offset: Option<(u64, usize)>,
     /// The file's length as far as this extent has read or written it.
     file_len: u64,
     /// The last GT used: its byte offset and entries.
@@ -328,7 +328,7 @@ impl Sparse {
             let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
             text = Some(String::from_utf8_lossy(&raw[..end]).into_owned());
             descriptor = Some((offset, bytes));
-            cid_offset = cid_position(&raw[..end]).map(|at| offset + at as u64);
+            cid_offset = cid_position(&raw[..end]).map(|(at, digits)| (offset + at as u64, digits));
         }
 
         Ok((
@@ -835,8 +835,9 @@ fn read_parent(parent: &mut Vmdk, at: u64, buf: &mut [u8]) -> Result<(), String>
     Ok(())
 }
 
-/// Where a descriptor's `CID=` value (8 hex digits) starts, if it has one.
-fn cid_position(text: &[u8]) -> Option<usize> {
+/// Where a descriptor's `CID=` value starts and how many hex digits it has (QEMU
+/// writes it without leading zeros, VMware with eight), if it has one.
+fn cid_position(text: &[u8]) -> Option<(usize, usize)> {
     let mut start = 0;
     for line in text.split(|&b| b == b'\n') {
         let indent = line
@@ -844,12 +845,11 @@ fn cid_position(text: &[u8]) -> Option<usize> {
             .position(|b| !b.is_ascii_whitespace())
             .unwrap_or(line.len());
         let rest = &line[indent..];
-        let hex = rest
-            .get(4..12)
-            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
-        let ends = rest.get(12).is_none_or(|b| !b.is_ascii_hexdigit());
-        if rest.starts_with(b"CID=") && hex && ends {
-            return Some(start + indent + 4);
+        if let Some(value) = rest.strip_prefix(b"CID=") {
+            let digits = value.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            if (1..=8).contains(&digits) {
+                return Some((start + indent + 4, digits));
+            }
         }
         start += line.len() + 1;
     }
@@ -1022,10 +1022,11 @@ const MAX_PARENT_DEPTH: u32 = 16;
 /// Where the descriptor's CID is, to change it on the first write (as VMware and
 /// QEMU do, so that children made from this image can tell it changed).
 enum CidSpot {
-    /// In the embedded descriptor of the (only) sparse extent, at this byte.
-    Extent(u64),
-    /// In a descriptor file, at this byte.
-    File(Box<dyn Storage>, u64),
+    /// In the embedded descriptor of the (only) sparse extent, at this byte, with
+    /// this many digits.
+    Extent((u64, usize)),
+    /// In a descriptor file, at this byte, with this many digits.
+    File(Box<dyn Storage>, (u64, usize)),
 }
 
 /// An open VMDK image.
@@ -1106,7 +1107,7 @@ impl Vmdk {
             parse_descriptor(&String::from_utf8_lossy(&text[..end]), true).map_err(named)?;
         // The descriptor file itself is only written for its CID: its extents
         // decide whether the image is writable.
-        let cid = cid_position(&text[..end]).map(|at| at as u64);
+        let cid = cid_position(&text[..end]).map(|(at, digits)| (at as u64, digits));
         let mut image = Self::from_descriptor(&descriptor, dir, requested).map_err(named)?;
         image.cid = match cid {
             Some(at) if writable && image.read_only.is_none() => {
@@ -1356,20 +1357,29 @@ impl Vmdk {
         let Some(spot) = self.cid.take() else {
             return Ok(());
         };
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let cid = format!(
-            "{:08x}",
-            (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
-        );
-        let (storage, at) = match &spot {
-            CidSpot::File(file, at) => (file.as_ref(), *at),
-            CidSpot::Extent(at) => match self.extents.first().map(|e| &e.data) {
-                Some(ExtentData::Sparse(sparse)) => (sparse.storage.as_ref(), *at),
+        let (storage, (at, digits)) = match &spot {
+            CidSpot::File(file, place) => (file.as_ref(), *place),
+            CidSpot::Extent(place) => match self.extents.first().map(|e| &e.data) {
+                Some(ExtentData::Sparse(sparse)) => (sparse.storage.as_ref(), *place),
                 _ => return Ok(()),
             },
         };
+        // As many digits as the old one (the descriptor's text does not move), and
+        // never the same value.
+        let mut old = vec![0u8; digits];
+        storage
+            .read_exact_at(&mut old, at)
+            .map_err(|e| io_error("cannot read the descriptor's CID", e))?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mask = u32::MAX >> (32 - 4 * digits as u32);
+        let mut cid = (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32 & mask;
+        let old = u32::from_str_radix(&String::from_utf8_lossy(&old), 16).unwrap_or(0);
+        if cid == old {
+            cid = (cid + 1) & mask;
+        }
+        let cid = format!("{cid:0digits$x}");
         storage
             .write_all_at(cid.as_bytes(), at)
             .map_err(|e| io_error("cannot write the descriptor's CID", e))
@@ -1608,55 +1618,11 @@ impl DiskFormat for Vmdk {
 mod tests {
     use super::super::MemStorage;
     use super::*;
-    use crate::testing::{have_qemu_img, run_ok, Rng, Scratch};
+    use crate::testing::{
+        check_spans, have_qemu_img, read_all, run_ok, varied_contents, Rng, Scratch,
+    };
     use std::fs;
     use std::process::Command;
-
-    /// Disk contents in 32 KiB regions (half a grain) of zeros, a compressible
-    /// pattern, noise, or zeros with a few marks; whole zero grains happen too.
-    fn varied_contents(len: usize, seed: u64) -> Vec<u8> {
-        let mut rng = Rng(seed);
-        let mut data = vec![0u8; len];
-        for (i, region) in data.chunks_mut(32 << 10).enumerate() {
-            match rng.below(5) {
-                0 | 1 => {}
-                2 => {
-                    for (j, b) in region.iter_mut().enumerate() {
-                        *b = (j as u8).wrapping_mul(13) ^ (j >> 9) as u8 ^ i as u8;
-                    }
-                }
-                3 => region.iter_mut().for_each(|b| *b = rng.next() as u8),
-                _ => {
-                    for _ in 0..6 {
-                        let at = rng.below(region.len() as u64) as usize;
-                        region[at] = 0xa5;
-                    }
-                }
-            }
-        }
-        data
-    }
-
-    fn read_all(image: &mut Vmdk) -> Vec<u8> {
-        let mut data = vec![0u8; image.len() as usize];
-        image.read_at(0, &mut data).expect("read the whole image");
-        data
-    }
-
-    /// Compares unaligned spans (many crossing grain boundaries) with `expected`.
-    fn check_spans(image: &mut Vmdk, expected: &[u8], seed: u64, what: &str) {
-        let mut rng = Rng(seed);
-        for _ in 0..200 {
-            let len = rng.below(150_000) as usize + 1;
-            let at = rng.below((expected.len() - len) as u64) as usize;
-            let mut buf = vec![0u8; len];
-            image.read_at(at as u64, &mut buf).expect("read a span");
-            assert!(
-                buf == expected[at..at + len],
-                "{what}: {len} bytes at {at:#x} differ"
-            );
-        }
-    }
 
     fn convert(dir: &Scratch, raw: &str, image: &str, subformat: &str) {
         let option = format!("subformat={subformat}");
