@@ -1377,7 +1377,7 @@ impl Vmdk {
         let mut cid = (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32 & mask;
         let old = u32::from_str_radix(&String::from_utf8_lossy(&old), 16).unwrap_or(0);
         if cid == old {
-            cid = (cid + 1) & mask;
+            cid = cid.wrapping_add(1) & mask;
         }
         let cid = format!("{cid:0digits$x}");
         storage
