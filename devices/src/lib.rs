@@ -20,6 +20,7 @@ pub mod debugcon;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod ide;
+pub mod ne2000;
 pub mod pci;
 pub mod pic;
 pub mod pit;
