@@ -160,7 +160,10 @@ fn linux_from_isolinux_cd() {
 
 #[test]
 fn linux_from_syslinux_disk() {
-    boot("disk", &["--hda", "linux-disk.img", "--boot", "c", "--snapshot"]);
+    boot(
+        "disk",
+        &["--hda", "linux-disk.img", "--boot", "c", "--snapshot"],
+    );
 }
 
 /// The same disk as a qcow2 image (converted by `qemu-img`, compressed clusters and
