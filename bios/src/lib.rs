@@ -8,6 +8,7 @@
 //! guest memory, as a real BIOS does, so a guest sees the usual data structures.
 
 pub mod acpi;
+pub mod aml;
 mod disk;
 pub mod font;
 mod keyboard;

@@ -112,6 +112,7 @@ impl Bios {
         self.setup_bda(&mut r, p);
         self.setup_interrupt_controllers(p);
         self.setup_cmos(p);
+        self.setup_pci_interrupts(p);
         let acpi = crate::acpi::build(self.ram_size);
         r.write(acpi.base, &acpi.tables);
         // A20 on, as BIOSes leave it for boot loaders that forget to enable it.
@@ -179,6 +180,53 @@ impl Bios {
         p.port_write(0x43, 1, 0x36);
         p.port_write(0x40, 1, 0);
         p.port_write(0x40, 1, 0);
+    }
+
+    /// Routes PIRQA-PIRQD (PIIX3 registers 60h-63h) to [`crate::acpi::PIRQ_IRQS`], makes
+    /// those IRQs level-triggered in the ELCR, and sets the interrupt line register of
+    /// every bus 0 function that has an interrupt pin: the routing the ACPI `_PRT`
+    /// describes.
+    fn setup_pci_interrupts(&self, p: &mut dyn Platform) {
+        use crate::acpi::{pci_pirq, PIRQ_IRQS};
+        let address = |device: u8, func: u8, offset: u8| {
+            0x8000_0000 | u32::from(device) << 11 | u32::from(func) << 8 | u32::from(offset)
+        };
+        let read = |p: &mut dyn Platform, device: u8, func: u8, offset: u8| {
+            p.port_write(0xCF8, 4, address(device, func, offset));
+            p.port_read(0xCFC, 4)
+        };
+        // The PIIX3 ISA bridge at 00:01.0.
+        if read(p, 1, 0, 0) != 0x7000_8086 {
+            return;
+        }
+        p.port_write(0xCF8, 4, address(1, 0, 0x60));
+        p.port_write(0xCFC, 4, u32::from_le_bytes(PIRQ_IRQS));
+        let level = PIRQ_IRQS.iter().fold(0u16, |m, &irq| m | 1 << irq);
+        for (port, bits) in [(0x4D0, level as u8), (0x4D1, (level >> 8) as u8)] {
+            let v = p.port_read(port, 1);
+            p.port_write(port, 1, v | u32::from(bits));
+        }
+        for device in 0..32u8 {
+            for func in 0..8u8 {
+                let id = read(p, device, func, 0);
+                if id & 0xFFFF == 0xFFFF {
+                    if func == 0 {
+                        break;
+                    }
+                    continue;
+                }
+                let pin = (read(p, device, func, 0x3C) >> 8) as u8;
+                if (1..=4).contains(&pin) {
+                    let irq = PIRQ_IRQS[usize::from(pci_pirq(device, pin - 1))];
+                    p.port_write(0xCF8, 4, address(device, func, 0x3C));
+                    p.port_write(0xCFC, 1, irq.into());
+                }
+                let header = read(p, device, func, 0x0C) >> 16;
+                if func == 0 && header & 0x80 == 0 {
+                    break;
+                }
+            }
+        }
     }
 
     fn setup_cmos(&self, p: &mut dyn Platform) {
