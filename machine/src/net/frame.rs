@@ -159,6 +159,74 @@ pub(crate) fn udp_frame(
     )
 }
 
+/// A UDP datagram as one frame, or as IPv4 fragments when it does not fit
+/// the MTU (`ident` tells one fragmented datagram from another).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn udp_frames(
+    eth_src: EthernetAddress,
+    eth_dst: EthernetAddress,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    payload: &[u8],
+    ident: u16,
+) -> Vec<Vec<u8>> {
+    let total = UDP_HEADER + payload.len();
+    if total <= MTU - IP_HEADER {
+        return vec![udp_frame(
+            eth_src, eth_dst, src.0, src.1, dst.0, dst.1, payload,
+        )];
+    }
+    if total > usize::from(u16::MAX) - IP_HEADER {
+        return Vec::new();
+    }
+    let mut dgram = vec![0; total];
+    UdpRepr {
+        src_port: src.1,
+        dst_port: dst.1,
+    }
+    .emit(
+        &mut UdpPacket::new_unchecked(&mut dgram[..]),
+        &src.0.into(),
+        &dst.0.into(),
+        payload.len(),
+        |p| p.copy_from_slice(payload),
+        &ChecksumCapabilities::default(),
+    );
+    let step = (MTU - IP_HEADER) & !7;
+    dgram
+        .chunks(step)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let offset = i * step;
+            let mut f = ip_frame(
+                eth_src,
+                eth_dst,
+                src.0,
+                dst.0,
+                IpProtocol::Udp,
+                chunk.len(),
+                |b| b.copy_from_slice(chunk),
+            );
+            let mut ip = Ipv4Packet::new_unchecked(&mut f[ETH_HEADER..]);
+            ip.set_ident(ident);
+            ip.set_dont_frag(false);
+            ip.set_more_frags(offset + chunk.len() < total);
+            ip.set_frag_offset(offset as u16);
+            ip.fill_checksum();
+            f
+        })
+        .collect()
+}
+
+/// Pads a frame to Ethernet's minimum (60 bytes without the FCS), as a
+/// real sender would.
+pub(crate) fn pad(mut f: Vec<u8>) -> Vec<u8> {
+    if f.len() < 60 {
+        f.resize(60, 0);
+    }
+    f
+}
+
 /// An ICMP message in a frame.
 pub(crate) fn icmp_frame(
     eth_src: EthernetAddress,

@@ -47,7 +47,7 @@ use smoltcp::wire::{
 };
 
 pub use config::{HostForward, NatConfig};
-use frame::{Queues, IP_HEADER, MTU, UDP_HEADER};
+use frame::Queues;
 
 /// The gateway, which is also the host (10.0.2.2).
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -76,6 +76,8 @@ const FIN_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_RX_QUEUE: usize = 1024;
 /// Frames for the guest waiting for poll.
 const MAX_OUT_FRAMES: usize = 4096;
+/// Host connections accepted by one forward in one poll.
+const ACCEPTS_PER_POLL: usize = 16;
 /// Datagrams read from one UDP flow in one poll.
 const UDP_READS_PER_POLL: usize = 64;
 /// How often to look at host sockets while some are open: there is no OS
@@ -137,6 +139,8 @@ pub struct Nat {
     next_port: u16,
     deadline: Option<Instant>,
     udp_buf: Vec<u8>,
+    /// IPv4 ident of the datagrams the NAT fragments.
+    ip_ident: u16,
 }
 
 fn unicast(ip: Ipv4Addr) -> bool {
@@ -256,6 +260,7 @@ impl Nat {
             next_port: 49152,
             deadline: None,
             udp_buf: vec![0; 65536],
+            ip_ident: 0,
         })
     }
 
@@ -287,7 +292,7 @@ impl Nat {
 
     fn push_out(&mut self, frame: Vec<u8>) {
         if self.out.len() < MAX_OUT_FRAMES {
-            self.out.push(frame);
+            self.out.push(frame::pad(frame));
         }
     }
 
@@ -507,7 +512,7 @@ impl Nat {
 
     fn accept_forwards(&mut self) {
         for i in 0..self.listeners.len() {
-            loop {
+            for _ in 0..ACCEPTS_PER_POLL {
                 let (stream, guest_port) = match self.listeners[i].0.accept() {
                     Ok((s, _)) => (s, self.listeners[i].1),
                     Err(_) => break,
@@ -724,23 +729,21 @@ impl Nat {
     fn poll_udp(&mut self, now: Instant) {
         let guest_eth = self.guest_eth();
         let mut frames = Vec::new();
+        let ident = &mut self.ip_ident;
         self.udp.retain(|(guest, remote), flow| {
             for _ in 0..UDP_READS_PER_POLL {
                 match flow.socket.recv(&mut self.udp_buf) {
                     Ok(n) => {
                         flow.last = now;
-                        // Unfragmented replies only.
-                        if n <= MTU - IP_HEADER - UDP_HEADER {
-                            frames.push(frame::udp_frame(
-                                GATEWAY_MAC,
-                                guest_eth,
-                                *remote.ip(),
-                                remote.port(),
-                                *guest.ip(),
-                                guest.port(),
-                                &self.udp_buf[..n],
-                            ));
-                        }
+                        *ident = ident.wrapping_add(1);
+                        frames.extend(frame::udp_frames(
+                            GATEWAY_MAC,
+                            guest_eth,
+                            (*remote.ip(), remote.port()),
+                            (*guest.ip(), guest.port()),
+                            &self.udp_buf[..n],
+                            *ident,
+                        ));
                     }
                     Err(e) if would_block(&e) => break,
                     // ICMP errors (e.g. port unreachable) show up here.
@@ -768,12 +771,14 @@ impl Nat {
 
         let guest_eth = self.guest_eth();
         let mut frames = std::mem::take(&mut self.out);
-        frames.extend(
-            self.queues
-                .tx
-                .drain(..)
-                .map(|p| frame::eth_wrap(GATEWAY_MAC, guest_eth, EthernetProtocol::Ipv4, &p)),
-        );
+        frames.extend(self.queues.tx.drain(..).map(|p| {
+            frame::pad(frame::eth_wrap(
+                GATEWAY_MAC,
+                guest_eth,
+                EthernetProtocol::Ipv4,
+                &p,
+            ))
+        }));
 
         // The next deadline: smoltcp's timers, the host sockets, UDP expiry.
         let smol = self

@@ -889,3 +889,93 @@ fn net_hostile_frames() {
     assert!(max_frames <= super::MAX_OUT_FRAMES + 4096);
     drop(listener);
 }
+
+#[test]
+fn net_dns_forward_with_fragmented_reply() {
+    // The "resolver" answers every query with 4000 known bytes: more than
+    // one frame holds, so the NAT sends IPv4 fragments.
+    let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dns_addr = dns.local_addr().unwrap();
+    let big = pattern(4000, 77);
+    let answer = big.clone();
+    let server = thread::spawn(move || {
+        let mut buf = [0; 512];
+        let (n, from) = dns.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"query");
+        dns.send_to(&answer, from).unwrap();
+    });
+    let mut nat = Nat::new(NatConfig {
+        dns: Some(dns_addr),
+        restrict: true,
+        ..NatConfig::default()
+    })
+    .unwrap();
+    nat.guest_sent(&frame::udp_frame(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        5353,
+        DNS_IP,
+        53,
+        b"query",
+    ));
+    assert_eq!(nat.stats().udp_flows, 1);
+    server.join().unwrap();
+    let limit = Instant::now() + Duration::from_secs(5);
+    let mut frags = Vec::new();
+    while frags.len() < 3 {
+        assert!(Instant::now() < limit, "no reply");
+        for f in nat.poll() {
+            let eth = EthernetFrame::new_checked(&f[..]).unwrap();
+            assert_eq!(eth.dst_addr(), GUEST_MAC);
+            let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+            assert!(ip.verify_checksum());
+            assert_eq!((ip.src_addr(), ip.dst_addr()), (DNS_IP, GUEST_IP));
+            assert!(f.len() <= 1514);
+            frags.push((
+                ip.frag_offset() as usize,
+                ip.more_frags(),
+                ip.payload().to_vec(),
+            ));
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(frags.len(), 3);
+    let mut dgram = Vec::new();
+    for (i, (off, more, data)) in frags.iter().enumerate() {
+        assert_eq!(*off, dgram.len());
+        assert_eq!(*more, i < 2);
+        dgram.extend_from_slice(data);
+    }
+    let udp = UdpPacket::new_checked(&dgram[..]).unwrap();
+    assert!(udp.verify_checksum(&DNS_IP.into(), &GUEST_IP.into()));
+    assert_eq!((udp.src_port(), udp.dst_port()), (53, 5353));
+    assert!(udp.payload() == &big[..]);
+}
+
+#[test]
+fn net_small_frames_padded_and_poll_hint() {
+    let mut nat = test_nat();
+    assert_eq!(nat.next_poll_in(), None);
+    nat.guest_sent(&frame::arp_request(GUEST_MAC, GUEST_IP, GATEWAY_IP));
+    assert_eq!(nat.next_poll_in(), Some(Duration::ZERO));
+    let out = nat.poll();
+    assert_eq!(out[0].len(), 60);
+    // A pending host connect keeps the hint short.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    nat.guest_sent(&tcp_frame(
+        (GUEST_IP, 40000),
+        (GATEWAY_IP, port),
+        TcpControl::Syn,
+        None,
+        &[],
+    ));
+    nat.poll();
+    assert!(nat.next_poll_in().unwrap() <= Duration::from_millis(50));
+}
+
+#[allow(dead_code)]
+fn nat_is_send(n: Nat) -> impl Send {
+    n
+}
