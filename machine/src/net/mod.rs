@@ -141,6 +141,11 @@ pub struct Nat {
     udp_buf: Vec<u8>,
     /// IPv4 ident of the datagrams the NAT fragments.
     ip_ident: u16,
+    /// Tests: where flows to outside addresses really go (loopback), so
+    /// the path for arbitrary addresses is tested without sending anything
+    /// off this machine.
+    #[cfg(test)]
+    redirect_outside: Option<Ipv4Addr>,
 }
 
 fn unicast(ip: Ipv4Addr) -> bool {
@@ -261,6 +266,8 @@ impl Nat {
             deadline: None,
             udp_buf: vec![0; 65536],
             ip_ident: 0,
+            #[cfg(test)]
+            redirect_outside: None,
         })
     }
 
@@ -398,6 +405,10 @@ impl Nat {
             || o[0] == 0
         {
             return None;
+        }
+        #[cfg(test)]
+        if let Some(r) = self.redirect_outside {
+            return Some(SocketAddr::new(IpAddr::V4(r), port));
         }
         Some(SocketAddr::new(IpAddr::V4(dst), port))
     }

@@ -1055,3 +1055,78 @@ fn net_tcp_concurrent_connections_to_one_port() {
         assert!(*data == pattern(200_000, i as u64 + 100), "connection {i}");
     }
 }
+
+/// A NAT that lets the guest reach "outside" addresses, all of which lead
+/// to 127.0.0.1 in this test build.
+fn outside_nat() -> Nat {
+    let mut nat = Nat::new(NatConfig {
+        restrict: false,
+        dns: Some("127.0.0.1:9".parse().unwrap()),
+        ..NatConfig::default()
+    })
+    .unwrap();
+    nat.redirect_outside = Some(Ipv4Addr::LOCALHOST);
+    nat
+}
+
+#[test]
+fn net_tcp_and_udp_to_outside_address() {
+    let outside = Ipv4Addr::new(203, 0, 113, 5);
+    let data = pattern(100_000, 21);
+    let (port, server) = serve_once(data.clone());
+    let mut nat = outside_nat();
+    let mut g = Guest::new(true);
+    let h = g.new_tcp();
+    g.connect(h, (outside, port), 49600);
+    let mut got = Vec::new();
+    g.run_until(&mut nat, 30, |g| {
+        let s = g.tcp(h);
+        while s.can_recv() {
+            s.recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        if !s.may_recv() && s.state() != tcp::State::SynSent {
+            // The peer was the outside address all along.
+            assert_eq!(s.remote_endpoint().unwrap().addr, IpAddress::Ipv4(outside));
+            s.close();
+            return true;
+        }
+        false
+    });
+    server.join().unwrap();
+    assert!(got == data);
+
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let uport = echo.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let mut buf = [0; 2048];
+        let (n, from) = echo.recv_from(&mut buf).unwrap();
+        echo.send_to(&buf[..n], from).unwrap();
+    });
+    let s = udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+    );
+    let uh = g.sockets.add(s);
+    g.sockets.get_mut::<udp::Socket>(uh).bind(40001).unwrap();
+    g.sockets
+        .get_mut::<udp::Socket>(uh)
+        .send_slice(b"hello outside", (outside, uport))
+        .unwrap();
+    let mut reply = None;
+    g.run_until(&mut nat, 10, |g| {
+        if let Ok((d, meta)) = g.sockets.get_mut::<udp::Socket>(uh).recv() {
+            reply = Some((d.to_vec(), meta.endpoint));
+            return true;
+        }
+        false
+    });
+    server.join().unwrap();
+    let (d, from) = reply.unwrap();
+    assert_eq!(d, b"hello outside");
+    assert_eq!(from.addr, IpAddress::Ipv4(outside));
+    assert_eq!(from.port, uport);
+}
