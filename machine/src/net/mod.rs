@@ -9,7 +9,14 @@
 //!
 //! Layout: ARP, ICMP echo, DHCP and UDP are handled by hand on the parsed
 //! frames (`frame`, `dhcp`); TCP is terminated in a smoltcp interface of the
-//! IP medium that sees only the guest's TCP packets.
+//! IP medium that sees only the guest's TCP packets (so smoltcp never
+//! answers ARP: with `any_ip` it would claim every address, the guest's own
+//! included). ARP is answered for 10.0.2.2 and 10.0.2.3 only; echo requests
+//! to them are answered here, echo to other addresses goes through an
+//! unprivileged ICMP socket where the host allows those. UDP: one connected
+//! host socket per (guest endpoint, destination), idle ones closed after
+//! 60 s; replies too big for one frame are sent as IPv4 fragments. Guest
+//! IP fragments are dropped (no reassembly).
 //!
 //! Accepting SYNs to any address: the interface has `any_ip` and a default
 //! route through its own 10.0.2.2, so it takes packets for every unicast
@@ -76,6 +83,10 @@ const FIN_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_RX_QUEUE: usize = 1024;
 /// Frames for the guest waiting for poll.
 const MAX_OUT_FRAMES: usize = 4096;
+/// At most this many echo (ping) flows to outside addresses.
+const MAX_PING_FLOWS: usize = 64;
+/// Echo flows idle this long are closed.
+const PING_IDLE: Duration = Duration::from_secs(10);
 /// Host connections accepted by one forward in one poll.
 const ACCEPTS_PER_POLL: usize = 16;
 /// Datagrams read from one UDP flow in one poll.
@@ -91,6 +102,7 @@ const LISTEN_INTERVAL: Duration = Duration::from_millis(50);
 pub struct NatStats {
     pub tcp_flows: usize,
     pub udp_flows: usize,
+    pub ping_flows: usize,
     /// smoltcp sockets (should equal the open TCP flows).
     pub tcp_sockets: usize,
 }
@@ -117,6 +129,20 @@ struct OpenFlow {
     guest_eof: bool,
 }
 
+struct PingFlow {
+    socket: socket2::Socket,
+    last: Instant,
+}
+
+/// An unprivileged ICMP echo socket (Linux: needs the process's group in
+/// net.ipv4.ping_group_range).
+fn ping_socket() -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4))?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
 struct UdpFlow {
     socket: UdpSocket,
     last: Instant,
@@ -130,6 +156,8 @@ pub struct Nat {
     sockets: SocketSet<'static>,
     tcp: HashMap<FlowKey, TcpFlow>,
     udp: HashMap<FlowKey, UdpFlow>,
+    /// Echo flows: (guest, destination, guest's ident).
+    pings: HashMap<(Ipv4Addr, Ipv4Addr, u16), PingFlow>,
     listeners: Vec<(TcpListener, u16)>,
     dns: Option<SocketAddr>,
     host_loopback: Ipv4Addr,
@@ -256,6 +284,7 @@ impl Nat {
             sockets: SocketSet::new(Vec::new()),
             tcp: HashMap::new(),
             udp: HashMap::new(),
+            pings: HashMap::new(),
             listeners,
             dns: config.dns.or_else(config::system_dns),
             host_loopback: config.host_loopback,
@@ -284,6 +313,7 @@ impl Nat {
         NatStats {
             tcp_flows: self.tcp.len(),
             udp_flows: self.udp.len(),
+            ping_flows: self.pings.len(),
             tcp_sockets: self.sockets.iter().count(),
         }
     }
@@ -351,9 +381,6 @@ impl Nat {
     }
 
     fn icmp_in(&mut self, ip: &Ipv4Repr, data: &[u8]) {
-        if ip.dst_addr != GATEWAY_IP && ip.dst_addr != DNS_IP {
-            return; // echo to elsewhere is not forwarded
-        }
         if !unicast(ip.src_addr) {
             return;
         }
@@ -368,19 +395,90 @@ impl Nat {
         else {
             return;
         };
-        let reply = Icmpv4Repr::EchoReply {
-            ident,
-            seq_no,
-            data,
+        if ip.dst_addr == GATEWAY_IP || ip.dst_addr == DNS_IP {
+            let reply = Icmpv4Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            };
+            let f = frame::icmp_frame(
+                GATEWAY_MAC,
+                self.guest_eth(),
+                ip.dst_addr,
+                ip.src_addr,
+                &reply,
+            );
+            self.push_out(f);
+            return;
+        }
+        // Elsewhere: through an unprivileged ICMP socket, where the host
+        // allows them (net.ipv4.ping_group_range); else dropped.
+        let Some(SocketAddr::V4(target)) = self.host_target(ip.dst_addr, 1) else {
+            return;
         };
-        let f = frame::icmp_frame(
-            GATEWAY_MAC,
-            self.guest_eth(),
-            ip.dst_addr,
-            ip.src_addr,
-            &reply,
-        );
-        self.push_out(f);
+        let key = (ip.src_addr, ip.dst_addr, ident);
+        let now = Instant::now();
+        if !self.pings.contains_key(&key) {
+            if self.pings.len() >= MAX_PING_FLOWS {
+                if let Some(oldest) = self
+                    .pings
+                    .iter()
+                    .min_by_key(|(_, f)| f.last)
+                    .map(|(k, _)| *k)
+                {
+                    self.pings.remove(&oldest);
+                }
+            }
+            let Ok(socket) = ping_socket() else {
+                return;
+            };
+            self.pings.insert(key, PingFlow { socket, last: now });
+        }
+        if let Some(flow) = self.pings.get_mut(&key) {
+            flow.last = now;
+            // The kernel puts in its own ident and the checksum.
+            let mut msg = vec![0; 8 + data.len()];
+            msg[0] = 8;
+            msg[6..8].copy_from_slice(&seq_no.to_be_bytes());
+            msg[8..].copy_from_slice(data);
+            let to = SocketAddr::new(IpAddr::V4(*target.ip()), 0);
+            let _ = flow.socket.send_to(&msg, &to.into());
+        }
+    }
+
+    fn poll_pings(&mut self, now: Instant) {
+        let guest_eth = self.guest_eth();
+        let mut frames = Vec::new();
+        let buf = &mut self.udp_buf;
+        self.pings.retain(|&(guest, remote, ident), flow| {
+            for _ in 0..UDP_READS_PER_POLL {
+                let n = match (&flow.socket).read(buf) {
+                    Ok(n) => n,
+                    Err(_) => break,
+                };
+                // An echo reply: type 0, then code, checksum, ident, seq.
+                if n < 8 || buf[0] != 0 || n > frame::MTU - frame::IP_HEADER {
+                    continue;
+                }
+                flow.last = now;
+                let reply = Icmpv4Repr::EchoReply {
+                    ident,
+                    seq_no: u16::from_be_bytes([buf[6], buf[7]]),
+                    data: &buf[8..n],
+                };
+                frames.push(frame::icmp_frame(
+                    GATEWAY_MAC,
+                    guest_eth,
+                    remote,
+                    guest,
+                    &reply,
+                ));
+            }
+            now.duration_since(flow.last) < PING_IDLE
+        });
+        for f in frames {
+            self.push_out(f);
+        }
     }
 
     /// The host address for a guest destination, if the guest may reach it.
@@ -779,6 +877,7 @@ impl Nat {
         self.iface
             .poll(smol_now(self.start), &mut self.queues, &mut self.sockets);
         self.poll_udp(now);
+        self.poll_pings(now);
 
         let guest_eth = self.guest_eth();
         let mut frames = std::mem::take(&mut self.out);
@@ -796,7 +895,7 @@ impl Nat {
             .iface
             .poll_delay(smol_now(self.start), &self.sockets)
             .map(|d| now + Duration::from_micros(d.total_micros()));
-        let host = if !self.tcp.is_empty() || !self.udp.is_empty() {
+        let host = if !self.tcp.is_empty() || !self.udp.is_empty() || !self.pings.is_empty() {
             Some(now + HOST_IO_INTERVAL)
         } else if !self.listeners.is_empty() {
             Some(now + LISTEN_INTERVAL)

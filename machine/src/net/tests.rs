@@ -1130,3 +1130,46 @@ fn net_tcp_and_udp_to_outside_address() {
     assert_eq!(from.addr, IpAddress::Ipv4(outside));
     assert_eq!(from.port, uport);
 }
+
+#[test]
+fn net_ping_outside_through_icmp_socket() {
+    if super::ping_socket().is_err() {
+        eprintln!("skipped: no unprivileged ICMP sockets here (net.ipv4.ping_group_range)");
+        return;
+    }
+    let outside = Ipv4Addr::new(203, 0, 113, 7);
+    let mut nat = outside_nat();
+    let data = pattern(32, 3);
+    let req = Icmpv4Repr::EchoRequest {
+        ident: 0x77,
+        seq_no: 5,
+        data: &data,
+    };
+    nat.guest_sent(&frame::icmp_frame(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        outside,
+        &req,
+    ));
+    let limit = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < limit, "no echo reply");
+        if let Some(f) = nat.poll().first() {
+            let (_, ip, payload) = parse_ipv4(f).unwrap();
+            assert_eq!((ip.src_addr, ip.dst_addr), (outside, GUEST_IP));
+            let pkt = Icmpv4Packet::new_checked(&payload[..]).unwrap();
+            let repr = Icmpv4Repr::parse(&pkt, &ChecksumCapabilities::default()).unwrap();
+            assert_eq!(
+                repr,
+                Icmpv4Repr::EchoReply {
+                    ident: 0x77,
+                    seq_no: 5,
+                    data: &data
+                }
+            );
+            return;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
