@@ -570,12 +570,19 @@ impl Nat {
             SocketAddrV4::new(ip.src_addr, seg.src_port()),
             SocketAddrV4::new(ip.dst_addr, seg.dst_port()),
         );
-        match self.tcp.get(&key) {
-            Some(TcpFlow::Connecting { .. }) => return, // a repeated SYN
+        let pure_syn = seg.syn() && !seg.ack() && !seg.rst() && !seg.fin();
+        match self.tcp.get_mut(&key) {
+            Some(TcpFlow::Connecting { syn, .. }) => {
+                // A repeated SYN: the latest one counts (the guest may
+                // have started over with another sequence number).
+                if pure_syn {
+                    *syn = packet.to_vec();
+                }
+                return;
+            }
             Some(TcpFlow::Open(_)) => return self.give_smoltcp(packet.to_vec(), false),
             None => {}
         }
-        let pure_syn = seg.syn() && !seg.ack() && !seg.rst() && !seg.fin();
         if pure_syn && unicast(ip.src_addr) && seg.src_port() != 0 && self.tcp.len() < MAX_TCP_FLOWS
         {
             if let Some(target) = self.host_target(ip.dst_addr, seg.dst_port()) {

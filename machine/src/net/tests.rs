@@ -1173,3 +1173,47 @@ fn net_ping_outside_through_icmp_socket() {
         thread::sleep(Duration::from_millis(1));
     }
 }
+
+#[test]
+fn net_tcp_host_half_close() {
+    // The host closes its side first and then still reads what the guest
+    // sends; the guest closes after.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(b"hello").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let data = pattern(100_000, 31);
+    let mut nat = test_nat();
+    let mut g = Guest::new(true);
+    let h = g.new_tcp();
+    g.connect(h, (GATEWAY_IP, port), 49700);
+    let mut hello = Vec::new();
+    let mut sent = 0;
+    g.run_until(&mut nat, 30, |g| {
+        let s = g.tcp(h);
+        while s.can_recv() {
+            s.recv(|b| {
+                hello.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        // Send only once the host's FIN is in.
+        if s.state() == tcp::State::CloseWait && sent < data.len() && s.can_send() {
+            sent += s.send_slice(&data[sent..]).unwrap();
+            if sent == data.len() {
+                s.close();
+            }
+        }
+        sent == data.len() && s.state() == tcp::State::Closed
+    });
+    assert_eq!(hello, b"hello");
+    let got = server.join().unwrap();
+    assert!(got == data);
+}
