@@ -103,7 +103,7 @@ pub struct NatStats {
     pub tcp_flows: usize,
     pub udp_flows: usize,
     pub ping_flows: usize,
-    /// smoltcp sockets (should equal the open TCP flows).
+    /// smoltcp sockets: one per TCP flow past its host connect.
     pub tcp_sockets: usize,
 }
 
@@ -450,8 +450,12 @@ impl Nat {
         let guest_eth = self.guest_eth();
         let mut frames = Vec::new();
         let buf = &mut self.udp_buf;
+        let room = MAX_OUT_FRAMES.saturating_sub(self.out.len());
         self.pings.retain(|&(guest, remote, ident), flow| {
             for _ in 0..UDP_READS_PER_POLL {
+                if frames.len() >= room {
+                    break;
+                }
                 let n = match (&flow.socket).read(buf) {
                     Ok(n) => n,
                     Err(_) => break,
@@ -846,8 +850,14 @@ impl Nat {
         let guest_eth = self.guest_eth();
         let mut frames = Vec::new();
         let ident = &mut self.ip_ident;
+        // Read no more than the output queue takes: the rest waits in the
+        // host sockets' buffers.
+        let room = MAX_OUT_FRAMES.saturating_sub(self.out.len());
         self.udp.retain(|(guest, remote), flow| {
             for _ in 0..UDP_READS_PER_POLL {
+                if frames.len() >= room {
+                    break;
+                }
                 match flow.socket.recv(&mut self.udp_buf) {
                     Ok(n) => {
                         flow.last = now;
