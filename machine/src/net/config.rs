@@ -72,8 +72,9 @@ pub struct NatConfig {
     pub dns: Option<SocketAddr>,
     /// The host address the guest reaches as 10.0.2.2 (default 127.0.0.1).
     pub host_loopback: Ipv4Addr,
-    /// Like QEMU's `restrict=on`: the guest reaches only 10.0.2.2 and
-    /// 10.0.2.3, no other address (flows to them are refused / dropped).
+    /// The guest reaches only 10.0.2.2 (the host) and 10.0.2.3 (DNS): TCP
+    /// to other addresses is refused (RST), UDP and echo dropped. (Unlike
+    /// QEMU's `restrict=on`, the host itself stays reachable.)
     pub restrict: bool,
 }
 
