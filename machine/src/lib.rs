@@ -10,6 +10,7 @@ pub mod clock;
 pub mod disk;
 pub mod firmware;
 pub mod gdb;
+pub mod net;
 pub mod replay;
 pub mod shadow;
 pub mod snapshot;

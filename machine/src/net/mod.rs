@@ -1,0 +1,941 @@
+//! User-mode NAT ("slirp") network backend.
+//!
+//! The guest's Ethernet card sends its frames to [`Nat::guest_sent`]; the
+//! frames [`Nat::poll`] returns go to the guest. The guest sees QEMU's
+//! `-netdev user` LAN: itself at 10.0.2.15 (by DHCP), the gateway and host
+//! at 10.0.2.2, a resolver at 10.0.2.3. Its TCP connections and UDP flows
+//! end here and are re-made with ordinary host sockets; nothing needs
+//! privileges.
+//!
+//! Layout: ARP, ICMP echo, DHCP and UDP are handled by hand on the parsed
+//! frames (`frame`, `dhcp`); TCP is terminated in a smoltcp interface of the
+//! IP medium that sees only the guest's TCP packets (so smoltcp never
+//! answers ARP: with `any_ip` it would claim every address, the guest's own
+//! included). ARP is answered for 10.0.2.2 and 10.0.2.3 only; echo requests
+//! to them are answered here, echo to other addresses goes through an
+//! unprivileged ICMP socket where the host allows those. UDP: one connected
+//! host socket per (guest endpoint, destination), idle ones closed after
+//! 60 s; replies too big for one frame are sent as IPv4 fragments. Guest
+//! IP fragments are dropped (no reassembly).
+//!
+//! Accepting SYNs to any address: the interface has `any_ip` and a default
+//! route through its own 10.0.2.2, so it takes packets for every unicast
+//! address. A guest SYN for a new (source, destination) pair is not given
+//! to it at once: the NAT first opens the host connection (a non-blocking
+//! socket2 connect, checked at each poll with `take_error`/`peer_addr`; no
+//! threads, no blocking). When that connect completes, a smoltcp socket is
+//! made listening on exactly the destination the guest asked for, and the
+//! held SYN goes in: the guest's handshake completes only once the host's
+//! has. If the host refuses (or the connect times out, or the destination
+//! is not allowed, or the flow table is full), the SYN goes in with no
+//! socket for it, and smoltcp answers it with a RST.
+
+mod config;
+mod dhcp;
+mod frame;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{
+    IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+};
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{ChecksumCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, Icmpv4Packet, Icmpv4Repr,
+    IpAddress, IpCidr, IpListenEndpoint, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket,
+    UdpRepr, DHCP_SERVER_PORT,
+};
+
+pub use config::{HostForward, NatConfig};
+use frame::Queues;
+
+/// The gateway, which is also the host (10.0.2.2).
+pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// The resolver (10.0.2.3).
+pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+/// The address DHCP gives the guest.
+pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+pub const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
+/// The MAC of 10.0.2.2 and 10.0.2.3.
+pub const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 0x0a, 0x00, 0x02, 0x02]);
+
+/// At most this many TCP connections (pending connects included).
+pub const MAX_TCP_FLOWS: usize = 256;
+/// At most this many UDP flows; the least recently used goes for a new one.
+pub const MAX_UDP_FLOWS: usize = 256;
+/// Each TCP connection's guest-side receive and send buffers.
+const TCP_BUFFER: usize = 128 * 1024;
+/// UDP flows idle this long are closed.
+const UDP_IDLE: Duration = Duration::from_secs(60);
+/// A host connect not done by then is given up (the guest gets a RST).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection whose host side has closed is dropped if the guest has not
+/// closed its side this long after.
+const FIN_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Guest TCP packets waiting for smoltcp (between guest_sent and poll).
+const MAX_RX_QUEUE: usize = 1024;
+/// Frames for the guest waiting for poll.
+const MAX_OUT_FRAMES: usize = 4096;
+/// At most this many echo (ping) flows to outside addresses.
+const MAX_PING_FLOWS: usize = 64;
+/// Echo flows idle this long are closed.
+const PING_IDLE: Duration = Duration::from_secs(10);
+/// Host connections accepted by one forward in one poll.
+const ACCEPTS_PER_POLL: usize = 16;
+/// Datagrams read from one UDP flow in one poll.
+const UDP_READS_PER_POLL: usize = 64;
+/// How often to look at host sockets while some are open: there is no OS
+/// readiness notification here, poll() just tries them all.
+const HOST_IO_INTERVAL: Duration = Duration::from_millis(5);
+/// Same, with only the forward listeners open.
+const LISTEN_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Counts for tests and statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatStats {
+    pub tcp_flows: usize,
+    pub udp_flows: usize,
+    pub ping_flows: usize,
+    /// smoltcp sockets: one per TCP flow past its host connect.
+    pub tcp_sockets: usize,
+}
+
+/// (guest address, address the guest talks to).
+type FlowKey = (SocketAddrV4, SocketAddrV4);
+
+enum TcpFlow {
+    /// The host connect is under way; the guest's SYN waits in `syn`.
+    Connecting {
+        stream: TcpStream,
+        syn: Vec<u8>,
+        since: Instant,
+    },
+    Open(OpenFlow),
+}
+
+struct OpenFlow {
+    handle: SocketHandle,
+    stream: TcpStream,
+    /// The host closed its sending side (the guest was sent a FIN).
+    host_eof: Option<Instant>,
+    /// The guest's FIN was passed on to the host (shutdown(Write)).
+    guest_eof: bool,
+}
+
+struct PingFlow {
+    socket: socket2::Socket,
+    last: Instant,
+}
+
+/// An unprivileged ICMP echo socket (Linux: needs the process's group in
+/// net.ipv4.ping_group_range).
+fn ping_socket() -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4))?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+struct UdpFlow {
+    socket: UdpSocket,
+    last: Instant,
+}
+
+/// The user-mode NAT. See the module docs.
+pub struct Nat {
+    start: Instant,
+    iface: Interface,
+    queues: Queues,
+    sockets: SocketSet<'static>,
+    tcp: HashMap<FlowKey, TcpFlow>,
+    udp: HashMap<FlowKey, UdpFlow>,
+    /// Echo flows: (guest, destination, guest's ident).
+    pings: HashMap<(Ipv4Addr, Ipv4Addr, u16), PingFlow>,
+    listeners: Vec<(TcpListener, u16)>,
+    dns: Option<SocketAddr>,
+    host_loopback: Ipv4Addr,
+    restrict: bool,
+    guest_mac: Option<EthernetAddress>,
+    out: Vec<Vec<u8>>,
+    next_port: u16,
+    deadline: Option<Instant>,
+    udp_buf: Vec<u8>,
+    /// IPv4 ident of the datagrams the NAT fragments.
+    ip_ident: u16,
+    /// Tests: where flows to outside addresses really go (loopback), so
+    /// the path for arbitrary addresses is tested without sending anything
+    /// off this machine.
+    #[cfg(test)]
+    redirect_outside: Option<Ipv4Addr>,
+}
+
+fn unicast(ip: Ipv4Addr) -> bool {
+    !(ip.is_broadcast() || ip.is_multicast() || ip.is_unspecified())
+}
+
+fn smol_now(start: Instant) -> SmolInstant {
+    SmolInstant::from_micros(start.elapsed().as_micros() as i64)
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// Starts a non-blocking connect to `target`.
+fn start_connect(target: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    s.set_nonblocking(true)?;
+    match s.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || would_block(&e) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from(s);
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Where a started connect stands.
+enum Connect {
+    Pending,
+    Done,
+    Failed,
+}
+
+fn connect_state(stream: &TcpStream) -> Connect {
+    match stream.take_error() {
+        Ok(Some(_)) | Err(_) => return Connect::Failed,
+        Ok(None) => {}
+    }
+    match stream.peer_addr() {
+        Ok(_) => Connect::Done,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Connect::Pending,
+        Err(_) => Connect::Failed,
+    }
+}
+
+/// Drops a host stream with a RST instead of a FIN.
+fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+}
+
+fn new_tcp_socket() -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+        tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+    );
+    s.set_nagle_enabled(false);
+    s.set_timeout(Some(smoltcp::time::Duration::from_secs(120)));
+    s
+}
+
+impl Nat {
+    /// Makes the NAT and binds the host forwards' listeners.
+    pub fn new(config: NatConfig) -> Result<Nat, String> {
+        let mut listeners = Vec::new();
+        for f in &config.host_forwards {
+            let l = TcpListener::bind(f.host).map_err(|e| {
+                format!(
+                    "host forward {} -> guest port {}: {e}",
+                    f.host, f.guest_port
+                )
+            })?;
+            l.set_nonblocking(true)
+                .map_err(|e| format!("host forward {}: {e}", f.host))?;
+            listeners.push((l, f.guest_port));
+        }
+        let start = Instant::now();
+        let mut queues = Queues::new(Medium::Ip);
+        let mut cfg = Config::new(HardwareAddress::Ip);
+        cfg.random_seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x5eed)
+            ^ (std::process::id() as u64) << 32;
+        let mut iface = Interface::new(cfg, &mut queues, smol_now(start));
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(GATEWAY_IP), 24));
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(DNS_IP), 24));
+        });
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(GATEWAY_IP)
+            .map_err(|e| format!("NAT route: {e:?}"))?;
+        iface.set_any_ip(true);
+        Ok(Nat {
+            start,
+            iface,
+            queues,
+            sockets: SocketSet::new(Vec::new()),
+            tcp: HashMap::new(),
+            udp: HashMap::new(),
+            pings: HashMap::new(),
+            listeners,
+            dns: config.dns.or_else(config::system_dns),
+            host_loopback: config.host_loopback,
+            restrict: config.restrict,
+            guest_mac: None,
+            out: Vec::new(),
+            next_port: 49152,
+            deadline: None,
+            udp_buf: vec![0; 65536],
+            ip_ident: 0,
+            #[cfg(test)]
+            redirect_outside: None,
+        })
+    }
+
+    /// The addresses the host forwards listen on (with the port the
+    /// system picked where the forward asked for port 0).
+    pub fn forward_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn stats(&self) -> NatStats {
+        NatStats {
+            tcp_flows: self.tcp.len(),
+            udp_flows: self.udp.len(),
+            ping_flows: self.pings.len(),
+            tcp_sockets: self.sockets.iter().count(),
+        }
+    }
+
+    /// When [`Nat::poll`] should be called next at the latest.
+    pub fn next_poll_in(&self) -> Option<Duration> {
+        if !self.out.is_empty() || !self.queues.rx.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    fn push_out(&mut self, frame: Vec<u8>) {
+        if self.out.len() < MAX_OUT_FRAMES {
+            self.out.push(frame::pad(frame));
+        }
+    }
+
+    fn guest_eth(&self) -> EthernetAddress {
+        self.guest_mac.unwrap_or(EthernetAddress::BROADCAST)
+    }
+
+    /// A frame the guest transmitted.
+    pub fn guest_sent(&mut self, frame: &[u8]) {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return;
+        };
+        let src = eth.src_addr();
+        if src.is_unicast() && src != GATEWAY_MAC {
+            self.guest_mac = Some(src);
+        }
+        let dst = eth.dst_addr();
+        if !(dst.is_broadcast() || dst == GATEWAY_MAC || dst.is_multicast()) {
+            return;
+        }
+        match eth.ethertype() {
+            EthernetProtocol::Arp => {
+                if let Some(reply) = frame::arp_reply(eth.payload(), GATEWAY_MAC, |ip| {
+                    ip == GATEWAY_IP || ip == DNS_IP
+                }) {
+                    self.push_out(reply);
+                }
+            }
+            EthernetProtocol::Ipv4 => self.ipv4_in(eth.payload()),
+            _ => {}
+        }
+    }
+
+    fn ipv4_in(&mut self, packet: &[u8]) {
+        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+            return;
+        };
+        // This also drops fragments (smoltcp's fragmentation is not built).
+        let Ok(repr) = Ipv4Repr::parse(&ip, &ChecksumCapabilities::default()) else {
+            return;
+        };
+        let total = ip.total_len() as usize;
+        match repr.next_header {
+            IpProtocol::Tcp => self.tcp_in(&repr, &packet[..total], ip.payload()),
+            IpProtocol::Udp => self.udp_in(&repr, ip.payload()),
+            IpProtocol::Icmp => self.icmp_in(&repr, ip.payload()),
+            _ => {}
+        }
+    }
+
+    fn icmp_in(&mut self, ip: &Ipv4Repr, data: &[u8]) {
+        if !unicast(ip.src_addr) {
+            return;
+        }
+        let Ok(pkt) = Icmpv4Packet::new_checked(data) else {
+            return;
+        };
+        let Ok(Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        }) = Icmpv4Repr::parse(&pkt, &ChecksumCapabilities::default())
+        else {
+            return;
+        };
+        if ip.dst_addr == GATEWAY_IP || ip.dst_addr == DNS_IP {
+            let reply = Icmpv4Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            };
+            let f = frame::icmp_frame(
+                GATEWAY_MAC,
+                self.guest_eth(),
+                ip.dst_addr,
+                ip.src_addr,
+                &reply,
+            );
+            self.push_out(f);
+            return;
+        }
+        // Elsewhere: through an unprivileged ICMP socket, where the host
+        // allows them (net.ipv4.ping_group_range); else dropped.
+        let Some(SocketAddr::V4(target)) = self.host_target(ip.dst_addr, 1) else {
+            return;
+        };
+        let key = (ip.src_addr, ip.dst_addr, ident);
+        let now = Instant::now();
+        if !self.pings.contains_key(&key) {
+            if self.pings.len() >= MAX_PING_FLOWS {
+                if let Some(oldest) = self
+                    .pings
+                    .iter()
+                    .min_by_key(|(_, f)| f.last)
+                    .map(|(k, _)| *k)
+                {
+                    self.pings.remove(&oldest);
+                }
+            }
+            let Ok(socket) = ping_socket() else {
+                return;
+            };
+            self.pings.insert(key, PingFlow { socket, last: now });
+        }
+        if let Some(flow) = self.pings.get_mut(&key) {
+            flow.last = now;
+            // The kernel puts in its own ident and the checksum.
+            let mut msg = vec![0; 8 + data.len()];
+            msg[0] = 8;
+            msg[6..8].copy_from_slice(&seq_no.to_be_bytes());
+            msg[8..].copy_from_slice(data);
+            let to = SocketAddr::new(IpAddr::V4(*target.ip()), 0);
+            let _ = flow.socket.send_to(&msg, &to.into());
+        }
+    }
+
+    fn poll_pings(&mut self, now: Instant) {
+        let guest_eth = self.guest_eth();
+        let mut frames = Vec::new();
+        let buf = &mut self.udp_buf;
+        let room = MAX_OUT_FRAMES.saturating_sub(self.out.len());
+        self.pings.retain(|&(guest, remote, ident), flow| {
+            for _ in 0..UDP_READS_PER_POLL {
+                if frames.len() >= room {
+                    break;
+                }
+                let n = match (&flow.socket).read(buf) {
+                    Ok(n) => n,
+                    Err(_) => break,
+                };
+                // An echo reply: type 0, then code, checksum, ident, seq.
+                if n < 8 || buf[0] != 0 || n > frame::MTU - frame::IP_HEADER {
+                    continue;
+                }
+                flow.last = now;
+                let reply = Icmpv4Repr::EchoReply {
+                    ident,
+                    seq_no: u16::from_be_bytes([buf[6], buf[7]]),
+                    data: &buf[8..n],
+                };
+                frames.push(frame::icmp_frame(
+                    GATEWAY_MAC,
+                    guest_eth,
+                    remote,
+                    guest,
+                    &reply,
+                ));
+            }
+            now.duration_since(flow.last) < PING_IDLE
+        });
+        for f in frames {
+            self.push_out(f);
+        }
+    }
+
+    /// The host address for a guest destination, if the guest may reach it.
+    fn host_target(&self, dst: Ipv4Addr, port: u16) -> Option<SocketAddr> {
+        if port == 0 {
+            return None;
+        }
+        if dst == GATEWAY_IP {
+            return Some(SocketAddr::new(IpAddr::V4(self.host_loopback), port));
+        }
+        if dst == DNS_IP {
+            return if port == 53 { self.dns } else { None };
+        }
+        let o = dst.octets();
+        let on_lan = o[0] == 10 && o[1] == 0 && o[2] == 2;
+        if self.restrict
+            || on_lan
+            || !unicast(dst)
+            || dst.is_loopback()
+            || dst.is_unspecified()
+            || dst.is_broadcast()
+            || o[0] == 0
+        {
+            return None;
+        }
+        #[cfg(test)]
+        if let Some(r) = self.redirect_outside {
+            return Some(SocketAddr::new(IpAddr::V4(r), port));
+        }
+        Some(SocketAddr::new(IpAddr::V4(dst), port))
+    }
+
+    fn udp_in(&mut self, ip: &Ipv4Repr, data: &[u8]) {
+        let Ok(pkt) = UdpPacket::new_checked(data) else {
+            return;
+        };
+        let Ok(udp) = UdpRepr::parse(
+            &pkt,
+            &ip.src_addr.into(),
+            &ip.dst_addr.into(),
+            &ChecksumCapabilities::default(),
+        ) else {
+            return;
+        };
+        if udp.dst_port == DHCP_SERVER_PORT
+            && (ip.dst_addr == Ipv4Addr::BROADCAST || ip.dst_addr == GATEWAY_IP)
+        {
+            if let Some(f) = dhcp::answer(pkt.payload()) {
+                self.push_out(f);
+            }
+            return;
+        }
+        if !unicast(ip.src_addr) || udp.src_port == 0 {
+            return;
+        }
+        let Some(target) = self.host_target(ip.dst_addr, udp.dst_port) else {
+            return;
+        };
+        let key = (
+            SocketAddrV4::new(ip.src_addr, udp.src_port),
+            SocketAddrV4::new(ip.dst_addr, udp.dst_port),
+        );
+        let now = Instant::now();
+        if !self.udp.contains_key(&key) {
+            if self.udp.len() >= MAX_UDP_FLOWS {
+                if let Some(oldest) = self.udp.iter().min_by_key(|(_, f)| f.last).map(|(k, _)| *k) {
+                    self.udp.remove(&oldest);
+                }
+            }
+            let Ok(socket) = udp_socket(target) else {
+                return;
+            };
+            self.udp.insert(key, UdpFlow { socket, last: now });
+        }
+        if let Some(flow) = self.udp.get_mut(&key) {
+            flow.last = now;
+            let _ = flow.socket.send(pkt.payload());
+        }
+    }
+
+    fn tcp_in(&mut self, ip: &Ipv4Repr, packet: &[u8], data: &[u8]) {
+        let Ok(seg) = TcpPacket::new_checked(data) else {
+            return;
+        };
+        if !seg.verify_checksum(&ip.src_addr.into(), &ip.dst_addr.into()) {
+            return;
+        }
+        let key = (
+            SocketAddrV4::new(ip.src_addr, seg.src_port()),
+            SocketAddrV4::new(ip.dst_addr, seg.dst_port()),
+        );
+        let pure_syn = seg.syn() && !seg.ack() && !seg.rst() && !seg.fin();
+        match self.tcp.get_mut(&key) {
+            Some(TcpFlow::Connecting { syn, .. }) => {
+                // A repeated SYN: the latest one counts (the guest may
+                // have started over with another sequence number).
+                if pure_syn {
+                    *syn = packet.to_vec();
+                }
+                return;
+            }
+            Some(TcpFlow::Open(_)) => return self.give_smoltcp(packet.to_vec(), false),
+            None => {}
+        }
+        if pure_syn && unicast(ip.src_addr) && seg.src_port() != 0 && self.tcp.len() < MAX_TCP_FLOWS
+        {
+            if let Some(target) = self.host_target(ip.dst_addr, seg.dst_port()) {
+                if let Ok(stream) = start_connect(target) {
+                    self.tcp.insert(
+                        key,
+                        TcpFlow::Connecting {
+                            stream,
+                            syn: packet.to_vec(),
+                            since: Instant::now(),
+                        },
+                    );
+                    return;
+                }
+            }
+        }
+        // No flow for it: smoltcp answers with a RST.
+        self.give_smoltcp(packet.to_vec(), false)
+    }
+
+    fn give_smoltcp(&mut self, packet: Vec<u8>, front: bool) {
+        if front {
+            self.queues.rx.push_front(packet);
+        } else if self.queues.rx.len() < MAX_RX_QUEUE {
+            self.queues.rx.push_back(packet);
+        }
+    }
+
+    fn free_port(&mut self) -> Option<u16> {
+        for _ in 0..16384 {
+            let p = self.next_port;
+            self.next_port = if p == 65535 { 49152 } else { p + 1 };
+            let taken = self
+                .tcp
+                .keys()
+                .any(|(_, r)| *r.ip() == GATEWAY_IP && r.port() == p);
+            if !taken {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn accept_forwards(&mut self) {
+        for i in 0..self.listeners.len() {
+            for _ in 0..ACCEPTS_PER_POLL {
+                let (stream, guest_port) = match self.listeners[i].0.accept() {
+                    Ok((s, _)) => (s, self.listeners[i].1),
+                    Err(_) => break,
+                };
+                if self.tcp.len() >= MAX_TCP_FLOWS || stream.set_nonblocking(true).is_err() {
+                    reset(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let Some(port) = self.free_port() else {
+                    reset(stream);
+                    continue;
+                };
+                let mut sock = new_tcp_socket();
+                let remote = (IpAddress::Ipv4(GUEST_IP), guest_port);
+                let local = IpListenEndpoint {
+                    addr: Some(IpAddress::Ipv4(GATEWAY_IP)),
+                    port,
+                };
+                if sock.connect(self.iface.context(), remote, local).is_err() {
+                    reset(stream);
+                    continue;
+                }
+                let handle = self.sockets.add(sock);
+                self.tcp.insert(
+                    (
+                        SocketAddrV4::new(GUEST_IP, guest_port),
+                        SocketAddrV4::new(GATEWAY_IP, port),
+                    ),
+                    TcpFlow::Open(OpenFlow {
+                        handle,
+                        stream,
+                        host_eof: None,
+                        guest_eof: false,
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Moves finished host connects on: a listening socket and the held
+    /// SYN when connected; the bare SYN (so a RST) when not.
+    fn check_connects(&mut self, now: Instant) {
+        let keys: Vec<FlowKey> = self
+            .tcp
+            .iter()
+            .filter(|(_, f)| matches!(f, TcpFlow::Connecting { .. }))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let Some(TcpFlow::Connecting { stream, since, .. }) = self.tcp.get(&key) else {
+                continue;
+            };
+            let state = match connect_state(stream) {
+                Connect::Pending if now.duration_since(*since) > CONNECT_TIMEOUT => Connect::Failed,
+                s => s,
+            };
+            match state {
+                Connect::Pending => {}
+                Connect::Failed => {
+                    if let Some(TcpFlow::Connecting { syn, .. }) = self.tcp.remove(&key) {
+                        self.give_smoltcp(syn, true);
+                    }
+                }
+                Connect::Done => {
+                    let Some(TcpFlow::Connecting { stream, syn, .. }) = self.tcp.remove(&key)
+                    else {
+                        continue;
+                    };
+                    let mut sock = new_tcp_socket();
+                    let local = IpListenEndpoint {
+                        addr: Some(IpAddress::Ipv4(*key.1.ip())),
+                        port: key.1.port(),
+                    };
+                    if sock.listen(local).is_err() {
+                        reset(stream);
+                        self.give_smoltcp(syn, true);
+                        continue;
+                    }
+                    let handle = self.sockets.add(sock);
+                    // The SYN alone, at once: no other SYN to this endpoint
+                    // may reach the listening socket before this one.
+                    self.give_smoltcp(syn, true);
+                    self.iface.poll_ingress_single(
+                        smol_now(self.start),
+                        &mut self.queues,
+                        &mut self.sockets,
+                    );
+                    if self.sockets.get::<tcp::Socket>(handle).state() == tcp::State::Listen {
+                        // smoltcp did not take the SYN.
+                        self.sockets.remove(handle);
+                        reset(stream);
+                        continue;
+                    }
+                    self.tcp.insert(
+                        key,
+                        TcpFlow::Open(OpenFlow {
+                            handle,
+                            stream,
+                            host_eof: None,
+                            guest_eof: false,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Copies bytes between the smoltcp sockets and the host streams, and
+    /// retires finished connections.
+    fn shuttle(&mut self, now: Instant) {
+        let mut done = Vec::new();
+        for (key, flow) in self.tcp.iter_mut() {
+            let TcpFlow::Open(flow) = flow else { continue };
+            let sock = self.sockets.get_mut::<tcp::Socket>(flow.handle);
+            if sock.state() == tcp::State::Listen {
+                // Its SYN was not taken: nothing was established.
+                done.push((*key, false));
+                continue;
+            }
+            let mut broken = false;
+            // Guest -> host (also what is left after the guest closed).
+            while sock.can_recv() {
+                let r = sock.recv(|buf| match flow.stream.write(buf) {
+                    Ok(n) => (n, Ok(n)),
+                    Err(e) => (0, Err(e)),
+                });
+                match r {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(_)) => {
+                        // Half-closed but busy: restart the FIN-wait clock.
+                        if flow.host_eof.is_some() {
+                            flow.host_eof = Some(now);
+                        }
+                    }
+                    Ok(Err(e)) if would_block(&e) => break,
+                    Ok(Err(_)) => {
+                        broken = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let state = sock.state();
+            let guest_closed = match state {
+                tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait => true,
+                // After our FIN: closed by LAST-ACK (or a late RST).
+                tcp::State::Closed => flow.host_eof.is_some(),
+                _ => false,
+            };
+            if !flow.guest_eof && guest_closed && sock.recv_queue() == 0 {
+                let _ = flow.stream.shutdown(Shutdown::Write);
+                flow.guest_eof = true;
+            }
+            let stale = flow
+                .host_eof
+                .is_some_and(|t| now.duration_since(t) > FIN_WAIT_TIMEOUT);
+            match state {
+                tcp::State::Closed if broken || stale || sock.recv_queue() == 0 => {
+                    done.push((*key, flow.host_eof.is_some() && flow.guest_eof));
+                    continue;
+                }
+                tcp::State::TimeWait if broken || stale || sock.recv_queue() == 0 => {
+                    done.push((*key, !broken));
+                    continue;
+                }
+                tcp::State::Closed | tcp::State::TimeWait => continue,
+                _ => {}
+            }
+            // Host -> guest.
+            while !broken && flow.host_eof.is_none() && sock.can_send() {
+                let r = sock.send(|buf| {
+                    if buf.is_empty() {
+                        return (0, Err(io::ErrorKind::WouldBlock.into()));
+                    }
+                    match flow.stream.read(buf) {
+                        Ok(n) => (n, Ok(n)),
+                        Err(e) => (0, Err(e)),
+                    }
+                });
+                match r {
+                    Ok(Ok(0)) => {
+                        flow.host_eof = Some(now);
+                        sock.close();
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) if would_block(&e) => break,
+                    Ok(Err(_)) => broken = true,
+                    Err(_) => break,
+                }
+            }
+            if stale {
+                broken = true;
+            }
+            if broken {
+                // smoltcp sends the guest a RST at the next egress; the
+                // flow goes at the next poll, when the state reads Closed.
+                sock.abort();
+            }
+        }
+        for (key, clean) in done {
+            if let Some(TcpFlow::Open(flow)) = self.tcp.remove(&key) {
+                self.sockets.remove(flow.handle);
+                if !clean {
+                    reset(flow.stream);
+                }
+            }
+        }
+    }
+
+    fn poll_udp(&mut self, now: Instant) {
+        let guest_eth = self.guest_eth();
+        let mut frames = Vec::new();
+        let ident = &mut self.ip_ident;
+        // Read no more than the output queue takes: the rest waits in the
+        // host sockets' buffers.
+        let room = MAX_OUT_FRAMES.saturating_sub(self.out.len());
+        self.udp.retain(|(guest, remote), flow| {
+            for _ in 0..UDP_READS_PER_POLL {
+                if frames.len() >= room {
+                    break;
+                }
+                match flow.socket.recv(&mut self.udp_buf) {
+                    Ok(n) => {
+                        flow.last = now;
+                        *ident = ident.wrapping_add(1);
+                        frames.extend(frame::udp_frames(
+                            GATEWAY_MAC,
+                            guest_eth,
+                            (*remote.ip(), remote.port()),
+                            (*guest.ip(), guest.port()),
+                            &self.udp_buf[..n],
+                            *ident,
+                        ));
+                    }
+                    Err(e) if would_block(&e) => break,
+                    // ICMP errors (e.g. port unreachable) show up here.
+                    Err(_) => break,
+                }
+            }
+            now.duration_since(flow.last) < UDP_IDLE
+        });
+        for f in frames {
+            self.push_out(f);
+        }
+    }
+
+    /// Does the host I/O (never blocking) and returns frames for the guest.
+    pub fn poll(&mut self) -> Vec<Vec<u8>> {
+        let now = Instant::now();
+        self.accept_forwards();
+        self.check_connects(now);
+        self.iface
+            .poll(smol_now(self.start), &mut self.queues, &mut self.sockets);
+        self.shuttle(now);
+        self.iface
+            .poll(smol_now(self.start), &mut self.queues, &mut self.sockets);
+        self.poll_udp(now);
+        self.poll_pings(now);
+
+        let guest_eth = self.guest_eth();
+        let mut frames = std::mem::take(&mut self.out);
+        frames.extend(self.queues.tx.drain(..).map(|p| {
+            frame::pad(frame::eth_wrap(
+                GATEWAY_MAC,
+                guest_eth,
+                EthernetProtocol::Ipv4,
+                &p,
+            ))
+        }));
+
+        // The next deadline: smoltcp's timers, the host sockets, UDP expiry.
+        let smol = self
+            .iface
+            .poll_delay(smol_now(self.start), &self.sockets)
+            .map(|d| now + Duration::from_micros(d.total_micros()));
+        let host = if !self.tcp.is_empty() || !self.udp.is_empty() || !self.pings.is_empty() {
+            Some(now + HOST_IO_INTERVAL)
+        } else if !self.listeners.is_empty() {
+            Some(now + LISTEN_INTERVAL)
+        } else {
+            None
+        };
+        self.deadline = match (smol, host) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        frames
+    }
+}
+
+fn udp_socket(target: SocketAddr) -> io::Result<UdpSocket> {
+    let bind: SocketAddr = match target {
+        SocketAddr::V4(a) if a.ip().is_loopback() => (Ipv4Addr::LOCALHOST, 0).into(),
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(a) if a.ip().is_loopback() => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(target)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}

@@ -1,0 +1,1219 @@
+//! The NAT driven by a second smoltcp interface playing the guest, over
+//! loopback only.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{ChecksumCapabilities, Medium};
+use smoltcp::socket::{dhcpv4, tcp, udp};
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, DhcpPacket, DhcpRepr, EthernetAddress,
+    EthernetFrame, EthernetProtocol, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr,
+    IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    UdpPacket, UdpRepr,
+};
+
+use super::frame::{self, Queues};
+use super::*;
+
+const GUEST_MAC: EthernetAddress = EthernetAddress([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+
+struct Guest {
+    start: Instant,
+    iface: Interface,
+    dev: Queues,
+    sockets: SocketSet<'static>,
+}
+
+impl Guest {
+    /// A guest with no address (for DHCP) or 10.0.2.15/24 via 10.0.2.2.
+    fn new(configured: bool) -> Guest {
+        let start = Instant::now();
+        let mut dev = Queues::new(Medium::Ethernet);
+        let mut cfg = Config::new(HardwareAddress::Ethernet(GUEST_MAC));
+        cfg.random_seed = 7;
+        let mut iface = Interface::new(cfg, &mut dev, SmolInstant::from_millis(0));
+        if configured {
+            iface.update_ip_addrs(|a| {
+                a.push(IpCidr::new(IpAddress::Ipv4(GUEST_IP), 24)).unwrap();
+            });
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(GATEWAY_IP)
+                .unwrap();
+        }
+        Guest {
+            start,
+            iface,
+            dev,
+            sockets: SocketSet::new(Vec::new()),
+        }
+    }
+
+    fn now(&self) -> SmolInstant {
+        SmolInstant::from_micros(self.start.elapsed().as_micros() as i64)
+    }
+
+    /// One round: the guest's output to the NAT, the NAT's to the guest.
+    fn step(&mut self, nat: &mut Nat) -> bool {
+        let now = self.now();
+        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        let mut moved = false;
+        for f in self.dev.tx.drain(..) {
+            nat.guest_sent(&f);
+            moved = true;
+        }
+        let frames = nat.poll();
+        moved |= !frames.is_empty();
+        self.dev.rx.extend(frames);
+        let now = self.now();
+        self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        moved
+    }
+
+    /// Steps until `done` (panics after `secs`).
+    fn run_until(&mut self, nat: &mut Nat, secs: u64, mut done: impl FnMut(&mut Guest) -> bool) {
+        let limit = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let moved = self.step(nat);
+            if done(self) {
+                return;
+            }
+            assert!(Instant::now() < limit, "timed out");
+            if !moved {
+                thread::sleep(Duration::from_micros(300));
+            }
+        }
+    }
+
+    fn tcp(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+
+    fn connect(&mut self, h: SocketHandle, to: (Ipv4Addr, u16), local_port: u16) {
+        let cx = self.iface.context();
+        self.sockets
+            .get_mut::<tcp::Socket>(h)
+            .connect(cx, to, local_port)
+            .unwrap();
+    }
+
+    fn new_tcp(&mut self) -> SocketHandle {
+        let s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 65536]),
+            tcp::SocketBuffer::new(vec![0; 65536]),
+        );
+        self.sockets.add(s)
+    }
+}
+
+fn test_nat() -> Nat {
+    Nat::new(NatConfig {
+        restrict: true,
+        dns: Some("127.0.0.1:9".parse().unwrap()),
+        ..NatConfig::default()
+    })
+    .unwrap()
+}
+
+/// Known bytes: a xorshift stream.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+// ---- frames by hand ----
+
+fn parse_ipv4(f: &[u8]) -> Option<(EthernetAddress, Ipv4Repr, Vec<u8>)> {
+    let eth = EthernetFrame::new_checked(f).ok()?;
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    let repr = Ipv4Repr::parse(&ip, &ChecksumCapabilities::default()).ok()?;
+    Some((eth.dst_addr(), repr, ip.payload().to_vec()))
+}
+
+fn dhcp_request_frame(
+    msg: DhcpMessageType,
+    broadcast: bool,
+    requested: Option<Ipv4Address>,
+    server: Option<Ipv4Address>,
+) -> Vec<u8> {
+    let params = [1u8, 3, 6, 12, 15, 28, 42];
+    let repr = DhcpRepr {
+        message_type: msg,
+        transaction_id: 0x1234_5678,
+        secs: 0,
+        client_hardware_address: GUEST_MAC,
+        client_ip: Ipv4Address::UNSPECIFIED,
+        your_ip: Ipv4Address::UNSPECIFIED,
+        server_ip: Ipv4Address::UNSPECIFIED,
+        router: None,
+        subnet_mask: None,
+        relay_agent_ip: Ipv4Address::UNSPECIFIED,
+        broadcast,
+        requested_ip: requested,
+        client_identifier: Some(GUEST_MAC),
+        server_identifier: server,
+        parameter_request_list: Some(&params),
+        dns_servers: None,
+        max_size: Some(576),
+        lease_duration: None,
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
+    };
+    let mut buf = vec![0; repr.buffer_len().max(300)];
+    repr.emit(&mut DhcpPacket::new_unchecked(&mut buf[..]))
+        .unwrap();
+    frame::udp_frame(
+        GUEST_MAC,
+        EthernetAddress::BROADCAST,
+        Ipv4Address::UNSPECIFIED,
+        68,
+        Ipv4Address::BROADCAST,
+        67,
+        &buf,
+    )
+}
+
+/// The single DHCP reply among `frames`: (eth dst, ip dst, message).
+fn dhcp_reply(
+    frames: &[Vec<u8>],
+) -> (
+    EthernetAddress,
+    Ipv4Address,
+    DhcpMessageType,
+    Ipv4Address,
+    Vec<u8>,
+) {
+    assert_eq!(frames.len(), 1, "one DHCP reply");
+    let (eth_dst, ip, payload) = parse_ipv4(&frames[0]).unwrap();
+    assert_eq!(ip.src_addr, GATEWAY_IP);
+    let udp = UdpPacket::new_checked(&payload[..]).unwrap();
+    UdpRepr::parse(
+        &udp,
+        &ip.src_addr.into(),
+        &ip.dst_addr.into(),
+        &ChecksumCapabilities::default(),
+    )
+    .expect("UDP checksum");
+    assert_eq!((udp.src_port(), udp.dst_port()), (67, 68));
+    let body = udp.payload().to_vec();
+    let pkt = DhcpPacket::new_checked(&body[..]).unwrap();
+    let repr = DhcpRepr::parse(&pkt).unwrap();
+    assert_eq!(repr.transaction_id, 0x1234_5678);
+    assert_eq!(repr.client_hardware_address, GUEST_MAC);
+    (eth_dst, ip.dst_addr, repr.message_type, repr.your_ip, body)
+}
+
+#[test]
+fn net_dhcp_smoltcp_client() {
+    let mut nat = test_nat();
+    let mut g = Guest::new(false);
+    let h = g.sockets.add(dhcpv4::Socket::new());
+    let mut got = None;
+    g.run_until(&mut nat, 20, |g| {
+        if let Some(dhcpv4::Event::Configured(c)) = g.sockets.get_mut::<dhcpv4::Socket>(h).poll() {
+            got = Some((c.address, c.router, c.dns_servers.to_vec()));
+            return true;
+        }
+        false
+    });
+    let (addr, router, dns) = got.unwrap();
+    assert_eq!(addr, smoltcp::wire::Ipv4Cidr::new(GUEST_IP, 24));
+    assert_eq!(router, Some(GATEWAY_IP));
+    assert_eq!(dns, vec![DNS_IP]);
+}
+
+#[test]
+fn net_dhcp_udhcpc_style() {
+    for broadcast in [true, false] {
+        let mut nat = test_nat();
+        nat.guest_sent(&dhcp_request_frame(
+            DhcpMessageType::Discover,
+            broadcast,
+            None,
+            None,
+        ));
+        let (eth_dst, ip_dst, t, yiaddr, body) = dhcp_reply(&nat.poll());
+        assert_eq!(t, DhcpMessageType::Offer);
+        assert_eq!(yiaddr, GUEST_IP);
+        if broadcast {
+            assert_eq!(
+                (eth_dst, ip_dst),
+                (EthernetAddress::BROADCAST, Ipv4Address::BROADCAST)
+            );
+        } else {
+            assert_eq!((eth_dst, ip_dst), (GUEST_MAC, GUEST_IP));
+        }
+        let pkt = DhcpPacket::new_checked(&body[..]).unwrap();
+        let repr = DhcpRepr::parse(&pkt).unwrap();
+        assert_eq!(repr.subnet_mask, Some(NETMASK));
+        assert_eq!(repr.router, Some(GATEWAY_IP));
+        assert_eq!(repr.server_identifier, Some(GATEWAY_IP));
+        assert_eq!(repr.lease_duration, Some(86400));
+        assert_eq!(repr.dns_servers.as_deref(), Some(&[DNS_IP][..]));
+
+        nat.guest_sent(&dhcp_request_frame(
+            DhcpMessageType::Request,
+            broadcast,
+            Some(GUEST_IP),
+            Some(GATEWAY_IP),
+        ));
+        let (_, _, t, yiaddr, _) = dhcp_reply(&nat.poll());
+        assert_eq!((t, yiaddr), (DhcpMessageType::Ack, GUEST_IP));
+
+        // A request for another address is refused; one for another
+        // server's offer is ignored.
+        nat.guest_sent(&dhcp_request_frame(
+            DhcpMessageType::Request,
+            broadcast,
+            Some(Ipv4Address::new(10, 0, 2, 99)),
+            None,
+        ));
+        let (_, _, t, _, _) = dhcp_reply(&nat.poll());
+        assert_eq!(t, DhcpMessageType::Nak);
+        nat.guest_sent(&dhcp_request_frame(
+            DhcpMessageType::Request,
+            broadcast,
+            Some(GUEST_IP),
+            Some(Ipv4Address::new(10, 0, 2, 4)),
+        ));
+        assert!(nat.poll().is_empty());
+    }
+}
+
+#[test]
+fn net_arp_and_ping() {
+    let mut nat = test_nat();
+    for target in [GATEWAY_IP, DNS_IP] {
+        nat.guest_sent(&frame::arp_request(GUEST_MAC, GUEST_IP, target));
+        let out = nat.poll();
+        assert_eq!(out.len(), 1);
+        let eth = EthernetFrame::new_checked(&out[0][..]).unwrap();
+        assert_eq!(eth.dst_addr(), GUEST_MAC);
+        let arp = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+        assert_eq!(
+            arp,
+            ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Reply,
+                source_hardware_addr: GATEWAY_MAC,
+                source_protocol_addr: target,
+                target_hardware_addr: GUEST_MAC,
+                target_protocol_addr: GUEST_IP,
+            }
+        );
+    }
+    // Not ours: no answer (not even for the guest's own address).
+    for other in [
+        GUEST_IP,
+        Ipv4Addr::new(10, 0, 2, 77),
+        Ipv4Addr::new(8, 8, 8, 8),
+    ] {
+        nat.guest_sent(&frame::arp_request(GUEST_MAC, Ipv4Addr::UNSPECIFIED, other));
+        nat.guest_sent(&frame::arp_request(GUEST_MAC, GUEST_IP, other));
+        assert!(nat.poll().is_empty());
+    }
+
+    let mut answered = 0;
+    for seq in 0..3u16 {
+        let data = pattern(56, seq as u64 + 1);
+        let req = Icmpv4Repr::EchoRequest {
+            ident: 0x4242,
+            seq_no: seq,
+            data: &data,
+        };
+        nat.guest_sent(&frame::icmp_frame(
+            GUEST_MAC,
+            GATEWAY_MAC,
+            GUEST_IP,
+            GATEWAY_IP,
+            &req,
+        ));
+        for f in nat.poll() {
+            let (dst, ip, payload) = parse_ipv4(&f).unwrap();
+            assert_eq!(dst, GUEST_MAC);
+            assert_eq!((ip.src_addr, ip.dst_addr), (GATEWAY_IP, GUEST_IP));
+            let pkt = Icmpv4Packet::new_checked(&payload[..]).unwrap();
+            let repr = Icmpv4Repr::parse(&pkt, &ChecksumCapabilities::default()).unwrap();
+            assert_eq!(
+                repr,
+                Icmpv4Repr::EchoReply {
+                    ident: 0x4242,
+                    seq_no: seq,
+                    data: &data
+                }
+            );
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 3);
+}
+
+/// A loopback listener serving `data` to its one client, then closing.
+fn serve_once(data: Vec<u8>) -> (u16, thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let t = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(&data).unwrap();
+    });
+    (port, t)
+}
+
+#[test]
+fn net_tcp_download() {
+    let data = pattern(1 << 20, 11);
+    let want = fnv(&data);
+    let (port, server) = serve_once(data);
+    let mut nat = test_nat();
+    let mut g = Guest::new(true);
+    let h = g.new_tcp();
+    g.connect(h, (GATEWAY_IP, port), 49500);
+    let mut got = Vec::new();
+    g.run_until(&mut nat, 60, |g| {
+        let s = g.tcp(h);
+        while s.can_recv() {
+            s.recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        if !s.may_recv() && s.state() != tcp::State::SynSent {
+            s.close();
+            return true;
+        }
+        false
+    });
+    server.join().unwrap();
+    assert_eq!(got.len(), 1 << 20);
+    assert_eq!(fnv(&got), want);
+    // The connection winds down and the NAT forgets it.
+    g.run_until(&mut nat, 10, |_| true);
+    let mut n = 0;
+    g.run_until(&mut nat, 10, |_| {
+        n += 1;
+        n > 50
+    });
+    assert_eq!(nat.stats().tcp_flows, 0);
+    assert_eq!(nat.stats().tcp_sockets, 0);
+}
+
+#[test]
+fn net_tcp_upload() {
+    let data = pattern(1 << 20, 12);
+    let want = fnv(&data);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.write_all(b"thanks").unwrap();
+        got
+    });
+    let mut nat = test_nat();
+    let mut g = Guest::new(true);
+    let h = g.new_tcp();
+    g.connect(h, (GATEWAY_IP, port), 49501);
+    let mut sent = 0;
+    let mut reply = Vec::new();
+    g.run_until(&mut nat, 60, |g| {
+        let s = g.tcp(h);
+        if sent < data.len() && s.can_send() {
+            sent += s.send_slice(&data[sent..]).unwrap();
+            if sent == data.len() {
+                s.close(); // half-close: the server's read_to_end ends
+            }
+        }
+        while s.can_recv() {
+            s.recv(|b| {
+                reply.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        sent == data.len() && !s.may_recv() && s.state() != tcp::State::SynSent
+    });
+    let got = server.join().unwrap();
+    assert_eq!(got.len(), data.len());
+    assert_eq!(fnv(&got), want);
+    assert_eq!(reply, b"thanks");
+}
+
+#[test]
+fn net_tcp_refused_gets_reset() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut nat = test_nat();
+    let mut g = Guest::new(true);
+    let h = g.new_tcp();
+    g.connect(h, (GATEWAY_IP, port), 49502);
+    g.run_until(&mut nat, 10, |g| g.tcp(h).state() == tcp::State::Closed);
+    // Also refused without a host connect: a destination the restricted
+    // NAT does not reach, and a port on 10.0.2.3 that is not DNS.
+    for (ip, p) in [(Ipv4Addr::new(192, 0, 2, 1), 80), (DNS_IP, 80)] {
+        let h = g.new_tcp();
+        g.connect(h, (ip, p), 49503);
+        g.run_until(&mut nat, 10, |g| g.tcp(h).state() == tcp::State::Closed);
+    }
+    assert_eq!(nat.stats().tcp_flows, 0);
+}
+
+#[test]
+fn net_tcp_host_closes_with_reset() {
+    // The host server resets the connection: the guest sees the reset.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        thread::sleep(Duration::from_millis(100));
+    });
+    let mut nat = test_nat();
+    let mut g = Guest::new(true);
+    let h = g.new_tcp();
+    g.connect(h, (GATEWAY_IP, port), 49504);
+    g.run_until(&mut nat, 10, |g| {
+        g.tcp(h).state() == tcp::State::Established
+    });
+    server.join().unwrap();
+    g.run_until(&mut nat, 10, |g| g.tcp(h).state() == tcp::State::Closed);
+}
+
+#[test]
+fn net_udp_echo() {
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let mut buf = [0; 2048];
+        for _ in 0..3 {
+            let (n, from) = echo.recv_from(&mut buf).unwrap();
+            echo.send_to(&buf[..n], from).unwrap();
+        }
+    });
+    let mut nat = test_nat();
+    let mut g = Guest::new(true);
+    let s = udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+    );
+    let h = g.sockets.add(s);
+    g.sockets.get_mut::<udp::Socket>(h).bind(40000).unwrap();
+    for i in 0..3u64 {
+        let msg = pattern(100 + 300 * i as usize, i + 5);
+        g.sockets
+            .get_mut::<udp::Socket>(h)
+            .send_slice(&msg, (GATEWAY_IP, port))
+            .unwrap();
+        let mut reply = None;
+        g.run_until(&mut nat, 10, |g| {
+            if let Ok((data, meta)) = g.sockets.get_mut::<udp::Socket>(h).recv() {
+                reply = Some((data.to_vec(), meta.endpoint));
+                return true;
+            }
+            false
+        });
+        let (data, from) = reply.unwrap();
+        assert_eq!(data, msg);
+        assert_eq!(from.addr, IpAddress::Ipv4(GATEWAY_IP));
+        assert_eq!(from.port, port);
+    }
+    server.join().unwrap();
+    assert_eq!(nat.stats().udp_flows, 1);
+}
+
+#[test]
+fn net_host_forward() {
+    let data = pattern(300_000, 13);
+    let want = data.clone();
+    let mut nat = Nat::new(NatConfig {
+        host_forwards: vec![HostForward::parse("tcp:127.0.0.1:0-:80").unwrap()],
+        restrict: true,
+        ..NatConfig::default()
+    })
+    .unwrap();
+    let addr = nat.forward_addrs()[0];
+    assert_eq!(addr.ip(), Ipv4Addr::LOCALHOST);
+    // A second NAT cannot take the same port.
+    let taken = format!("tcp::{}-:80", addr.port());
+    assert!(Nat::new(NatConfig {
+        host_forwards: vec![HostForward::parse(&taken).unwrap()],
+        ..NatConfig::default()
+    })
+    .is_err());
+
+    let mut g = Guest::new(true);
+    let h = g.new_tcp();
+    g.tcp(h).listen(80).unwrap();
+    let client = thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /").unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let mut sent = 0;
+    let mut request = Vec::new();
+    g.run_until(&mut nat, 60, |g| {
+        let s = g.tcp(h);
+        while s.can_recv() {
+            s.recv(|b| {
+                request.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        if s.can_send() && sent < data.len() {
+            sent += s.send_slice(&data[sent..]).unwrap();
+            if sent == data.len() {
+                s.close();
+            }
+        }
+        client.is_finished()
+    });
+    assert_eq!(request, b"GET /");
+    let got = client.join().unwrap();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want);
+}
+
+#[test]
+fn net_host_forward_refused_by_guest() {
+    let mut nat = Nat::new(NatConfig {
+        host_forwards: vec![HostForward::parse("tcp::0-:81").unwrap()],
+        restrict: true,
+        ..NatConfig::default()
+    })
+    .unwrap();
+    let addr = nat.forward_addrs()[0];
+    let mut g = Guest::new(true); // nothing listens on 81
+    let client = thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+    });
+    g.run_until(&mut nat, 20, |_| client.is_finished());
+    assert!(
+        client.join().unwrap().is_err(),
+        "the host client sees a reset"
+    );
+}
+
+#[test]
+fn net_hostforward_parse() {
+    let p = |s: &str| HostForward::parse(s);
+    let hf = |a: &str, g| HostForward {
+        host: a.parse::<SocketAddr>().unwrap(),
+        guest_port: g,
+    };
+    assert_eq!(p("tcp:127.0.0.1:8080-:80"), Ok(hf("127.0.0.1:8080", 80)));
+    assert_eq!(p("tcp::8080-:80"), Ok(hf("127.0.0.1:8080", 80)));
+    assert_eq!(p("::2222-:22"), Ok(hf("127.0.0.1:2222", 22)));
+    assert_eq!(
+        p("tcp:0.0.0.0:2222-10.0.2.15:22"),
+        Ok(hf("0.0.0.0:2222", 22))
+    );
+    assert_eq!(p("tcp:localhost:0-:22"), Ok(hf("127.0.0.1:0", 22)));
+    for bad in [
+        "",
+        "tcp",
+        "udp::53-:53",
+        "sctp::1-:1",
+        "tcp::8080",
+        ":2222-:22",
+        "tcp::8080-80",
+        "tcp::x-:80",
+        "tcp::70000-:80",
+        "tcp::8080-:0",
+        "tcp::8080-:",
+        "tcp:999.1.1.1:8080-:80",
+        "tcp::8080-10.0.2.16:80",
+    ] {
+        let e = p(bad).expect_err(bad);
+        assert!(!e.contains('\n') && e.contains(bad), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn net_resolv_conf() {
+    use super::config::first_nameserver;
+    let t = "# x\nsearch lan\nnameserver 192.168.1.1\nnameserver 8.8.8.8\n";
+    assert_eq!(first_nameserver(t), Some("192.168.1.1:53".parse().unwrap()));
+    assert_eq!(
+        first_nameserver("nameserver fe80::1%eth0\n"),
+        Some("[fe80::1]:53".parse().unwrap())
+    );
+    assert_eq!(first_nameserver("options ndots:1\n"), None);
+}
+
+// ---- hostile input ----
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn tcp_frame(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    control: TcpControl,
+    ack: Option<u32>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port: src.1,
+        dst_port: dst.1,
+        control,
+        seq_number: TcpSeqNumber(1000),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: 8192,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    };
+    frame::ip_frame(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        src.0,
+        dst.0,
+        IpProtocol::Tcp,
+        repr.buffer_len(),
+        |b| {
+            repr.emit(
+                &mut TcpPacket::new_unchecked(b),
+                &src.0.into(),
+                &dst.0.into(),
+                &ChecksumCapabilities::default(),
+            )
+        },
+    )
+}
+
+/// Recomputes the IPv4 header checksum and, for TCP/UDP/ICMP, the payload's.
+fn fix_checksums(f: &mut [u8]) {
+    let Ok(mut eth) = EthernetFrame::new_checked(&mut f[..]) else {
+        return;
+    };
+    let Ok(mut ip) = Ipv4Packet::new_checked(eth.payload_mut()) else {
+        return;
+    };
+    ip.fill_checksum();
+    let (src, dst, proto) = (ip.src_addr(), ip.dst_addr(), ip.next_header());
+    let payload = ip.payload_mut();
+    match proto {
+        IpProtocol::Tcp => {
+            if let Ok(mut p) = TcpPacket::new_checked(payload) {
+                p.fill_checksum(&src.into(), &dst.into());
+            }
+        }
+        IpProtocol::Udp => {
+            if let Ok(mut p) = UdpPacket::new_checked(payload) {
+                p.fill_checksum(&src.into(), &dst.into());
+            }
+        }
+        IpProtocol::Icmp => {
+            if let Ok(mut p) = Icmpv4Packet::new_checked(payload) {
+                p.fill_checksum();
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn net_hostile_frames() {
+    // Host ends the SYNs and datagrams may reach: a listener that never
+    // accepts (the kernel completes handshakes into its backlog) and a sink.
+    let host = Ipv4Addr::new(127, 0, 0, 2);
+    let listener = TcpListener::bind((host, 0)).unwrap();
+    let lport = listener.local_addr().unwrap().port();
+    let sink = UdpSocket::bind((host, 0)).unwrap();
+    let uport = sink.local_addr().unwrap().port();
+    let closed = {
+        let l = TcpListener::bind((host, 0)).unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut nat = Nat::new(NatConfig {
+        restrict: true,
+        // 10.0.2.2 is 127.0.0.2 here: random ports hit nothing of the
+        // other tests (on 127.0.0.1), only what listens on all addresses.
+        host_loopback: host,
+        dns: Some(SocketAddr::from((host, uport))),
+        ..NatConfig::default()
+    })
+    .unwrap();
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let ports = [lport, uport, closed, 53, 67];
+    let mut max_frames = 0;
+    let (mut max_tcp, mut max_udp) = (0, 0);
+    for i in 0..20_000u32 {
+        let sport = 1024 + (i % 60000) as u16;
+        let dst_ip = match rng.below(4) {
+            0 => GATEWAY_IP,
+            1 => DNS_IP,
+            2 => Ipv4Addr::new(10, 0, 2, rng.below(256) as u8),
+            _ => Ipv4Addr::from(rng.next() as u32),
+        };
+        let dport = ports[rng.below(ports.len())];
+        let payload = pattern(rng.below(64), i as u64 + 1);
+        let mut f = match rng.below(9) {
+            0 => frame::arp_request(GUEST_MAC, GUEST_IP, dst_ip),
+            1 => {
+                let req = Icmpv4Repr::EchoRequest {
+                    ident: 1,
+                    seq_no: i as u16,
+                    data: &payload,
+                };
+                frame::icmp_frame(GUEST_MAC, GATEWAY_MAC, GUEST_IP, dst_ip, &req)
+            }
+            2 => frame::udp_frame(
+                GUEST_MAC,
+                GATEWAY_MAC,
+                GUEST_IP,
+                sport,
+                GATEWAY_IP,
+                uport,
+                &payload,
+            ),
+            8 => frame::udp_frame(
+                GUEST_MAC,
+                GATEWAY_MAC,
+                GUEST_IP,
+                sport,
+                dst_ip,
+                dport,
+                &payload,
+            ),
+            3 => dhcp_request_frame(DhcpMessageType::Discover, i % 2 == 0, None, None),
+            // SYN flood to the listener from ever new ports.
+            4 | 5 => tcp_frame(
+                (GUEST_IP, sport),
+                (GATEWAY_IP, lport),
+                TcpControl::Syn,
+                None,
+                &[],
+            ),
+            6 => tcp_frame(
+                (GUEST_IP, sport),
+                (dst_ip, dport),
+                TcpControl::None,
+                Some(rng.next() as u32),
+                &payload,
+            ),
+            _ => tcp_frame(
+                (GUEST_IP, sport),
+                (dst_ip, dport),
+                TcpControl::Fin,
+                Some(1),
+                &payload,
+            ),
+        };
+        // Mutations: none, bytes, truncation, IP header fields, options.
+        match rng.below(6) {
+            0 => {}
+            1 => {
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(f.len());
+                    f[at] = rng.next() as u8;
+                }
+            }
+            2 => f.truncate(rng.below(f.len() + 1)),
+            3 if f.len() > 34 => {
+                // Total length / header length / fragment fields.
+                let at = 14 + [0, 2, 3, 6, 7, 9][rng.below(6)];
+                f[at] = rng.next() as u8;
+            }
+            4 if f.len() > 34 => {
+                // Bogus IP options: claim up to 60 header bytes.
+                let words = 6 + rng.below(10);
+                f[14] = 0x40 | words as u8;
+                for b in f.iter_mut().skip(34).take((words - 5) * 4) {
+                    *b = 0x44;
+                }
+            }
+            _ => {
+                let at = rng.below(f.len());
+                f[at] ^= 1 << rng.below(8);
+            }
+        }
+        // Mostly with valid checksums, to get past the first checks.
+        if rng.below(4) != 0 {
+            fix_checksums(&mut f);
+        }
+        nat.guest_sent(&f);
+        if i % 8 == 0 {
+            let out = nat.poll();
+            max_frames = max_frames.max(out.len());
+            let st = nat.stats();
+            assert!(st.tcp_flows <= MAX_TCP_FLOWS, "{st:?}");
+            assert!(st.udp_flows <= MAX_UDP_FLOWS, "{st:?}");
+            assert!(st.tcp_sockets <= st.tcp_flows, "{st:?}");
+            max_tcp = max_tcp.max(st.tcp_flows);
+            max_udp = max_udp.max(st.udp_flows);
+        }
+    }
+    for _ in 0..20 {
+        nat.poll();
+        thread::sleep(Duration::from_millis(5));
+    }
+    let st = nat.stats();
+    assert!(
+        st.tcp_flows <= MAX_TCP_FLOWS && st.udp_flows <= MAX_UDP_FLOWS,
+        "{st:?}"
+    );
+    eprintln!(
+        "hostile: {st:?}, max tcp {max_tcp}, max udp {max_udp}, max frames/poll {max_frames}"
+    );
+    assert_eq!(max_tcp, MAX_TCP_FLOWS, "the SYN flood filled the TCP table");
+    assert_eq!(max_udp, MAX_UDP_FLOWS, "the UDP flows filled their table");
+    assert!(max_frames <= super::MAX_OUT_FRAMES + 4096);
+    drop(listener);
+}
+
+#[test]
+fn net_dns_forward_with_fragmented_reply() {
+    // The "resolver" answers every query with 4000 known bytes: more than
+    // one frame holds, so the NAT sends IPv4 fragments.
+    let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dns_addr = dns.local_addr().unwrap();
+    let big = pattern(4000, 77);
+    let answer = big.clone();
+    let server = thread::spawn(move || {
+        let mut buf = [0; 512];
+        let (n, from) = dns.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"query");
+        dns.send_to(&answer, from).unwrap();
+    });
+    let mut nat = Nat::new(NatConfig {
+        dns: Some(dns_addr),
+        restrict: true,
+        ..NatConfig::default()
+    })
+    .unwrap();
+    nat.guest_sent(&frame::udp_frame(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        5353,
+        DNS_IP,
+        53,
+        b"query",
+    ));
+    assert_eq!(nat.stats().udp_flows, 1);
+    server.join().unwrap();
+    let limit = Instant::now() + Duration::from_secs(5);
+    let mut frags = Vec::new();
+    while frags.len() < 3 {
+        assert!(Instant::now() < limit, "no reply");
+        for f in nat.poll() {
+            let eth = EthernetFrame::new_checked(&f[..]).unwrap();
+            assert_eq!(eth.dst_addr(), GUEST_MAC);
+            let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+            assert!(ip.verify_checksum());
+            assert_eq!((ip.src_addr(), ip.dst_addr()), (DNS_IP, GUEST_IP));
+            assert!(f.len() <= 1514);
+            frags.push((
+                ip.frag_offset() as usize,
+                ip.more_frags(),
+                ip.payload().to_vec(),
+            ));
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(frags.len(), 3);
+    let mut dgram = Vec::new();
+    for (i, (off, more, data)) in frags.iter().enumerate() {
+        assert_eq!(*off, dgram.len());
+        assert_eq!(*more, i < 2);
+        dgram.extend_from_slice(data);
+    }
+    let udp = UdpPacket::new_checked(&dgram[..]).unwrap();
+    assert!(udp.verify_checksum(&DNS_IP.into(), &GUEST_IP.into()));
+    assert_eq!((udp.src_port(), udp.dst_port()), (53, 5353));
+    assert!(udp.payload() == &big[..]);
+}
+
+#[test]
+fn net_small_frames_padded_and_poll_hint() {
+    let mut nat = test_nat();
+    assert_eq!(nat.next_poll_in(), None);
+    nat.guest_sent(&frame::arp_request(GUEST_MAC, GUEST_IP, GATEWAY_IP));
+    assert_eq!(nat.next_poll_in(), Some(Duration::ZERO));
+    let out = nat.poll();
+    assert_eq!(out[0].len(), 60);
+    // A pending host connect keeps the hint short.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    nat.guest_sent(&tcp_frame(
+        (GUEST_IP, 40000),
+        (GATEWAY_IP, port),
+        TcpControl::Syn,
+        None,
+        &[],
+    ));
+    nat.poll();
+    assert!(nat.next_poll_in().unwrap() <= Duration::from_millis(50));
+}
+
+#[allow(dead_code)]
+fn nat_is_send(n: Nat) -> impl Send {
+    n
+}
+
+#[test]
+fn net_tcp_concurrent_connections_to_one_port() {
+    // Eight guest connections to the same host port at once: each gets the
+    // bytes for the id it sent, so no two were crossed.
+    const N: usize = 8;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let mut workers = Vec::new();
+        for _ in 0..N {
+            let (mut s, _) = l.accept().unwrap();
+            workers.push(thread::spawn(move || {
+                let mut id = [0u8];
+                s.read_exact(&mut id).unwrap();
+                s.write_all(&pattern(200_000, id[0] as u64 + 100)).unwrap();
+            }));
+        }
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    let mut nat = test_nat();
+    let mut g = Guest::new(true);
+    let handles: Vec<SocketHandle> = (0..N)
+        .map(|i| {
+            let h = g.new_tcp();
+            g.connect(h, (GATEWAY_IP, port), 50000 + i as u16);
+            h
+        })
+        .collect();
+    let mut got = vec![Vec::new(); N];
+    let mut said = [false; N];
+    g.run_until(&mut nat, 60, |g| {
+        let mut finished = 0;
+        for (i, &h) in handles.iter().enumerate() {
+            let s = g.tcp(h);
+            if !said[i] && s.can_send() {
+                s.send_slice(&[i as u8]).unwrap();
+                said[i] = true;
+            }
+            while s.can_recv() {
+                s.recv(|b| {
+                    got[i].extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .unwrap();
+            }
+            if said[i] && !s.may_recv() {
+                s.close();
+                finished += 1;
+            }
+        }
+        finished == N
+    });
+    server.join().unwrap();
+    for (i, data) in got.iter().enumerate() {
+        assert!(*data == pattern(200_000, i as u64 + 100), "connection {i}");
+    }
+}
+
+/// A NAT that lets the guest reach "outside" addresses, all of which lead
+/// to 127.0.0.1 in this test build.
+fn outside_nat() -> Nat {
+    let mut nat = Nat::new(NatConfig {
+        restrict: false,
+        dns: Some("127.0.0.1:9".parse().unwrap()),
+        ..NatConfig::default()
+    })
+    .unwrap();
+    nat.redirect_outside = Some(Ipv4Addr::LOCALHOST);
+    nat
+}
+
+#[test]
+fn net_tcp_and_udp_to_outside_address() {
+    let outside = Ipv4Addr::new(203, 0, 113, 5);
+    let data = pattern(100_000, 21);
+    let (port, server) = serve_once(data.clone());
+    let mut nat = outside_nat();
+    let mut g = Guest::new(true);
+    let h = g.new_tcp();
+    g.connect(h, (outside, port), 49600);
+    let mut got = Vec::new();
+    g.run_until(&mut nat, 30, |g| {
+        let s = g.tcp(h);
+        while s.can_recv() {
+            s.recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        if !s.may_recv() && s.state() != tcp::State::SynSent {
+            // The peer was the outside address all along.
+            assert_eq!(s.remote_endpoint().unwrap().addr, IpAddress::Ipv4(outside));
+            s.close();
+            return true;
+        }
+        false
+    });
+    server.join().unwrap();
+    assert!(got == data);
+
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let uport = echo.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let mut buf = [0; 2048];
+        let (n, from) = echo.recv_from(&mut buf).unwrap();
+        echo.send_to(&buf[..n], from).unwrap();
+    });
+    let s = udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 4096]),
+    );
+    let uh = g.sockets.add(s);
+    g.sockets.get_mut::<udp::Socket>(uh).bind(40001).unwrap();
+    g.sockets
+        .get_mut::<udp::Socket>(uh)
+        .send_slice(b"hello outside", (outside, uport))
+        .unwrap();
+    let mut reply = None;
+    g.run_until(&mut nat, 10, |g| {
+        if let Ok((d, meta)) = g.sockets.get_mut::<udp::Socket>(uh).recv() {
+            reply = Some((d.to_vec(), meta.endpoint));
+            return true;
+        }
+        false
+    });
+    server.join().unwrap();
+    let (d, from) = reply.unwrap();
+    assert_eq!(d, b"hello outside");
+    assert_eq!(from.addr, IpAddress::Ipv4(outside));
+    assert_eq!(from.port, uport);
+}
+
+#[test]
+fn net_ping_outside_through_icmp_socket() {
+    if super::ping_socket().is_err() {
+        eprintln!("skipped: no unprivileged ICMP sockets here (net.ipv4.ping_group_range)");
+        return;
+    }
+    let outside = Ipv4Addr::new(203, 0, 113, 7);
+    let mut nat = outside_nat();
+    let data = pattern(32, 3);
+    let req = Icmpv4Repr::EchoRequest {
+        ident: 0x77,
+        seq_no: 5,
+        data: &data,
+    };
+    nat.guest_sent(&frame::icmp_frame(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        outside,
+        &req,
+    ));
+    let limit = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < limit, "no echo reply");
+        if let Some(f) = nat.poll().first() {
+            let (_, ip, payload) = parse_ipv4(f).unwrap();
+            assert_eq!((ip.src_addr, ip.dst_addr), (outside, GUEST_IP));
+            let pkt = Icmpv4Packet::new_checked(&payload[..]).unwrap();
+            let repr = Icmpv4Repr::parse(&pkt, &ChecksumCapabilities::default()).unwrap();
+            assert_eq!(
+                repr,
+                Icmpv4Repr::EchoReply {
+                    ident: 0x77,
+                    seq_no: 5,
+                    data: &data
+                }
+            );
+            return;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn net_tcp_host_half_close() {
+    // The host closes its side first and then still reads what the guest
+    // sends; the guest closes after.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(b"hello").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let data = pattern(100_000, 31);
+    let mut nat = test_nat();
+    let mut g = Guest::new(true);
+    let h = g.new_tcp();
+    g.connect(h, (GATEWAY_IP, port), 49700);
+    let mut hello = Vec::new();
+    let mut sent = 0;
+    g.run_until(&mut nat, 30, |g| {
+        let s = g.tcp(h);
+        while s.can_recv() {
+            s.recv(|b| {
+                hello.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        // Send only once the host's FIN is in.
+        if s.state() == tcp::State::CloseWait && sent < data.len() && s.can_send() {
+            sent += s.send_slice(&data[sent..]).unwrap();
+            if sent == data.len() {
+                s.close();
+            }
+        }
+        sent == data.len() && s.state() == tcp::State::Closed
+    });
+    assert_eq!(hello, b"hello");
+    let got = server.join().unwrap();
+    assert!(got == data);
+}
