@@ -703,6 +703,7 @@ pub fn run(args: &DisplayArgs, tier: hospes_jit::Tier) -> Result<(), String> {
         tier,
         disks: Vec::new(),
         images: Vec::new(),
+        nic: None,
     };
     let mut machine =
         Machine::new(config, Box::new(std::io::stdout())).map_err(|e| e.to_string())?;

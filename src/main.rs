@@ -3,6 +3,7 @@
 mod conformance;
 mod demo;
 mod img;
+mod net;
 mod run;
 mod screen;
 mod window;

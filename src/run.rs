@@ -94,6 +94,11 @@ pub struct RunArgs {
     /// Where COM1 goes: stdio, none or file:PATH.
     #[arg(long, value_name = "BACKEND")]
     pub serial: Option<Serial>,
+    /// The network card and what it is connected to (repeatable): `user` (NAT, with
+    /// `,hostfwd=tcp:127.0.0.1:HPORT-:GPORT`), `nic,model=ne2k_pci|ne2k_isa[,iobase=,
+    /// irq=,macaddr=]`, `socket,udp=HOST:PORT,localaddr=HOST:PORT`, `pcap=FILE`.
+    #[arg(long, value_name = "SPEC")]
+    pub net: Vec<String>,
     #[command(flatten)]
     pub screen: DisplayArgs,
     #[command(flatten)]
@@ -165,9 +170,9 @@ fn is_ova(path: &Path) -> Result<bool, String> {
 
 /// QEMU's single-dash spellings, rewritten to ours before parsing.
 pub fn qemu_aliases(args: impl Iterator<Item = String>) -> Vec<String> {
-    const LONG: [&str; 14] = [
+    const LONG: [&str; 15] = [
         "kernel", "initrd", "append", "hda", "hdb", "cdrom", "fda", "boot", "bios", "serial",
-        "display", "memory", "gdb", "snapshot",
+        "display", "memory", "gdb", "snapshot", "net",
     ];
     args.map(|a| match a.strip_prefix('-') {
         Some(rest) if !rest.starts_with('-') && LONG.contains(&rest) => format!("--{rest}"),
@@ -275,6 +280,19 @@ fn direct_kernel(args: &RunArgs, path: &Path) -> Result<DirectKernel, String> {
 
 /// Builds the machine the command line describes.
 fn build(args: &RunArgs, serial: Box<dyn Write>) -> Result<Machine, String> {
+    let net = crate::net::NetSetup::parse(&args.net)?;
+    let mut machine = build_machine(args, serial, net.nic)?;
+    machine.connect_network(net.connect()?);
+    Ok(machine)
+}
+
+/// The machine of the command line (or of the snapshot it restores), not yet
+/// connected to the network.
+fn build_machine(
+    args: &RunArgs,
+    serial: Box<dyn Write>,
+    nic: Option<hospes_machine::nic::NicConfig>,
+) -> Result<Machine, String> {
     if let Some(path) = &args.restore {
         let file = std::fs::File::open(path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
@@ -385,6 +403,7 @@ fn build(args: &RunArgs, serial: Box<dyn Write>) -> Result<Machine, String> {
         tier: args.tier.tier,
         disks,
         images,
+        nic,
     };
     Machine::new(config, serial).map_err(|e| e.to_string())
 }

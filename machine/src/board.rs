@@ -2,6 +2,7 @@
 //! that lets the CPU (through [`Bus`]) and the BIOS (through [`Platform`]) reach them.
 
 use crate::clock;
+use crate::nic::{self, Nic, NicConfig, NicWiring};
 use crate::snapshot::{put, take};
 use hospes_bios::acpi;
 use hospes_bios::{Bios, Drive, Platform};
@@ -46,6 +47,8 @@ pub struct Devices {
     pub ide: [IdeChannel; 2],
     pub vga: Vga,
     pub drives: Vec<DriveSlot>,
+    /// The network card, if the machine has one.
+    pub nic: Option<Nic>,
     /// Firmware's log port (0x402).
     pub debugcon: DebugConsole,
     /// QEMU's firmware configuration ports, for a firmware image that reads them.
@@ -91,18 +94,25 @@ impl Devices {
         rtc_start_unix: i64,
         drives: Vec<DriveSlot>,
         ide: [(Option<IdeDevice>, Option<IdeDevice>); 2],
+        nic: Option<&NicConfig>,
     ) -> Devices {
         let [(pm, ps), (sm, ss)] = ide;
+        let mut pci = PciBus::new();
+        if nic.is_some_and(|n| n.wiring == NicWiring::Pci) {
+            let card = hospes_devices::ne2000::rtl8029_config_space();
+            pci.add_function(nic::PCI_SLOT, 0, Box::new(card));
+        }
         Devices {
             pic: Pic::new(),
             pit: Pit::new(),
             rtc: Rtc::new(rtc_start_unix),
             uarts: COM_BASES.map(Uart::new),
             kbc: I8042::new(),
-            pci: PciBus::new(),
+            pci,
             ide: [IdeChannel::primary(pm, ps), IdeChannel::secondary(sm, ss)],
             vga: Vga::new(),
             drives,
+            nic: nic.map(Nic::new),
             debugcon: DebugConsole::new(),
             fw_cfg: None,
             port92: 0,
@@ -136,6 +146,13 @@ impl Devices {
         for line in [3u8, 4] {
             let level = (0..4).any(|i| COM_IRQS[i] == line && self.uarts[i].irq_level());
             self.pic.set_irq(line, level);
+        }
+        // The card's line is its own (an ISA card's IRQ is checked to be free; PCI
+        // interrupts go to IRQ 10/11, which nothing else drives).
+        if let Some(nic) = &self.nic {
+            if let Some(line) = nic.irq_line(&mut self.pci) {
+                self.pic.set_irq(line, nic.card.irq_level());
+            }
         }
     }
 
@@ -214,9 +231,12 @@ impl Devices {
             }
             p => match COM_BASES.iter().position(|&b| (b..b + 8).contains(&p)) {
                 Some(i) => self.uarts[i].read(port, size, now),
-                None => match self.bus_master_port(p) {
-                    Some((ch, off)) => self.ide[ch].bus_master_read(off, size),
-                    None => hospes_cpu::mem::ones(size) as u32,
+                None => match (self.bus_master_port(p), self.nic_register(p)) {
+                    (Some((ch, off)), _) => self.ide[ch].bus_master_read(off, size),
+                    (None, Some(reg)) => {
+                        self.nic.as_mut().map_or(0, |n| n.card.read(reg, size, now))
+                    }
+                    (None, None) => hospes_cpu::mem::ones(size) as u32,
                 },
             },
         };
@@ -268,6 +288,10 @@ impl Devices {
                     self.uarts[i].write(port, size, value, now);
                 } else if let Some((ch, off)) = self.bus_master_port(p) {
                     self.ide[ch].bus_master_write(off, size, value);
+                } else if let Some(reg) = self.nic_register(p) {
+                    if let Some(nic) = &mut self.nic {
+                        nic.card.write(reg, size, value, now);
+                    }
                 }
             }
         }
@@ -279,6 +303,12 @@ impl Devices {
         let base = self.pci.ide_bus_master_base()?;
         let off = port.checked_sub(base)?;
         (off < 16).then_some(((off / 8) as usize, off % 8))
+    }
+
+    /// The network card's register at `port`, if the card answers there.
+    fn nic_register(&mut self, port: u16) -> Option<u16> {
+        let nic = self.nic.as_ref()?;
+        nic.register(&mut self.pci, port)
     }
 
     /// A read from memory-mapped I/O: the VGA window, or nothing (all ones).
@@ -359,7 +389,7 @@ impl Board {
             out,
             &(&d.pic, &d.pit, &d.rtc, &d.uarts, &d.kbc, &d.pci.save()),
         )?;
-        put(out, &(&d.ide, &d.vga, &d.debugcon, &d.fw_cfg))?;
+        put(out, &(&d.ide, &d.vga, &d.debugcon, &d.fw_cfg, &d.nic))?;
         put(
             out,
             &(d.port92, d.port61, d.pm1_enable, d.icount, d.power_event),
@@ -386,6 +416,7 @@ impl Board {
             ("PCI bus", hash(&d.pci.save())),
             ("IDE channels", hash(&d.ide)),
             ("VGA", hash(&d.vga)),
+            ("network card", hash(&d.nic)),
             (
                 "chipset",
                 hash(&(d.port92, d.port61, d.pm1_enable, d.a20, d.power_event)),
@@ -416,11 +447,15 @@ impl Board {
         let pci;
         (d.pic, d.pit, d.rtc, d.uarts, d.kbc, pci) = take(input)?;
         d.pci.restore(&pci)?;
-        let (ide, vga, debugcon, fw_cfg): ([IdeChannel; 2], _, _, _) = take(input)?;
+        let (ide, vga, debugcon, fw_cfg, nic): ([IdeChannel; 2], _, _, _, Option<Nic>) =
+            take(input)?;
         for (mine, saved) in d.ide.iter_mut().zip(ide) {
             mine.restore(saved)?;
         }
-        (d.vga, d.debugcon, d.fw_cfg) = (vga, debugcon, fw_cfg);
+        if nic.as_ref().map(|n| n.wiring) != d.nic.as_ref().map(|n| n.wiring) {
+            return Err("the snapshot's network card is not this machine's".into());
+        }
+        (d.vga, d.debugcon, d.fw_cfg, d.nic) = (vga, debugcon, fw_cfg, nic);
         (d.port92, d.port61, d.pm1_enable, d.icount, d.power_event) = take(input)?;
         (d.a20, d.a20_changed, d.timers_changed) = take(input)?;
         Ok(())

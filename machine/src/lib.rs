@@ -11,6 +11,7 @@ pub mod disk;
 pub mod firmware;
 pub mod gdb;
 pub mod net;
+pub mod nic;
 pub mod replay;
 pub mod shadow;
 pub mod snapshot;
@@ -54,6 +55,8 @@ pub struct MachineConfig {
     pub disks: Vec<DiskFile>,
     /// Those files, opened (the same order): their overlays are part of snapshots.
     pub images: Vec<disk::Image>,
+    /// The network card, if any (what it is connected to: [`Machine::connect_network`]).
+    pub nic: Option<nic::NicConfig>,
 }
 
 /// A firmware image given in place of the built-in BIOS, and what it is given to run.
@@ -133,6 +136,10 @@ pub struct Machine {
     /// For a debugger going backwards: the instruction count each idle skip started
     /// from, by where it ended (see [`Machine::previous_stop`]).
     halt_gaps: Option<std::collections::BTreeMap<u64, u64>>,
+    /// Where the network card's frames go and come from.
+    net: net::link::NetLink,
+    /// Idle time paced to the wall clock (while frames can come from outside).
+    pacer: clock::Pacer,
 }
 
 /// The JIT for `tier` (None for the interpreter alone).
@@ -173,6 +180,8 @@ impl Machine {
             journal: Journal::Live,
             replay_report: None,
             halt_gaps: None,
+            net: net::link::NetLink::default(),
+            pacer: clock::Pacer::default(),
         }
     }
 
@@ -223,7 +232,15 @@ impl Machine {
             board::VGA_WINDOW.start,
             board::VGA_WINDOW.end - board::VGA_WINDOW.start,
         );
-        let mut devices = Devices::new(config.rtc_start_unix, config.drives, config.ide);
+        if let Some(nic) = &config.nic {
+            nic.validate().map_err(MachineError)?;
+        }
+        let mut devices = Devices::new(
+            config.rtc_start_unix,
+            config.drives,
+            config.ide,
+            config.nic.as_ref(),
+        );
         firmware::init_cmos(&mut devices.rtc, ram, &boot_order);
         if bios.is_none() {
             devices.fw_cfg = Some(firmware::fw_cfg(ram, vga_bios));
@@ -330,6 +347,7 @@ impl Machine {
             self.board.devices.advance();
             self.cpu.irq_changed();
             self.drain_serial();
+            self.send_frames();
             if let Some(stop) = self.input_point() {
                 self.drain_serial();
                 return stop;
@@ -387,6 +405,17 @@ impl Machine {
                         wake = wake.min(at);
                     }
                     let halted_at = self.cpu.state.icount;
+                    if self.net.has_backend() && self.is_live() {
+                        // Frames answer in wall time: idle no faster than it, and wake
+                        // early when one comes.
+                        let (net, pending) = (&mut self.net, &mut self.pending);
+                        wake = self.pacer.idle(halted_at, wake, || {
+                            let frames = net.receive();
+                            let came = !frames.is_empty();
+                            pending.extend(frames.into_iter().map(Input::Frame));
+                            came
+                        });
+                    }
                     self.cpu.state.icount = halted_at.max(wake);
                     if let Some(gaps) = &mut self.halt_gaps {
                         if wake > halted_at {
@@ -395,6 +424,37 @@ impl Machine {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether input comes from the host (live or recording), not from a recording.
+    fn is_live(&self) -> bool {
+        !matches!(self.journal, Journal::Replay(_))
+    }
+
+    /// Connects the network card (the NAT, a socket to another hospes, a capture).
+    pub fn connect_network(&mut self, link: net::link::NetLink) {
+        self.net = link;
+    }
+
+    /// Passes the frames the guest sent to the network.
+    fn send_frames(&mut self) {
+        let Some(nic) = &mut self.board.devices.nic else {
+            return;
+        };
+        let now = clock::nanos(self.cpu.state.icount);
+        for frame in nic.card.take_transmitted() {
+            self.net.send(&frame, now);
+        }
+    }
+
+    /// Frames from outside, queued as input (the input point applies or records them).
+    fn poll_network(&mut self) {
+        if self.board.devices.nic.is_none() {
+            return;
+        }
+        for frame in self.net.receive() {
+            self.pending.push(Input::Frame(frame));
         }
     }
 
@@ -473,6 +533,13 @@ impl Machine {
         match input {
             Input::Serial(bytes) => self.board.devices.uarts[0].push_input(&bytes),
             Input::Key { make, pressed } => self.board.devices.kbc.key_set2(make, pressed),
+            Input::Frame(frame) => {
+                if let Some(nic) = &mut self.board.devices.nic {
+                    self.net
+                        .capture(&frame, clock::nanos(self.cpu.state.icount));
+                    nic.card.receive(&frame);
+                }
+            }
         }
         self.board.devices.sync_irqs();
         self.cpu.irq_changed();
@@ -549,6 +616,7 @@ pub(crate) mod testing {
             tier: Tier::Interp,
             disks: Vec::new(),
             images: Vec::new(),
+            nic: None,
         };
         Machine::new(config, Box::new(std::io::sink())).expect("machine")
     }

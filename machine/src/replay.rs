@@ -40,6 +40,8 @@ pub enum Input {
     Serial(Vec<u8>),
     /// A key pressed or released, as its set-2 make code (E0xxh for extended keys).
     Key { make: u16, pressed: bool },
+    /// An Ethernet frame for the network card.
+    Frame(Vec<u8>),
 }
 
 /// The machine's state in brief, to tell a replay that went another way.
@@ -318,6 +320,7 @@ impl Machine {
             journal => {
                 self.journal = journal;
                 self.poll_serial_input();
+                self.poll_network();
                 for input in std::mem::take(&mut self.pending) {
                     if let Journal::Record(r) = &mut self.journal {
                         if let Err(e) = r.write(&Entry::Input(icount, input.clone())) {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub const MAGIC: &[u8; 16] = b"HOSPES SNAPSHOT\n";
 /// The layout of the state. Bump it whenever a saved structure changes (the test
 /// `snapshot_format_is_versioned` notices): older files are then refused, clearly.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 const PAGE: usize = hospes_cpu::mem::PAGE_SIZE as usize;
 /// A page of zeros to compare with (a slice comparison is a memcmp).
@@ -93,6 +93,7 @@ pub struct Shape {
     /// Bytes of host memory behind the guest's: RAM and the ROM space.
     pub host_len: usize,
     pub disks: Vec<DiskFile>,
+    pub nic: Option<crate::nic::NicConfig>,
 }
 
 /// A page of host memory in a snapshot; None for a page of zeros.
@@ -316,6 +317,15 @@ impl Machine {
                 ram_mib: self.ram_mib,
                 host_len: self.cpu.mem.host_bytes().len(),
                 disks: self.disks.clone(),
+                nic: self
+                    .board
+                    .devices
+                    .nic
+                    .as_ref()
+                    .map(|n| crate::nic::NicConfig {
+                        mac: n.card.mac(),
+                        wiring: n.wiring,
+                    }),
             },
             state,
             bios,
@@ -416,7 +426,7 @@ impl Machine {
             .map_err(|e| MachineError(e.to_string()))?;
         let shadow = shadow::Shadowing::new(&cpu.mem);
         let board = Board {
-            devices: Devices::new(0, drives, ide),
+            devices: Devices::new(0, drives, ide, shape.nic.as_ref()),
             bios: None,
         };
         let shape = (shape.ram_mib, shape.disks.clone(), images);
@@ -510,6 +520,7 @@ mod tests {
             tier: Tier::Interp,
             disks: files,
             images: attached.images,
+            nic: None,
         };
         let mut m = Machine::new(config, Box::new(std::io::sink())).expect("machine");
         m.keep_disk_writes_in_memory();

@@ -33,6 +33,7 @@
 mod config;
 mod dhcp;
 mod frame;
+pub mod link;
 #[cfg(test)]
 mod tests;
 
