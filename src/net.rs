@@ -79,13 +79,17 @@ impl NetSetup {
                     let mut isa = false;
                     for (key, value) in options {
                         match key {
-                            "model" => isa = match value {
-                                "ne2k_pci" | "rtl8029" => false,
-                                "ne2k_isa" | "ne2000" => true,
-                                _ => return Err(format!(
+                            "model" => {
+                                isa = match value {
+                                    "ne2k_pci" | "rtl8029" => false,
+                                    "ne2k_isa" | "ne2000" => true,
+                                    _ => {
+                                        return Err(format!(
                                     "--net nic: model {value:?}: hospes has ne2k_pci and ne2k_isa"
-                                )),
-                            },
+                                ))
+                                    }
+                                }
+                            }
                             "macaddr" | "mac" => nic.mac = mac(value)?,
                             "iobase" => {
                                 base = u16::try_from(number(value, "iobase")?).map_err(|_| {
