@@ -43,6 +43,7 @@ use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use crate::{be32, be64};
 
 const MAGIC: &[u8; 4] = b"QFI\xfb";
 /// The largest L1 or refcount table held in memory.
@@ -150,17 +151,7 @@ enum Cluster {
     Compressed { entry: u64, start: u64, len: u64 },
 }
 
-fn be32(bytes: &[u8], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_be_bytes(b)
-}
 
-fn be64(bytes: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_be_bytes(b)
-}
 
 fn to_entries(bytes: &[u8]) -> Vec<u64> {
     bytes.chunks_exact(8).map(|c| be64(c, 0)).collect()

@@ -58,6 +58,7 @@ use super::{CheckReport, CreateOptions, DiskFormat, Storage};
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use crate::{le16, le32, le64};
 
 const MAGIC: &[u8; 4] = b"KDMV";
 const DESCRIPTOR_MAGIC: &[u8] = b"# Disk DescriptorFile";
@@ -93,21 +94,8 @@ const MARKER_BYTES: u64 = 12;
 const CREATE_GRAIN_SECTORS: u64 = 128;
 const CREATE_DESCRIPTOR_SECTORS: u64 = 20;
 
-fn le16(bytes: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([bytes[at], bytes[at + 1]])
-}
 
-fn le32(bytes: &[u8], at: usize) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(b)
-}
 
-fn le64(bytes: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(b)
-}
 
 fn io_error(what: &str, e: std::io::Error) -> String {
     format!("{what}: {e}")
