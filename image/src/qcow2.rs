@@ -38,12 +38,12 @@
 //! panic, an access outside the storage or a huge allocation.
 
 use super::{CheckReport, CreateOptions, DiskFormat, Storage};
+use crate::{be32, be64};
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use crate::{be32, be64};
 
 const MAGIC: &[u8; 4] = b"QFI\xfb";
 /// The largest L1 or refcount table held in memory.
@@ -150,8 +150,6 @@ enum Cluster {
     /// Deflated data of `len` bytes at host offset `start` (`entry` is the L2 entry).
     Compressed { entry: u64, start: u64, len: u64 },
 }
-
-
 
 fn to_entries(bytes: &[u8]) -> Vec<u64> {
     bytes.chunks_exact(8).map(|c| be64(c, 0)).collect()

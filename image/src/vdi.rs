@@ -39,12 +39,12 @@
 //! writes to it are refused, since a new block could land on one in use.
 
 use super::{CheckReport, CreateOptions, DiskFormat, Storage};
+use crate::{le32, le64};
 use std::collections::hash_map::RandomState;
 use std::fs::OpenOptions;
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
-use crate::{le32, le64};
 
 const SIGNATURE: u32 = 0xbeda_107f;
 const VERSION_1_1: u32 = 0x0001_0001;
@@ -111,8 +111,6 @@ pub struct Vdi {
     /// The file's length as far as this image has read or written it.
     file_len: u64,
 }
-
-
 
 fn put32(bytes: &mut [u8], at: usize, value: u32) {
     bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());

@@ -55,10 +55,10 @@
 //! at most 1 MiB, at most 4096 extents.
 
 use super::{CheckReport, CreateOptions, DiskFormat, Storage};
+use crate::{le16, le32, le64};
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use crate::{le16, le32, le64};
 
 const MAGIC: &[u8; 4] = b"KDMV";
 const DESCRIPTOR_MAGIC: &[u8] = b"# Disk DescriptorFile";
@@ -93,9 +93,6 @@ const MARKER_BYTES: u64 = 12;
 /// What `create` makes: 64 KiB grains, a 10 KiB embedded descriptor.
 const CREATE_GRAIN_SECTORS: u64 = 128;
 const CREATE_DESCRIPTOR_SECTORS: u64 = 20;
-
-
-
 
 fn io_error(what: &str, e: std::io::Error) -> String {
     format!("{what}: {e}")
