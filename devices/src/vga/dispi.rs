@@ -61,6 +61,7 @@ pub struct Dispi {
     x_offset: u16,
     y_offset: u16,
     /// Empty until first used, then [`MEMORY_SIZE`] bytes.
+    #[serde(with = "memory_bytes")]
     memory: Vec<u8>,
 }
 
@@ -236,6 +237,52 @@ impl Dispi {
     }
 }
 
+/// The memory in a snapshot: one byte string (not a sequence of 16 Mi elements), and
+/// on the way back either empty or exactly [`MEMORY_SIZE`] bytes.
+mod memory_bytes {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("video memory")
+        }
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut v = Vec::new();
+            while let Some(b) = seq.next_element()? {
+                v.push(b);
+            }
+            Ok(v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let v = d.deserialize_byte_buf(Bytes)?;
+        if v.is_empty() || v.len() == super::MEMORY_SIZE {
+            Ok(v)
+        } else {
+            Err(D::Error::custom(format!(
+                "{} bytes of video memory, not {}",
+                v.len(),
+                super::MEMORY_SIZE
+            )))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +340,20 @@ mod tests {
         set(&mut d, INDEX_ENABLE, ENABLED);
         assert_eq!(d.lfb_read(0x3_0010), 0);
         assert_eq!(d.lfb_read(usize::MAX), 0, "wraps, never panics");
+    }
+
+    #[test]
+    fn memory_round_trips_as_bytes_and_is_checked() {
+        let mut d = Dispi::default();
+        let json = serde_json::to_string(&d).unwrap();
+        let back: Dispi = serde_json::from_str(&json).unwrap();
+        assert!(back.memory().is_empty());
+        d.lfb_write(12345, 0xA5);
+        let json = serde_json::to_vec(&d).unwrap();
+        let back: Dispi = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.lfb_read(12345), 0xA5);
+        let bad = String::from_utf8(json).unwrap();
+        let bad = bad.replacen("[0,", "[", 1);
+        assert!(serde_json::from_str::<Dispi>(&bad).is_err(), "wrong size");
     }
 }
