@@ -8,7 +8,8 @@
 //! mode (bit 14 linear framebuffer, bit 15 keep memory; numbers below 100h go to
 //! AH=00h), 03h current mode, 04h state size/save/restore (only the dispi registers
 //! are kept: CX bit 3, "SVGA state"; the other state bits are accepted and ignored),
-//! 05h bank window (64 KiB granularity, window A only), 06h logical scan line length,
+//! 05h bank window (64 KiB granularity, window A only; 034Fh in a mode set with
+//! the linear framebuffer, as SeaVGABIOS does too), 06h logical scan line length,
 //! 07h display start, 08h DAC format (6 bits, fixed), 09h palette data. 0Ah, the
 //! protected-mode interface, answers 014Fh (failed): the BIOS runs as emulator calls
 //! and has no code a protected-mode caller could run.
@@ -280,6 +281,9 @@ impl Bios {
                 SUCCESS
             }
             0x04 => vbe_state(r, p, es_di),
+            // Windows are refused in a mode set with the linear framebuffer, as the
+            // VBE specification has it (the hardware would bank either way).
+            0x05 if dispi_read(p, ENABLE) & LFB_ENABLED != 0 => 0x034F,
             0x05 => match (r.bh(), r.bl()) {
                 (0, 0) => {
                     if r.dx() >= MEMORY_64K {
