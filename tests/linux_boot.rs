@@ -84,3 +84,51 @@ fn linux_from_syslinux_disk() {
     );
     assert_disk_written(&out);
 }
+
+/// `vga=0x318` (VBE mode 118h, 1024x768x24): the setup code sets it through our VBE
+/// BIOS, vesafb takes the linear framebuffer at the VGA's PCI BAR, and the kernel's
+/// console is drawn there (light grey text on black in the screenshot at exit).
+#[test]
+fn linux_vesafb_with_vga_0x318() {
+    let Some(dir) = images() else { return };
+    let png_path = std::env::temp_dir().join(format!("hospes-vesafb-{}.png", std::process::id()));
+    let out = finish(
+        "vesafb",
+        start(
+            &dir,
+            &[
+                "--kernel",
+                "vmlinuz",
+                "--initrd",
+                "initrd.img",
+                "--append",
+                "console=tty0 console=ttyS0 vga=0x318 panic=-1",
+                "--screenshot-on-exit",
+                png_path.to_str().unwrap(),
+            ],
+        ),
+        Instant::now(),
+    );
+    let serial = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        serial.contains("vesafb: mode is 1024x768x24, linelength=3072"),
+        "{serial}"
+    );
+    assert!(
+        serial.contains("vesafb: framebuffer at 0xe0000000"),
+        "{serial}"
+    );
+    let decoder = png::Decoder::new(std::fs::File::open(&png_path).expect("png"));
+    let mut reader = decoder.read_info().expect("png header");
+    let mut rgb = vec![0u8; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut rgb).expect("png data");
+    let _ = std::fs::remove_file(&png_path);
+    assert_eq!((info.width, info.height), (1024, 768));
+    let grey = rgb.chunks(3).filter(|p| p == &[0xAA, 0xAA, 0xAA]).count();
+    let other = rgb
+        .chunks(3)
+        .filter(|p| p != &[0xAA, 0xAA, 0xAA] && p != &[0, 0, 0])
+        .count();
+    assert!(grey > 20_000, "only {grey} text pixels");
+    assert_eq!(other, 0, "the console uses two colours");
+}

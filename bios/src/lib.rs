@@ -17,6 +17,7 @@ pub mod multiboot;
 mod post;
 pub mod rom;
 mod system;
+mod vbe;
 mod video;
 
 use hospes_cpu::state::{CS, SS};

@@ -79,6 +79,24 @@ pub fn has_setup_header(kernel: &[u8]) -> bool {
     kernel.get(0x202..0x206) == Some(&HDRS_MAGIC.to_le_bytes()[..])
 }
 
+/// The video mode a "vga=" option asks for: "normal", "ext", "ask" or a number
+/// (decimal or 0x hex; 0x318 is VESA mode 118h plus 200h).
+fn vga_option(cmdline: &str) -> Option<u16> {
+    let value = cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("vga="))
+        .next_back()?;
+    match value {
+        "normal" => Some(0xFFFF),
+        "ext" => Some(0xFFFE),
+        "ask" => Some(0xFFFD),
+        v => match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+            Some(hex) => u16::from_str_radix(hex, 16).ok(),
+            None => v.parse().ok(),
+        },
+    }
+}
+
 fn u16_at(d: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([d[off], d[off + 1]])
 }
@@ -149,7 +167,11 @@ pub fn load(
     setup[0x211] |= CAN_USE_HEAP;
     setup[0x224..0x226].copy_from_slice(&((HEAP_END - 0x200) as u16).to_le_bytes());
     put_u32(&mut setup, 0x228, REAL_MODE_BASE + CMDLINE_OFFSET);
-    // vid_mode: "normal" (80x25) unless the image asks otherwise is left as the image has it.
+    // vid_mode from the command line's "vga=" as boot loaders do; otherwise left as
+    // the image has it ("normal", 80x25, in practice).
+    if let Some(mode) = vga_option(cmdline) {
+        setup[0x1FA..0x1FC].copy_from_slice(&mode.to_le_bytes());
+    }
 
     let mut placed_initrd = None;
     if let Some(rd) = initrd {
@@ -222,6 +244,15 @@ mod tests {
         assert!(at as u64 + len as u64 > (64 << 20) - 8192);
         assert_eq!(u32_at(&setup.1, 0x218), at);
         assert_eq!(u32_at(&setup.1, 0x21C), 10_000);
+    }
+
+    #[test]
+    fn vga_option_sets_vid_mode() {
+        assert_eq!(vga_option("console=ttyS0 vga=0x318"), Some(0x318));
+        assert_eq!(vga_option("vga=791 quiet"), Some(791));
+        assert_eq!(vga_option("vga=ask"), Some(0xFFFD));
+        assert_eq!(vga_option("vga=bogus"), None);
+        assert_eq!(vga_option("console=ttyS0"), None);
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! INT 10h: video services for the VGA's colour text modes (80x25 and 40x25).
+//! INT 10h: video services for the VGA's colour text modes (80x25 and 40x25), its
+//! graphics modes 0Dh, 0Eh, 10h, 12h (16-colour planar) and 13h (256 colours,
+//! chain-4), and the VBE functions (AH=4Fh, [`crate::vbe`]) over the Bochs dispi
+//! interface.
 //!
-//! A mode set programs the VGA registers and loads the 8x16 font into plane 2, as a VGA
-//! BIOS does; characters then go through the VGA's memory window at B8000h, and the
-//! cursor is kept in the BDA and programmed into the CRTC. Graphics and VBE modes are
-//! not offered yet: other mode numbers give 80x25 text, and the VBE functions answer
-//! "not supported" (AL != 4Fh), which is how boot loaders and Linux's setup code detect
-//! a plain VGA.
+//! A text mode set programs the VGA registers and loads the 8x16 font into plane 2, as
+//! a VGA BIOS does; characters then go through the VGA's memory window at B8000h, and
+//! the cursor is kept in the BDA and programmed into the CRTC. A graphics mode set
+//! programs the registers of that mode (the standard IBM VGA values) and the default
+//! palette; AH=0Ch/0Dh write and read pixels. Text output (AH=09h/0Eh) is not drawn in
+//! graphics modes. Other mode numbers give 80x25 text.
 
 use crate::{Bios, Platform, Regs, BDA};
 
@@ -74,6 +77,179 @@ const TEXT_ATTR: [u8; 21] = [
     0x0C, 0x00, 0x0F, 0x08, 0x00,
 ];
 
+/// The register values of a VGA graphics mode.
+struct GraphicsMode {
+    number: u8,
+    columns: u16,
+    rows: u8,
+    char_height: u8,
+    page_size: u16,
+    misc: u8,
+    seq: [u8; 4],
+    crtc: [u8; 25],
+    gc: [u8; 9],
+    /// The 16 palette registers; the mode control register is 01h (41h for 256 colours).
+    palette: [u8; 16],
+}
+
+const EGA_PALETTE: [u8; 16] = [
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x14, 0x07, 0x38, 0x39, 0x3A, 0x3B, 0x3C, 0x3D, 0x3E, 0x3F,
+];
+/// The palette of the 200-line 16-colour modes (CGA colours on a 200-line monitor).
+const CGA_PALETTE: [u8; 16] = [
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17,
+];
+const IDENTITY_PALETTE: [u8; 16] = [
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F,
+];
+const PLANAR_GC: [u8; 9] = [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x0F, 0xFF];
+
+const GRAPHICS_MODES: [GraphicsMode; 5] = [
+    // 320x200, 16 colours: halved dot clock, scan doubled.
+    GraphicsMode {
+        number: 0x0D,
+        columns: 40,
+        rows: 25,
+        char_height: 8,
+        page_size: 0x2000,
+        misc: 0x63,
+        seq: [0x09, 0x0F, 0x00, 0x06],
+        crtc: [
+            0x2D, 0x27, 0x28, 0x90, 0x2B, 0x80, 0xBF, 0x1F, 0x00, 0xC0, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x9C, 0x8E, 0x8F, 0x14, 0x00, 0x96, 0xB9, 0xE3, 0xFF,
+        ],
+        gc: PLANAR_GC,
+        palette: CGA_PALETTE,
+    },
+    // 640x200, 16 colours, scan doubled.
+    GraphicsMode {
+        number: 0x0E,
+        columns: 80,
+        rows: 25,
+        char_height: 8,
+        page_size: 0x4000,
+        misc: 0x63,
+        seq: [0x01, 0x0F, 0x00, 0x06],
+        crtc: [
+            0x5F, 0x4F, 0x50, 0x82, 0x54, 0x80, 0xBF, 0x1F, 0x00, 0xC0, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x9C, 0x8E, 0x8F, 0x28, 0x00, 0x96, 0xB9, 0xE3, 0xFF,
+        ],
+        gc: PLANAR_GC,
+        palette: CGA_PALETTE,
+    },
+    // 640x350, 16 colours.
+    GraphicsMode {
+        number: 0x10,
+        columns: 80,
+        rows: 25,
+        char_height: 14,
+        page_size: 0x8000,
+        misc: 0xA3,
+        seq: [0x01, 0x0F, 0x00, 0x06],
+        crtc: [
+            0x5F, 0x4F, 0x50, 0x82, 0x54, 0x80, 0xBF, 0x1F, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x83, 0x85, 0x5D, 0x28, 0x0F, 0x63, 0xBA, 0xE3, 0xFF,
+        ],
+        gc: PLANAR_GC,
+        palette: EGA_PALETTE,
+    },
+    // 640x480, 16 colours, 60 Hz.
+    GraphicsMode {
+        number: 0x12,
+        columns: 80,
+        rows: 30,
+        char_height: 16,
+        page_size: 0xA000,
+        misc: 0xE3,
+        seq: [0x01, 0x0F, 0x00, 0x06],
+        crtc: [
+            0x5F, 0x4F, 0x50, 0x82, 0x54, 0x80, 0x0B, 0x3E, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0xEA, 0x8C, 0xDF, 0x28, 0x00, 0xE7, 0x04, 0xE3, 0xFF,
+        ],
+        gc: PLANAR_GC,
+        palette: EGA_PALETTE,
+    },
+    // 320x200, 256 colours: chain-4, doubleword addressing, each line shown twice.
+    GraphicsMode {
+        number: 0x13,
+        columns: 40,
+        rows: 25,
+        char_height: 8,
+        page_size: 0xFA00,
+        misc: 0x63,
+        seq: [0x01, 0x0F, 0x00, 0x0E],
+        crtc: [
+            0x5F, 0x4F, 0x50, 0x82, 0x54, 0x80, 0xBF, 0x1F, 0x00, 0x41, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x9C, 0x8E, 0x8F, 0x28, 0x40, 0x96, 0xB9, 0xA3, 0xFF,
+        ],
+        gc: [0x00, 0x00, 0x00, 0x00, 0x00, 0x40, 0x05, 0x0F, 0xFF],
+        palette: IDENTITY_PALETTE,
+    },
+];
+
+fn graphics_mode(number: u8) -> Option<&'static GraphicsMode> {
+    GRAPHICS_MODES.iter().find(|m| m.number == number)
+}
+
+/// The VGA's default 256-colour palette (6-bit): the 16 CGA colours, 16 greys, then
+/// hue circles of 24 colours at three saturations and three intensities, then black.
+pub(crate) fn default_palette(i: u8) -> [u8; 3] {
+    const GREYS: [u8; 16] = [
+        0x00, 0x05, 0x08, 0x0B, 0x0E, 0x11, 0x14, 0x18, 0x1C, 0x20, 0x24, 0x28, 0x2D, 0x32, 0x38,
+        0x3F,
+    ];
+    // Per intensity, per saturation: the five levels a hue circle steps through.
+    const LEVELS: [[[u8; 5]; 3]; 3] = [
+        [
+            [0x00, 0x10, 0x1F, 0x2F, 0x3F],
+            [0x1F, 0x27, 0x2F, 0x37, 0x3F],
+            [0x2D, 0x31, 0x36, 0x3A, 0x3F],
+        ],
+        [
+            [0x00, 0x07, 0x0E, 0x15, 0x1C],
+            [0x0E, 0x11, 0x15, 0x18, 0x1C],
+            [0x14, 0x16, 0x18, 0x1A, 0x1C],
+        ],
+        [
+            [0x00, 0x04, 0x08, 0x0C, 0x10],
+            [0x08, 0x0A, 0x0C, 0x0E, 0x10],
+            [0x0B, 0x0C, 0x0D, 0x0F, 0x10],
+        ],
+    ];
+    match i {
+        0..=15 => {
+            let c = |bit: u8| if i & bit != 0 { 0x2A } else { 0 };
+            let bright = if i & 8 != 0 { 0x15 } else { 0 };
+            let mut rgb = [c(4) + bright, c(2) + bright, c(1) + bright];
+            if i == 6 {
+                rgb[1] = 0x15; // brown, not dark yellow
+            }
+            rgb
+        }
+        16..=31 => [GREYS[i as usize - 16]; 3],
+        32..=247 => {
+            let n = i as usize - 32;
+            let l = LEVELS[n / 72][n / 24 % 3];
+            let step = n % 24;
+            // Around the circle: blue, magenta, red, yellow, green, cyan; each sixth a
+            // rise or fall of one component through the levels.
+            let up = |k: usize| l[k];
+            let down = |k: usize| l[4 - k];
+            let (hi, lo) = (l[4], l[0]);
+            let k = step % 4;
+            match step / 4 {
+                0 => [up(k), lo, hi],
+                1 => [hi, lo, down(k)],
+                2 => [hi, up(k), lo],
+                3 => [down(k), hi, lo],
+                4 => [lo, hi, up(k)],
+                _ => [lo, down(k), hi],
+            }
+        }
+        _ => [0, 0, 0],
+    }
+}
+
 /// The 64 EGA colours as 6-bit DAC values: each of red, green, blue has a strong bit
 /// (2Ah) and a weak bit (15h), in the rgbRGB order of the EGA palette registers.
 fn ega_colour(i: u8) -> [u8; 3] {
@@ -83,7 +259,7 @@ fn ega_colour(i: u8) -> [u8; 3] {
     [c(4, 0x20), c(2, 0x10), c(1, 0x08)]
 }
 
-fn vram_read(p: &mut dyn Platform, addr: u32) -> u8 {
+pub(crate) fn vram_read(p: &mut dyn Platform, addr: u32) -> u8 {
     p.mmio_read8(addr)
 }
 
@@ -158,8 +334,94 @@ impl Bios {
         self.set_text_mode(r, p, 3, true);
     }
 
+    /// Programs the VGA for a graphics mode, sets the default palette, clears display
+    /// memory when asked and resets the BDA's video state.
+    fn set_graphics_mode(r: &mut Regs, p: &mut dyn Platform, m: &GraphicsMode, clear: bool) {
+        crate::vbe::dispi_disable(p);
+        seq_write(p, 0, 0x01);
+        seq_write(p, 1, m.seq[0] | 0x20);
+        p.port_write(0x3C2, 1, m.misc as u32);
+        for (i, &v) in m.seq.iter().enumerate().skip(1) {
+            seq_write(p, i as u8 + 1, v);
+        }
+        seq_write(p, 0, 0x03);
+        crtc_write(p, 0x11, 0x00);
+        for (i, &v) in m.crtc.iter().enumerate() {
+            crtc_write(p, i as u8, v);
+        }
+        for (i, &v) in m.gc.iter().enumerate() {
+            gc_write(p, i as u8, v);
+        }
+        p.port_read(0x3DA, 1);
+        let mode_control = if m.number == 0x13 { 0x41 } else { 0x01 };
+        let attrs = m
+            .palette
+            .iter()
+            .copied()
+            .chain([mode_control, 0x00, 0x0F, 0x00, 0x00]);
+        for (i, v) in attrs.enumerate() {
+            p.port_write(0x3C0, 1, i as u32);
+            p.port_write(0x3C0, 1, v as u32);
+        }
+        p.port_write(0x3C6, 1, 0xFF);
+        p.port_write(0x3C8, 1, 0);
+        for i in 0..=255u8 {
+            let rgb = if m.number == 0x13 {
+                default_palette(i)
+            } else {
+                ega_colour(i & 0x3F)
+            };
+            for c in rgb {
+                p.port_write(0x3C9, 1, c as u32);
+            }
+        }
+        if clear {
+            // Write mode 0 with every plane enabled (chain-4 reaches all four too).
+            seq_write(p, 2, 0x0F);
+            for i in 0..0x1_0000 {
+                vram_write(p, FONT_WINDOW + i, 0);
+            }
+            seq_write(p, 2, m.seq[1]);
+        }
+        seq_write(p, 1, m.seq[0]);
+        p.port_read(0x3DA, 1);
+        p.port_write(0x3C0, 1, 0x20);
+
+        r.wr8(MODE, m.number);
+        r.wr16(COLS, m.columns);
+        r.wr16(PAGE_BYTES, m.page_size);
+        r.wr16(PAGE_START, 0);
+        for page in 0..8 {
+            r.wr16(CURSOR_POS + page * 2, 0);
+        }
+        r.wr8(ACTIVE_PAGE, 0);
+        r.wr16(CRTC_PORT, CRTC_INDEX);
+        r.wr8(MODE_CONTROL, 0x29);
+        r.wr8(ROWS_MINUS_ONE, m.rows - 1);
+        r.wr16(BDA_CHAR_HEIGHT, m.char_height as u16);
+        r.wr8(VIDEO_CONTROL, if clear { 0x60 } else { 0xE0 });
+        r.wr8(VIDEO_SWITCHES, 0xF9);
+        r.wr8(VGA_FLAGS, 0x51);
+    }
+
+    /// AH=00h: sets a VGA mode (AL bit 7: keep display memory). Unknown numbers give
+    /// 80x25 text.
+    pub(crate) fn set_vga_mode(&self, r: &mut Regs, p: &mut dyn Platform, al: u8) {
+        let mode = al & 0x7F;
+        let clear = al & 0x80 == 0;
+        if let Some(m) = graphics_mode(mode) {
+            Self::set_graphics_mode(r, p, m, clear);
+            r.set_al(0x20);
+            return;
+        }
+        let text_mode = if matches!(mode, 0..=3) { mode } else { 3 };
+        self.set_text_mode(r, p, text_mode, clear);
+        r.set_al(if text_mode == 3 { 0x30 } else { 0x20 });
+    }
+
     /// Programs the VGA for a text mode, loads the font and resets the BDA's video state.
     fn set_text_mode(&self, r: &mut Regs, p: &mut dyn Platform, mode: u8, clear: bool) {
+        crate::vbe::dispi_disable(p);
         let regs = if mode <= 1 { &MODE_40X25 } else { &MODE_80X25 };
         // Screen off while the registers change.
         seq_write(p, 0, 0x01);
@@ -224,14 +486,7 @@ impl Bios {
 
     pub(crate) fn int10(&mut self, r: &mut Regs, p: &mut dyn Platform) {
         match r.ah() {
-            0x00 => {
-                // Text modes only: graphics mode numbers get 80x25 text as well. Bit 7
-                // asks to keep the screen contents.
-                let mode = r.al() & 0x7F;
-                let text_mode = if matches!(mode, 0..=3) { mode } else { 3 };
-                self.set_text_mode(r, p, text_mode, r.al() & 0x80 == 0);
-                r.set_al(if text_mode == 3 { 0x30 } else { 0x20 });
-            }
+            0x00 => self.set_vga_mode(r, p, r.al()),
             0x01 => {
                 r.wr16(CURSOR_SHAPE, r.cx());
                 set_cursor_shape(r, p, r.cx());
@@ -295,6 +550,17 @@ impl Bios {
                     }
                 }
             }
+            0x0C => {
+                if let Some(m) = graphics_mode(r.rd8(MODE)) {
+                    write_pixel(r, p, m, r.cx(), r.dx(), r.al());
+                }
+            }
+            0x0D => {
+                if let Some(m) = graphics_mode(r.rd8(MODE)) {
+                    let v = read_pixel(r, p, m, r.cx(), r.dx());
+                    r.set_al(v);
+                }
+            }
             0x0E => {
                 let page = r.rd8(ACTIVE_PAGE) as u32;
                 teletype(r, p, page, r.al(), None);
@@ -346,7 +612,8 @@ impl Bios {
                 r.set_bl(0x08);
                 r.set_bh(0x00);
             }
-            _ => {} // includes VBE (AH=4Fh): AL stays != 4Fh, "not supported"
+            0x4F => self.vbe(r, p),
+            _ => {}
         }
     }
 
@@ -387,6 +654,53 @@ impl Bios {
             _ => {}
         }
     }
+}
+
+/// Where pixel (x, y) of page BH is: the byte address in the A0000h window and, for
+/// the planar modes, the bit (80h >> x % 8).
+fn pixel_address(r: &Regs, m: &GraphicsMode, x: u16, y: u16) -> (u32, u8) {
+    let page = (r.bh() as u32 & 7) * m.page_size as u32;
+    if m.number == 0x13 {
+        (FONT_WINDOW + (y as u32 * 320 + x as u32) % 0x1_0000, 0xFF)
+    } else {
+        let at = page + y as u32 * m.columns as u32 + x as u32 / 8;
+        (FONT_WINDOW + at % 0x1_0000, 0x80 >> (x % 8))
+    }
+}
+
+/// AH=0Ch: colour AL at (CX, DX); in the 16-colour modes AL bit 7 XORs it in.
+fn write_pixel(r: &mut Regs, p: &mut dyn Platform, m: &GraphicsMode, x: u16, y: u16, colour: u8) {
+    let (at, bit) = pixel_address(r, m, x, y);
+    if m.number == 0x13 {
+        vram_write(p, at, colour);
+        return;
+    }
+    // Write mode 2 through the bit mask, over the latches just loaded.
+    gc_write(p, 5, 0x02);
+    gc_write(p, 8, bit);
+    gc_write(p, 3, if colour & 0x80 != 0 { 0x18 } else { 0x00 });
+    vram_read(p, at);
+    vram_write(p, at, colour & 0x0F);
+    gc_write(p, 3, 0x00);
+    gc_write(p, 8, 0xFF);
+    gc_write(p, 5, 0x00);
+}
+
+/// AH=0Dh: the colour at (CX, DX).
+fn read_pixel(r: &mut Regs, p: &mut dyn Platform, m: &GraphicsMode, x: u16, y: u16) -> u8 {
+    let (at, bit) = pixel_address(r, m, x, y);
+    if m.number == 0x13 {
+        return vram_read(p, at);
+    }
+    let mut colour = 0;
+    for plane in 0..4 {
+        gc_write(p, 4, plane);
+        if vram_read(p, at) & bit != 0 {
+            colour |= 1 << plane;
+        }
+    }
+    gc_write(p, 4, 0);
+    colour
 }
 
 /// AH=10h: the attribute controller's palette and the DAC.

@@ -12,8 +12,16 @@
 //! CRT controller's word and doubleword modes shift its address counter to match, so a
 //! text cell at CPU offset 2n is at plane address 2n, and a mode 13h pixel at offset o is
 //! in plane o & 3 at plane address o & !3.
+//!
+//! Beside the VGA sits the Bochs "dispi" interface ([`dispi`]): linear modes of up to
+//! 2560x1600 at 8-32 bits per pixel in 16 MiB of memory of their own, reached through
+//! the PCI framebuffer BAR or in 64 KiB banks at A0000h. While it is enabled the
+//! renderer shows that memory and ignores the VGA's timing registers.
+
+pub mod dispi;
 
 use crate::{Nanos, PortDevice};
+use dispi::Dispi;
 
 /// Bytes in one plane.
 pub const PLANE_SIZE: usize = 64 * 1024;
@@ -51,6 +59,12 @@ pub enum DisplayMode {
         height: usize,
         colours: u16,
     },
+    /// A linear mode of the dispi (VBE) interface.
+    Linear {
+        width: usize,
+        height: usize,
+        bpp: u16,
+    },
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -83,6 +97,8 @@ pub struct Vga {
     latch: [u8; 4],
     /// Counts every change that can alter the picture (for redraw decisions).
     changes: u64,
+    /// The Bochs VBE interface and its memory.
+    dispi: Dispi,
 }
 
 impl Default for Vga {
@@ -116,12 +132,28 @@ impl Vga {
             vram: vec![[0; 4]; PLANE_SIZE],
             latch: [0; 4],
             changes: 0,
+            dispi: Dispi::default(),
         }
     }
 
     /// Increases whenever registers or memory change in a way that can alter the picture.
     pub fn changes(&self) -> u64 {
         self.changes
+    }
+
+    /// The dispi (VBE) interface's registers and memory.
+    pub fn dispi(&self) -> &Dispi {
+        &self.dispi
+    }
+
+    /// A byte of the linear framebuffer (the PCI BAR), `offset` from its start.
+    pub fn lfb_read(&self, offset: usize) -> u8 {
+        self.dispi.lfb_read(offset)
+    }
+
+    pub fn lfb_write(&mut self, offset: usize, v: u8) {
+        self.dispi.lfb_write(offset, v);
+        self.changes += 1;
     }
 
     /// A plane byte (for tests and debugging).
@@ -330,6 +362,12 @@ impl Vga {
 
     /// A CPU read from display memory (one byte at a physical address).
     pub fn mem_read(&mut self, addr: u64) -> u8 {
+        if self.dispi.enabled() {
+            return match self.dispi.bank_offset(addr) {
+                Some(off) => self.dispi.lfb_read(off),
+                None => 0xFF,
+            };
+        }
         let Some(off) = self.window_offset(addr) else {
             return 0xFF;
         };
@@ -358,6 +396,12 @@ impl Vga {
 
     /// A CPU write to display memory (one byte at a physical address).
     pub fn mem_write(&mut self, addr: u64, value: u8) {
+        if self.dispi.enabled() {
+            if let Some(off) = self.dispi.bank_offset(addr) {
+                self.lfb_write(off, value);
+            }
+            return;
+        }
         let Some(off) = self.window_offset(addr) else {
             return;
         };
@@ -442,6 +486,13 @@ impl Vga {
 
     /// The columns and rows of a text mode, or the pixels of a graphics mode.
     pub fn mode(&self) -> DisplayMode {
+        if let Some(g) = self.dispi.geometry() {
+            return DisplayMode::Linear {
+                width: g.width,
+                height: g.height,
+                bpp: g.bpp,
+            };
+        }
         let clocks = self.crtc[1] as usize + 1;
         let lines = self.vertical_display_end();
         if self.graphics_mode() {
@@ -518,6 +569,45 @@ impl Vga {
                 height,
                 colours,
             } => self.render_graphics(width, height, colours, frame),
+            DisplayMode::Linear { .. } => self.render_linear(frame),
+        }
+    }
+
+    /// Draws the dispi interface's picture: 8 bpp through the DAC, the other depths
+    /// direct (15: x:5:5:5, 16: 5:6:5, 24: B G R bytes, 32: B G R x).
+    fn render_linear(&self, frame: &mut Frame) {
+        let Some(g) = self.dispi.geometry() else {
+            return;
+        };
+        frame.resize(g.width, g.height);
+        let mem = self.dispi.memory();
+        if mem.is_empty() {
+            return;
+        }
+        let bytes = dispi::bytes_per_pixel(g.bpp);
+        let expand5 = |c: u32| (c << 3) | (c >> 2);
+        let expand6 = |c: u32| (c << 2) | (c >> 4);
+        for y in 0..g.height {
+            let row = g.start + y * g.stride;
+            let out = &mut frame.pixels[y * g.width..][..g.width];
+            for (x, px) in out.iter_mut().enumerate() {
+                let at = row + x * bytes;
+                let byte = |i: usize| mem[(at + i) % dispi::MEMORY_SIZE] as u32;
+                *px = match g.bpp {
+                    8 => self.dac_rgb(byte(0) as u8),
+                    15 | 16 => {
+                        let v = byte(0) | byte(1) << 8;
+                        if g.bpp == 15 {
+                            expand5(v >> 10 & 0x1F) << 16
+                                | expand5(v >> 5 & 0x1F) << 8
+                                | expand5(v & 0x1F)
+                        } else {
+                            expand5(v >> 11) << 16 | expand6(v >> 5 & 0x3F) << 8 | expand5(v & 0x1F)
+                        }
+                    }
+                    _ => byte(2) << 16 | byte(1) << 8 | byte(0),
+                };
+            }
         }
     }
 
@@ -653,8 +743,29 @@ impl Vga {
     }
 }
 
+/// The VGA's PCI function, as QEMU's "std" VGA: 1234:1111, a display controller (class
+/// 0300h) whose BAR 0 is the 16 MiB prefetchable linear framebuffer, at `lfb_base` with
+/// memory decoding on from reset (a BIOS that does not assign BARs, like ours, leaves it
+/// there; a guest may move it).
+pub fn pci_config_space(lfb_base: u32) -> crate::pci::ConfigSpace {
+    let mut space = crate::pci::ConfigSpace::new(0x1234, 0x1111, 0x03_00_00, 0x02, 0x00);
+    space.set_u16(0x04, 0x0003); // I/O and memory space
+    space.set_writable(0x04, 0x0003, 2);
+    let size = dispi::MEMORY_SIZE as u32;
+    space.set_u32(0x10, (lfb_base & !(size - 1)) | 0x8); // prefetchable, 32-bit
+    space.set_writable(0x10, !(size - 1), 4);
+    space.set_u16(0x2C, 0x1AF4); // subsystem vendor, as QEMU
+    space.set_u16(0x2E, 0x1100);
+    space
+}
+
 impl PortDevice for Vga {
     fn read(&mut self, port: u16, size: u8, now: Nanos) -> u32 {
+        match port {
+            dispi::INDEX_PORT => return self.dispi.read_index() as u32,
+            dispi::DATA_PORT | 0x1D0 => return self.dispi.read_data() as u32,
+            _ => {}
+        }
         let mut v = 0u32;
         for i in 0..size.min(4) {
             v |= (self.read_port(port.wrapping_add(i as u16), now) as u32) << (8 * i);
@@ -663,6 +774,14 @@ impl PortDevice for Vga {
     }
 
     fn write(&mut self, port: u16, size: u8, value: u32, _now: Nanos) {
+        match port {
+            dispi::INDEX_PORT => return self.dispi.write_index(value as u16),
+            dispi::DATA_PORT | 0x1D0 => {
+                self.changes += 1;
+                return self.dispi.write_data(value as u16);
+            }
+            _ => {}
+        }
         // A 16-bit OUT to an index port writes the index, then the data port.
         for i in 0..size.min(4) {
             self.write_port(port.wrapping_add(i as u16), (value >> (8 * i)) as u8);
@@ -1045,5 +1164,78 @@ mod tests {
             v.read(0x3DA, 1, u64::MAX - x as u64);
             let _ = v.text_rows();
         }
+    }
+
+    fn dispi_set(v: &mut Vga, index: u16, value: u16) {
+        v.write(dispi::INDEX_PORT, 2, index as u32, 0);
+        v.write(dispi::DATA_PORT, 2, value as u32, 0);
+    }
+
+    #[test]
+    fn dispi_linear_modes_render_every_depth() {
+        for bpp in [8u16, 15, 16, 24, 32] {
+            let mut v = text_mode();
+            dispi_set(&mut v, dispi::INDEX_XRES, 40);
+            dispi_set(&mut v, dispi::INDEX_YRES, 30);
+            dispi_set(&mut v, dispi::INDEX_BPP, bpp);
+            dispi_set(
+                &mut v,
+                dispi::INDEX_ENABLE,
+                dispi::ENABLED | dispi::LFB_ENABLED,
+            );
+            assert_eq!(
+                v.mode(),
+                DisplayMode::Linear {
+                    width: 40,
+                    height: 30,
+                    bpp
+                }
+            );
+            let bytes = dispi::bytes_per_pixel(bpp);
+            // Pixel (3, 2): pure red at every depth (DAC entry 0x3F is grey 0x3F in the
+            // test palette, so 8 bpp uses white).
+            let red: Vec<u8> = match bpp {
+                8 => vec![0x3F],
+                15 => 0x7C00u16.to_le_bytes().to_vec(),
+                16 => 0xF800u16.to_le_bytes().to_vec(),
+                24 => vec![0, 0, 0xFF],
+                _ => vec![0, 0, 0xFF, 0],
+            };
+            let at = (2 * 40 + 3) * bytes;
+            for (i, b) in red.iter().enumerate() {
+                v.lfb_write(at + i, *b);
+            }
+            let mut f = Frame::default();
+            v.render(0, &mut f);
+            assert_eq!((f.width, f.height), (40, 30));
+            let want = if bpp == 8 { 0xFFFFFF } else { 0xFF0000 };
+            assert_eq!(f.pixels[2 * 40 + 3], want, "{bpp} bpp");
+            assert_eq!(f.pixels[2 * 40 + 4], 0);
+            // A wider virtual screen and a display start move the picture.
+            dispi_set(&mut v, dispi::INDEX_VIRT_WIDTH, 64);
+            dispi_set(&mut v, dispi::INDEX_X_OFFSET, 1);
+            dispi_set(&mut v, dispi::INDEX_Y_OFFSET, 1);
+            let at = (3 * 64 + 5) * bytes;
+            for (i, b) in red.iter().enumerate() {
+                v.lfb_write(at + i, *b);
+            }
+            v.render(0, &mut f);
+            assert_eq!(f.pixels[2 * 40 + 4], want, "{bpp} bpp, panned");
+        }
+    }
+
+    #[test]
+    fn dispi_banks_through_the_a0000_window() {
+        let mut v = text_mode();
+        dispi_set(&mut v, dispi::INDEX_BPP, 8);
+        dispi_set(&mut v, dispi::INDEX_ENABLE, dispi::ENABLED);
+        dispi_set(&mut v, dispi::INDEX_BANK, 2);
+        v.mem_write(0xA_0004, 0x77);
+        assert_eq!(v.lfb_read(0x2_0004), 0x77);
+        assert_eq!(v.mem_read(0xA_0004), 0x77);
+        assert_eq!(v.mem_read(0xB_8000), 0xFF, "no text window while enabled");
+        assert_eq!(v.plane_byte(0, 0), 0, "VGA planes untouched");
+        dispi_set(&mut v, dispi::INDEX_ENABLE, 0);
+        assert!(matches!(v.mode(), DisplayMode::Text { .. }));
     }
 }

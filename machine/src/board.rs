@@ -77,6 +77,11 @@ const VGA_PORTS_START: u16 = 0x3B0;
 const VGA_PORTS_END: u16 = 0x3DF;
 /// The legacy VGA memory window.
 pub const VGA_WINDOW: std::ops::Range<u64> = 0xA_0000..0xC_0000;
+/// The VGA's PCI slot (as on QEMU's i440FX machine: the "std" VGA, 1234:1111).
+pub const VGA_PCI_SLOT: u8 = 2;
+/// Where the linear framebuffer (the VGA's BAR 0) is at reset, as SeaBIOS places it on
+/// QEMU. The guest may move it: any address above RAM reaches the board as MMIO.
+pub const LFB_BASE: u32 = 0xE000_0000;
 
 const COM_BASES: [u16; 4] = [0x3F8, 0x2F8, 0x3E8, 0x2E8];
 /// IRQ lines of COM1-COM4.
@@ -98,6 +103,11 @@ impl Devices {
     ) -> Devices {
         let [(pm, ps), (sm, ss)] = ide;
         let mut pci = PciBus::new();
+        pci.add_function(
+            VGA_PCI_SLOT,
+            0,
+            Box::new(hospes_devices::vga::pci_config_space(LFB_BASE)),
+        );
         if nic.is_some_and(|n| n.wiring == NicWiring::Pci) {
             let card = hospes_devices::ne2000::rtl8029_config_space();
             pci.add_function(nic::PCI_SLOT, 0, Box::new(card));
@@ -220,7 +230,7 @@ impl Devices {
             0xCF8..=0xCFF => self.pci.read(port, size, now),
             0x1F0..=0x1F7 | 0x3F6 => self.ide[0].read(port, size, now),
             0x170..=0x177 | 0x376 => self.ide[1].read(port, size, now),
-            VGA_PORTS_START..=VGA_PORTS_END => self.vga.read(port, size, now),
+            VGA_PORTS_START..=VGA_PORTS_END | 0x1CE..=0x1D0 => self.vga.read(port, size, now),
             p if p == acpi::PM1A_EVT => 0,
             p if p == acpi::PM1A_EVT + 2 => self.pm1_enable as u32,
             p if p == acpi::PM1A_CNT => 1, // SCI_EN: ACPI is always on
@@ -269,7 +279,9 @@ impl Devices {
             }
             0x1F0..=0x1F7 | 0x3F6 => self.ide[0].write(port, size, value, now),
             0x170..=0x177 | 0x376 => self.ide[1].write(port, size, value, now),
-            VGA_PORTS_START..=VGA_PORTS_END => self.vga.write(port, size, value, now),
+            VGA_PORTS_START..=VGA_PORTS_END | 0x1CE..=0x1D0 => {
+                self.vga.write(port, size, value, now)
+            }
             0x92 => {
                 if value & 1 != 0 && self.port92 & 1 == 0 {
                     self.power_event = Some(PowerEvent::Reset);
@@ -311,10 +323,26 @@ impl Devices {
         nic.register(&mut self.pci, port)
     }
 
-    /// A read from memory-mapped I/O: the VGA window, or nothing (all ones).
+    /// The offset of `addr` in the linear framebuffer, if the VGA's BAR 0 is enabled
+    /// (memory space on in its command register) and covers it.
+    fn lfb_offset(&mut self, addr: u64) -> Option<usize> {
+        let command = self.pci.config_read(VGA_PCI_SLOT, 0, 0x04);
+        let base = (self.pci.config_read(VGA_PCI_SLOT, 0, 0x10) & !0xF) as u64;
+        let off = addr.checked_sub(base)?;
+        (command & 2 != 0 && base != 0 && off < hospes_devices::vga::dispi::MEMORY_SIZE as u64)
+            .then_some(off as usize)
+    }
+
+    /// A read from memory-mapped I/O: the VGA window, the linear framebuffer, or
+    /// nothing (all ones).
     pub fn mmio_read(&mut self, addr: u64, size: u8) -> u64 {
         if !VGA_WINDOW.contains(&addr) {
-            return hospes_cpu::mem::ones(size);
+            return match self.lfb_offset(addr) {
+                Some(off) => (0..size.min(8) as usize).fold(0u64, |v, i| {
+                    v | (self.vga.lfb_read(off + i) as u64) << (8 * i)
+                }),
+                None => hospes_cpu::mem::ones(size),
+            };
         }
         let mut v = 0u64;
         for i in 0..size.min(8) as u64 {
@@ -327,6 +355,10 @@ impl Devices {
         if VGA_WINDOW.contains(&addr) {
             for i in 0..size.min(8) as u64 {
                 self.vga.mem_write(addr + i, (value >> (8 * i)) as u8);
+            }
+        } else if let Some(off) = self.lfb_offset(addr) {
+            for i in 0..size.min(8) as usize {
+                self.vga.lfb_write(off + i, (value >> (8 * i)) as u8);
             }
         }
     }
