@@ -13,6 +13,10 @@
 //! and an awk loop); total is until the process exits after the guest powers off. Peak
 //! RSS is the process's VmHWM.
 
+#[path = "common.rs"]
+mod common;
+
+use common::{median, which};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -97,11 +101,6 @@ fn measure(program: &Path, args: &[String]) -> Result<Sample, String> {
         total,
         peak_rss_kib,
     })
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn secs(d: Duration) -> String {
@@ -276,12 +275,4 @@ fn report(way: &str, h: &[Sample], q: &[Sample]) {
             rss(h) as f64 / rss(q).max(1) as f64
         );
     }
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(program))
-            .find(|p| p.is_file())
-    })
 }

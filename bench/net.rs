@@ -8,6 +8,10 @@
 //! Run with `bench/net-vs-qemu` (installs QEMU, builds the images) or `cargo bench
 //! --bench net`. Prints figures; asserts nothing about speed.
 
+#[path = "common.rs"]
+mod common;
+
+use common::{median, which};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -74,19 +78,6 @@ fn measure(program: &Path, args: &[String]) -> Result<Duration, String> {
         (Some(s), Some(e)) => Ok(e - s),
         _ => Err(format!("{}: no bench markers", program.display())),
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Option<Duration> {
-    v.sort();
-    v.get(v.len() / 2).copied()
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(program))
-            .find(|p| p.is_file())
-    })
 }
 
 fn main() {
@@ -156,7 +147,8 @@ fn main() {
     }
     let rate = |d: Duration| mib as f64 / d.as_secs_f64();
     println!("guest-to-host TCP through the NAT (ne2k-pci, wget of {mib} MiB, median of {runs}):");
-    let (hm, qm) = (median(h), median(q));
+    let middle = |v: Vec<Duration>| (!v.is_empty()).then(|| median(v));
+    let (hm, qm) = (middle(h), middle(q));
     for (name, m) in [("hospes", hm), ("qemu tcg", qm)] {
         if let Some(d) = m {
             println!(

@@ -10,6 +10,10 @@
 //! Run with `bench/record-replay` (builds the images, installs gdb if missing) or
 //! `cargo bench --bench record_replay`. Prints figures; asserts nothing about speed.
 
+#[path = "common.rs"]
+mod common;
+
+use common::median;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,11 +41,6 @@ fn boot(extra: &[&str]) -> Duration {
         .expect("run hospes");
     assert!(status.success(), "hospes run {extra:?}: {status:?}");
     start.elapsed()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 /// Runs gdb's commands against a replay of `recording`; returns gdb's output.
