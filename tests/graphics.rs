@@ -388,3 +388,67 @@ fn seavgabios_stdvga_draws_the_same_vga_modes() {
     let (out, shot) = run_with("sea-mode12", &args, &mode_12h_program);
     check_mode_12h(&out, &shot);
 }
+
+#[test]
+fn text_80x50_with_the_8x8_font() {
+    let (out, shot) = run("text80x50", &text_80x50_program);
+    assert_eq!(out, "OK");
+    // 80 columns of 9 pixels, 50 rows of 8 scan lines: still 720x400.
+    assert_eq!((shot.width, shot.height), (720, 400));
+    let font = hospes_bios::font::font_8x8();
+    const GREY: u32 = 0xAAAAAA;
+    // The BIOS banner stayed in memory (now drawn with the 8x8 font) and the program
+    // wrote "Z49" on the last of the 50 rows.
+    let cells = [
+        (0, 0, b'h'),
+        (0, 1, b'o'),
+        (49, 0, b'Z'),
+        (49, 1, b'4'),
+        (49, 2, b'9'),
+    ];
+    for (row, col, glyph) in cells {
+        for line in 0..8 {
+            let bits = font[glyph as usize * 8 + line];
+            for x in 0..9 {
+                let on = x < 8 && bits >> (7 - x) & 1 != 0;
+                let want = if on { GREY } else { 0 };
+                let got = shot.pixel(col * 9 + x, row * 8 + line);
+                assert_eq!(
+                    got, want,
+                    "cell ({row},{col}) {:?} line {line} x {x}",
+                    glyph as char
+                );
+            }
+        }
+    }
+}
+
+/// AX=1112h (the 8x8 font: 50 rows), AX=1130h must then report 8 scan lines and 50
+/// rows; the cursor goes to row 49 and AH=0Eh writes there.
+fn text_80x50_program(a: &mut CodeAssembler, fail: CodeLabel) {
+    a.mov(ax, 0x1112u32).unwrap();
+    a.xor(bl, bl).unwrap();
+    a.int(0x10).unwrap();
+    a.mov(ax, 0x1130u32).unwrap();
+    a.xor(bh, bh).unwrap();
+    a.int(0x10).unwrap();
+    a.cmp(cx, 8u32).unwrap();
+    a.jne(fail).unwrap();
+    a.cmp(dl, 49u32).unwrap();
+    a.jne(fail).unwrap();
+    a.mov(ah, 0x02u32).unwrap();
+    a.xor(bh, bh).unwrap();
+    a.mov(dx, 49u32 << 8).unwrap();
+    a.int(0x10).unwrap();
+    for byte in *b"Z49" {
+        a.mov(ax, 0x0E00u32 | byte as u32).unwrap();
+        a.mov(bx, 7u32).unwrap();
+        a.int(0x10).unwrap();
+    }
+    // The cursor moved along row 49.
+    a.mov(ah, 0x03u32).unwrap();
+    a.xor(bh, bh).unwrap();
+    a.int(0x10).unwrap();
+    a.cmp(dx, (49u32 << 8) | 3).unwrap();
+    a.jne(fail).unwrap();
+}

@@ -1,4 +1,5 @@
-//! INT 10h: video services for the VGA's colour text modes (80x25 and 40x25), its
+//! INT 10h: video services for the VGA's colour text modes (80x25 and 40x25, and 80x50
+//! or 40x50 after AX=1112h loads the 8x8 font), its
 //! graphics modes 0Dh, 0Eh, 10h, 12h (16-colour planar) and 13h (256 colours,
 //! chain-4), and the VBE functions (AH=4Fh, [`crate::vbe`]) over the Bochs dispi
 //! interface.
@@ -14,8 +15,11 @@ use crate::{Bios, Platform, Regs, BDA};
 
 pub(crate) const TEXT_BUFFER: u32 = 0xB_8000;
 const FONT_WINDOW: u32 = 0xA_0000;
+/// Text rows with the 8x16 font (the 400 scan lines of a text mode / 16).
 const ROWS: u16 = 25;
 const CHAR_HEIGHT: u8 = 16;
+/// Scan lines a text mode shows: rows = this / character height.
+const TEXT_SCAN_LINES: u16 = 400;
 /// Bytes per text page (80x25 cells rounded up to 4 KiB, as VGA BIOSes lay them out).
 const PAGE_SIZE: u16 = 0x1000;
 const CRTC_INDEX: u16 = 0x3D4;
@@ -540,7 +544,7 @@ impl Bios {
                 let (col, row) = cursor(r, page);
                 let columns = columns(r) as u32;
                 let start = row as u32 * columns + col as u32;
-                let end = (start + r.cx() as u32).min(columns * ROWS as u32);
+                let end = (start + r.cx() as u32).min(columns * rows(r) as u32);
                 let base = page_base(r, page);
                 for i in start..end {
                     let at = base + i * 2;
@@ -631,8 +635,20 @@ impl Bios {
                 load_font(p, &glyphs, height, r.dx(), r.bl());
             }
             // The ROM 8x16 font (8x14 requests get it too) into block BL.
-            0x01 | 0x04 | 0x11 | 0x14 => {
-                load_font(p, &self.font_8x16, CHAR_HEIGHT as usize, 0, r.bl())
+            0x01 | 0x04 => load_font(p, &self.font_8x16, CHAR_HEIGHT as usize, 0, r.bl()),
+            // The ROM 8x8 font into block BL.
+            0x02 => load_font(p, &crate::font::font_8x8(), 8, 0, r.bl()),
+            // The same, then the mode is recalculated for the new character height:
+            // 400 scan lines / 8 = 50 rows (AX=1112h, how DOS's MODE CON LINES=50 gets
+            // 80x50), or back to 25.
+            0x11 | 0x14 | 0x12 => {
+                let height = if r.al() == 0x12 { 8 } else { CHAR_HEIGHT };
+                if height == 8 {
+                    load_font(p, &crate::font::font_8x8(), 8, 0, r.bl());
+                } else {
+                    load_font(p, &self.font_8x16, CHAR_HEIGHT as usize, 0, r.bl());
+                }
+                set_char_height(r, p, height);
             }
             0x03 => seq_write(p, 3, r.bl()),
             0x30 => {
@@ -654,6 +670,25 @@ impl Bios {
             _ => {}
         }
     }
+}
+
+/// Reprograms a text mode for characters `height` scan lines tall: the CRTC's maximum
+/// scan line, the cursor (an underline), and the BDA's rows,
+/// character height and page size.
+fn set_char_height(r: &mut Regs, p: &mut dyn Platform, height: u8) {
+    p.port_write(CRTC_INDEX, 1, 0x09);
+    let max_scan = p.port_read(CRTC_INDEX + 1, 1) as u8;
+    p.port_write(CRTC_INDEX + 1, 1, ((max_scan & 0xE0) | (height - 1)) as u32);
+    let rows = TEXT_SCAN_LINES / height as u16;
+    r.wr8(ROWS_MINUS_ONE, (rows - 1) as u8);
+    r.wr16(BDA_CHAR_HEIGHT, height as u16);
+    let bytes = rows * columns(r) * 2;
+    r.wr16(PAGE_BYTES, bytes.next_multiple_of(0x100));
+    // The BDA keeps the CGA-style shape; set_cursor_shape fits it to the cell.
+    r.wr16(CURSOR_SHAPE, 0x0607);
+    set_cursor_shape(r, p, 0x0607);
+    let page = r.rd8(ACTIVE_PAGE) as u32;
+    update_cursor(r, p, page);
 }
 
 /// Where pixel (x, y) of page BH is: the byte address in the A0000h window and, for
@@ -780,6 +815,11 @@ fn columns(r: &Regs) -> u16 {
     r.rd16(COLS).clamp(1, 80)
 }
 
+/// Text rows of the current mode, from the BDA (25, or 50 with the 8x8 font).
+fn rows(r: &Regs) -> u16 {
+    (r.rd8(ROWS_MINUS_ONE) as u16 + 1).clamp(1, TEXT_SCAN_LINES / 8)
+}
+
 fn page_base(r: &Regs, page: u32) -> u32 {
     TEXT_BUFFER + (page * r.rd16(PAGE_BYTES) as u32) % 0x8000
 }
@@ -788,7 +828,7 @@ fn cursor(r: &Regs, page: u32) -> (u8, u8) {
     let pos = r.rd16(CURSOR_POS + page * 2);
     (
         (pos as u8).min(columns(r) as u8 - 1),
-        ((pos >> 8) as u8).min(ROWS as u8 - 1),
+        ((pos >> 8) as u8).min(rows(r) as u8 - 1),
     )
 }
 
@@ -805,15 +845,17 @@ fn update_cursor(r: &mut Regs, p: &mut dyn Platform, page: u32) {
     crtc_write(p, 0x0F, pos as u8);
 }
 
-/// Programs the CRTC cursor shape. CGA-style shapes (scan lines 0-7) are scaled to the
-/// 16-line cell, as VGA BIOSes do with cursor emulation on; bit 5 of CH hides it.
-fn set_cursor_shape(_r: &mut Regs, p: &mut dyn Platform, shape: u16) {
+/// Programs the CRTC cursor shape. CGA-style shapes (scan lines 0-7) are scaled to a
+/// 16-line cell, as VGA BIOSes do with cursor emulation on (an 8-line cell takes them
+/// as they are); bit 5 of CH hides it.
+fn set_cursor_shape(r: &mut Regs, p: &mut dyn Platform, shape: u16) {
     let (mut start, mut end) = ((shape >> 8) as u8, shape as u8 & 0x1F);
     let hidden = start & 0x20 != 0;
     start &= 0x1F;
-    if start <= 7 && end <= 7 {
-        start = (start * 2 + 1).min(CHAR_HEIGHT - 1);
-        end = (end * 2).min(CHAR_HEIGHT - 1);
+    let height = (r.rd16(BDA_CHAR_HEIGHT) as u8).clamp(1, 32);
+    if height > 8 && start <= 7 && end <= 7 {
+        start = (start * 2 + 1).min(height - 1);
+        end = (end * 2).min(height - 1);
     }
     crtc_write(p, 0x0A, start | if hidden { 0x20 } else { 0 });
     crtc_write(p, 0x0B, end);
@@ -841,16 +883,17 @@ pub(crate) fn teletype(r: &mut Regs, p: &mut dyn Platform, page: u32, ch: u8, at
             }
         }
     }
-    if row as u16 >= ROWS {
-        let keep = vram_read(p, cell(r, page, ROWS as u8 - 1, 0) + 1);
+    let last_row = rows(r) as u8 - 1;
+    if row > last_row {
+        let keep = vram_read(p, cell(r, page, last_row, 0) + 1);
         let window = Window {
             top: 0,
             left: 0,
-            bottom: ROWS as u8 - 1,
+            bottom: last_row,
             right: cols as u8 - 1,
         };
         scroll_page(r, p, page, true, 1, keep, window);
-        row = ROWS as u8 - 1;
+        row = last_row;
     }
     r.wr8(CURSOR_POS + page * 2, col);
     r.wr8(CURSOR_POS + page * 2 + 1, row);
@@ -876,7 +919,7 @@ fn scroll_page(
     attr: u8,
     w: Window,
 ) {
-    let bottom = w.bottom.min(ROWS as u8 - 1);
+    let bottom = w.bottom.min(rows(r) as u8 - 1);
     let right = w.right.min(columns(r) as u8 - 1);
     let (top, left) = (w.top, w.left);
     if top > bottom || left > right {
