@@ -712,7 +712,7 @@ pub fn run(args: &DisplayArgs, tier: hospes_jit::Tier) -> Result<(), String> {
         title: "demo guest",
         linger: true,
     };
-    match screen::run(&mut machine, Some(MAX_INSTRUCTIONS), args, &how)? {
+    match screen::run(&mut machine, Some(MAX_INSTRUCTIONS), args, &how, None)? {
         Ended::Guest(Stop::PowerOff) | Ended::Closed => Ok(()),
         Ended::Guest(Stop::HaltedForever) => {
             Err(format!("the demo guest halted: {}", machine.describe_cpu()))

@@ -3,6 +3,7 @@
 mod conformance;
 mod demo;
 mod img;
+mod monitor;
 mod net;
 mod run;
 mod screen;

@@ -1,5 +1,6 @@
 //! `hospes run`: build a PC from the command line and run it.
 
+use crate::monitor::{Monitor, MonitorSpec};
 use crate::screen::{self, Display, DisplayArgs, Ended, Presentation};
 use hospes_bios::{
     BootDevice, BootOptions, DirectKernel, KernelFormat, LinuxBoot, Module, MultibootBoot,
@@ -94,6 +95,10 @@ pub struct RunArgs {
     /// Where COM1 goes: stdio, none or file:PATH.
     #[arg(long, value_name = "BACKEND")]
     pub serial: Option<Serial>,
+    /// A monitor console (screendump, sendkey, save, quit; `help` lists them) on
+    /// unix:PATH, tcp:HOST:PORT or stdio (with --serial elsewhere).
+    #[arg(long, value_name = "WHERE")]
+    pub monitor: Option<MonitorSpec>,
     /// The network card and what it is connected to (repeatable): `user` (NAT, with
     /// `,hostfwd=tcp:127.0.0.1:HPORT-:GPORT`), `nic,model=ne2k_pci|ne2k_isa[,iobase=,
     /// irq=,macaddr=]`, `socket,udp=HOST:PORT,localaddr=HOST:PORT`, `pcap=FILE`.
@@ -494,9 +499,21 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     if args.gdb.is_some() && args.screen.display == Some(Display::Window) {
         return Err("--gdb runs the machine headless: use it with --display none".into());
     }
-    let serial = serial_output(&args.serial)?;
     let stdio = matches!(args.serial.clone().unwrap_or(Serial::Stdio), Serial::Stdio);
+    match &args.monitor {
+        Some(MonitorSpec::Stdio) if stdio => {
+            return Err(
+                "--monitor stdio needs COM1 elsewhere: add --serial none or file:PATH".into(),
+            )
+        }
+        Some(_) if args.gdb.is_some() => {
+            return Err("--monitor and --gdb: use gdb's monitor command instead".into())
+        }
+        _ => {}
+    }
+    let serial = serial_output(&args.serial)?;
     let mut machine = build(&args, serial)?;
+    let monitor = args.monitor.as_ref().map(Monitor::start).transpose()?;
     if args.snapshot {
         machine.keep_disk_writes_in_memory();
     }
@@ -538,7 +555,13 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
     }
     let ended = match debugged {
         Some(stop) => Ended::Guest(stop),
-        None => screen::run(&mut machine, args.max_instructions, &args.screen, &how)?,
+        None => screen::run(
+            &mut machine,
+            args.max_instructions,
+            &args.screen,
+            &how,
+            monitor.as_ref(),
+        )?,
     };
     if args.record.is_some() {
         machine.finish_recording().map_err(|e| e.to_string())?;

@@ -1,6 +1,7 @@
 //! How a run is shown: the display option shared by `run` and `demo`, and the screen
 //! captures written when the guest stops (a PNG screenshot, the text of a text screen).
 
+use crate::monitor::Monitor;
 use crate::window;
 use hospes_devices::vga::Frame;
 use hospes_machine::{Machine, Stop};
@@ -28,10 +29,10 @@ pub struct DisplayArgs {
     pub screen_text_on_exit: Option<PathBuf>,
 }
 
-/// How a windowed run ended.
+/// How a run ended.
 pub enum Ended {
     Guest(Stop),
-    /// The user closed the window.
+    /// The user ended it: closed the window, or `quit` on the monitor.
     Closed,
 }
 
@@ -52,6 +53,7 @@ pub fn run(
     limit: Option<u64>,
     args: &DisplayArgs,
     how: &Presentation,
+    monitor: Option<&Monitor>,
 ) -> Result<Ended, String> {
     // Check the capture paths before running, so a typo does not cost a whole run.
     for path in [&args.screenshot_on_exit, &args.screen_text_on_exit]
@@ -61,13 +63,23 @@ pub fn run(
         check_writable(path)?;
     }
     let ended = match how.display {
-        Display::None => Ended::Guest(machine.run(limit)),
+        Display::None => match monitor {
+            None => Ended::Guest(machine.run(limit)),
+            Some(monitor) => loop {
+                if monitor.serve(machine) {
+                    break Ended::Closed;
+                }
+                if let Some(stop) = run_slice(machine, limit) {
+                    break Ended::Guest(stop);
+                }
+            },
+        },
         Display::Window => window::run(machine, limit, how.title, how.linger)?,
     };
     if let Some(path) = &args.screenshot_on_exit {
         let mut frame = Frame::default();
         machine.render_screen(&mut frame);
-        write_png(path, &frame)?;
+        hospes_machine::monitor::write_png(path, &frame)?;
     }
     if let Some(path) = &args.screen_text_on_exit {
         let mut text = machine.screen_text().join("\n");
@@ -76,6 +88,23 @@ pub fn run(
             .map_err(|e| format!("cannot write screen text {}: {e}", path.display()))?;
     }
     Ok(ended)
+}
+
+/// Instructions the machine runs between looks at the window, the clock or the monitor
+/// (1 ms of guest time).
+pub const SLICE: u64 = 1_000_000;
+
+/// Runs the machine for a [`SLICE`] (or up to `limit`): the stop, if it stopped for
+/// another reason than the end of the slice.
+pub fn run_slice(machine: &mut Machine, limit: Option<u64>) -> Option<Stop> {
+    let mut target = machine.cpu.state.icount + SLICE;
+    if let Some(l) = limit {
+        target = target.min(l);
+    }
+    match machine.run(Some(target)) {
+        Stop::InstructionLimit if limit.is_none_or(|l| machine.cpu.state.icount < l) => None,
+        stop => Some(stop),
+    }
 }
 
 /// The display to use when none was given: a window if this session has a graphical
@@ -103,25 +132,4 @@ fn check_writable(path: &Path) -> Result<(), String> {
             dir.display()
         ))
     }
-}
-
-/// Saves a frame as an 8-bit RGB PNG.
-pub fn write_png(path: &Path, frame: &Frame) -> Result<(), String> {
-    let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
-    let file = std::fs::File::create(path).map_err(|e| fail(&e))?;
-    let mut encoder = png::Encoder::new(
-        std::io::BufWriter::new(file),
-        frame.width as u32,
-        frame.height as u32,
-    );
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(|e| fail(&e))?;
-    let rgb: Vec<u8> = frame
-        .pixels
-        .iter()
-        .flat_map(|&p| [(p >> 16) as u8, (p >> 8) as u8, p as u8])
-        .collect();
-    writer.write_image_data(&rgb).map_err(|e| fail(&e))?;
-    writer.finish().map_err(|e| fail(&e))
 }

@@ -602,26 +602,12 @@ impl gdbstub::target::ext::monitor_cmd::MonitorCmd for Debugger {
         mut out: gdbstub::target::ext::monitor_cmd::ConsoleOutput<'_>,
     ) -> Result<(), String> {
         use gdbstub::outputln;
-        let cmd = String::from_utf8_lossy(cmd);
-        let mut words = cmd.split_whitespace();
-        match (words.next(), words.next()) {
-            (Some("save"), Some(path)) => match self.machine.save(std::path::Path::new(path)) {
-                Ok(()) => outputln!(out, "saved the machine to {path}"),
-                Err(e) => outputln!(out, "{e}"),
-            },
-            (Some("icount"), None) => {
-                outputln!(out, "{}", self.machine.cpu.state.icount)
-            }
-            (Some("cpu"), None) => outputln!(out, "{}", self.machine.describe_cpu()),
-            _ => {
-                outputln!(out, "hospes monitor commands:");
-                outputln!(
-                    out,
-                    "  save FILE   save the whole machine (run --restore FILE)"
-                );
-                outputln!(out, "  icount      the instruction count");
-                outputln!(out, "  cpu         the CPU state in one line");
-            }
+        let line = String::from_utf8_lossy(cmd);
+        let reply = crate::monitor::execute(&mut self.machine, &line);
+        if reply.quit {
+            outputln!(out, "to end the run from gdb: kill");
+        } else if !reply.text.is_empty() {
+            outputln!(out, "{}", reply.text);
         }
         Ok(())
     }

@@ -10,6 +10,8 @@ pub mod clock;
 pub mod disk;
 pub mod firmware;
 pub mod gdb;
+pub mod keys;
+pub mod monitor;
 pub mod net;
 pub mod nic;
 pub mod replay;
