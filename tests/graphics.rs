@@ -2,7 +2,8 @@
 //! VGA mode 13h (INT 10h pixels, direct chain-4 writes, a DAC entry), mode 12h (INT 10h
 //! pixels, write mode 2 through the bit mask, a latched copy in write mode 1), and VBE
 //! modes over the Bochs dispi interface (4F00h/4F01h/4F02h, the linear framebuffer at
-//! the VGA's PCI BAR reached from unreal mode, and a bank through A0000h).
+//! the VGA's PCI BAR reached from unreal mode, and a bank through A0000h), the VBE
+//! protected-mode interface (4F0Ah) called from 32-bit code, and 80x50 text.
 
 use iced_x86::code_asm::*;
 use std::path::PathBuf;
@@ -48,6 +49,17 @@ fn run_with(
     extra: &[&str],
     body: &dyn Fn(&mut CodeAssembler, CodeLabel),
 ) -> (String, Shot) {
+    run_disk(name, extra, body, &[])
+}
+
+/// [`run_with`], with `second_sector` in the disk's second sector (for the program to
+/// load itself).
+fn run_disk(
+    name: &str,
+    extra: &[&str],
+    body: &dyn Fn(&mut CodeAssembler, CodeLabel),
+    second_sector: &[u8],
+) -> (String, Shot) {
     let mut a = CodeAssembler::new(16).unwrap();
     let fail = a.create_label();
     let mut fail_at = fail;
@@ -78,6 +90,8 @@ fn run_with(
     code[511] = 0xAA;
     let disk = temp_path(&format!("{name}.img"));
     let mut img = code;
+    assert!(second_sector.len() <= 512);
+    img.extend_from_slice(second_sector);
     img.resize(1 << 20, 0);
     std::fs::write(&disk, img).unwrap();
     let png_path = temp_path(&format!("{name}.png"));
@@ -451,4 +465,136 @@ fn text_80x50_program(a: &mut CodeAssembler, fail: CodeLabel) {
     a.int(0x10).unwrap();
     a.cmp(dx, (49u32 << 8) | 3).unwrap();
     a.jne(fail).unwrap();
+}
+
+#[test]
+fn vbe_protected_mode_interface() {
+    let (out, shot) = run_disk("vbe-pm", &[], &vbe_pm_caller, &vbe_pm_program());
+    assert_eq!(out, "OK");
+    assert_eq!((shot.width, shot.height), (640, 480));
+    // DAC entry 5 = (20h, 00h, 3Fh) in 6 bits, set through the 32-bit palette code; the
+    // pixel written on line 2 shows on line 1, the display start being one line down.
+    assert_eq!(shot.pixel(10, 1), 0x8200FF);
+    assert_eq!(shot.pixel(10, 2), 0);
+    assert_eq!(shot.pixel(11, 1), 0);
+}
+
+/// Where the table's real-mode address and the framebuffer address are kept.
+const PM_TABLE: u32 = 0x6F0;
+const PM_LFB: u32 = 0x6F4;
+/// The program's 32-bit half, loaded from the second sector.
+const PM_CODE: u32 = 0x7E00;
+
+/// 16-bit half: asks for the protected-mode interface (4F0Ah), sets 640x480x8 with the
+/// linear framebuffer, loads the second sector and enters 32-bit protected mode there.
+fn vbe_pm_caller(a: &mut CodeAssembler, fail: CodeLabel) {
+    a.mov(ax, 0x4F0Au32).unwrap();
+    a.xor(bx, bx).unwrap();
+    a.int(0x10).unwrap();
+    a.cmp(ax, 0x004Fu32).unwrap();
+    a.jne(fail).unwrap();
+    a.mov(ax, es).unwrap();
+    a.movzx(eax, ax).unwrap();
+    a.shl(eax, 4).unwrap();
+    a.movzx(edi, di).unwrap();
+    a.add(eax, edi).unwrap();
+    a.mov(dword_ptr(PM_TABLE), eax).unwrap();
+    a.xor(ax, ax).unwrap();
+    a.mov(es, ax).unwrap();
+    vbe_setup(a, 0x101, 8, fail);
+    a.mov(dword_ptr(PM_LFB), esi).unwrap();
+    // The second sector to 0000:7E00 (DL is still the boot drive? ask for 80h).
+    a.mov(ax, 0x0201u32).unwrap();
+    a.mov(bx, PM_CODE).unwrap();
+    a.mov(cx, 0x0002u32).unwrap();
+    a.mov(dx, 0x0080u32).unwrap();
+    a.int(0x13).unwrap();
+    a.jc(fail).unwrap();
+    // GDT at 0600h: null, 08h flat 32-bit code, 10h flat data.
+    a.mov(dword_ptr(0x600u32), 0u32).unwrap();
+    a.mov(dword_ptr(0x604u32), 0u32).unwrap();
+    a.mov(dword_ptr(0x608u32), 0x0000_FFFFu32).unwrap();
+    a.mov(dword_ptr(0x60Cu32), 0x00CF_9A00u32).unwrap();
+    a.mov(dword_ptr(0x610u32), 0x0000_FFFFu32).unwrap();
+    a.mov(dword_ptr(0x614u32), 0x00CF_9200u32).unwrap();
+    a.mov(word_ptr(0x620u32), 23u32).unwrap();
+    a.mov(dword_ptr(0x622u32), 0x600u32).unwrap();
+    a.cli().unwrap();
+    a.lgdt(word_ptr(0x620u32)).unwrap();
+    a.mov(eax, cr0).unwrap();
+    a.or(al, 1).unwrap();
+    a.mov(cr0, eax).unwrap();
+    // JMP FAR 0008h:00007E00h (32-bit offset).
+    let mut far = vec![0x66, 0xEA];
+    far.extend_from_slice(&PM_CODE.to_le_bytes());
+    far.extend_from_slice(&8u16.to_le_bytes());
+    a.db(&far).unwrap();
+}
+
+/// 32-bit half: palette entry 5 through the table's 4F09h code, the display start one
+/// line (640 bytes) down through its 4F07h code, then colour 5 at (10, 2) of the
+/// framebuffer; "OK" or "FAIL" on COM1, and power off.
+fn vbe_pm_program() -> Vec<u8> {
+    let mut a = CodeAssembler::new(32).unwrap();
+    let mut fail = a.create_label();
+    let mut report = a.create_label();
+    a.mov(ax, 0x10u32).unwrap();
+    a.mov(ds, ax).unwrap();
+    a.mov(es, ax).unwrap();
+    a.mov(ss, ax).unwrap();
+    a.mov(esp, 0x7000u32).unwrap();
+    a.mov(esi, dword_ptr(PM_TABLE)).unwrap();
+    // The port list (at the table's fourth offset) starts with the dispi index port.
+    a.movzx(ebp, word_ptr(esi + 6)).unwrap();
+    a.cmp(word_ptr(esi + ebp), 0x1CEu32).unwrap();
+    a.jne(fail).unwrap();
+    a.mov(dword_ptr(0x700u32), 0x0020_003Fu32).unwrap();
+    a.movzx(ebp, word_ptr(esi + 4)).unwrap();
+    a.add(ebp, esi).unwrap();
+    a.mov(eax, 0x4F09u32).unwrap();
+    a.xor(ebx, ebx).unwrap();
+    a.mov(ecx, 1u32).unwrap();
+    a.mov(edx, 5u32).unwrap();
+    a.mov(edi, 0x700u32).unwrap();
+    a.call(ebp).unwrap();
+    a.cmp(ax, 0x004Fu32).unwrap();
+    a.jne(fail).unwrap();
+    a.cmp(edi, 0x700u32).unwrap();
+    a.jne(fail).unwrap();
+    a.movzx(ebp, word_ptr(esi + 2)).unwrap();
+    a.add(ebp, esi).unwrap();
+    a.mov(eax, 0x4F07u32).unwrap();
+    a.xor(ebx, ebx).unwrap();
+    a.mov(ecx, 640u32 / 4).unwrap();
+    a.xor(edx, edx).unwrap();
+    a.call(ebp).unwrap();
+    a.cmp(ax, 0x004Fu32).unwrap();
+    a.jne(fail).unwrap();
+    a.mov(edi, dword_ptr(PM_LFB)).unwrap();
+    a.mov(byte_ptr(edi + 2 * 640 + 10), 5u32).unwrap();
+    a.mov(esi, PM_CODE + 0x1F0).unwrap();
+    a.jmp(report).unwrap();
+    a.set_label(&mut fail).unwrap();
+    a.mov(esi, PM_CODE + 0x1F4).unwrap();
+    // Print the NUL-terminated string at ESI on COM1, then power off.
+    let mut next = a.create_label();
+    let mut done = a.create_label();
+    a.set_label(&mut report).unwrap();
+    a.mov(dx, 0x3F8u32).unwrap();
+    a.set_label(&mut next).unwrap();
+    a.lodsb().unwrap();
+    a.test(al, al).unwrap();
+    a.jz(done).unwrap();
+    a.out(dx, al).unwrap();
+    a.jmp(next).unwrap();
+    a.set_label(&mut done).unwrap();
+    a.mov(dx, 0x604u32).unwrap();
+    a.mov(ax, 0x3400u32).unwrap();
+    a.out(dx, ax).unwrap();
+    a.hlt().unwrap();
+    let mut code = a.assemble(PM_CODE as u64).unwrap();
+    assert!(code.len() <= 0x1F0, "32-bit half too long: {}", code.len());
+    code.resize(0x1F0, 0);
+    code.extend_from_slice(b"OK\0\0FAIL\0");
+    code
 }

@@ -21,6 +21,8 @@ const CODE_OFFSET: u16 = 0xE000;
 pub const FONT_8X16_OFFSET: u16 = 0xA000;
 pub const FONT_8X8_OFFSET: u16 = 0xB000;
 const COMPAT_FONT_OFFSET: u16 = 0xFA6E;
+/// The VBE protected-mode interface (INT 10h AX=4F0Ah) at F000:C000.
+pub const VBE_PM_OFFSET: u16 = 0xC000;
 /// The system configuration table (INT 15h AH=C0h) at F000:0100.
 pub const CONFIG_TABLE: u16 = 0x0100;
 /// Offset in the ROM image of the ACPI RSDP (F000:0200, 16-byte aligned as required).
@@ -214,6 +216,9 @@ pub fn build() -> Result<Rom, String> {
         let at = seg_start + offset as usize;
         image[at..at + data.len()].copy_from_slice(data);
     }
+    let pm = crate::vbe::pm_interface_table();
+    let at = seg_start + VBE_PM_OFFSET as usize;
+    image[at..at + pm.len()].copy_from_slice(pm);
     // BIOS date (MM/DD/YY at F000:FFF5) and model byte (FC = AT) at F000:FFFE.
     image[seg_start + 0xFFF5..seg_start + 0xFFFD].copy_from_slice(b"11/25/26");
     image[seg_start + 0xFFFE] = 0xFC;

@@ -10,9 +10,10 @@
 //! are kept: CX bit 3, "SVGA state"; the other state bits are accepted and ignored),
 //! 05h bank window (64 KiB granularity, window A only; 034Fh in a mode set with
 //! the linear framebuffer, as SeaVGABIOS does too), 06h logical scan line length,
-//! 07h display start, 08h DAC format (6 bits, fixed), 09h palette data. 0Ah, the
-//! protected-mode interface, answers 014Fh (failed): the BIOS runs as emulator calls
-//! and has no code a protected-mode caller could run.
+//! 07h display start, 08h DAC format (6 bits, fixed), 09h palette data, 0Ah the
+//! protected-mode interface: real 32-bit code in the ROM (see
+//! [`protected_mode_interface`]), since a protected-mode caller cannot reach the BIOS's
+//! emulator calls (it may even copy the code elsewhere).
 //!
 //! Modes: the VESA numbers for 8, 15, 16 and 24 bpp (0x118 is 1024x768x24, what
 //! Linux's `vga=0x318` asks for), and 32 bpp at 140h-147h (see [`MODES`]).
@@ -207,6 +208,175 @@ pub fn mode_info(mode: VbeMode, lfb: u32) -> [u8; 256] {
     b
 }
 
+/// The protected-mode interface (4F0Ah), assembled once.
+pub fn pm_interface_table() -> &'static [u8] {
+    static TABLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| protected_mode_interface().expect("the VBE protected-mode code assembles"))
+}
+
+/// The table 4F0Ah returns: the offsets (from the table's start) of 32-bit code for
+/// 4F05h (bank window: DX = bank), 4F07h (display start: DX:CX = offset in bytes / 4)
+/// and 4F09h (palette: CX entries from DX, B G R x each at ES:EDI), then of the list of
+/// the I/O ports that code uses (FFFFh-terminated), followed by an empty memory list.
+/// The code is position-independent, works with any flat or based code segment, keeps
+/// every register but EAX and answers AX = 004Fh (014Fh for an unsupported BL).
+fn protected_mode_interface() -> Result<Vec<u8>, iced_x86::IcedError> {
+    // Scoped: the assembler's register names would shadow this module's names.
+    use iced_x86::code_asm::*;
+    use iced_x86::BlockEncoderOptions;
+    let mut a = CodeAssembler::new(32)?;
+    let mut set_window = a.create_label();
+    let mut display_start = a.create_label();
+    let mut palette = a.create_label();
+    let mut ports = a.create_label();
+    let mut failed = a.create_label();
+    let mut display_start_set = a.create_label();
+    let mut bad_geometry = a.create_label();
+    let mut next_entry = a.create_label();
+    let mut palette_done = a.create_label();
+    let mut palette_set = a.create_label();
+
+    // The header, filled in below once the code's offsets are known.
+    let header = [0u8; 8];
+    a.db(&header)?;
+
+    // 4F05h: BL = window (A and B share the bank), DX = bank in 64 KiB units.
+    a.set_label(&mut set_window)?;
+    a.push(edx)?;
+    a.mov(dx, INDEX_PORT as u32)?;
+    a.mov(ax, BANK as u32)?;
+    a.out(dx, ax)?;
+    a.inc(dx)?;
+    a.pop(eax)?;
+    a.out(dx, ax)?;
+    a.mov(edx, eax)?;
+    a.mov(ax, SUCCESS as u32)?;
+    a.ret()?;
+
+    // 4F07h: BL = 00h or 80h (at vertical retrace: the same here), DX:CX = the display
+    // start in bytes / 4. It becomes the dispi X and Y offsets, through the bytes per
+    // pixel and the virtual width.
+    a.set_label(&mut display_start)?;
+    a.cmp(bl, 0x80)?;
+    a.je(display_start_set)?;
+    a.test(bl, bl)?;
+    a.jnz(failed)?;
+    a.set_label(&mut display_start_set)?;
+    a.push(ebx)?;
+    a.push(ecx)?;
+    a.push(edx)?;
+    a.push(esi)?;
+    a.movzx(esi, dx)?;
+    a.shl(esi, 16)?;
+    a.mov(si, cx)?;
+    a.shl(esi, 2)?;
+    a.mov(dx, INDEX_PORT as u32)?;
+    a.mov(ax, BPP as u32)?;
+    a.out(dx, ax)?;
+    a.inc(dx)?;
+    a.in_(ax, dx)?;
+    a.add(ax, 7)?;
+    a.shr(ax, 3)?;
+    a.movzx(ebx, ax)?;
+    a.dec(dx)?;
+    a.mov(ax, VIRT_WIDTH as u32)?;
+    a.out(dx, ax)?;
+    a.inc(dx)?;
+    a.in_(ax, dx)?;
+    a.movzx(ecx, ax)?;
+    a.imul_2(ecx, ebx)?;
+    a.test(ecx, ecx)?;
+    a.jz(bad_geometry)?;
+    a.mov(eax, esi)?;
+    a.xor(edx, edx)?;
+    a.div(ecx)?;
+    a.mov(esi, eax)?; // the line
+    a.mov(eax, edx)?;
+    a.xor(edx, edx)?;
+    a.div(ebx)?;
+    a.mov(ecx, eax)?; // the pixel in the line
+    a.mov(dx, INDEX_PORT as u32)?;
+    a.mov(ax, X_OFFSET as u32)?;
+    a.out(dx, ax)?;
+    a.inc(dx)?;
+    a.mov(eax, ecx)?;
+    a.out(dx, ax)?;
+    a.dec(dx)?;
+    a.mov(ax, Y_OFFSET as u32)?;
+    a.out(dx, ax)?;
+    a.inc(dx)?;
+    a.mov(eax, esi)?;
+    a.out(dx, ax)?;
+    a.pop(esi)?;
+    a.pop(edx)?;
+    a.pop(ecx)?;
+    a.pop(ebx)?;
+    a.mov(ax, SUCCESS as u32)?;
+    a.ret()?;
+    a.set_label(&mut bad_geometry)?;
+    a.pop(esi)?;
+    a.pop(edx)?;
+    a.pop(ecx)?;
+    a.pop(ebx)?;
+    a.jmp(failed)?;
+
+    // 4F09h: BL = 00h or 80h (set the primary palette), CX entries from DX, each
+    // blue, green, red, unused (6-bit values: the DAC is 6 bits wide) at ES:EDI.
+    a.set_label(&mut palette)?;
+    a.cmp(bl, 0x80)?;
+    a.je(palette_set)?;
+    a.test(bl, bl)?;
+    a.jnz(failed)?;
+    a.set_label(&mut palette_set)?;
+    a.push(ecx)?;
+    a.push(edx)?;
+    a.push(edi)?;
+    a.movzx(ecx, cx)?;
+    a.mov(al, dl)?;
+    a.mov(dx, 0x3C8u32)?;
+    a.out(dx, al)?;
+    a.inc(dx)?;
+    a.test(ecx, ecx)?;
+    a.jz(palette_done)?;
+    a.set_label(&mut next_entry)?;
+    a.mov(al, byte_ptr(edi + 2).es())?;
+    a.out(dx, al)?;
+    a.mov(al, byte_ptr(edi + 1).es())?;
+    a.out(dx, al)?;
+    a.mov(al, byte_ptr(edi).es())?;
+    a.out(dx, al)?;
+    a.add(edi, 4)?;
+    a.dec(ecx)?;
+    a.jnz(next_entry)?;
+    a.set_label(&mut palette_done)?;
+    a.pop(edi)?;
+    a.pop(edx)?;
+    a.pop(ecx)?;
+    a.mov(ax, SUCCESS as u32)?;
+    a.ret()?;
+
+    a.set_label(&mut failed)?;
+    a.mov(ax, FAILED as u32)?;
+    a.ret()?;
+
+    // The ports the code uses, then the (empty) list of memory it needs mapped.
+    a.set_label(&mut ports)?;
+    for port in [INDEX_PORT, DATA_PORT, 0x3C8, 0x3C9, 0xFFFF, 0xFFFF] {
+        a.dw(&[port])?;
+    }
+
+    let result = a.assemble_options(0, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
+    let mut table = result.inner.code_buffer.clone();
+    for (i, label) in [set_window, display_start, palette, ports]
+        .iter()
+        .enumerate()
+    {
+        let offset = result.label_ip(label)? as u16;
+        table[i * 2..i * 2 + 2].copy_from_slice(&offset.to_le_bytes());
+    }
+    Ok(table)
+}
+
 fn dispi_write(p: &mut dyn Platform, index: u16, v: u16) {
     p.port_write(INDEX_PORT, 2, index as u32);
     p.port_write(DATA_PORT, 2, v as u32);
@@ -324,6 +494,13 @@ impl Bios {
                 _ => FAILED,
             },
             0x09 => palette_data(r, p, es_di),
+            0x0A if r.bl() == 0 => {
+                let table = pm_interface_table();
+                r.cpu.load_seg_real(ES, crate::rom::ROM_SEGMENT);
+                r.cpu.state.set_reg16(7, crate::rom::VBE_PM_OFFSET);
+                r.set_cx(table.len() as u16);
+                SUCCESS
+            }
             _ => FAILED,
         };
         r.set_ax(status);
@@ -467,6 +644,24 @@ fn palette_data(r: &mut Regs, p: &mut dyn Platform, es_di: u32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protected_mode_table_layout() {
+        let t = pm_interface_table();
+        let word = |at: usize| u16::from_le_bytes([t[at], t[at + 1]]);
+        // Three code offsets past the 8-byte header, each starting with real code.
+        for i in 0..3 {
+            let offset = word(i * 2) as usize;
+            assert!((8..t.len()).contains(&offset), "entry {i}: {offset}");
+        }
+        // The port list, then an empty memory list (Linux's vesafb refuses the interface
+        // if it asks for memory).
+        let ports: Vec<u16> = (0..6).map(|i| word(word(6) as usize + i * 2)).collect();
+        assert_eq!(ports, [0x1CE, 0x1CF, 0x3C8, 0x3C9, 0xFFFF, 0xFFFF]);
+        assert_eq!(word(6) as usize + 12, t.len());
+        // It fits below the ROM's code.
+        assert!(crate::rom::VBE_PM_OFFSET as usize + t.len() < 0xE000);
+    }
 
     #[test]
     fn controller_info_block() {
