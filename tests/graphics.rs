@@ -382,14 +382,11 @@ fn check_vbe_16bpp(out: &str, shot: &Shot) {
     }
 }
 
-/// The VGA programs under SeaBIOS with SeaVGABIOS for QEMU's "std" VGA: the hardware
-/// must give another BIOS the same pictures. (Not the VBE ones: given as `--vga-bios`,
-/// SeaVGABIOS runs as a plain option ROM, not as the VGA's PCI ROM, so it does not
-/// know the PCI device and reports its default framebuffer address E0000000h, while
-/// SeaBIOS has moved BAR 0 elsewhere: LFB writes miss. That needs the ROM offered
-/// through the VGA's expansion ROM BAR, as QEMU does.)
+/// The VGA and VBE programs under SeaBIOS with SeaVGABIOS for QEMU's "std" VGA: the
+/// hardware must give another BIOS the same pictures. (SeaBIOS moves the framebuffer's
+/// BAR; SeaVGABIOS, run as the VGA's PCI ROM, finds it there.)
 #[test]
-fn seavgabios_stdvga_draws_the_same_vga_modes() {
+fn seavgabios_stdvga_draws_the_same_vga_and_vbe_modes() {
     const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
     const STDVGA: &str = "/usr/share/seabios/vgabios-stdvga.bin";
     if !(std::path::Path::new(SEABIOS).is_file() && std::path::Path::new(STDVGA).is_file()) {
@@ -401,6 +398,10 @@ fn seavgabios_stdvga_draws_the_same_vga_modes() {
     check_mode_13h(&out, &shot);
     let (out, shot) = run_with("sea-mode12", &args, &mode_12h_program);
     check_mode_12h(&out, &shot);
+    let (out, shot) = run_with("sea-vbe32", &args, &vbe_32bpp_program);
+    check_vbe_32bpp(&out, &shot);
+    let (out, shot) = run_with("sea-vbe16", &args, &vbe_16bpp_program);
+    check_vbe_16bpp(&out, &shot);
 }
 
 #[test]

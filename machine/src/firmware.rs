@@ -99,14 +99,17 @@ pub fn check_option_rom(rom: &[u8]) -> Result<(), MachineError> {
 /// QEMU's fw_cfg as SeaBIOS reads it on this machine: one processor, the ACPI tables
 /// (the same ones the built-in BIOS installs, for power-off) with the linker script that
 /// tells the firmware where to put them and how to fix up their pointers, and a VGA
-/// BIOS if one is given (SeaBIOS runs `vgaroms/*` files as the VGA's option ROM).
+/// BIOS if one is given, as the option ROM of the VGA's PCI function (SeaBIOS looks for
+/// `pciVVVV,DDDD.rom` before the device's ROM BAR, as QEMU offers it, and runs it with
+/// the function's address: SeaVGABIOS then finds the framebuffer at BAR 0 wherever
+/// SeaBIOS put it).
 /// Memory size and boot order come from CMOS ([`init_cmos`]).
 pub fn fw_cfg(ram_size: u64, vga_bios: Option<Vec<u8>>) -> FwCfg {
     let mut cfg = FwCfg::new();
     cfg.set_item(fw_cfg::KEY_NB_CPUS, 1u16.to_le_bytes().to_vec());
     cfg.set_item(fw_cfg::KEY_MAX_CPUS, 1u16.to_le_bytes().to_vec());
     if let Some(rom) = vga_bios {
-        if let Err(e) = cfg.add_file("vgaroms/vgabios.bin", rom) {
+        if let Err(e) = cfg.add_file("pci1234,1111.rom", rom) {
             log::warn!("{e}");
         }
     }
