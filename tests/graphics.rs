@@ -599,3 +599,85 @@ fn vbe_pm_program() -> Vec<u8> {
     code.extend_from_slice(b"OK\0\0FAIL\0");
     code
 }
+
+#[test]
+fn video_state_save_and_restore() {
+    let (out, shot) = run("state13", &state_13h_program);
+    assert_eq!(out, "OK");
+    // Mode 13h came back over mode 3: its registers, its BIOS data and the DAC entry
+    // that was changed before the save (6-bit 3Fh, 10h, 00h).
+    assert_eq!((shot.width, shot.height), (320, 200));
+    assert_eq!(shot.pixel(8, 20), 0xFF4100);
+    assert_eq!(shot.pixel(9, 20), 0);
+
+    let (out, shot) = run("state-vbe", &state_vbe_program);
+    assert_eq!(out, "OK");
+    assert_eq!((shot.width, shot.height), (640, 480));
+    assert_eq!(shot.pixel(3, 2), 0xFF0000);
+}
+
+/// Mode 13h, colour 1 at (8, 20) with DAC entry 1 changed, AH=1Ch saves everything
+/// (CX=7) at 0000:1000, mode 3 (keeping memory) over it, then AH=1Ch restores; AH=0Fh
+/// must say 13h again.
+fn state_13h_program(a: &mut CodeAssembler, fail: CodeLabel) {
+    a.mov(ax, 0x0013u32).unwrap();
+    a.int(0x10).unwrap();
+    put_pixel(a, 8, 20, 1);
+    // AX=1010h: DAC entry BX=1 to DH red, CH green, CL blue.
+    a.mov(ax, 0x1010u32).unwrap();
+    a.mov(bx, 1u32).unwrap();
+    a.mov(dh, 0x3Fu32).unwrap();
+    a.mov(cx, 0x1000u32).unwrap();
+    a.int(0x10).unwrap();
+    a.mov(ax, 0x1C00u32).unwrap();
+    a.mov(cx, 7u32).unwrap();
+    a.int(0x10).unwrap();
+    a.cmp(al, 0x1Cu32).unwrap();
+    a.jne(fail).unwrap();
+    a.cmp(bx, 0u32).unwrap();
+    a.je(fail).unwrap();
+    a.cmp(bx, 0x20u32).unwrap();
+    a.ja(fail).unwrap();
+    a.mov(ax, 0x1C01u32).unwrap();
+    a.mov(cx, 7u32).unwrap();
+    a.mov(bx, 0x1000u32).unwrap();
+    a.int(0x10).unwrap();
+    a.mov(ax, 0x0083u32).unwrap();
+    a.int(0x10).unwrap();
+    a.mov(ax, 0x1C02u32).unwrap();
+    a.mov(cx, 7u32).unwrap();
+    a.mov(bx, 0x1000u32).unwrap();
+    a.int(0x10).unwrap();
+    a.mov(ah, 0x0Fu32).unwrap();
+    a.int(0x10).unwrap();
+    a.cmp(al, 0x13u32).unwrap();
+    a.jne(fail).unwrap();
+}
+
+/// VBE mode 111h (640x480x16) with red at (3, 2) through the linear framebuffer;
+/// 4F04h saves every state (CX=0Fh), mode 3 replaces it, 4F04h restores it.
+fn state_vbe_program(a: &mut CodeAssembler, fail: CodeLabel) {
+    vbe_setup(a, 0x111, 16, fail);
+    unreal(a);
+    a.mov(word_ptr(esi + (2 * 640 + 3) * 2), 0xF800u32).unwrap();
+    a.mov(ax, 0x4F04u32).unwrap();
+    a.mov(dl, 0u32).unwrap();
+    a.mov(cx, 0x0Fu32).unwrap();
+    a.int(0x10).unwrap();
+    a.cmp(ax, 0x004Fu32).unwrap();
+    a.jne(fail).unwrap();
+    a.mov(ax, 0x4F04u32).unwrap();
+    a.mov(dl, 1u32).unwrap();
+    a.mov(cx, 0x0Fu32).unwrap();
+    a.mov(bx, 0x1000u32).unwrap();
+    a.int(0x10).unwrap();
+    a.mov(ax, 0x0083u32).unwrap();
+    a.int(0x10).unwrap();
+    a.mov(ax, 0x4F04u32).unwrap();
+    a.mov(dl, 2u32).unwrap();
+    a.mov(cx, 0x0Fu32).unwrap();
+    a.mov(bx, 0x1000u32).unwrap();
+    a.int(0x10).unwrap();
+    a.cmp(ax, 0x004Fu32).unwrap();
+    a.jne(fail).unwrap();
+}

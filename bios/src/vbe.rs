@@ -6,8 +6,8 @@
 //! with the OEM strings in its OEM data area; the mode list is in the block's reserved
 //! area, so it lives as long as the caller's buffer), 01h mode information, 02h set
 //! mode (bit 14 linear framebuffer, bit 15 keep memory; numbers below 100h go to
-//! AH=00h), 03h current mode, 04h state size/save/restore (only the dispi registers
-//! are kept: CX bit 3, "SVGA state"; the other state bits are accepted and ignored),
+//! AH=00h), 03h current mode, 04h state size/save/restore (the VGA's states as INT 10h
+//! AH=1Ch keeps them, and the dispi registers as the "SVGA state"),
 //! 05h bank window (64 KiB granularity, window A only; 034Fh in a mode set with
 //! the linear framebuffer, as SeaVGABIOS does too), 06h logical scan line length,
 //! 07h display start, 08h DAC format (6 bits, fixed), 09h palette data, 0Ah the
@@ -450,7 +450,7 @@ impl Bios {
                 r.set_bx(number);
                 SUCCESS
             }
-            0x04 => vbe_state(r, p, es_di),
+            0x04 => vbe_state(r, p),
             // Windows are refused in a mode set with the linear framebuffer, as the
             // VBE specification has it (the hardware would bank either way).
             0x05 if dispi_read(p, ENABLE) & LFB_ENABLED != 0 => 0x034F,
@@ -542,21 +542,26 @@ impl Bios {
     }
 }
 
-/// AX=4F04h: DL=0 size (in 64-byte blocks) of the state CX selects, 1 save, 2 restore.
-/// Only the dispi registers (CX bit 3) are kept: XRES, YRES, BPP, ENABLE, BANK,
-/// VIRT_WIDTH, X and Y offset, as words.
-fn vbe_state(r: &mut Regs, p: &mut dyn Platform, _es_di: u32) -> u16 {
+/// AX=4F04h: DL=0 size (in 64-byte blocks) of the states CX selects, 1 save to ES:BX,
+/// 2 restore from there. Bits 0-2 are the VGA's (registers, BIOS data, DAC: as INT 10h
+/// AH=1Ch keeps them), bit 3 the SVGA state: the dispi registers XRES, YRES, BPP,
+/// ENABLE, BANK, VIRT_WIDTH, X and Y offset, as words after the VGA's.
+fn vbe_state(r: &mut Regs, p: &mut dyn Platform) -> u16 {
     const SAVED: [u16; 8] = [
         XRES, YRES, BPP, ENABLE, BANK, VIRT_WIDTH, X_OFFSET, Y_OFFSET,
     ];
     let at = r.lin(ES, r.bx());
+    let vga_states = r.cx() & 7;
     let svga = r.cx() & 0x08 != 0;
     match r.dl() {
         0x00 => {
-            r.set_bx(1);
+            let vga = crate::video::state_bytes(vga_states);
+            let bytes = vga + if svga { SAVED.len() as u32 * 2 } else { 0 };
+            r.set_bx(bytes.div_ceil(64).max(1) as u16);
             SUCCESS
         }
         0x01 => {
+            let at = at + crate::video::save_state(r, p, vga_states, at);
             if svga {
                 for (i, &index) in SAVED.iter().enumerate() {
                     let v = dispi_read(p, index);
@@ -566,6 +571,7 @@ fn vbe_state(r: &mut Regs, p: &mut dyn Platform, _es_di: u32) -> u16 {
             SUCCESS
         }
         0x02 => {
+            let at = at + crate::video::restore_state(r, p, vga_states, at);
             if svga {
                 dispi_disable(p);
                 for (i, &index) in SAVED.iter().enumerate() {

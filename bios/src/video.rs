@@ -8,7 +8,8 @@
 //! a VGA BIOS does; characters then go through the VGA's memory window at B8000h, and
 //! the cursor is kept in the BDA and programmed into the CRTC. A graphics mode set
 //! programs the registers of that mode (the standard IBM VGA values) and the default
-//! palette; AH=0Ch/0Dh write and read pixels. Text output (AH=09h/0Eh) is not drawn in
+//! palette; AH=0Ch/0Dh write and read pixels. AH=1Ch saves and restores the video
+//! state (registers, BIOS data, DAC). Text output (AH=09h/0Eh) is not drawn in
 //! graphics modes. Other mode numbers give 80x25 text.
 
 use crate::{Bios, Platform, Regs, BDA};
@@ -610,6 +611,21 @@ impl Bios {
                     update_cursor(r, p, page);
                 }
             }
+            0x1C => {
+                let at = r.lin(hospes_cpu::state::ES, r.bx());
+                let states = r.cx();
+                match r.al() {
+                    0x00 => r.set_bx(state_bytes(states).div_ceil(64) as u16),
+                    0x01 => {
+                        save_state(r, p, states, at);
+                    }
+                    0x02 => {
+                        restore_state(r, p, states, at);
+                    }
+                    _ => return,
+                }
+                r.set_al(0x1C);
+            }
             0x1A if r.al() == 0x00 => {
                 // Display combination: VGA with colour analog display.
                 r.set_al(0x1A);
@@ -689,6 +705,120 @@ fn set_char_height(r: &mut Regs, p: &mut dyn Platform, height: u8) {
     set_cursor_shape(r, p, 0x0607);
     let page = r.rd8(ACTIVE_PAGE) as u32;
     update_cursor(r, p, page);
+}
+
+/// The VGA registers one state save keeps: misc output, sequencer, CRTC, graphics
+/// controller, attribute controller (with each index register).
+const HARDWARE_STATE: u32 = 1 + 1 + 5 + 1 + 25 + 1 + 9 + 1 + 21;
+/// The BDA's video fields: 49h-66h and 84h-8Ah.
+const BDA_VIDEO: [std::ops::Range<u32>; 2] = [0x49..0x67, 0x84..0x8B];
+/// The DAC: the pixel mask, the write index, then 256 x 3 colour values.
+const DAC_STATE: u32 = 2 + 256 * 3;
+
+/// Bytes each state of a save takes, in the order they are stored, for the states `cx`
+/// selects (bit 0 the VGA registers, bit 1 the BIOS data, bit 2 the DAC; 0 if not).
+fn state_parts(cx: u16) -> [u32; 3] {
+    let bda: u32 = BDA_VIDEO.iter().map(|r| r.len() as u32).sum();
+    let sizes = [HARDWARE_STATE, bda, DAC_STATE];
+    std::array::from_fn(|i| if cx & 1 << i != 0 { sizes[i] } else { 0 })
+}
+
+/// Bytes a state save takes for the states `cx` selects.
+pub(crate) fn state_bytes(cx: u16) -> u32 {
+    state_parts(cx).iter().sum()
+}
+
+/// AH=1Ch AL=01h: stores the states `cx` selects at linear `at`; returns the bytes
+/// written.
+pub(crate) fn save_state(r: &mut Regs, p: &mut dyn Platform, cx: u16, at: u32) -> u32 {
+    let mut out = Vec::new();
+    if cx & 1 != 0 {
+        out.push(p.port_read(0x3CC, 1) as u8);
+        for (index_port, count) in [(0x3C4u16, 5u8), (CRTC_INDEX, 25), (0x3CE, 9)] {
+            let index = p.port_read(index_port, 1) as u8;
+            out.push(index);
+            for i in 0..count {
+                p.port_write(index_port, 1, i as u32);
+                out.push(p.port_read(index_port + 1, 1) as u8);
+            }
+            p.port_write(index_port, 1, index as u32);
+        }
+        p.port_read(0x3DA, 1);
+        let index = p.port_read(0x3C0, 1) as u8;
+        out.push(index);
+        for i in 0..21 {
+            out.push(attr_read(p, i));
+        }
+        p.port_read(0x3DA, 1);
+        p.port_write(0x3C0, 1, index as u32);
+    }
+    if cx & 2 != 0 {
+        for range in BDA_VIDEO {
+            for offset in range {
+                out.push(r.rd8(BDA + offset));
+            }
+        }
+    }
+    if cx & 4 != 0 {
+        out.push(p.port_read(0x3C6, 1) as u8);
+        out.push(p.port_read(0x3C8, 1) as u8);
+        p.port_write(0x3C7, 1, 0);
+        for _ in 0..256 * 3 {
+            out.push(p.port_read(0x3C9, 1) as u8);
+        }
+    }
+    r.write(at, &out);
+    out.len() as u32
+}
+
+/// AH=1Ch AL=02h: puts back what [`save_state`] stored at `at`; returns the bytes read.
+pub(crate) fn restore_state(r: &mut Regs, p: &mut dyn Platform, cx: u16, at: u32) -> u32 {
+    let total = state_bytes(cx);
+    let mut saved = vec![0u8; total as usize];
+    r.read(at, &mut saved);
+    let mut bytes = saved.into_iter();
+    let mut next = move || bytes.next().unwrap_or(0);
+    if cx & 1 != 0 {
+        p.port_write(0x3C2, 1, next() as u32);
+        for (index_port, count) in [(0x3C4u16, 5u8), (CRTC_INDEX, 25), (0x3CE, 9)] {
+            let index = next();
+            if index_port == CRTC_INDEX {
+                // Unprotect CR00-07 first; the saved CR11, written after them, sets the
+                // protection as it was.
+                crtc_write(p, 0x11, 0);
+            }
+            for i in 0..count {
+                p.port_write(index_port, 1, i as u32);
+                p.port_write(index_port + 1, 1, next() as u32);
+            }
+            p.port_write(index_port, 1, index as u32);
+        }
+        let index = next();
+        p.port_read(0x3DA, 1);
+        for i in 0..21u8 {
+            p.port_write(0x3C0, 1, i as u32);
+            p.port_write(0x3C0, 1, next() as u32);
+        }
+        p.port_write(0x3C0, 1, index as u32);
+    }
+    if cx & 2 != 0 {
+        for range in BDA_VIDEO {
+            for offset in range {
+                r.wr8(BDA + offset, next());
+            }
+        }
+    }
+    if cx & 4 != 0 {
+        let mask = next();
+        let write_index = next();
+        p.port_write(0x3C8, 1, 0);
+        for _ in 0..256 * 3 {
+            p.port_write(0x3C9, 1, next() as u32);
+        }
+        p.port_write(0x3C6, 1, mask as u32);
+        p.port_write(0x3C8, 1, write_index as u32);
+    }
+    total
 }
 
 /// Where pixel (x, y) of page BH is: the byte address in the A0000h window and, for
