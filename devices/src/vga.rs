@@ -17,11 +17,19 @@
 //! 2560x1600 at 8-32 bits per pixel in 16 MiB of memory of their own, reached through
 //! the PCI framebuffer BAR or in 64 KiB banks at A0000h. While it is enabled the
 //! renderer shows that memory and ignores the VGA's timing registers.
+//!
+//! [`Vga::render`] draws the whole picture; a [`Screen`] keeps one up to date drawing
+//! only the rows whose memory was written since its last update. For that the device
+//! stamps each write with its [`Vga::changes`] count: per 64-byte page of plane
+//! addresses and plane, per 4 KiB page of dispi memory, and once for every register
+//! the whole picture depends on.
 
 pub mod dispi;
 
 use crate::{Nanos, PortDevice};
 use dispi::Dispi;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes in one plane.
 pub const PLANE_SIZE: usize = 64 * 1024;
@@ -99,6 +107,104 @@ pub struct Vga {
     changes: u64,
     /// The Bochs VBE interface and its memory.
     dispi: Dispi,
+    /// When each input of the picture last changed. Host bookkeeping, not guest state:
+    /// skipped so that snapshots and the record/replay digests (serde hashes) never
+    /// see it; a restored device gets fresh stamps and a new generation.
+    #[serde(skip)]
+    stamps: Stamps,
+}
+
+/// log2 of the plane addresses per change-tracking page: a write redraws the text row
+/// (160 addresses) or scan line (80 planar, 320 in mode 13h) it is in and seldom a
+/// neighbour, and a row checks a handful of pages.
+const VRAM_PAGE_SHIFT: u32 = 6;
+/// log2 of the dispi memory bytes per change-tracking page (a 1024x768x32 line).
+const DISPI_PAGE_SHIFT: u32 = 12;
+
+/// When each input of the picture was last written, as values of [`Vga::changes`], so
+/// that a [`Screen`] redraws only what was written after it last looked.
+struct Stamps {
+    /// Tells devices apart: a screen that last looked at another generation (another
+    /// device, or this one before a snapshot restore, which builds a new one) cannot
+    /// compare these stamps with what it saw and redraws everything.
+    generation: u64,
+    /// The last write to a register the whole picture depends on (mode, timing, start
+    /// address, cursor, palette, DAC, dispi geometry).
+    registers: u64,
+    /// Per page of plane addresses, per plane, the last write.
+    vram: Vec<[u64; 4]>,
+    /// Per page of dispi memory, the last write. Empty until the memory is first
+    /// written, like the memory itself; a missing stamp means "not since allocation",
+    /// and allocation happens in a register write or a restore, both full redraws.
+    dispi: Vec<u64>,
+}
+
+impl Default for Stamps {
+    fn default() -> Self {
+        // Only uniqueness matters: no picture depends on the value.
+        static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+        Stamps {
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            registers: 0,
+            vram: vec![[0; 4]; PLANE_SIZE >> VRAM_PAGE_SHIFT],
+            dispi: Vec::new(),
+        }
+    }
+}
+
+/// The pages (indices into a table of `count` pages of `1 << shift` bytes, wrapping)
+/// that bytes `first..=last` fall in, each at most once.
+fn pages(first: usize, last: usize, shift: u32, count: usize) -> impl Iterator<Item = usize> {
+    let (a, b) = (first >> shift, last.max(first) >> shift);
+    let n = (b - a + 1).min(count);
+    (a..a + n).map(move |p| p % count)
+}
+
+impl Stamps {
+    fn vram_written(&mut self, address: usize, planes: u8, when: u64) {
+        let page = &mut self.vram[(address % PLANE_SIZE) >> VRAM_PAGE_SHIFT];
+        for (p, stamp) in page.iter_mut().enumerate() {
+            if planes >> p & 1 != 0 {
+                *stamp = when;
+            }
+        }
+    }
+
+    fn dispi_written(&mut self, offset: usize, when: u64) {
+        if self.dispi.is_empty() {
+            self.dispi = vec![0; dispi::MEMORY_SIZE >> DISPI_PAGE_SHIFT];
+        }
+        self.dispi[(offset % dispi::MEMORY_SIZE) >> DISPI_PAGE_SHIFT] = when;
+    }
+
+    /// Whether plane addresses `first..=last` (wrapping at the plane size) of any of
+    /// `planes` were written after `since`.
+    fn vram_written_since(&self, first: usize, last: usize, planes: u8, since: u64) -> bool {
+        pages(first, last, VRAM_PAGE_SHIFT, self.vram.len()).any(|page| {
+            let stamps = &self.vram[page];
+            (0..4).any(|p| planes >> p & 1 != 0 && stamps[p] > since)
+        })
+    }
+
+    /// Whether dispi memory bytes `first..=last` (wrapping) were written after `since`.
+    fn dispi_written_since(&self, first: usize, last: usize, since: u64) -> bool {
+        !self.dispi.is_empty()
+            && pages(first, last, DISPI_PAGE_SHIFT, self.dispi.len())
+                .any(|page| self.dispi[page] > since)
+    }
+}
+
+/// How the current mode lays the picture out: its size in pixels and its rows, the
+/// units that are drawn and redrawn (character rows in text modes, scan lines in
+/// graphics modes), with the mode's sizes clamped as drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    mode: DisplayMode,
+    width: usize,
+    height: usize,
+    rows: usize,
+    /// Pixel lines per row.
+    row_height: usize,
 }
 
 impl Default for Vga {
@@ -133,6 +239,7 @@ impl Vga {
             latch: [0; 4],
             changes: 0,
             dispi: Dispi::default(),
+            stamps: Stamps::default(),
         }
     }
 
@@ -154,6 +261,7 @@ impl Vga {
     pub fn lfb_write(&mut self, offset: usize, v: u8) {
         self.dispi.lfb_write(offset, v);
         self.changes += 1;
+        self.stamps.dispi_written(offset, self.changes);
     }
 
     /// A plane byte (for tests and debugging).
@@ -217,50 +325,96 @@ impl Vga {
     fn write_port(&mut self, port: u16, v: u8) {
         let (crtc, status) = self.crtc_ports();
         self.changes += 1;
-        match port {
+        // Whether the write can alter the picture as a whole. Index registers and the
+        // registers that only steer CPU accesses (map mask, memory mode, write modes,
+        // bit mask...) do not, and drawing programs write those all the time.
+        let picture = match port {
             0x3C0 => {
-                if self.attr_data_next {
+                let data = self.attr_data_next;
+                self.attr_data_next = !data;
+                if data {
                     if let Some(r) = self.attr.get_mut((self.attr_index & 0x1F) as usize) {
                         *r = v;
                     }
+                    true
                 } else {
+                    // The palette address source bit blanks the screen.
+                    let blanking = (self.attr_index ^ v) & 0x20 != 0;
                     self.attr_index = v & 0x3F;
+                    blanking
                 }
-                self.attr_data_next = !self.attr_data_next;
             }
-            0x3C2 => self.misc = v,
-            0x3C4 => self.seq_index = v,
+            0x3C2 => {
+                self.misc = v;
+                true
+            }
+            0x3C4 => {
+                self.seq_index = v;
+                false
+            }
             0x3C5 => {
                 if let Some(r) = self.seq.get_mut(self.seq_index as usize) {
                     *r = v;
                 }
+                !matches!(self.seq_index, 2 | 4)
             }
-            0x3C6 => self.pel_mask = v,
+            0x3C6 => {
+                self.pel_mask = v;
+                true
+            }
             0x3C7 => {
                 self.dac_read_index = v;
                 self.dac_component = 0;
                 self.dac_read_mode = true;
+                false
             }
             0x3C8 => {
                 self.dac_write_index = v;
                 self.dac_component = 0;
                 self.dac_read_mode = false;
+                false
             }
             0x3C9 => {
                 self.dac[self.dac_write_index as usize][self.dac_component as usize] = v & 0x3F;
                 self.next_dac_component(false);
+                true
             }
-            0x3CE => self.gc_index = v,
-            0x3CF => {
-                if let Some(r) = self.gc.get_mut(self.gc_index as usize) {
+            0x3CE => {
+                self.gc_index = v;
+                false
+            }
+            0x3CF => match self.gc.get_mut(self.gc_index as usize) {
+                Some(r) => {
+                    // Of the graphics controller, the picture depends only on the
+                    // 256-colour shift mode (5) and the graphics/text bit (6).
+                    let shown = match self.gc_index {
+                        5 => 0x40,
+                        6 => 0x01,
+                        _ => 0,
+                    };
+                    let changed = (*r ^ v) & shown != 0;
                     *r = v;
+                    changed
                 }
+                None => false,
+            },
+            p if p == crtc => {
+                self.crtc_index = v;
+                false
             }
-            p if p == crtc => self.crtc_index = v,
-            p if p == crtc + 1 => self.write_crtc(v),
+            p if p == crtc + 1 => {
+                self.write_crtc(v);
+                true
+            }
             // Feature control is written where input status 1 is read.
-            p if p == status => self.feature = v,
-            _ => {}
+            p if p == status => {
+                self.feature = v;
+                false
+            }
+            _ => false,
+        };
+        if picture {
+            self.stamps.registers = self.changes;
         }
     }
 
@@ -425,6 +579,7 @@ impl Vga {
             }
         }
         self.changes += 1;
+        self.stamps.vram_written(address, planes, self.changes);
     }
 
     /// The four plane bytes a write produces, through the write mode, set/reset, data
@@ -560,34 +715,137 @@ impl Vga {
         now / (line_ns * lines)
     }
 
-    /// Draws what the monitor shows at virtual time `now` (blink phases depend on it).
-    pub fn render(&self, now: Nanos, frame: &mut Frame) {
+    /// Whether blinking characters and the text cursor are in their visible phase at
+    /// `now`: they blink every 16 and 8 frames.
+    fn blink_phases(&self, now: Nanos) -> (bool, bool) {
+        let frame_no = self.frame_number(now);
+        (
+            (frame_no / 16).is_multiple_of(2),
+            (frame_no / 8).is_multiple_of(2),
+        )
+    }
+
+    fn layout(&self) -> Layout {
         match self.mode() {
-            DisplayMode::Text { columns, rows } => self.render_text(now, columns, rows, frame),
+            DisplayMode::Text { columns, rows } => {
+                let (columns, rows) = (columns.min(256), rows.min(128));
+                let row_height = self.lines_per_row();
+                Layout {
+                    mode: DisplayMode::Text { columns, rows },
+                    width: columns * self.char_width(),
+                    height: rows * row_height,
+                    rows,
+                    row_height,
+                }
+            }
             DisplayMode::Graphics {
                 width,
                 height,
                 colours,
-            } => self.render_graphics(width, height, colours, frame),
-            DisplayMode::Linear { .. } => self.render_linear(frame),
+            } => {
+                let (width, height) = (width.min(2048), height.min(1536));
+                Layout {
+                    mode: DisplayMode::Graphics {
+                        width,
+                        height,
+                        colours,
+                    },
+                    width,
+                    height,
+                    rows: height,
+                    row_height: 1,
+                }
+            }
+            mode @ DisplayMode::Linear { width, height, .. } => Layout {
+                mode,
+                width,
+                height,
+                rows: height,
+                row_height: 1,
+            },
         }
     }
 
-    /// Draws the dispi interface's picture: 8 bpp through the DAC, the other depths
-    /// direct (15: x:5:5:5, 16: 5:6:5, 24: B G R bytes, 32: B G R x).
-    fn render_linear(&self, frame: &mut Frame) {
+    /// Draws what the monitor shows at virtual time `now` (blink phases depend on it),
+    /// all of it. [`Screen`] keeps a picture up to date redrawing only what changed.
+    pub fn render(&self, now: Nanos, frame: &mut Frame) {
+        let layout = self.layout();
+        frame.resize(layout.width, layout.height);
+        self.draw_rows(now, &layout, frame, 0..layout.rows);
+    }
+
+    /// Draws rows `rows` of `layout` into `frame`, which has the layout's size.
+    fn draw_rows(&self, now: Nanos, layout: &Layout, frame: &mut Frame, rows: Range<usize>) {
+        let lines = rows.start * layout.row_height..rows.end * layout.row_height;
+        match layout.mode {
+            DisplayMode::Linear { .. } => self.draw_linear(frame, rows),
+            _ if self.blanked() => {
+                frame.pixels[lines.start * layout.width..lines.end * layout.width].fill(0)
+            }
+            DisplayMode::Text { columns, .. } => self.draw_text(now, columns, frame, rows),
+            DisplayMode::Graphics { colours, .. } => self.draw_graphics(colours, frame, rows),
+        }
+    }
+
+    /// Whether memory that row `row` of `layout` shows was written after `since`
+    /// (text rows: their cells, not the font; see [`Vga::font_written_since`]).
+    fn row_written_since(&self, layout: &Layout, row: usize, since: u64) -> bool {
+        let (start, stride) = self.start_and_stride();
+        let shift = self.address_shift();
+        let first = start + row * stride;
+        match layout.mode {
+            DisplayMode::Text { columns, .. } => self.stamps.vram_written_since(
+                first << shift,
+                (first + columns - 1) << shift,
+                0b0011,
+                since,
+            ),
+            DisplayMode::Graphics { width, colours, .. } => {
+                let pixels_per_address = if colours == 256 { 4 } else { 8 };
+                let last = first + (width - 1) / pixels_per_address;
+                self.stamps
+                    .vram_written_since(first << shift, last << shift, 0b1111, since)
+            }
+            DisplayMode::Linear { width, bpp, .. } => {
+                let Some(g) = self.dispi.geometry() else {
+                    return true;
+                };
+                let first = g.start + row * g.stride;
+                let last = first + width * dispi::bytes_per_pixel(bpp) - 1;
+                self.stamps.dispi_written_since(first, last, since)
+            }
+        }
+    }
+
+    /// Whether the glyphs of the fonts that text mode `layout` uses (character maps A
+    /// and B in plane 2) were written after `since`.
+    fn font_written_since(&self, layout: &Layout, since: u64) -> bool {
+        let DisplayMode::Text { .. } = layout.mode else {
+            return false;
+        };
+        [self.font_base(0), self.font_base(8)]
+            .into_iter()
+            .any(|base| {
+                self.stamps
+                    .vram_written_since(base, base + 256 * 32 - 1, 0b0100, since)
+            })
+    }
+
+    /// Draws the dispi interface's scan lines `lines`: 8 bpp through the DAC, the other
+    /// depths direct (15: x:5:5:5, 16: 5:6:5, 24: B G R bytes, 32: B G R x).
+    fn draw_linear(&self, frame: &mut Frame, lines: Range<usize>) {
         let Some(g) = self.dispi.geometry() else {
             return;
         };
-        frame.resize(g.width, g.height);
         let mem = self.dispi.memory();
         if mem.is_empty() {
+            frame.pixels[lines.start * g.width..lines.end * g.width].fill(0);
             return;
         }
         let bytes = dispi::bytes_per_pixel(g.bpp);
         let expand5 = |c: u32| (c << 3) | (c >> 2);
         let expand6 = |c: u32| (c << 2) | (c >> 4);
-        for y in 0..g.height {
+        for y in lines {
             let row = g.start + y * g.stride;
             let out = &mut frame.pixels[y * g.width..][..g.width];
             for (x, px) in out.iter_mut().enumerate() {
@@ -632,29 +890,22 @@ impl Vga {
         (map & 3) * 0x4000 + (map >> 2) * 0x2000
     }
 
-    fn render_text(&self, now: Nanos, columns: usize, rows: usize, frame: &mut Frame) {
-        let columns = columns.min(256);
-        let rows = rows.min(128);
+    /// Draws character rows `rows` of a text mode `columns` wide.
+    fn draw_text(&self, now: Nanos, columns: usize, frame: &mut Frame, rows: Range<usize>) {
         let cw = self.char_width();
         let ch_height = self.char_height();
         let line_repeat = if self.crtc[9] & 0x80 != 0 { 2 } else { 1 };
         let cell_h = ch_height * line_repeat;
-        frame.resize(columns * cw, rows * cell_h);
-        if self.blanked() {
-            return;
-        }
         let (start, stride) = self.start_and_stride();
         let shift = self.address_shift();
         let blink_enabled = self.attr[0x10] & 8 != 0;
         let line_graphics = self.attr[0x10] & 4 != 0;
-        let frame_no = self.frame_number(now);
-        let blink_on = (frame_no / 16).is_multiple_of(2);
-        let cursor_on = (frame_no / 8).is_multiple_of(2);
+        let (blink_on, cursor_on) = self.blink_phases(now);
         let cursor_at = (self.crtc[0xE] as usize) << 8 | self.crtc[0xF] as usize;
         let cursor_start = self.crtc[0xA] as usize & 0x1F;
         let cursor_end = self.crtc[0xB] as usize & 0x1F;
         let cursor_shown = self.crtc[0xA] & 0x20 == 0 && cursor_on;
-        for row in 0..rows {
+        for row in rows {
             for col in 0..columns {
                 let counter = start + row * stride + col;
                 let cell = self.vram[(counter << shift) % PLANE_SIZE];
@@ -694,17 +945,13 @@ impl Vga {
         }
     }
 
-    fn render_graphics(&self, width: usize, height: usize, colours: u16, frame: &mut Frame) {
-        let width = width.min(2048);
-        let height = height.min(1536);
-        frame.resize(width, height);
-        if self.blanked() {
-            return;
-        }
+    /// Draws scan lines `lines` of a 16- or 256-colour graphics mode.
+    fn draw_graphics(&self, colours: u16, frame: &mut Frame, lines: Range<usize>) {
+        let width = frame.width;
         let (start, stride) = self.start_and_stride();
         let shift = self.address_shift();
         let plane_enable = self.attr[0x12] & 0xF;
-        for y in 0..height {
+        for y in lines {
             let row_counter = start + y * stride;
             let out = &mut frame.pixels[y * width..][..width];
             if colours == 256 {
@@ -743,6 +990,104 @@ impl Vga {
     }
 }
 
+/// A picture of a [`Vga`] kept up to date incrementally: each [`Screen::update`]
+/// redraws only the rows whose memory was written since the previous one, or everything
+/// when a register the whole picture depends on was written, the mode or blink phase
+/// changed, or the device is not the one last drawn (another device, or a snapshot
+/// restore). Afterwards [`Screen::frame`] equals what [`Vga::render`] draws at the same
+/// time.
+#[derive(Default)]
+pub struct Screen {
+    frame: Frame,
+    /// What the frame shows; None before the first update.
+    drawn: Option<Drawn>,
+    /// The pixel lines the last update redrew.
+    redrawn: Range<usize>,
+}
+
+/// What a [`Screen`]'s frame was drawn from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Drawn {
+    generation: u64,
+    /// [`Vga::changes`] then: later writes have later stamps.
+    changes: u64,
+    layout: Layout,
+    /// In text modes, the blink phases of characters and cursor.
+    phases: Option<(bool, bool)>,
+}
+
+impl Screen {
+    /// A screen that has drawn nothing yet: its first update draws everything.
+    pub fn new() -> Screen {
+        Screen::default()
+    }
+
+    /// Brings the picture up to date with `vga` at virtual time `now`. Returns whether
+    /// any pixel may have changed (the frame then needs showing again); false means the
+    /// frame is as it was.
+    pub fn update(&mut self, vga: &Vga, now: Nanos) -> bool {
+        let layout = vga.layout();
+        let phases = matches!(layout.mode, DisplayMode::Text { .. }).then(|| vga.blink_phases(now));
+        let current = Drawn {
+            generation: vga.stamps.generation,
+            changes: vga.changes,
+            layout,
+            phases,
+        };
+        let since = match self.drawn.replace(current) {
+            Some(last)
+                if last.generation == current.generation
+                    && last.layout == layout
+                    && last.phases == phases
+                    && last.changes <= vga.changes
+                    && vga.stamps.registers <= last.changes
+                    && !vga.font_written_since(&layout, last.changes) =>
+            {
+                last.changes
+            }
+            _ => {
+                vga.render(now, &mut self.frame);
+                self.redrawn = 0..self.frame.height;
+                return true;
+            }
+        };
+        self.redrawn = 0..0;
+        if since == vga.changes {
+            return false;
+        }
+        // Runs of written rows, each drawn in one call.
+        let mut row = 0;
+        while row < layout.rows {
+            if !vga.row_written_since(&layout, row, since) {
+                row += 1;
+                continue;
+            }
+            let first = row;
+            while row < layout.rows && vga.row_written_since(&layout, row, since) {
+                row += 1;
+            }
+            vga.draw_rows(now, &layout, &mut self.frame, first..row);
+            if self.redrawn.is_empty() {
+                self.redrawn.start = first * layout.row_height;
+            }
+            self.redrawn.end = row * layout.row_height;
+        }
+        !self.redrawn.is_empty()
+    }
+
+    /// The picture as of the last update (empty before the first).
+    pub fn frame(&self) -> &Frame {
+        &self.frame
+    }
+
+    /// The pixel lines the last update redrew, as one range from the first to the last
+    /// (all of them after a full redraw, none when it returned false): a window may
+    /// upload only these.
+    pub fn redrawn_lines(&self) -> Range<usize> {
+        self.redrawn.clone()
+    }
+}
+
 /// The VGA's PCI function, as QEMU's "std" VGA: 1234:1111, a display controller (class
 /// 0300h) whose BAR 0 is the 16 MiB prefetchable linear framebuffer, at `lfb_base` with
 /// memory decoding on from reset (a BIOS that does not assign BARs, like ours, leaves it
@@ -778,6 +1123,10 @@ impl PortDevice for Vga {
             dispi::INDEX_PORT => return self.dispi.write_index(value as u16),
             dispi::DATA_PORT | 0x1D0 => {
                 self.changes += 1;
+                // A bank switch moves only the CPU's window, not the picture.
+                if self.dispi.read_index() != dispi::INDEX_BANK {
+                    self.stamps.registers = self.changes;
+                }
                 return self.dispi.write_data(value as u16);
             }
             _ => {}
@@ -1066,21 +1415,39 @@ mod tests {
         assert!(f.pixels.iter().all(|&p| p == 0));
     }
 
+    /// From text mode to mode 13h: chain-4, 256-colour shift, doubleword CRTC, 320x200.
+    fn set_mode_13h(v: &mut Vga) {
+        seq(v, 1, 0x01);
+        seq(v, 4, 0x0E);
+        gc(v, 5, 0x40);
+        gc(v, 6, 0x05);
+        crtc(v, 0x01, 0x4F);
+        crtc(v, 0x09, 0x41);
+        crtc(v, 0x13, 0x28);
+        crtc(v, 0x14, 0x40);
+        crtc(v, 0x17, 0xA3);
+        attr(v, 0x10, 0x41);
+        out(v, 0x3C0, 0x20);
+    }
+
+    /// From mode 13h to a mode 12h style 640x480 planar 16-colour mode, byte mode.
+    fn set_mode_12h(v: &mut Vga) {
+        seq(v, 2, 0x0F);
+        seq(v, 4, 0x06);
+        gc(v, 5, 0x00);
+        crtc(v, 0x09, 0x40);
+        crtc(v, 0x12, 0xDF);
+        crtc(v, 0x07, 0x3E);
+        crtc(v, 0x14, 0x00);
+        crtc(v, 0x17, 0xE3);
+        attr(v, 0x10, 0x01);
+        out(v, 0x3C0, 0x20);
+    }
+
     #[test]
     fn mode_13h_and_planar_16_colour_rendering() {
         let mut v = text_mode();
-        // Mode 13h: chain-4, 256-colour shift, doubleword CRTC, 320x200.
-        seq(&mut v, 1, 0x01);
-        seq(&mut v, 4, 0x0E);
-        gc(&mut v, 5, 0x40);
-        gc(&mut v, 6, 0x05);
-        crtc(&mut v, 0x01, 0x4F);
-        crtc(&mut v, 0x09, 0x41);
-        crtc(&mut v, 0x13, 0x28);
-        crtc(&mut v, 0x14, 0x40);
-        crtc(&mut v, 0x17, 0xA3);
-        attr(&mut v, 0x10, 0x41);
-        out(&mut v, 0x3C0, 0x20);
+        set_mode_13h(&mut v);
         assert_eq!(
             v.mode(),
             DisplayMode::Graphics {
@@ -1095,16 +1462,7 @@ mod tests {
         assert_eq!(f.pixels[7 * 320 + 5], v.dac_rgb(42));
         assert_eq!(f.pixels[7 * 320 + 4], v.dac_rgb(0));
         // Mode 12h style: 640x480 planar, byte mode; pixel (9, 3) in colour 0Ah.
-        seq(&mut v, 2, 0x0F);
-        seq(&mut v, 4, 0x06);
-        gc(&mut v, 5, 0x00);
-        crtc(&mut v, 0x09, 0x40);
-        crtc(&mut v, 0x12, 0xDF);
-        crtc(&mut v, 0x07, 0x3E);
-        crtc(&mut v, 0x14, 0x00);
-        crtc(&mut v, 0x17, 0xE3);
-        attr(&mut v, 0x10, 0x01);
-        out(&mut v, 0x3C0, 0x20);
+        set_mode_12h(&mut v);
         assert_eq!(
             v.mode(),
             DisplayMode::Graphics {
@@ -1237,5 +1595,413 @@ mod tests {
         assert_eq!(v.plane_byte(0, 0), 0, "VGA planes untouched");
         dispi_set(&mut v, dispi::INDEX_ENABLE, 0);
         assert!(matches!(v.mode(), DisplayMode::Text { .. }));
+    }
+
+    /// A xorshift64 generator: the same pseudo-random guest on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn byte(&mut self) -> u8 {
+            self.next() as u8
+        }
+    }
+
+    /// Updates `screen` and checks its frame against a full render at the same time;
+    /// returns what the update returned.
+    fn update_and_compare(screen: &mut Screen, v: &Vga, now: Nanos, what: &str) -> bool {
+        let before = screen.frame().clone();
+        let changed = screen.update(v, now);
+        let mut full = Frame::default();
+        v.render(now, &mut full);
+        let f = screen.frame();
+        assert_eq!((f.width, f.height), (full.width, full.height), "{what}");
+        if let Some(i) = (0..full.pixels.len()).find(|&i| f.pixels[i] != full.pixels[i]) {
+            panic!(
+                "{what}: pixel ({}, {}) is {:06X}, a full render draws {:06X}",
+                i % full.width,
+                i / full.width,
+                f.pixels[i],
+                full.pixels[i]
+            );
+        }
+        if !changed {
+            assert!(before == *f, "{what}: false, yet the frame changed");
+        }
+        changed
+    }
+
+    /// Text mode with pseudo-random glyphs in all of plane 2 (every character map
+    /// select then shows something) and pseudo-random characters in every cell.
+    fn text_mode_with_font(rng: &mut Rng) -> Vga {
+        let mut v = text_mode();
+        write_font(&mut v, rng, 0, PLANE_SIZE as u64);
+        for i in 0..80 * 25 * 2 {
+            v.mem_write(0xB8000 + i, rng.byte());
+        }
+        v
+    }
+
+    /// Writes `count` random bytes of plane 2 from `at`, then returns to text mode. The
+    /// switches write only registers the picture does not depend on, so only the font
+    /// stamps tell a screen about the new glyphs.
+    fn write_font(v: &mut Vga, rng: &mut Rng, at: u64, count: u64) {
+        seq(v, 2, 0x04);
+        seq(v, 4, 0x06);
+        gc(v, 4, 0x02);
+        gc(v, 5, 0x00);
+        gc(v, 6, 0x04);
+        for i in 0..count {
+            v.mem_write(0xA0000 + (at + i) % 0x10000, rng.byte());
+        }
+        seq(v, 2, 0x03);
+        seq(v, 4, 0x02);
+        gc(v, 4, 0x00);
+        gc(v, 5, 0x10);
+        gc(v, 6, 0x0E);
+    }
+
+    #[test]
+    fn screen_follows_random_text_mode_writes() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut v = text_mode_with_font(&mut rng);
+        let (line_ns, lines) = v.timing();
+        let frame_ns = line_ns * lines;
+        let mut screen = Screen::new();
+        let mut now = 0;
+        assert!(update_and_compare(&mut screen, &v, now, "first"));
+        let mut partial = 0;
+        for step in 0..1500 {
+            match rng.below(100) {
+                0..=69 => v.mem_write(0xB8000 + rng.below(0x1400), rng.byte()),
+                70..=74 => {
+                    let at = (v.start_and_stride().0 as u64 + rng.below(2000)) as u16;
+                    crtc(&mut v, 0x0E, (at >> 8) as u8);
+                    crtc(&mut v, 0x0F, at as u8);
+                }
+                75..=76 => {
+                    let at = rng.below(400) as u16;
+                    crtc(&mut v, 0x0C, (at >> 8) as u8);
+                    crtc(&mut v, 0x0D, at as u8);
+                }
+                77..=80 => {
+                    // A glyph of a font in use.
+                    let at = v.font_base(rng.byte()) as u64 + rng.below(256) * 32;
+                    write_font(&mut v, &mut rng, at, 16);
+                }
+                81 => attr(&mut v, 0x10, 0x0C ^ (rng.byte() & 8)),
+                82 => {
+                    out(&mut v, 0x3C8, rng.byte());
+                    out(&mut v, 0x3C9, rng.byte());
+                }
+                83 => seq(&mut v, 3, rng.byte() & 0x3F),
+                _ => {}
+            }
+            if rng.below(5) == 0 {
+                now += rng.below(3 * frame_ns);
+                let before = screen.drawn.map(|d| d.changes);
+                update_and_compare(&mut screen, &v, now, &format!("text step {step}"));
+                partial += (screen.redrawn_lines().len() < screen.frame().height
+                    && before.is_some()) as u32;
+            }
+        }
+        assert!(partial > 50, "only {partial} partial updates");
+    }
+
+    #[test]
+    fn screen_follows_random_256_colour_writes() {
+        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        let mut v = text_mode();
+        set_mode_13h(&mut v);
+        let mut screen = Screen::new();
+        assert!(update_and_compare(&mut screen, &v, 0, "first"));
+        for step in 0..3000 {
+            match rng.below(100) {
+                0..=89 => v.mem_write(0xA0000 + rng.below(0x10000), rng.byte()),
+                90 => {
+                    out(&mut v, 0x3C8, rng.byte());
+                    out(&mut v, 0x3C9, rng.byte());
+                }
+                91 => {
+                    // Panning, by whole doublewords and lines.
+                    let at = rng.below(0x4000) as u16;
+                    crtc(&mut v, 0x0C, (at >> 8) as u8);
+                    crtc(&mut v, 0x0D, at as u8);
+                }
+                92 => {
+                    // Registers that steer only the CPU's writes.
+                    seq(&mut v, 2, rng.byte() & 0xF);
+                    gc(&mut v, 8, rng.byte());
+                }
+                _ => {}
+            }
+            if rng.below(20) == 0 {
+                update_and_compare(&mut screen, &v, step, &format!("13h step {step}"));
+            }
+        }
+    }
+
+    #[test]
+    fn screen_follows_random_planar_16_colour_writes() {
+        let mut rng = Rng(0x0DDB_A11C_AFE5_EED5);
+        let mut v = text_mode();
+        set_mode_13h(&mut v);
+        set_mode_12h(&mut v);
+        let mut screen = Screen::new();
+        assert!(update_and_compare(&mut screen, &v, 0, "first"));
+        for step in 0..3000 {
+            match rng.below(100) {
+                0..=79 => {
+                    let at = 0xA0000 + rng.below(0x10000);
+                    v.mem_read(at); // load the latches, as drawing code does
+                    v.mem_write(at, rng.byte());
+                }
+                80..=84 => gc(&mut v, 5, rng.byte() & 3),
+                85..=87 => gc(&mut v, 8, rng.byte()),
+                88 => {
+                    gc(&mut v, 0, rng.byte() & 0xF);
+                    gc(&mut v, 1, rng.byte() & 0xF);
+                }
+                89 => gc(&mut v, 3, rng.byte() & 0x1F),
+                90 => seq(&mut v, 2, rng.byte() & 0xF),
+                91 => attr(&mut v, rng.byte() & 0xF, rng.byte() & 0x3F),
+                92 => attr(&mut v, 0x12, rng.byte() & 0xF),
+                93 => out(&mut v, 0x3C0, 0x20),
+                _ => {}
+            }
+            if rng.below(20) == 0 {
+                update_and_compare(&mut screen, &v, step, &format!("planar step {step}"));
+            }
+        }
+    }
+
+    #[test]
+    fn screen_follows_random_dispi_writes() {
+        for bpp in [8u16, 16, 32] {
+            let mut rng = Rng(0xB0C5_0000 + bpp as u64);
+            let mut v = text_mode();
+            dispi_set(&mut v, dispi::INDEX_XRES, 320);
+            dispi_set(&mut v, dispi::INDEX_YRES, 200);
+            dispi_set(&mut v, dispi::INDEX_BPP, bpp);
+            let mut screen = Screen::new();
+            assert!(update_and_compare(&mut screen, &v, 0, "text first"));
+            dispi_set(
+                &mut v,
+                dispi::INDEX_ENABLE,
+                dispi::ENABLED | dispi::LFB_ENABLED,
+            );
+            assert!(update_and_compare(&mut screen, &v, 0, "enabled"));
+            let bytes = dispi::bytes_per_pixel(bpp) as u64;
+            for step in 0..3000 {
+                match rng.below(100) {
+                    0..=79 => {
+                        let at = rng.below(320 * 240 * bytes) as usize;
+                        v.lfb_write(at, rng.byte());
+                    }
+                    80..=86 => {
+                        dispi_set(&mut v, dispi::INDEX_BANK, rng.below(3) as u16);
+                        v.mem_write(0xA0000 + rng.below(0x10000), rng.byte());
+                    }
+                    87 => dispi_set(&mut v, dispi::INDEX_Y_OFFSET, rng.below(40) as u16),
+                    // Far enough down that the picture wraps round the memory.
+                    88 => dispi_set(&mut v, dispi::INDEX_Y_OFFSET, rng.next() as u16),
+                    89 => {
+                        // Near the end of memory, where a wrapped picture shows it.
+                        let at = dispi::MEMORY_SIZE - 1 - rng.below(0x10000) as usize;
+                        v.lfb_write(at, rng.byte());
+                    }
+                    90 => {
+                        out(&mut v, 0x3C8, rng.byte());
+                        out(&mut v, 0x3C9, rng.byte());
+                    }
+                    91 => dispi_set(&mut v, dispi::INDEX_VIRT_WIDTH, 320 + rng.below(64) as u16),
+                    _ => {}
+                }
+                if rng.below(20) == 0 {
+                    let what = format!("{bpp} bpp step {step}");
+                    update_and_compare(&mut screen, &v, step, &what);
+                }
+            }
+        }
+    }
+
+    /// Any register, any value, any memory: whatever the guest does, the screen
+    /// matches a full render (a register the picture depends on but that does not
+    /// bump the register stamp would show here).
+    #[test]
+    fn screen_follows_random_registers() {
+        let mut rng = Rng(0xC0FF_EE00_1234_5678);
+        let mut v = text_mode();
+        let mut screen = Screen::new();
+        let mut now = 0;
+        for round in 0..300 {
+            for _ in 0..8 {
+                let port = [
+                    0x3C0, 0x3C2, 0x3C4, 0x3C5, 0x3C6, 0x3C8, 0x3C9, 0x3CE, 0x3CF,
+                ][rng.below(9) as usize];
+                let port = match rng.below(4) {
+                    0 => 0x3D4,
+                    1 => 0x3D5,
+                    _ => port,
+                };
+                // Mostly small indices, so that real registers are hit.
+                let value = if matches!(port, 0x3C4 | 0x3CE | 0x3D4) {
+                    rng.below(0x1A) as u8
+                } else {
+                    rng.byte()
+                };
+                out(&mut v, port, value);
+            }
+            if rng.below(4) == 0 {
+                dispi_set(&mut v, dispi::INDEX_XRES, 8 + rng.below(200) as u16);
+                dispi_set(&mut v, dispi::INDEX_YRES, 8 + rng.below(200) as u16);
+                dispi_set(
+                    &mut v,
+                    dispi::INDEX_BPP,
+                    [8, 15, 16, 24, 32][rng.below(5) as usize],
+                );
+                dispi_set(&mut v, dispi::INDEX_ENABLE, rng.below(2) as u16);
+            }
+            for _ in 0..64 {
+                if rng.below(2) == 0 {
+                    v.mem_write(0xA0000 + rng.below(0x20000), rng.byte());
+                } else {
+                    v.lfb_write(rng.below(0x20000) as usize, rng.byte());
+                }
+            }
+            now += rng.below(50_000_000);
+            update_and_compare(&mut screen, &v, now, &format!("round {round}"));
+        }
+    }
+
+    #[test]
+    fn screen_without_writes_has_nothing_to_do() {
+        let mut v = text_mode();
+        set_mode_13h(&mut v);
+        let mut screen = Screen::new();
+        assert!(screen.update(&v, 0), "the first update draws");
+        assert!(!screen.update(&v, 0));
+        assert!(!screen.update(&v, 1_000_000_000), "no blinking in graphics");
+        assert_eq!(screen.redrawn_lines(), 0..0);
+        // Index registers and those that steer the CPU's writes only do not redraw.
+        seq(&mut v, 2, 0x03);
+        gc(&mut v, 8, 0x55);
+        gc(&mut v, 5, 0x42);
+        v.mem_read(0xA0000);
+        assert!(!update_and_compare(
+            &mut screen,
+            &v,
+            0,
+            "CPU-side registers"
+        ));
+    }
+
+    #[test]
+    fn one_write_redraws_its_line_only() {
+        let mut v = text_mode();
+        dispi_set(&mut v, dispi::INDEX_XRES, 1024);
+        dispi_set(&mut v, dispi::INDEX_YRES, 768);
+        dispi_set(&mut v, dispi::INDEX_BPP, 32);
+        dispi_set(
+            &mut v,
+            dispi::INDEX_ENABLE,
+            dispi::ENABLED | dispi::LFB_ENABLED,
+        );
+        let mut screen = Screen::new();
+        assert!(screen.update(&v, 0));
+        assert!(!screen.update(&v, 0));
+        v.lfb_write((100 * 1024 + 7) * 4 + 1, 0xFF);
+        assert!(update_and_compare(&mut screen, &v, 0, "one write"));
+        assert_eq!(screen.redrawn_lines(), 100..101);
+        assert_eq!(screen.frame().pixels[100 * 1024 + 7], 0x00FF00);
+        // Text: one cell write redraws its character row.
+        let mut v = text_mode();
+        let mut screen = Screen::new();
+        screen.update(&v, 0);
+        v.mem_write(0xB8000 + (3 * 80 + 5) * 2 + 1, 0x70);
+        assert!(update_and_compare(&mut screen, &v, 0, "one cell"));
+        let lines = screen.redrawn_lines();
+        assert!(lines.start <= 3 * 16 && lines.end >= 4 * 16, "{lines:?}");
+        assert!(
+            lines.len() <= 2 * 16,
+            "{lines:?}: the row and at most one neighbour"
+        );
+    }
+
+    /// A restored snapshot is a different device whose `changes` may equal what the
+    /// screen saw of the old one: the screen must redraw it whole.
+    #[test]
+    fn screen_redraws_a_restored_snapshot() {
+        let mut rng = Rng(77);
+        let mut v = text_mode_with_font(&mut rng);
+        let saved = serde_json::to_string(&v).unwrap();
+        let mut screen = Screen::new();
+        for i in 0..10 {
+            v.mem_write(0xB8000 + i * 2, b'X');
+        }
+        update_and_compare(&mut screen, &v, 0, "before the restore");
+        let mut restored: Vga = serde_json::from_str(&saved).unwrap();
+        while restored.changes() < v.changes() {
+            restored.mem_write(0xB8000 + 3000, b'Y');
+        }
+        assert_eq!(restored.changes(), v.changes());
+        assert!(update_and_compare(&mut screen, &restored, 0, "restored"));
+        // The stamps are no part of the state: equal guests serialize alike however
+        // their screens went.
+        let mut a = text_mode();
+        let mut b = text_mode();
+        a.mem_write(0xB8000, 1);
+        Screen::new().update(&a, 0);
+        b.mem_write(0xB8000, 1);
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            serde_json::to_string(&b).unwrap()
+        );
+    }
+
+    /// The cost of an update after one small write against a full render, at
+    /// 1024x768x32: `cargo test --release -p hospes-devices screen_timing -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore]
+    fn screen_timing() {
+        let mut v = text_mode();
+        dispi_set(&mut v, dispi::INDEX_XRES, 1024);
+        dispi_set(&mut v, dispi::INDEX_YRES, 768);
+        dispi_set(&mut v, dispi::INDEX_BPP, 32);
+        dispi_set(
+            &mut v,
+            dispi::INDEX_ENABLE,
+            dispi::ENABLED | dispi::LFB_ENABLED,
+        );
+        let mut screen = Screen::new();
+        screen.update(&v, 0);
+        let rounds = 200u32;
+        let t = std::time::Instant::now();
+        for i in 0..rounds {
+            v.lfb_write(i as usize * 4096 + 16, i as u8);
+            assert!(screen.update(&v, 0));
+        }
+        let incremental = t.elapsed() / rounds;
+        let t = std::time::Instant::now();
+        for _ in 0..rounds {
+            assert!(!screen.update(&v, 0));
+        }
+        let idle = t.elapsed() / rounds;
+        let mut f = Frame::default();
+        let t = std::time::Instant::now();
+        for _ in 0..rounds {
+            v.render(0, &mut f);
+        }
+        let full = t.elapsed() / rounds;
+        println!("1024x768x32: update after one write {incremental:?}, update without writes {idle:?}, full render {full:?}");
     }
 }
