@@ -681,3 +681,37 @@ fn state_vbe_program(a: &mut CodeAssembler, fail: CodeLabel) {
     a.cmp(ax, 0x004Fu32).unwrap();
     a.jne(fail).unwrap();
 }
+
+#[test]
+fn text_40x25_cells_are_twice_as_wide() {
+    let (out, shot) = run("text40x25", &|a: &mut CodeAssembler, _fail: CodeLabel| {
+        a.mov(ax, 0x0001u32).unwrap();
+        a.int(0x10).unwrap();
+        for byte in *b"Hi" {
+            a.mov(ax, 0x0E00u32 | byte as u32).unwrap();
+            a.mov(bx, 7u32).unwrap();
+            a.int(0x10).unwrap();
+        }
+    });
+    assert_eq!(out, "OK");
+    // 40 cells of 9 dots shown at half the dot clock: 18 pixels each, 720x400.
+    assert_eq!((shot.width, shot.height), (720, 400));
+    let font = hospes_bios::font::font_8x16();
+    const GREY: u32 = 0xAAAAAA;
+    for (col, glyph) in [(0, b'H'), (1, b'i')] {
+        for line in 0..16 {
+            let bits = font[glyph as usize * 16 + line];
+            for x in 0..18 {
+                let dot = x / 2;
+                let on = dot < 8 && bits >> (7 - dot) & 1 != 0;
+                let want = if on { GREY } else { 0 };
+                let got = shot.pixel(col * 18 + x, line);
+                assert_eq!(
+                    got, want,
+                    "cell {col} {:?} line {line} x {x}",
+                    glyph as char
+                );
+            }
+        }
+    }
+}

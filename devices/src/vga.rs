@@ -732,7 +732,7 @@ impl Vga {
                 let row_height = self.lines_per_row();
                 Layout {
                     mode: DisplayMode::Text { columns, rows },
-                    width: columns * self.char_width(),
+                    width: columns * self.char_width() * self.dot_repeat(),
                     height: rows * row_height,
                     rows,
                     row_height,
@@ -877,6 +877,16 @@ impl Vga {
         }
     }
 
+    /// Pixels each dot is shown as across: 2 with the dot clock halved (sequencer
+    /// clocking mode bit 3, the 40-column text modes: 40 cells as wide as 80).
+    fn dot_repeat(&self) -> usize {
+        if self.seq[1] & 0x08 != 0 {
+            2
+        } else {
+            1
+        }
+    }
+
     /// Offset in plane 2 of the font a character uses: character map select A applies
     /// to attributes with bit 3 set, map B to the others.
     fn font_base(&self, attr: u8) -> usize {
@@ -893,6 +903,8 @@ impl Vga {
     /// Draws character rows `rows` of a text mode `columns` wide.
     fn draw_text(&self, now: Nanos, columns: usize, frame: &mut Frame, rows: Range<usize>) {
         let cw = self.char_width();
+        let repeat = self.dot_repeat();
+        let cell_w = cw * repeat;
         let ch_height = self.char_height();
         let line_repeat = if self.crtc[9] & 0x80 != 0 { 2 } else { 1 };
         let cell_h = ch_height * line_repeat;
@@ -930,8 +942,9 @@ impl Vga {
                     let ninth = cw == 9 && line_graphics && (0xC0..=0xDF).contains(&ch);
                     for rep in 0..line_repeat {
                         let y = row * cell_h + line * line_repeat + rep;
-                        let out = &mut frame.pixels[y * frame.width + col * cw..][..cw];
-                        for (x, px) in out.iter_mut().enumerate() {
+                        let out = &mut frame.pixels[y * frame.width + col * cell_w..][..cell_w];
+                        for (i, px) in out.iter_mut().enumerate() {
+                            let x = i / repeat;
                             let on = if x < 8 {
                                 bits >> (7 - x) & 1 != 0
                             } else {
@@ -1088,12 +1101,17 @@ impl Screen {
     }
 }
 
+/// The VGA's PCI vendor and device: QEMU's "std" VGA, which VGA BIOSes and Linux's
+/// bochs driver know.
+pub const PCI_ID: (u16, u16) = (0x1234, 0x1111);
+
 /// The VGA's PCI function, as QEMU's "std" VGA: 1234:1111, a display controller (class
 /// 0300h) whose BAR 0 is the 16 MiB prefetchable linear framebuffer, at `lfb_base` with
 /// memory decoding on from reset (a BIOS that does not assign BARs, like ours, leaves it
 /// there; a guest may move it).
 pub fn pci_config_space(lfb_base: u32) -> crate::pci::ConfigSpace {
-    let mut space = crate::pci::ConfigSpace::new(0x1234, 0x1111, 0x03_00_00, 0x02, 0x00);
+    let (vendor, device) = PCI_ID;
+    let mut space = crate::pci::ConfigSpace::new(vendor, device, 0x03_00_00, 0x02, 0x00);
     space.set_u16(0x04, 0x0003); // I/O and memory space
     space.set_writable(0x04, 0x0003, 2);
     let size = dispi::MEMORY_SIZE as u32;

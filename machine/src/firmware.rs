@@ -109,7 +109,8 @@ pub fn fw_cfg(ram_size: u64, vga_bios: Option<Vec<u8>>) -> FwCfg {
     cfg.set_item(fw_cfg::KEY_NB_CPUS, 1u16.to_le_bytes().to_vec());
     cfg.set_item(fw_cfg::KEY_MAX_CPUS, 1u16.to_le_bytes().to_vec());
     if let Some(rom) = vga_bios {
-        if let Err(e) = cfg.add_file("pci1234,1111.rom", rom) {
+        let (vendor, device) = hospes_devices::vga::PCI_ID;
+        if let Err(e) = cfg.add_file(&format!("pci{vendor:04x},{device:04x}.rom"), rom) {
             log::warn!("{e}");
         }
     }
