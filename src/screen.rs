@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 pub enum Display {
     /// Headless: the screen is kept but not shown.
     None,
-    /// A window showing the screen, with the keyboard going to the guest.
+    /// A window showing the screen, with the keyboard (and the mouse, once grabbed by a
+    /// click) going to the guest.
     Window,
 }
 

@@ -525,6 +525,19 @@ impl Machine {
         self.pending.push(Input::Key { make, pressed });
     }
 
+    /// The host mouse moved by `dx`, `dy` (positive right and up) and its wheel by `dz`
+    /// (positive towards the user), with `buttons` held (bit 0 left, 1 right, 2 middle).
+    /// It reaches the guest's PS/2 mouse when the machine next runs, as packets if the
+    /// guest has enabled reporting (nothing otherwise, as a real mouse).
+    pub fn mouse_event(&mut self, dx: i32, dy: i32, dz: i32, buttons: u8) {
+        self.pending.push(Input::Mouse {
+            dx,
+            dy,
+            dz,
+            buttons,
+        });
+    }
+
     /// Bytes typed on the serial console (COM1). They reach the guest when the machine
     /// next runs.
     pub fn serial_input(&mut self, bytes: &[u8]) {
@@ -535,6 +548,12 @@ impl Machine {
         match input {
             Input::Serial(bytes) => self.board.devices.uarts[0].push_input(&bytes),
             Input::Key { make, pressed } => self.board.devices.kbc.key_set2(make, pressed),
+            Input::Mouse {
+                dx,
+                dy,
+                dz,
+                buttons,
+            } => self.board.devices.kbc.mouse_event(dx, dy, dz, buttons),
             Input::Frame(frame) => {
                 if let Some(nic) = &mut self.board.devices.nic {
                     self.net
@@ -555,6 +574,11 @@ impl Machine {
     /// Draws the screen as the monitor would show it now.
     pub fn render_screen(&self, frame: &mut hospes_devices::vga::Frame) {
         self.board.devices.vga.render(self.now(), frame);
+    }
+
+    /// What the display is showing: its text or graphics mode and size.
+    pub fn display_mode(&self) -> hospes_devices::vga::DisplayMode {
+        self.board.devices.vga.mode()
     }
 
     /// The text-mode screen as lines of text (code page 437 bytes outside printable

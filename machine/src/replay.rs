@@ -12,6 +12,11 @@
 //! length (u64) and the snapshot file's bytes, then one zlib stream of entries, each a
 //! length (u32) and an [`Entry`] in postcard. The stream is flushed after every entry,
 //! so a recording cut short (hospes killed) replays up to its last whole entry.
+//!
+//! A new kind of [`Input`] goes at the end of the enum and needs no new version: the
+//! entries of older recordings decode as before, and a whole entry this hospes cannot
+//! decode (an input a newer one added) is refused by name, not replayed as if the
+//! recording ended there.
 
 use crate::snapshot::{self, put, take, Snapshot};
 use crate::{Journal, Machine, MachineError, Stop};
@@ -42,6 +47,16 @@ pub enum Input {
     Key { make: u16, pressed: bool },
     /// An Ethernet frame for the network card.
     Frame(Vec<u8>),
+    /// The PS/2 mouse moved (`dy` positive upwards, `dz` positive for the wheel turned
+    /// towards the user) or its buttons changed (bit 0 left, 1 right, 2 middle).
+    /// (Variants are encoded by their index: new ones go last, so recordings made
+    /// before them still read the same.)
+    Mouse {
+        dx: i32,
+        dy: i32,
+        dz: i32,
+        buttons: u8,
+    },
 }
 
 /// The machine's state in brief, to tell a replay that went another way.
@@ -254,6 +269,13 @@ impl Player {
         // Up to the end mark, or where the file was cut (the replay says which).
         let mut entries = Vec::new();
         while let Some(entry) = read_entry(&mut z) {
+            // Whole but unknown: an input added to [`Input`] since this hospes was built.
+            let entry = entry.map_err(|e| {
+                MachineError(format!(
+                    "{name}: entry {} of the recording does not decode (made by a newer hospes?): {e}",
+                    entries.len() + 1
+                ))
+            })?;
             let end = matches!(entry, Entry::End(_));
             entries.push(entry);
             if end {
@@ -290,8 +312,9 @@ impl Player {
     }
 }
 
-/// The next entry of a recording's stream; None at its end, or where it was cut.
-fn read_entry(z: &mut impl Read) -> Option<Entry> {
+/// The next entry of a recording's stream; None at its end, or where it was cut; an
+/// error for an entry there whole that does not decode.
+fn read_entry(z: &mut impl Read) -> Option<Result<Entry, String>> {
     let mut len = [0u8; 4];
     z.read_exact(&mut len).ok()?;
     let len = u32::from_le_bytes(len) as usize;
@@ -300,7 +323,7 @@ fn read_entry(z: &mut impl Read) -> Option<Entry> {
     }
     let mut bytes = vec![0u8; len];
     z.read_exact(&mut bytes).ok()?;
-    take(&mut &bytes[..]).ok()
+    Some(take(&mut &bytes[..]))
 }
 
 /// Outside input, recording and replaying: the machine's side.
@@ -527,6 +550,118 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// COM1's output, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("capture").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn take(&self) -> Vec<u8> {
+            std::mem::take(&mut *self.0.lock().expect("capture"))
+        }
+    }
+
+    /// A machine past its POST running a program that enables the PS/2 mouse through
+    /// the i8042 and copies every byte the controller gives to COM1 (and to 0600h on),
+    /// with interrupts off, so only the program reads port 60h.
+    fn mouse_reading_machine(serial: Captured) -> Machine {
+        let mut m = crate::testing::machine();
+        assert_eq!(m.run(Some(50_000_000)), Stop::HaltedForever);
+        m.serial_out = Box::new(serial);
+        let program = [
+            0xB0, 0xA8, 0xE6, 0x64, // mov al, A8h; out 64h, al (aux port on)
+            0xB0, 0xD4, 0xE6, 0x64, // mov al, D4h; out 64h, al (next byte to the mouse)
+            0xB0, 0xF4, 0xE6, 0x60, // mov al, F4h; out 60h, al (enable reporting)
+            0xBF, 0x00, 0x06, // mov di, 0600h
+            0xE4, 0x64, // poll: in al, 64h
+            0xA8, 0x01, // test al, 1
+            0x74, 0xFA, // jz poll
+            0xE4, 0x60, // in al, 60h
+            0x88, 0x05, // mov [di], al
+            0x47, // inc di
+            0xBA, 0xF8, 0x03, // mov dx, 3F8h
+            0xEE, // out dx, al
+            0xEB, 0xEF, // jmp poll
+        ];
+        m.cpu.write_phys(0x7C00, &program);
+        let s = &mut m.cpu.state;
+        s.seg[hospes_cpu::state::CS] = hospes_cpu::state::Segment::real(0, s.seg[0].attr);
+        s.rip = 0x7C00;
+        s.halted = false;
+        m
+    }
+
+    #[test]
+    fn an_entry_of_an_unknown_kind_is_refused_not_taken_for_the_end() {
+        let m = crate::testing::machine();
+        let path = std::env::temp_dir().join(format!("hospes-newer-{}.rec", std::process::id()));
+        let mut r =
+            Recorder::create(&path, &m.snapshot_for_file().expect("snapshot")).expect("create");
+        r.write(&Entry::Input(1, Input::Serial(b"x".to_vec())))
+            .expect("write");
+        // An entry of a kind after End, as a newer hospes could write.
+        r.out.write_all(&1u32.to_le_bytes()).expect("write");
+        r.out.write_all(&[3]).expect("write");
+        r.finish(2).expect("finish");
+        let error = Player::open(&path).err().expect("refused").to_string();
+        assert!(
+            error.contains("entry 2 of the recording does not decode"),
+            "{error}"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn mouse_input_reaches_the_guest_and_replays_the_same() {
+        let serial = Captured::default();
+        let mut m = mouse_reading_machine(serial.clone());
+        let step = |m: &mut Machine| {
+            let to = m.cpu.state.icount + 1_000_000;
+            assert_eq!(m.run(Some(to)), Stop::InstructionLimit);
+        };
+        step(&mut m);
+        assert_eq!(serial.take(), [0xFA], "the mouse acknowledges F4h");
+        let path = std::env::temp_dir().join(format!("hospes-mouse-{}.rec", std::process::id()));
+        m.record(&path).expect("record");
+        m.mouse_event(5, -3, 0, 1);
+        step(&mut m);
+        m.mouse_event(-2, 4, 0, 0);
+        step(&mut m);
+        m.mouse_event(0, 0, 0, 2);
+        step(&mut m);
+        m.finish_recording().expect("finish");
+        let live = serial.take();
+        // Left button, 5 right, 3 down; 2 left, 4 up, released; right button alone.
+        assert_eq!(
+            live,
+            [0x29, 5, 0xFD, 0x18, 0xFE, 4, 0x0A, 0, 0],
+            "{live:02x?}"
+        );
+
+        let replayed = Captured::default();
+        let mut r =
+            Machine::replay(&path, Tier::Interp, Box::new(replayed.clone())).expect("replay");
+        assert_eq!(r.run(None), Stop::ReplayEnded);
+        let report = r.replay_report().unwrap_or_default().to_string();
+        assert!(report.contains("as recorded: 3 inputs fed"), "{report}");
+        assert_eq!(replayed.take(), live);
+        assert_eq!(r.cpu.state, m.cpu.state);
+        for n in 0..MEMORY_SLICES {
+            assert_eq!(r.digest(n), m.digest(n), "slice {n}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn the_hash_sees_every_byte_and_its_place() {
