@@ -75,7 +75,7 @@ pub fn run(
                 }
             },
         },
-        Display::Window => window::run(machine, limit, how.title, how.linger)?,
+        Display::Window => window::run(machine, limit, how.title, how.linger, monitor)?,
     };
     if let Some(path) = &args.screenshot_on_exit {
         let mut frame = Frame::default();

@@ -14,8 +14,9 @@
 //! minifb only hears of the pointer inside its window), and a click with the pointer
 //! outside the window goes to whatever is there.
 
-use crate::screen::Ended;
-use hospes_devices::vga::{DisplayMode, Frame};
+use crate::monitor::Monitor;
+use crate::screen::{run_slice, Ended};
+use hospes_devices::vga::{DisplayMode, Frame, Screen};
 use hospes_machine::{Machine, Stop};
 use minifb::{InputCallback, Key, MouseButton, MouseMode, Scale, ScaleMode, Window, WindowOptions};
 use std::cell::RefCell;
@@ -23,9 +24,6 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Instructions the machine runs between looks at the window and the clock (1 ms of
-/// guest time).
-const SLICE: u64 = 1_000_000;
 /// How often the window is redrawn.
 const FRAME_INTERVAL: Duration = Duration::from_millis(16);
 /// How far the guest may run ahead of the wall clock before it waits.
@@ -51,9 +49,12 @@ pub fn run(
     limit: Option<u64>,
     title: &str,
     linger: bool,
+    monitor: Option<&Monitor>,
 ) -> Result<Ended, String> {
-    let mut frame = Frame::default();
-    machine.render_screen(&mut frame);
+    // Kept up to date by redrawing only what the guest changed.
+    let mut screen = Screen::new();
+    machine.update_screen(&mut screen);
+    let (width, height) = (screen.frame().width, screen.frame().height);
     let options = WindowOptions {
         resize: true,
         scale: Scale::X2,
@@ -61,13 +62,8 @@ pub fn run(
         ..WindowOptions::default()
     };
     let mut shown_title = window_title(title, machine.display_mode(), false, None);
-    let mut window = Window::new(
-        &shown_title,
-        frame.width.max(320),
-        frame.height.max(200),
-        options,
-    )
-    .map_err(|e| format!("cannot open a window ({e}); use --display none"))?;
+    let mut window = Window::new(&shown_title, width.max(320), height.max(200), options)
+        .map_err(|e| format!("cannot open a window ({e}); use --display none"))?;
     let keys = KeyEvents::default();
     window.set_input_callback(Box::new(keys.clone()));
 
@@ -89,25 +85,26 @@ pub fn run(
                 wall_start = Instant::now();
                 guest_start = machine.now();
             }
-            let icount = machine.cpu.state.icount;
-            let mut target = icount + SLICE;
-            if let Some(l) = limit {
-                target = target.min(l);
+            if let Some(stop) = run_slice(machine, limit) {
+                break stop;
             }
-            match machine.run(Some(target)) {
-                Stop::InstructionLimit if limit.is_none_or(|l| machine.cpu.state.icount < l) => {}
-                stop => break stop,
-            }
+        }
+        if monitor.is_some_and(|m| m.serve(machine)) {
+            return Ok(Ended::Closed);
         }
         if last_draw.is_none_or(|t| t.elapsed() >= FRAME_INTERVAL) {
             last_draw = Some(Instant::now());
-            machine.render_screen(&mut frame);
-            show(&mut window, &frame)?;
+            if machine.update_screen(&mut screen) {
+                show(&mut window, screen.frame())?;
+            } else {
+                // Nothing new to draw; the window still hears its events.
+                window.update();
+            }
             let was_grabbed = controls.grabbed;
             for (key, pressed) in keys.0.borrow_mut().drain(..) {
                 controls.key(key, pressed, &mut to_guest);
             }
-            controls.pointer(&pointer_sample(&window, &frame), &mut to_guest);
+            controls.pointer(&pointer_sample(&window, screen.frame()), &mut to_guest);
             send(machine, &mut to_guest);
             if controls.grabbed != was_grabbed {
                 window.set_cursor_visibility(!controls.grabbed);
@@ -119,7 +116,8 @@ pub fn run(
             }
         }
     };
-    machine.render_screen(&mut frame);
+    machine.update_screen(&mut screen);
+    let frame = screen.frame();
     if controls.grabbed {
         // The guest is done with the mouse: the host pointer comes back.
         window.set_cursor_visibility(true);
@@ -132,7 +130,7 @@ pub fn run(
     if linger {
         keys.0.borrow_mut().clear();
         while window.is_open() {
-            show(&mut window, &frame)?;
+            show(&mut window, frame)?;
             if keys
                 .0
                 .borrow_mut()
@@ -144,22 +142,13 @@ pub fn run(
             std::thread::sleep(FRAME_INTERVAL);
         }
     } else {
-        show(&mut window, &frame)?;
+        show(&mut window, frame)?;
     }
     Ok(Ended::Guest(stop))
 }
 
 /// `hospes: <title> — <mode>`, then whether the mouse is grabbed or how the guest ended.
 fn window_title(title: &str, mode: DisplayMode, grabbed: bool, ended: Option<Stop>) -> String {
-    let mode = match mode {
-        DisplayMode::Text { columns, rows } => format!("{columns}x{rows} text"),
-        DisplayMode::Graphics {
-            width,
-            height,
-            colours,
-        } => format!("{width}x{height}, {colours} colours"),
-        DisplayMode::Linear { width, height, bpp } => format!("{width}x{height}x{bpp}"),
-    };
     let mut out = format!("hospes: {title} \u{2014} {mode}");
     if grabbed {
         out.push_str(" \u{2014} mouse grabbed (Ctrl+Alt+G releases)");
@@ -392,112 +381,117 @@ fn show(window: &mut Window, frame: &Frame) -> Result<(), String> {
         .map_err(|e| format!("cannot draw the window: {e}"))
 }
 
-/// The PS/2 scan code set 2 make code of a host key (E0xxh for extended keys).
+/// The PS/2 scan code set 2 make code of a host key (E0xxh for extended keys), through
+/// its name in the machine's key table (QEMU's names, as the monitor's sendkey uses).
 fn set2_make_code(key: Key) -> Option<u16> {
+    hospes_machine::keys::set2_code(key_name(key)?)
+}
+
+fn key_name(key: Key) -> Option<&'static str> {
     use Key::*;
     Some(match key {
-        Escape => 0x76,
-        F1 => 0x05,
-        F2 => 0x06,
-        F3 => 0x04,
-        F4 => 0x0C,
-        F5 => 0x03,
-        F6 => 0x0B,
-        F7 => 0x83,
-        F8 => 0x0A,
-        F9 => 0x01,
-        F10 => 0x09,
-        F11 => 0x78,
-        F12 => 0x07,
-        Backquote => 0x0E,
-        Key1 => 0x16,
-        Key2 => 0x1E,
-        Key3 => 0x26,
-        Key4 => 0x25,
-        Key5 => 0x2E,
-        Key6 => 0x36,
-        Key7 => 0x3D,
-        Key8 => 0x3E,
-        Key9 => 0x46,
-        Key0 => 0x45,
-        Minus => 0x4E,
-        Equal => 0x55,
-        Backspace => 0x66,
-        Tab => 0x0D,
-        Q => 0x15,
-        W => 0x1D,
-        E => 0x24,
-        R => 0x2D,
-        T => 0x2C,
-        Y => 0x35,
-        U => 0x3C,
-        I => 0x43,
-        O => 0x44,
-        P => 0x4D,
-        LeftBracket => 0x54,
-        RightBracket => 0x5B,
-        Backslash => 0x5D,
-        CapsLock => 0x58,
-        A => 0x1C,
-        S => 0x1B,
-        D => 0x23,
-        F => 0x2B,
-        G => 0x34,
-        H => 0x33,
-        J => 0x3B,
-        K => 0x42,
-        L => 0x4B,
-        Semicolon => 0x4C,
-        Apostrophe => 0x52,
-        Enter => 0x5A,
-        LeftShift => 0x12,
-        Z => 0x1A,
-        X => 0x22,
-        C => 0x21,
-        V => 0x2A,
-        B => 0x32,
-        N => 0x31,
-        M => 0x3A,
-        Comma => 0x41,
-        Period => 0x49,
-        Slash => 0x4A,
-        RightShift => 0x59,
-        LeftCtrl => 0x14,
-        LeftSuper => 0xE01F,
-        LeftAlt => 0x11,
-        Space => 0x29,
-        RightAlt => 0xE011,
-        RightSuper => 0xE027,
-        Menu => 0xE02F,
-        RightCtrl => 0xE014,
-        Insert => 0xE070,
-        Home => 0xE06C,
-        PageUp => 0xE07D,
-        Delete => 0xE071,
-        End => 0xE069,
-        PageDown => 0xE07A,
-        Up => 0xE075,
-        Left => 0xE06B,
-        Down => 0xE072,
-        Right => 0xE074,
-        NumLock => 0x77,
-        NumPadSlash => 0xE04A,
-        NumPadAsterisk => 0x7C,
-        NumPadMinus => 0x7B,
-        NumPad7 => 0x6C,
-        NumPad8 => 0x75,
-        NumPad9 => 0x7D,
-        NumPadPlus => 0x79,
-        NumPad4 => 0x6B,
-        NumPad5 => 0x73,
-        NumPad6 => 0x74,
-        NumPad1 => 0x69,
-        NumPad2 => 0x72,
-        NumPad3 => 0x7A,
-        NumPad0 => 0x70,
-        NumPadDot => 0x71,
-        NumPadEnter => 0xE05A,
-        ScrollLock => 0x7E,
+        Escape => "esc",
+        F1 => "f1",
+        F2 => "f2",
+        F3 => "f3",
+        F4 => "f4",
+        F5 => "f5",
+        F6 => "f6",
+        F7 => "f7",
+        F8 => "f8",
+        F9 => "f9",
+        F10 => "f10",
+        F11 => "f11",
+        F12 => "f12",
+        Backquote => "grave_accent",
+        Key1 => "1",
+        Key2 => "2",
+        Key3 => "3",
+        Key4 => "4",
+        Key5 => "5",
+        Key6 => "6",
+        Key7 => "7",
+        Key8 => "8",
+        Key9 => "9",
+        Key0 => "0",
+        Minus => "minus",
+        Equal => "equal",
+        Backspace => "backspace",
+        Tab => "tab",
+        Q => "q",
+        W => "w",
+        E => "e",
+        R => "r",
+        T => "t",
+        Y => "y",
+        U => "u",
+        I => "i",
+        O => "o",
+        P => "p",
+        LeftBracket => "bracket_left",
+        RightBracket => "bracket_right",
+        Backslash => "backslash",
+        CapsLock => "caps_lock",
+        A => "a",
+        S => "s",
+        D => "d",
+        F => "f",
+        G => "g",
+        H => "h",
+        J => "j",
+        K => "k",
+        L => "l",
+        Semicolon => "semicolon",
+        Apostrophe => "apostrophe",
+        Enter => "ret",
+        LeftShift => "shift",
+        Z => "z",
+        X => "x",
+        C => "c",
+        V => "v",
+        B => "b",
+        N => "n",
+        M => "m",
+        Comma => "comma",
+        Period => "dot",
+        Slash => "slash",
+        RightShift => "shift_r",
+        LeftCtrl => "ctrl",
+        LeftSuper => "meta_l",
+        LeftAlt => "alt",
+        Space => "spc",
+        RightAlt => "alt_r",
+        RightSuper => "meta_r",
+        Menu => "menu",
+        RightCtrl => "ctrl_r",
+        Insert => "insert",
+        Home => "home",
+        PageUp => "pgup",
+        Delete => "delete",
+        End => "end",
+        PageDown => "pgdn",
+        Up => "up",
+        Left => "left",
+        Down => "down",
+        Right => "right",
+        NumLock => "num_lock",
+        NumPadSlash => "kp_divide",
+        NumPadAsterisk => "kp_multiply",
+        NumPadMinus => "kp_subtract",
+        NumPad7 => "kp_7",
+        NumPad8 => "kp_8",
+        NumPad9 => "kp_9",
+        NumPadPlus => "kp_add",
+        NumPad4 => "kp_4",
+        NumPad5 => "kp_5",
+        NumPad6 => "kp_6",
+        NumPad1 => "kp_1",
+        NumPad2 => "kp_2",
+        NumPad3 => "kp_3",
+        NumPad0 => "kp_0",
+        NumPadDot => "kp_decimal",
+        NumPadEnter => "kp_enter",
+        ScrollLock => "scroll_lock",
         _ => return None,
     })
 }

@@ -176,12 +176,15 @@ fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("hospes-window-{}-{name}", std::process::id()))
 }
 
+/// hospes in a window on `xvfb`, with a monitor on the Unix socket `shot` + ".sock".
 fn run_in_window(xvfb: &Xvfb, floppy: &Path, shot: &Path) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hospes"))
         .args(["run", "--display", "window", "--fda"])
         .arg(floppy)
         .arg("--screen-text-on-exit")
         .arg(shot)
+        .arg("--monitor")
+        .arg(format!("unix:{}.sock", shot.display()))
         .env("DISPLAY", &xvfb.display)
         .env_remove("WAYLAND_DISPLAY")
         .stdin(Stdio::null())
@@ -242,6 +245,14 @@ fn keys_typed_in_the_window_reach_the_guest() {
     // No window manager: the keyboard goes to the window under the pointer.
     xvfb.xdotool(&["mousemove", "--window", &window, "40", "40"]);
     xvfb.xdotool(&["type", "--delay", "40", "hello 42"]);
+    // The monitor works beside the window: its screendump shows the 80x25 text screen.
+    let png = temp_path("screen.png");
+    let reply = monitor_command(
+        &PathBuf::from(format!("{}.sock", screen.display())),
+        &format!("screendump {}", png.display()),
+    );
+    assert!(reply.contains("720x400"), "{reply}");
+    assert!(png.is_file());
     xvfb.xdotool(&["key", "Return"]);
     let got = wait_for(&lines, "got: ", &mut seen);
     let status = exit_status(&mut child);
@@ -253,6 +264,30 @@ fn keys_typed_in_the_window_reach_the_guest() {
     assert!(text.contains("hello 42"), "{text}");
     let _ = std::fs::remove_file(&floppy);
     let _ = std::fs::remove_file(&screen);
+    let _ = std::fs::remove_file(&png);
+}
+
+/// One command on a monitor socket: what it answered.
+fn monitor_command(socket: &Path, command: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("monitor socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    writeln!(stream, "{command}").unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8];
+    // The banner's prompt, then the answer's.
+    while got.windows(9).filter(|w| w == b"(hospes) ").count() < 2 {
+        match stream.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            other => panic!(
+                "monitor: {other:?} after {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// A floppy boot sector: enables the PS/2 mouse through the i8042's ports (interrupts

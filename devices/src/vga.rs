@@ -75,6 +75,22 @@ pub enum DisplayMode {
     },
 }
 
+/// As a window title or the monitor's `info` says it: `80x25 text`, `640x480, 16
+/// colours`, `1024x768x32`.
+impl std::fmt::Display for DisplayMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match *self {
+            DisplayMode::Text { columns, rows } => write!(f, "{columns}x{rows} text"),
+            DisplayMode::Graphics {
+                width,
+                height,
+                colours,
+            } => write!(f, "{width}x{height}, {colours} colours"),
+            DisplayMode::Linear { width, height, bpp } => write!(f, "{width}x{height}x{bpp}"),
+        }
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Vga {
     misc: u8,

@@ -576,6 +576,12 @@ impl Machine {
         self.board.devices.vga.render(self.now(), frame);
     }
 
+    /// Brings `screen` up to date, redrawing only what changed since its last update;
+    /// false when nothing did.
+    pub fn update_screen(&self, screen: &mut hospes_devices::vga::Screen) -> bool {
+        screen.update(&self.board.devices.vga, self.now())
+    }
+
     /// What the display is showing: its text or graphics mode and size.
     pub fn display_mode(&self) -> hospes_devices::vga::DisplayMode {
         self.board.devices.vga.mode()

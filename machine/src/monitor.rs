@@ -4,7 +4,7 @@
 //! and it does so through the recorded input like a key typed in the window.
 
 use crate::Machine;
-use hospes_devices::vga::{DisplayMode, Frame};
+use hospes_devices::vga::Frame;
 use std::path::Path;
 
 /// What a command answered.
@@ -95,17 +95,7 @@ pub fn execute(machine: &mut Machine, line: &str) -> Reply {
 }
 
 fn info(machine: &Machine) -> String {
-    let screen = match machine.board.devices.vga.mode() {
-        DisplayMode::Text { columns, rows } => format!("{columns}x{rows} text"),
-        DisplayMode::Graphics {
-            width,
-            height,
-            colours,
-        } => format!("{width}x{height} graphics, {colours} colours"),
-        DisplayMode::Linear { width, height, bpp } => {
-            format!("{width}x{height}x{bpp} linear framebuffer")
-        }
-    };
+    let screen = machine.display_mode();
     format!(
         "icount {}, virtual time {:.3} s, screen {screen}\n{}",
         machine.cpu.state.icount,
