@@ -269,6 +269,13 @@ impl Vga {
         &self.dispi
     }
 
+    /// The dispi memory a snapshot's copy goes into (see [`Dispi::memory_to_restore`]).
+    /// The picture is drawn anew after it: a restored device is a new generation.
+    pub fn video_memory_to_restore(&mut self, allocated: bool) -> &mut [u8] {
+        self.stamps = Stamps::default();
+        self.dispi.memory_to_restore(allocated)
+    }
+
     /// A byte of the linear framebuffer (the PCI BAR), `offset` from its start.
     pub fn lfb_read(&self, offset: usize) -> u8 {
         self.dispi.lfb_read(offset)

@@ -448,6 +448,10 @@ impl Board {
             ("PCI bus", hash(&d.pci.save())),
             ("IDE channels", hash(&d.ide)),
             ("VGA", hash(&d.vga)),
+            (
+                "video memory",
+                crate::replay::hash_bytes(d.vga.dispi().memory()),
+            ),
             ("network card", hash(&d.nic)),
             (
                 "chipset",

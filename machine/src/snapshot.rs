@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub const MAGIC: &[u8; 16] = b"HOSPES SNAPSHOT\n";
 /// The layout of the state. Bump it whenever a saved structure changes (the test
 /// `snapshot_format_is_versioned` notices): older files are then refused, clearly.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 const PAGE: usize = hospes_cpu::mem::PAGE_SIZE as usize;
 /// A page of zeros to compare with (a slice comparison is a memcmp).
@@ -110,15 +110,16 @@ pub struct Snapshot {
     pub(crate) bios: Arc<[u8]>,
     /// Host memory page by page; None for a page of zeros.
     pub(crate) pages: Vec<Page>,
+    /// The VGA's dispi (VBE) memory the same way; empty if the guest never used it.
+    pub(crate) video_pages: Vec<Page>,
     /// Each disk image's size and CRC-32 when the snapshot was written to a file (None
     /// for a snapshot that never left memory).
     pub(crate) disk_sums: Option<Vec<(u64, u32)>>,
 }
 
 impl Snapshot {
-    /// Takes `memory` page by page, sharing the pages that `previous` holds unchanged.
-    pub(crate) fn pages_of(memory: &[u8], previous: Option<&Snapshot>) -> Vec<Page> {
-        let old = previous.map(|p| &p.pages[..]).unwrap_or(&[]);
+    /// Takes `memory` page by page, sharing the pages that `old` holds unchanged.
+    pub(crate) fn pages_of(memory: &[u8], old: &[Page]) -> Vec<Page> {
         memory
             .chunks(PAGE)
             .enumerate()
@@ -134,10 +135,10 @@ impl Snapshot {
             .collect()
     }
 
-    /// Copies the pages into `memory` (of the same size). Pages that already hold the
+    /// Copies `pages` into `memory` (of the same size). Pages that already hold the
     /// right bytes are not written: a page of guest RAM never written stays unallocated.
-    pub(crate) fn copy_pages_to(&self, memory: &mut [u8]) {
-        for (page, saved) in memory.chunks_mut(PAGE).zip(&self.pages) {
+    pub(crate) fn copy_pages(pages: &[Page], memory: &mut [u8]) {
+        for (page, saved) in memory.chunks_mut(PAGE).zip(pages) {
             match saved {
                 Some(bytes) if page != &bytes[..] => page.copy_from_slice(bytes),
                 None if page != ZEROS => page.fill(0),
@@ -202,16 +203,10 @@ impl Snapshot {
                 .map_err(fail)?;
             z.write_all(part).map_err(fail)?;
         }
-        let mut present = vec![0u8; self.pages.len().div_ceil(8)];
-        for (i, p) in self.pages.iter().enumerate() {
-            if p.is_some() {
-                present[i / 8] |= 1 << (i % 8);
-            }
-        }
-        z.write_all(&present).map_err(fail)?;
-        for page in self.pages.iter().flatten() {
-            z.write_all(page).map_err(fail)?;
-        }
+        write_pages(&mut z, &self.pages).map_err(fail)?;
+        z.write_all(&(self.video_pages.len() as u32).to_le_bytes())
+            .map_err(fail)?;
+        write_pages(&mut z, &self.video_pages).map_err(fail)?;
         z.finish().map_err(fail)?.flush().map_err(fail)
     }
 
@@ -259,19 +254,14 @@ impl Snapshot {
         if shape.host_len % PAGE != 0 || shape.host_len > 4 << 30 {
             return Err(bad("a memory size out of range"));
         }
-        let count = shape.host_len / PAGE;
-        let mut present = vec![0u8; count.div_ceil(8)];
-        z.read_exact(&mut present).map_err(broken)?;
-        let mut pages = Vec::with_capacity(count);
-        for i in 0..count {
-            if present[i / 8] & (1 << (i % 8)) == 0 {
-                pages.push(None);
-                continue;
-            }
-            let mut page = vec![0u8; PAGE];
-            z.read_exact(&mut page).map_err(broken)?;
-            pages.push(Some(Arc::from(page)));
+        let pages = read_pages(&mut z, shape.host_len / PAGE).map_err(broken)?;
+        let mut video_count = [0u8; 4];
+        z.read_exact(&mut video_count).map_err(broken)?;
+        let video_count = u32::from_le_bytes(video_count) as usize;
+        if video_count != 0 && video_count != VIDEO_PAGES {
+            return Err(bad("a video memory size out of range"));
         }
+        let video_pages = read_pages(&mut z, video_count).map_err(broken)?;
         // The stream must end here, with its checksum intact.
         let mut rest = Vec::new();
         z.read_to_end(&mut rest).map_err(broken)?;
@@ -284,9 +274,45 @@ impl Snapshot {
             state,
             bios,
             pages,
+            video_pages,
             disk_sums: Some(sums),
         })
     }
+}
+
+/// Pages of a dispi (VBE) memory.
+const VIDEO_PAGES: usize = hospes_devices::vga::dispi::MEMORY_SIZE / PAGE;
+
+/// Writes pages as a bitmap of the present ones, then those pages.
+fn write_pages(out: &mut impl Write, pages: &[Page]) -> std::io::Result<()> {
+    let mut present = vec![0u8; pages.len().div_ceil(8)];
+    for (i, p) in pages.iter().enumerate() {
+        if p.is_some() {
+            present[i / 8] |= 1 << (i % 8);
+        }
+    }
+    out.write_all(&present)?;
+    for page in pages.iter().flatten() {
+        out.write_all(page)?;
+    }
+    Ok(())
+}
+
+/// Reads `count` pages as [`write_pages`] wrote them.
+fn read_pages(input: &mut impl Read, count: usize) -> std::io::Result<Vec<Page>> {
+    let mut present = vec![0u8; count.div_ceil(8)];
+    input.read_exact(&mut present)?;
+    let mut pages = Vec::with_capacity(count);
+    for i in 0..count {
+        if present[i / 8] & (1 << (i % 8)) == 0 {
+            pages.push(None);
+            continue;
+        }
+        let mut page = vec![0u8; PAGE];
+        input.read_exact(&mut page)?;
+        pages.push(Some(Arc::from(page)));
+    }
+    Ok(pages)
 }
 
 /// Snapshots: the machine's side.
@@ -329,7 +355,14 @@ impl Machine {
             },
             state,
             bios,
-            pages: Snapshot::pages_of(self.cpu.mem.host_bytes(), previous),
+            pages: Snapshot::pages_of(
+                self.cpu.mem.host_bytes(),
+                previous.map_or(&[], |p| &p.pages[..]),
+            ),
+            video_pages: Snapshot::pages_of(
+                self.board.devices.vga.dispi().memory(),
+                previous.map_or(&[], |p| &p.video_pages[..]),
+            ),
             disk_sums: None,
         })
     }
@@ -392,7 +425,9 @@ impl Machine {
         if !input.is_empty() {
             return Err(bad("trailing bytes".into()));
         }
-        snap.copy_pages_to(self.cpu.mem.host_bytes_mut());
+        Snapshot::copy_pages(&snap.pages, self.cpu.mem.host_bytes_mut());
+        let video = (self.board.devices.vga).video_memory_to_restore(!snap.video_pages.is_empty());
+        Snapshot::copy_pages(&snap.video_pages, video);
         self.cpu.state = state;
         self.cpu.flush_tlb();
         self.flush_code();
@@ -450,6 +485,50 @@ mod tests {
             .write_to(&mut bytes)
             .expect("write");
         bytes
+    }
+
+    #[test]
+    fn video_memory_is_kept_page_by_page() {
+        let mut m = counting_machine();
+        let before = m.snapshot(None).expect("snapshot");
+        assert!(before.video_pages.is_empty(), "never used, not kept");
+        // The guest draws in its VBE memory (the framebuffer BAR's bytes).
+        let vga = &mut m.board.devices.vga;
+        vga.lfb_write(0x10_0000, 0x5A);
+        vga.lfb_write(0xFF_FFFF, 0xA5);
+        let drawn = m.snapshot(Some(&before)).expect("snapshot");
+        assert_eq!(drawn.video_pages.iter().flatten().count(), 2);
+        assert!(
+            drawn.state.len() < before.state.len() + 4096,
+            "not in the device state"
+        );
+        m.board.devices.vga.lfb_write(0x10_0001, 0x77);
+        let later = m.snapshot(Some(&drawn)).expect("snapshot");
+        let shared = |a: &Snapshot, b: &Snapshot| {
+            a.video_pages
+                .iter()
+                .zip(&b.video_pages)
+                .filter(|(x, y)| matches!((x, y), (Some(x), Some(y)) if Arc::ptr_eq(x, y)))
+                .count()
+        };
+        assert_eq!(shared(&later, &drawn), 1, "the unchanged page is shared");
+        // Back in memory, and through a file.
+        m.restore(&drawn).expect("restore");
+        assert_eq!(m.board.devices.vga.lfb_read(0x10_0001), 0);
+        assert_eq!(m.board.devices.vga.lfb_read(0xFF_FFFF), 0xA5);
+        let digest = m.digest(0);
+        let bytes = file_of(&m);
+        let copy = Machine::from_snapshot(
+            &Snapshot::read_from(&bytes[..]).expect("read back"),
+            Tier::Interp,
+            Box::new(std::io::sink()),
+        )
+        .expect("restore");
+        assert_eq!(copy.board.devices.vga.lfb_read(0x10_0000), 0x5A);
+        assert_eq!(copy.digest(0), digest);
+        m.restore(&before).expect("restore");
+        assert!(m.board.devices.vga.dispi().memory().is_empty());
+        assert_ne!(m.digest(0), digest, "the digest covers the video memory");
     }
 
     #[test]
