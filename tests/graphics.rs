@@ -715,3 +715,35 @@ fn text_40x25_cells_are_twice_as_wide() {
         }
     }
 }
+
+#[test]
+fn vbe_8_bit_dac() {
+    let (out, shot) = run("dac8", &|a: &mut CodeAssembler, fail: CodeLabel| {
+        vbe_setup(a, 0x101, 8, fail);
+        // 4F08h: 8 bits wide, and it says so.
+        a.mov(ax, 0x4F08u32).unwrap();
+        a.mov(bx, 0x0800u32).unwrap();
+        a.int(0x10).unwrap();
+        a.cmp(ax, 0x004Fu32).unwrap();
+        a.jne(fail).unwrap();
+        a.mov(ax, 0x4F08u32).unwrap();
+        a.mov(bx, 0x0001u32).unwrap();
+        a.int(0x10).unwrap();
+        a.cmp(bh, 8u32).unwrap();
+        a.jne(fail).unwrap();
+        // 4F09h: entry 5 = 81h, 42h, C3h (B G R x at 0000:0700).
+        a.mov(dword_ptr(0x700u32), 0x0081_42C3u32).unwrap();
+        a.mov(ax, 0x4F09u32).unwrap();
+        a.xor(bx, bx).unwrap();
+        a.mov(cx, 1u32).unwrap();
+        a.mov(dx, 5u32).unwrap();
+        a.mov(di, 0x700u32).unwrap();
+        a.int(0x10).unwrap();
+        a.cmp(ax, 0x004Fu32).unwrap();
+        a.jne(fail).unwrap();
+        unreal(a);
+        a.mov(byte_ptr(esi + 3 * 640 + 7), 5u32).unwrap();
+    });
+    assert_eq!(out, "OK");
+    assert_eq!(shot.pixel(7, 3), 0x8142C3, "all 8 bits of each colour");
+}

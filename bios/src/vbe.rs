@@ -10,7 +10,7 @@
 //! AH=1Ch keeps them, and the dispi registers as the "SVGA state"),
 //! 05h bank window (64 KiB granularity, window A only; 034Fh in a mode set with
 //! the linear framebuffer, as SeaVGABIOS does too), 06h logical scan line length,
-//! 07h display start, 08h DAC format (6 bits, fixed), 09h palette data, 0Ah the
+//! 07h display start, 08h DAC format (6 or 8 bits), 09h palette data, 0Ah the
 //! protected-mode interface: real 32-bit code in the ROM (see
 //! [`protected_mode_interface`]), since a protected-mode caller cannot reach the BIOS's
 //! emulator calls (it may even copy the code elsewhere).
@@ -34,6 +34,7 @@ const X_OFFSET: u16 = 8;
 const Y_OFFSET: u16 = 9;
 const ENABLED: u16 = 0x01;
 const LFB_ENABLED: u16 = 0x40;
+const DAC_8BIT: u16 = 0x20;
 const NOCLEARMEM: u16 = 0x80;
 
 /// Video memory, in 64 KiB units.
@@ -126,7 +127,7 @@ pub fn controller_info(vbe2: bool, segment: u16, offset: u16) -> Vec<u8> {
         |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
     b[0..4].copy_from_slice(b"VESA");
     put16(&mut b, 4, 0x0200);
-    put32(&mut b, 10, 0); // capabilities: 6-bit DAC, VGA compatible
+    put32(&mut b, 10, 1); // capabilities: DAC switchable to 8 bits, VGA compatible
     put32(&mut b, 14, far(MODE_LIST_OFFSET));
     put16(&mut b, 18, MEMORY_64K);
     let mut at = MODE_LIST_OFFSET;
@@ -321,7 +322,7 @@ fn protected_mode_interface() -> Result<Vec<u8>, iced_x86::IcedError> {
     a.jmp(failed)?;
 
     // 4F09h: BL = 00h or 80h (set the primary palette), CX entries from DX, each
-    // blue, green, red, unused (6-bit values: the DAC is 6 bits wide) at ES:EDI.
+    // blue, green, red, unused (in the DAC's width, 4F08h) at ES:EDI.
     a.set_label(&mut palette)?;
     a.cmp(bl, 0x80)?;
     a.je(palette_set)?;
@@ -486,9 +487,19 @@ impl Bios {
                 }
                 _ => FAILED,
             },
+            // DAC width: BL=0 set BH bits (8 or more gives 8, less 6), BL=1 get.
             0x08 => match r.bl() {
                 0x00 | 0x01 => {
-                    r.set_bh(6);
+                    let mut enable = dispi_read(p, ENABLE);
+                    if r.bl() == 0 {
+                        enable = if r.bh() >= 8 {
+                            enable | DAC_8BIT
+                        } else {
+                            enable & !DAC_8BIT
+                        };
+                        dispi_write(p, ENABLE, enable | NOCLEARMEM);
+                    }
+                    r.set_bh(if enable & DAC_8BIT != 0 { 8 } else { 6 });
                     SUCCESS
                 }
                 _ => FAILED,
@@ -629,7 +640,8 @@ fn palette_data(r: &mut Regs, p: &mut dyn Platform, es_di: u32) -> u16 {
             for i in 0..count {
                 let at = es_di + 4 * i;
                 for c in [r.rd8(at + 2), r.rd8(at + 1), r.rd8(at)] {
-                    p.port_write(0x3C9, 1, c as u32 & 0x3F);
+                    // The DAC keeps as many bits as its width (4F08h).
+                    p.port_write(0x3C9, 1, c as u32);
                 }
             }
             SUCCESS

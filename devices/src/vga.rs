@@ -106,7 +106,7 @@ pub struct Vga {
     attr: [u8; ATTR_REGS],
     /// The attribute controller's flip-flop: true when the next write to 3C0h is data.
     attr_data_next: bool,
-    /// 6-bit red, green, blue per DAC entry.
+    /// Red, green, blue per DAC entry: 6 bits, or 8 with the dispi DAC_8BIT flag.
     #[serde(with = "serde_big_array::BigArray")]
     dac: [[u8; 3]; 256],
     dac_write_index: u8,
@@ -398,7 +398,8 @@ impl Vga {
                 false
             }
             0x3C9 => {
-                self.dac[self.dac_write_index as usize][self.dac_component as usize] = v & 0x3F;
+                let v = if self.dispi.dac_8bit() { v } else { v & 0x3F };
+                self.dac[self.dac_write_index as usize][self.dac_component as usize] = v;
                 self.next_dac_component(false);
                 true
             }
@@ -713,9 +714,13 @@ impl Vga {
         self.seq[1] & 0x20 != 0 || self.attr_index & 0x20 == 0
     }
 
-    /// The RGB colour of DAC entry `index` (after the pixel mask).
+    /// The RGB colour of DAC entry `index` (after the pixel mask): 6-bit values
+    /// widened, or 8-bit ones as they are.
     fn dac_rgb(&self, index: u8) -> u32 {
         let [r, g, b] = self.dac[(index & self.pel_mask) as usize];
+        if self.dispi.dac_8bit() {
+            return (r as u32) << 16 | (g as u32) << 8 | b as u32;
+        }
         let wide = |c: u8| ((c << 2) | (c >> 4)) as u32;
         wide(r) << 16 | wide(g) << 8 | wide(b)
     }

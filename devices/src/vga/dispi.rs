@@ -109,6 +109,11 @@ impl Dispi {
         self.enable & ENABLED != 0
     }
 
+    /// The DAC takes and gives 8 bits per colour, not the VGA's 6 (VBE 4F08h).
+    pub fn dac_8bit(&self) -> bool {
+        self.enable & DAC_8BIT != 0
+    }
+
     pub fn read_index(&self) -> u16 {
         self.index
     }
