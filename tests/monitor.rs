@@ -185,6 +185,51 @@ fn quit_ends_a_run_and_the_exit_captures_are_written() {
     let _ = std::fs::remove_file(&text);
 }
 
+/// The virtual time `info` reports, in seconds.
+fn virtual_seconds(console: &mut Console) -> f64 {
+    let info = console.command("info");
+    let at = info.find("virtual time ").expect("virtual time") + "virtual time ".len();
+    info[at..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("seconds")
+}
+
+#[test]
+fn an_idle_guest_waiting_for_typed_input_keeps_to_the_wall_clock() {
+    // With COM1 on an open stdin, the guest's idle time is paced: waiting for keys,
+    // its clock (the BIOS tick) runs no faster than the host's.
+    let floppy = key_echo_floppy("paced.img", true);
+    let socket = temp_path("paced.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hospes"))
+        .args(["run", "--display", "none", "--fda"])
+        .arg(&floppy)
+        .arg("--monitor")
+        .arg(format!("unix:{}", socket.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run hospes");
+    let mut console = Console::connect(&socket);
+    let start = virtual_seconds(&mut console);
+    std::thread::sleep(Duration::from_secs(1));
+    let waited = virtual_seconds(&mut console) - start;
+    // Unpaced, the halted guest would leap through minutes in that second.
+    assert!((0.2..5.0).contains(&waited), "{waited} s of guest time");
+    drop(child.stdin.take());
+    // Its stdin closed, nothing more can be typed: the idle guest is not paced now.
+    std::thread::sleep(Duration::from_millis(200));
+    let start = virtual_seconds(&mut console);
+    std::thread::sleep(Duration::from_secs(1));
+    let raced = virtual_seconds(&mut console) - start;
+    assert!(raced > 20.0, "{raced} s of guest time");
+    writeln!(console.writer, "quit").unwrap();
+    assert!(wait(&mut child).success());
+    let _ = std::fs::remove_file(&floppy);
+}
+
 #[test]
 fn bad_monitor_options_are_one_line_errors() {
     let floppy = key_echo_floppy("bad.img", false);

@@ -407,15 +407,18 @@ impl Machine {
                         wake = wake.min(at);
                     }
                     let halted_at = self.cpu.state.icount;
-                    if self.net.has_backend() && self.is_live() {
-                        // Frames answer in wall time: idle no faster than it, and wake
-                        // early when one comes.
+                    let outside = self.net.has_backend() || self.serial_in.is_some();
+                    if outside && self.is_live() {
+                        // Frames answer, and people type, in wall time: idle no faster
+                        // than it (a guest waiting at a prompt does not race its clock
+                        // and the host's CPU), and wake early when input comes.
                         let (net, pending) = (&mut self.net, &mut self.pending);
+                        let serial = &mut self.serial_in;
                         wake = self.pacer.idle(halted_at, wake, || {
                             let frames = net.receive();
                             let came = !frames.is_empty();
                             pending.extend(frames.into_iter().map(Input::Frame));
-                            came
+                            take_serial_input(serial, pending) || came
                         });
                     }
                     self.cpu.state.icount = halted_at.max(wake);
@@ -508,14 +511,7 @@ impl Machine {
     }
 
     fn poll_serial_input(&mut self) {
-        let Some(rx) = &self.serial_in else { return };
-        let mut got = Vec::new();
-        while let Ok(bytes) = rx.try_recv() {
-            got.extend_from_slice(&bytes);
-        }
-        if !got.is_empty() {
-            self.pending.push(Input::Serial(got));
-        }
+        take_serial_input(&mut self.serial_in, &mut self.pending);
     }
 
     /// A key pressed or released on the host keyboard, as its set-2 make code (E0xxh for
@@ -608,6 +604,33 @@ impl Machine {
             })
             .collect()
     }
+}
+
+/// Moves what came on the serial input channel into `pending`; true if anything did.
+/// At the end of the input (the host's stdin closed) the channel is dropped, so an
+/// idle guest is no longer paced waiting for it.
+fn take_serial_input(
+    channel: &mut Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    pending: &mut Vec<Input>,
+) -> bool {
+    use std::sync::mpsc::TryRecvError;
+    let Some(rx) = channel else { return false };
+    let mut got = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(bytes) => got.extend_from_slice(&bytes),
+            Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Disconnected) => {
+                *channel = None;
+                break;
+            }
+        }
+    }
+    if got.is_empty() {
+        return false;
+    }
+    pending.push(Input::Serial(got));
+    true
 }
 
 /// Small machines for the unit tests of snapshots, replay and the debugger.
