@@ -57,6 +57,8 @@ pub struct Monitor {
 
 const BANNER: &str = "hospes monitor: type help for the commands\n";
 const PROMPT: &str = "(hospes) ";
+/// The longest command line read at once.
+const MAX_LINE: u64 = 4096;
 
 impl Monitor {
     /// Opens the console (a socket is bound now, so a taken port fails before the run)
@@ -75,30 +77,12 @@ impl Monitor {
                 let listener = std::os::unix::net::UnixListener::bind(path)
                     .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
                 socket_path = Some(path.clone());
-                std::thread::spawn(move || {
-                    for stream in listener.incoming().map_while(Result::ok) {
-                        let Ok(reader) = stream.try_clone() else {
-                            continue;
-                        };
-                        if !serve_connection(BufReader::new(reader), stream, &tx) {
-                            break;
-                        }
-                    }
-                });
+                std::thread::spawn(move || serve_each(listener.incoming(), |s| s.try_clone(), &tx));
             }
             MonitorSpec::Tcp(addr) => {
                 let listener = std::net::TcpListener::bind(addr)
                     .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-                std::thread::spawn(move || {
-                    for stream in listener.incoming().map_while(Result::ok) {
-                        let Ok(reader) = stream.try_clone() else {
-                            continue;
-                        };
-                        if !serve_connection(BufReader::new(reader), stream, &tx) {
-                            break;
-                        }
-                    }
-                });
+                std::thread::spawn(move || serve_each(listener.incoming(), |s| s.try_clone(), &tx));
             }
         }
         Ok(Monitor {
@@ -142,9 +126,25 @@ fn remove_stale_socket(path: &std::path::Path) -> Result<(), String> {
     }
 }
 
+/// Serves the connections a listener accepts, one after the other, until the run ends.
+fn serve_each<S: std::io::Read + Write>(
+    incoming: impl Iterator<Item = std::io::Result<S>>,
+    try_clone: impl Fn(&S) -> std::io::Result<S>,
+    requests: &Sender<Request>,
+) {
+    for stream in incoming.map_while(Result::ok) {
+        let Ok(reader) = try_clone(&stream) else {
+            continue;
+        };
+        if !serve_connection(BufReader::new(reader), stream, requests) {
+            break;
+        }
+    }
+}
+
 /// Serves one console until it closes; false once the run has ended (nobody answers).
 fn serve_connection(
-    input: impl BufRead,
+    mut input: impl BufRead,
     mut output: impl Write,
     requests: &Sender<Request>,
 ) -> bool {
@@ -155,8 +155,15 @@ fn serve_connection(
     {
         return true;
     }
-    for line in input.lines() {
-        let Ok(line) = line else { return true };
+    loop {
+        // A line is read up to a bound: an endless one costs no more memory than that
+        // (its pieces come as unknown commands).
+        let mut line = String::new();
+        match std::io::Read::take(&mut input, MAX_LINE).read_line(&mut line) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
         let (answer, reply) = mpsc::channel();
         if requests.send(Request { line, answer }).is_err() {
             return false;
@@ -182,7 +189,6 @@ fn serve_connection(
             return false;
         }
     }
-    true
 }
 
 #[cfg(test)]

@@ -138,14 +138,23 @@ fn echo_program() -> Vec<u8> {
     a.jmp(print).unwrap();
     a.set_label(&mut end).unwrap();
     a.ret().unwrap();
-    let mut sector = a.assemble(0x7C00).unwrap();
+    boot_floppy(
+        a.assemble(0x7C00).unwrap(),
+        &[
+            (READY, b"ready\r\n\0"),
+            (GOT, b"got: \0"),
+            (NEWLINE, b"\r\n\0"),
+        ],
+    )
+}
+
+/// A 1.44 MB floppy booting `code` (assembled for 0000:7C00, at most 180h bytes), with
+/// NUL-terminated messages at their addresses after it.
+fn boot_floppy(code: Vec<u8>, messages: &[(u32, &[u8])]) -> Vec<u8> {
+    let mut sector = code;
     assert!(sector.len() <= 0x180, "the code overlaps the messages");
     sector.resize(512, 0);
-    for (at, text) in [
-        (READY, &b"ready\r\n\0"[..]),
-        (GOT, b"got: \0"),
-        (NEWLINE, b"\r\n\0"),
-    ] {
+    for &(at, text) in messages {
         let at = (at - 0x7C00) as usize;
         sector[at..at + text.len()].copy_from_slice(text);
     }
@@ -441,21 +450,14 @@ fn mouse_program() -> Vec<u8> {
     a.pop(dx).unwrap();
     a.pop(ax).unwrap();
     a.ret().unwrap();
-    let mut sector = a.assemble(0x7C00).unwrap();
-    assert!(sector.len() <= 0x180, "the code overlaps the messages");
-    sector.resize(512, 0);
-    for (at, text) in [
-        (READY, &b"ready\r\n\0"[..]),
-        (OK, b"mouse ok\r\n\0"),
-        (BAD_ACK, b"bad ack\r\n\0"),
-    ] {
-        let at = (at - 0x7C00) as usize;
-        sector[at..at + text.len()].copy_from_slice(text);
-    }
-    sector[510] = 0x55;
-    sector[511] = 0xAA;
-    sector.resize(1_474_560, 0);
-    sector
+    boot_floppy(
+        a.assemble(0x7C00).unwrap(),
+        &[
+            (READY, b"ready\r\n\0"),
+            (OK, b"mouse ok\r\n\0"),
+            (BAD_ACK, b"bad ack\r\n\0"),
+        ],
+    )
 }
 
 /// A packet line of `mouse_program`: buttons, X, Y.

@@ -1575,18 +1575,25 @@ mod tests {
         v.write(dispi::DATA_PORT, 2, value as u32, 0);
     }
 
+    /// Text mode, then the dispi interface enabled at `width` x `height` x `bpp` with
+    /// the linear framebuffer.
+    fn linear_mode(width: u16, height: u16, bpp: u16) -> Vga {
+        let mut v = text_mode();
+        dispi_set(&mut v, dispi::INDEX_XRES, width);
+        dispi_set(&mut v, dispi::INDEX_YRES, height);
+        dispi_set(&mut v, dispi::INDEX_BPP, bpp);
+        dispi_set(
+            &mut v,
+            dispi::INDEX_ENABLE,
+            dispi::ENABLED | dispi::LFB_ENABLED,
+        );
+        v
+    }
+
     #[test]
     fn dispi_linear_modes_render_every_depth() {
         for bpp in [8u16, 15, 16, 24, 32] {
-            let mut v = text_mode();
-            dispi_set(&mut v, dispi::INDEX_XRES, 40);
-            dispi_set(&mut v, dispi::INDEX_YRES, 30);
-            dispi_set(&mut v, dispi::INDEX_BPP, bpp);
-            dispi_set(
-                &mut v,
-                dispi::INDEX_ENABLE,
-                dispi::ENABLED | dispi::LFB_ENABLED,
-            );
+            let mut v = linear_mode(40, 30, bpp);
             assert_eq!(
                 v.mode(),
                 DisplayMode::Linear {
@@ -1952,15 +1959,7 @@ mod tests {
 
     #[test]
     fn one_write_redraws_its_line_only() {
-        let mut v = text_mode();
-        dispi_set(&mut v, dispi::INDEX_XRES, 1024);
-        dispi_set(&mut v, dispi::INDEX_YRES, 768);
-        dispi_set(&mut v, dispi::INDEX_BPP, 32);
-        dispi_set(
-            &mut v,
-            dispi::INDEX_ENABLE,
-            dispi::ENABLED | dispi::LFB_ENABLED,
-        );
+        let mut v = linear_mode(1024, 768, 32);
         let mut screen = Screen::new();
         assert!(screen.update(&v, 0));
         assert!(!screen.update(&v, 0));
@@ -2019,15 +2018,7 @@ mod tests {
     #[test]
     #[ignore]
     fn screen_timing() {
-        let mut v = text_mode();
-        dispi_set(&mut v, dispi::INDEX_XRES, 1024);
-        dispi_set(&mut v, dispi::INDEX_YRES, 768);
-        dispi_set(&mut v, dispi::INDEX_BPP, 32);
-        dispi_set(
-            &mut v,
-            dispi::INDEX_ENABLE,
-            dispi::ENABLED | dispi::LFB_ENABLED,
-        );
+        let mut v = linear_mode(1024, 768, 32);
         let mut screen = Screen::new();
         screen.update(&v, 0);
         let rounds = 200u32;
