@@ -718,8 +718,8 @@ pub fn run(args: &DisplayArgs, tier: hospes_jit::Tier) -> Result<(), String> {
             Err(format!("the demo guest halted: {}", machine.describe_cpu()))
         }
         Ended::Guest(Stop::InstructionLimit) => Err("the demo guest did not finish".into()),
-        Ended::Guest(Stop::ReplayEnded | Stop::ReplayDiverged | Stop::Breakpoint) => {
-            Err("the demo guest is not replayed or debugged".into())
-        }
+        Ended::Guest(
+            Stop::ReplayEnded | Stop::ReplayDiverged | Stop::Breakpoint | Stop::RecordingFailed,
+        ) => Err("the demo guest is not replayed or debugged".into()),
     }
 }

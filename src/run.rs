@@ -617,6 +617,10 @@ pub fn run(args: RunArgs) -> Result<i32, String> {
             );
             Ok(4)
         }
+        Stop::RecordingFailed => Err(machine
+            .replay_report()
+            .unwrap_or("the recording failed")
+            .to_string()),
     }
 }
 

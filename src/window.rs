@@ -161,6 +161,7 @@ fn window_title(title: &str, mode: DisplayMode, grabbed: bool, ended: Option<Sto
             Stop::ReplayEnded => "replay ended",
             Stop::ReplayDiverged => "replay diverged",
             Stop::Breakpoint => "at a breakpoint",
+            Stop::RecordingFailed => "the recording failed",
         };
         out.push_str(" \u{2014} ");
         out.push_str(state);

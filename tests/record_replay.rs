@@ -300,3 +300,48 @@ fn a_snapshot_is_refused_when_its_disk_changed_since() {
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// A recording that can no longer be written (here a pipe whose reader went away after
+/// the recording's head) stops the run at once with the reason, in one line and a
+/// non-zero exit: no input may happen unrecorded.
+#[test]
+fn a_recording_that_cannot_be_written_stops_the_run() {
+    let fifo = scratch("recording.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    // A floppy that loops for ever.
+    let floppy = scratch("loop.img");
+    let mut sector = vec![0xEB, 0xFE]; // jmp $
+    sector.resize(510, 0);
+    sector.extend_from_slice(&[0x55, 0xAA]);
+    sector.resize(1_474_560, 0);
+    std::fs::write(&floppy, sector).unwrap();
+    let child = hospes()
+        .args(["run", "--display", "none", "--serial", "none", "--fda"])
+        .arg(&floppy)
+        .arg("--record")
+        .arg(&fifo)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hospes");
+    // Read the head (magic, version, the starting snapshot's length and bytes), then
+    // go away: every entry after it meets a closed pipe.
+    let mut reader = std::fs::File::open(&fifo).expect("open the pipe");
+    let mut head = [0u8; 28];
+    reader.read_exact(&mut head).expect("the recording's head");
+    assert_eq!(&head[..16], b"HOSPES RECORDING");
+    let len = u64::from_le_bytes(head[20..28].try_into().unwrap());
+    std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink()).unwrap();
+    drop(reader);
+    let out = child.wait_with_output().expect("hospes ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // (Not "cannot write the recording PATH": that would be the start failing.)
+    assert!(stderr.contains("cannot write the recording: "), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let _ = std::fs::remove_file(&fifo);
+    let _ = std::fs::remove_file(&floppy);
+}

@@ -100,6 +100,9 @@ pub enum Stop {
     ReplayDiverged,
     /// The CPU is at one of a debugger's breakpoints (`Cpu::breakpoints`).
     Breakpoint,
+    /// Writing the recording failed (a full disk, a closed pipe): the run stopped there,
+    /// so that no input goes unrecorded ([`Machine::replay_report`] says why).
+    RecordingFailed,
 }
 
 /// Where outside input comes from, and whether it is written down.

@@ -437,7 +437,7 @@ impl Machine {
     fn stop_recording(&mut self, e: MachineError) -> Stop {
         self.journal = Journal::Live;
         self.replay_report = Some(e.to_string());
-        Stop::ReplayDiverged
+        Stop::RecordingFailed
     }
 
     /// The machine's state in brief (see [`Digest`]); `n` picks the slice of memory.
