@@ -412,52 +412,58 @@ pub struct Board {
 }
 
 impl Board {
-    /// Appends the state of every device to `out` (host storage excepted: see
-    /// [`crate::snapshot`]). The BIOS is saved apart ([`Board::save_bios`]): it is
-    /// mostly the kernel it loads, the same in every snapshot of a run.
-    pub fn save(&self, out: &mut Vec<u8>) -> Result<(), String> {
+    /// Each device's state by name, encoded: what a snapshot keeps ([`Board::save`])
+    /// and a replay's digest hashes ([`Board::digests`]), from this one list.
+    fn device_states(&self) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
+        fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
+            let mut bytes = Vec::new();
+            put(&mut bytes, value)?;
+            Ok(bytes)
+        }
         let d = &self.devices;
-        put(
-            out,
-            &(&d.pic, &d.pit, &d.rtc, &d.uarts, &d.kbc, &d.pci.save()),
-        )?;
-        put(out, &(&d.ide, &d.vga, &d.debugcon, &d.fw_cfg, &d.nic))?;
-        put(
-            out,
-            &(d.port92, d.port61, d.pm1_enable, d.icount, d.power_event),
-        )?;
-        put(out, &(d.a20, d.a20_changed, d.timers_changed))
+        Ok(vec![
+            ("PIC", encode(&d.pic)?),
+            ("PIT", encode(&d.pit)?),
+            ("RTC", encode(&d.rtc)?),
+            ("UARTs", encode(&d.uarts)?),
+            ("keyboard controller", encode(&d.kbc)?),
+            ("PCI bus", encode(&d.pci.save())?),
+            ("IDE channels", encode(&d.ide)?),
+            ("VGA", encode(&d.vga)?),
+            ("debug console", encode(&d.debugcon)?),
+            ("firmware configuration", encode(&d.fw_cfg)?),
+            ("network card", encode(&d.nic)?),
+            (
+                "chipset",
+                encode(&(d.port92, d.port61, d.pm1_enable, d.a20, d.a20_changed))?,
+            ),
+            (
+                "device clock",
+                encode(&(d.icount, d.power_event, d.timers_changed))?,
+            ),
+        ])
+    }
+
+    /// Appends the state of every device to `out` (host storage excepted: see
+    /// [`crate::snapshot`]; the VBE memory is kept apart, page by page). The BIOS is
+    /// saved apart ([`Board::save_bios`]): it is mostly the kernel it loads, the same in
+    /// every snapshot of a run.
+    pub fn save(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        put(out, &self.device_states()?)
     }
 
     /// Each device's name and a hash of its state (the BIOS's is not included: it is
-    /// mostly the kernel it loads).
+    /// mostly the kernel it loads), and of the VBE memory.
     pub fn digests(&self) -> Vec<(&'static str, u64)> {
-        fn hash<T: serde::Serialize>(value: &T) -> u64 {
-            let mut bytes = Vec::new();
-            // Encoding into memory cannot fail.
-            let _ = put(&mut bytes, value);
-            crate::replay::hash_bytes(&bytes)
-        }
-        let d = &self.devices;
-        vec![
-            ("PIC", hash(&d.pic)),
-            ("PIT", hash(&d.pit)),
-            ("RTC", hash(&d.rtc)),
-            ("UARTs", hash(&d.uarts)),
-            ("keyboard controller", hash(&d.kbc)),
-            ("PCI bus", hash(&d.pci.save())),
-            ("IDE channels", hash(&d.ide)),
-            ("VGA", hash(&d.vga)),
-            (
-                "video memory",
-                crate::replay::hash_bytes(d.vga.dispi().memory()),
-            ),
-            ("network card", hash(&d.nic)),
-            (
-                "chipset",
-                hash(&(d.port92, d.port61, d.pm1_enable, d.a20, d.power_event)),
-            ),
-        ]
+        // Encoding into memory cannot fail.
+        let states = self.device_states().unwrap_or_default();
+        let mut digests: Vec<_> = states
+            .iter()
+            .map(|(name, bytes)| (*name, crate::replay::hash_bytes(bytes)))
+            .collect();
+        let video = self.devices.vga.dispi().memory();
+        digests.push(("video memory", crate::replay::hash_bytes(video)));
+        digests
     }
 
     /// The BIOS's state (with the kernel it loads), or None with a firmware image.
@@ -479,21 +485,48 @@ impl Board {
     /// Takes the state [`Board::save`] wrote, onto a board built with the same devices
     /// and storage. On an error the board is left partly restored: throw it away.
     pub fn restore(&mut self, input: &mut &[u8]) -> Result<(), String> {
+        let states: Vec<(String, Vec<u8>)> = take(input)?;
+        let mut states = states.into_iter();
+        // The devices in the order `device_states` lists them.
+        let mut next = |name: &str| match states.next() {
+            Some((saved, bytes)) if saved == name => Ok(bytes),
+            _ => Err(format!(
+                "the snapshot's devices are not this machine's (no {name} where expected)"
+            )),
+        };
+        fn decode<T: serde::de::DeserializeOwned>(bytes: Vec<u8>) -> Result<T, String> {
+            let mut input = &bytes[..];
+            let value = take(&mut input)?;
+            if !input.is_empty() {
+                return Err("trailing bytes in a device's state".into());
+            }
+            Ok(value)
+        }
         let d = &mut self.devices;
-        let pci;
-        (d.pic, d.pit, d.rtc, d.uarts, d.kbc, pci) = take(input)?;
+        d.pic = decode(next("PIC")?)?;
+        d.pit = decode(next("PIT")?)?;
+        d.rtc = decode(next("RTC")?)?;
+        d.uarts = decode(next("UARTs")?)?;
+        d.kbc = decode(next("keyboard controller")?)?;
+        let pci: hospes_devices::pci::PciBusState = decode(next("PCI bus")?)?;
         d.pci.restore(&pci)?;
-        let (ide, vga, debugcon, fw_cfg, nic): ([IdeChannel; 2], _, _, _, Option<Nic>) =
-            take(input)?;
+        let ide: [IdeChannel; 2] = decode(next("IDE channels")?)?;
         for (mine, saved) in d.ide.iter_mut().zip(ide) {
             mine.restore(saved)?;
         }
+        d.vga = decode(next("VGA")?)?;
+        d.debugcon = decode(next("debug console")?)?;
+        d.fw_cfg = decode(next("firmware configuration")?)?;
+        let nic: Option<Nic> = decode(next("network card")?)?;
         if nic.as_ref().map(|n| n.wiring) != d.nic.as_ref().map(|n| n.wiring) {
             return Err("the snapshot's network card is not this machine's".into());
         }
-        (d.vga, d.debugcon, d.fw_cfg, d.nic) = (vga, debugcon, fw_cfg, nic);
-        (d.port92, d.port61, d.pm1_enable, d.icount, d.power_event) = take(input)?;
-        (d.a20, d.a20_changed, d.timers_changed) = take(input)?;
+        d.nic = nic;
+        (d.port92, d.port61, d.pm1_enable, d.a20, d.a20_changed) = decode(next("chipset")?)?;
+        (d.icount, d.power_event, d.timers_changed) = decode(next("device clock")?)?;
+        if states.next().is_some() {
+            return Err("the snapshot has more devices than this machine".into());
+        }
         Ok(())
     }
 }
