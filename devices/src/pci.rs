@@ -208,6 +208,9 @@ pub struct PciBus {
     /// A PAM register was written since [`PciBus::take_pam_written`] was last called: the
     /// machine must re-route the BIOS area.
     pam_written: bool,
+    /// Counts configuration writes and restores: what the machine derives from
+    /// configuration space (where BARs are, interrupt routing) holds while it stays.
+    generation: u64,
 }
 
 impl Default for PciBus {
@@ -245,6 +248,7 @@ impl PciBus {
         }
         self.address = state.address;
         self.pam_written = state.pam_written;
+        self.generation += 1;
         Ok(())
     }
 
@@ -254,6 +258,7 @@ impl PciBus {
             address: 0,
             functions: Vec::new(),
             pam_written: false,
+            generation: 0,
         };
         bus.add_function(0, 0, Box::new(host_bridge()));
         bus.add_function(1, 0, Box::new(piix3_isa_bridge()));
@@ -266,6 +271,12 @@ impl PciBus {
         let devfn = ((device & 0x1F) << 3) | (func & 0x07);
         self.functions.retain(|(d, _)| *d != devfn);
         self.functions.push((devfn, function));
+        self.generation += 1;
+    }
+
+    /// Changes whenever configuration space may have changed (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn function_mut(&mut self, devfn: u8) -> Option<&mut Box<dyn PciFunction>> {
@@ -290,6 +301,7 @@ impl PciBus {
     }
 
     fn write_function(&mut self, devfn: u8, offset: u8, value: u32, mask: u32) {
+        self.generation += 1;
         // PAM0-PAM6 live in the host bridge's dwords 0x58 (bytes 1-3) and 0x5C.
         if devfn == 0
             && ((offset == 0x58 && mask & 0xFFFF_FF00 != 0) || (offset == 0x5C && mask != 0))

@@ -70,6 +70,20 @@ pub struct Devices {
     /// A timer device was written: its next event may now come before the end of the
     /// CPU's current slice, so the slice must end and the deadline be recomputed.
     pub timers_changed: bool,
+    /// What hot paths read from PCI configuration space, while it is unchanged.
+    pci_view: Option<PciView>,
+}
+
+/// Where the guest put the PCI functions' resources, as of one [`PciBus::generation`]:
+/// read from configuration space once, not on every port or memory access.
+#[derive(Clone, Copy, Debug)]
+struct PciView {
+    generation: u64,
+    ide_bus_master: Option<u16>,
+    nic_io: Option<u16>,
+    nic_irq: Option<u8>,
+    /// The linear framebuffer's address while the VGA decodes memory there.
+    lfb: Option<u64>,
 }
 
 /// The VGA's registers (monochrome and colour CRTC sets included).
@@ -133,7 +147,29 @@ impl Devices {
             a20: true,
             a20_changed: false,
             timers_changed: false,
+            pci_view: None,
         }
+    }
+
+    /// The PCI resources as configuration space has them now.
+    fn pci_view(&mut self) -> PciView {
+        let generation = self.pci.generation();
+        if let Some(view) = self.pci_view.filter(|v| v.generation == generation) {
+            return view;
+        }
+        let command = self.pci.config_read(VGA_PCI_SLOT, 0, 0x04);
+        let base = (self.pci.config_read(VGA_PCI_SLOT, 0, 0x10) & !0xF) as u64;
+        let view = PciView {
+            generation,
+            ide_bus_master: self.pci.ide_bus_master_base(),
+            nic_io: self.nic.as_ref().and_then(|n| n.io_base(&mut self.pci)),
+            nic_irq: self.nic.as_ref().and_then(|n| n.irq_line(&mut self.pci)),
+            lfb: (command & 2 != 0 && base != 0).then_some(base),
+        };
+        // Reading configuration space changes nothing in it.
+        debug_assert_eq!(self.pci.generation(), generation);
+        self.pci_view = Some(view);
+        view
     }
 
     pub fn now(&self) -> Nanos {
@@ -159,10 +195,9 @@ impl Devices {
         }
         // The card's line is its own (an ISA card's IRQ is checked to be free; PCI
         // interrupts go to IRQ 10/11, which nothing else drives).
-        if let Some(nic) = &self.nic {
-            if let Some(line) = nic.irq_line(&mut self.pci) {
-                self.pic.set_irq(line, nic.card.irq_level());
-            }
+        if let Some(line) = self.pci_view().nic_irq {
+            let level = self.nic.as_ref().is_some_and(|n| n.card.irq_level());
+            self.pic.set_irq(line, level);
         }
     }
 
@@ -312,25 +347,22 @@ impl Devices {
 
     /// The IDE bus-master registers, wherever the guest put BAR4: (channel, offset).
     fn bus_master_port(&mut self, port: u16) -> Option<(usize, u16)> {
-        let base = self.pci.ide_bus_master_base()?;
+        let base = self.pci_view().ide_bus_master?;
         let off = port.checked_sub(base)?;
         (off < 16).then_some(((off / 8) as usize, off % 8))
     }
 
     /// The network card's register at `port`, if the card answers there.
     fn nic_register(&mut self, port: u16) -> Option<u16> {
-        let nic = self.nic.as_ref()?;
-        nic.register(&mut self.pci, port)
+        let offset = port.checked_sub(self.pci_view().nic_io?)?;
+        (offset < 0x20).then_some(offset)
     }
 
     /// The offset of `addr` in the linear framebuffer, if the VGA's BAR 0 is enabled
     /// (memory space on in its command register) and covers it.
     fn lfb_offset(&mut self, addr: u64) -> Option<usize> {
-        let command = self.pci.config_read(VGA_PCI_SLOT, 0, 0x04);
-        let base = (self.pci.config_read(VGA_PCI_SLOT, 0, 0x10) & !0xF) as u64;
-        let off = addr.checked_sub(base)?;
-        (command & 2 != 0 && base != 0 && off < hospes_devices::vga::dispi::MEMORY_SIZE as u64)
-            .then_some(off as usize)
+        let off = addr.checked_sub(self.pci_view().lfb?)?;
+        (off < hospes_devices::vga::dispi::MEMORY_SIZE as u64).then_some(off as usize)
     }
 
     /// A read from memory-mapped I/O: the VGA window, the linear framebuffer, or

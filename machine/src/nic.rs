@@ -77,22 +77,17 @@ impl Nic {
         }
     }
 
-    /// The card's register offset for `port`, if the port is one of its 32.
-    pub fn register(&self, pci: &mut PciBus, port: u16) -> Option<u16> {
-        let base = match self.wiring {
-            NicWiring::Isa { base, .. } => base,
+    /// The first of the card's 32 ports, if it answers on any.
+    pub fn io_base(&self, pci: &mut PciBus) -> Option<u16> {
+        match self.wiring {
+            NicWiring::Isa { base, .. } => Some(base),
             NicWiring::Pci => {
                 let command = pci.config_read(PCI_SLOT, 0, 0x04);
                 let bar = pci.config_read(PCI_SLOT, 0, 0x10);
                 // I/O decoding off, or BAR0 not placed yet: the card answers nothing.
-                if command & 1 == 0 || bar & !3 == 0 {
-                    return None;
-                }
-                (bar & 0xFFFC) as u16
+                (command & 1 != 0 && bar & !3 != 0).then_some((bar & 0xFFFC) as u16)
             }
-        };
-        let offset = port.checked_sub(base)?;
-        (offset < 0x20).then_some(offset)
+        }
     }
 
     /// The IRQ line the card drives, if connected.
