@@ -118,11 +118,17 @@ fn linux_vesafb_with_vga_0x318() {
         serial.contains("vesafb: framebuffer at 0xe0000000"),
         "{serial}"
     );
-    let decoder = png::Decoder::new(std::fs::File::open(&png_path).expect("png"));
+    check_console_screenshot(&png_path);
+}
+
+/// A 1024x768 screenshot of the kernel's framebuffer console: light grey text on black,
+/// and much of it.
+fn check_console_screenshot(png_path: &std::path::Path) {
+    let decoder = png::Decoder::new(std::fs::File::open(png_path).expect("png"));
     let mut reader = decoder.read_info().expect("png header");
     let mut rgb = vec![0u8; reader.output_buffer_size()];
     let info = reader.next_frame(&mut rgb).expect("png data");
-    let _ = std::fs::remove_file(&png_path);
+    let _ = std::fs::remove_file(png_path);
     assert_eq!((info.width, info.height), (1024, 768));
     let grey = rgb.chunks(3).filter(|p| p == &[0xAA, 0xAA, 0xAA]).count();
     let other = rgb
@@ -131,4 +137,41 @@ fn linux_vesafb_with_vga_0x318() {
         .count();
     assert!(grey > 20_000, "only {grey} text pixels");
     assert_eq!(other, 0, "the console uses two colours");
+}
+
+/// The kernel's own driver for the VGA, bochs-drm (what a distribution's udev loads for
+/// QEMU's std VGA): it finds the dispi interface and the framebuffer BAR, sets 1024x768
+/// through the dispi ports, and the framebuffer console moves onto it.
+#[test]
+fn linux_bochs_drm_console() {
+    let Some(dir) = images() else { return };
+    let png_path = std::env::temp_dir().join(format!("hospes-drm-{}.png", std::process::id()));
+    let out = finish(
+        "bochs-drm",
+        start(
+            &dir,
+            &[
+                "--kernel",
+                "vmlinuz",
+                "--initrd",
+                "initrd.img",
+                "--append",
+                "console=tty0 console=ttyS0 hospes.drm panic=-1",
+                "--screenshot-on-exit",
+                png_path.to_str().unwrap(),
+            ],
+        ),
+        Instant::now(),
+    );
+    let serial = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "[drm] Found bochs VGA, ID 0xb0c5.",
+        "[drm] Framebuffer size 16384 kB @ 0xe0000000, ioports @ 0x1ce.",
+        "[drm] fb0: bochs-drmdrmfb frame buffer device",
+        "HOSPES-FB0 bochs-drmdrmfb 1024,768",
+    ] {
+        assert!(serial.contains(line), "no {line:?} in:\n{serial}");
+    }
+    assert!(!serial.contains("HOSPES-INSMOD-FAILED"), "{serial}");
+    check_console_screenshot(&png_path);
 }
