@@ -249,6 +249,45 @@ pub(crate) fn icmp_frame(
     )
 }
 
+/// ICMP destination unreachable code for "port unreachable".
+pub(crate) const PORT_UNREACHABLE: u8 = 3;
+
+/// How much of an IP datagram an ICMP error about it quotes: as much as
+/// keeps the error within 576 bytes (RFC 1812 4.3.2.3), which is always
+/// more than RFC 792's header and 8 bytes. (smoltcp, for one, reads an
+/// error only if it quotes the whole of a small datagram.)
+pub(crate) fn quote_len(packet: &[u8]) -> usize {
+    packet.len().min(576 - IP_HEADER - 8)
+}
+
+/// ICMP destination unreachable (`code`) about `original`, an IP datagram
+/// of which it quotes the first [`quote_len`] bytes as they came.
+pub(crate) fn icmp_unreachable(
+    eth_src: EthernetAddress,
+    eth_dst: EthernetAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    code: u8,
+    original: &[u8],
+) -> Vec<u8> {
+    let quoted = &original[..quote_len(original)];
+    ip_frame(
+        eth_src,
+        eth_dst,
+        src,
+        dst,
+        IpProtocol::Icmp,
+        8 + quoted.len(),
+        |buf| {
+            // Type 3, the code, the checksum, 4 unused bytes, the quote.
+            buf[0] = 3;
+            buf[1] = code;
+            buf[8..].copy_from_slice(quoted);
+            Icmpv4Packet::new_unchecked(buf).fill_checksum();
+        },
+    )
+}
+
 /// An ARP packet in a frame.
 pub(crate) fn arp_frame(
     eth_src: EthernetAddress,

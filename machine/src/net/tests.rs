@@ -628,8 +628,13 @@ fn net_host_forward_refused_by_guest() {
 fn net_hostforward_parse() {
     let p = |s: &str| HostForward::parse(s);
     let hf = |a: &str, g| HostForward {
+        proto: ForwardProto::Tcp,
         host: a.parse::<SocketAddr>().unwrap(),
         guest_port: g,
+    };
+    let udp = |a: &str, g| HostForward {
+        proto: ForwardProto::Udp,
+        ..hf(a, g)
     };
     assert_eq!(p("tcp:127.0.0.1:8080-:80"), Ok(hf("127.0.0.1:8080", 80)));
     assert_eq!(p("tcp::8080-:80"), Ok(hf("127.0.0.1:8080", 80)));
@@ -639,10 +644,22 @@ fn net_hostforward_parse() {
         Ok(hf("0.0.0.0:2222", 22))
     );
     assert_eq!(p("tcp:localhost:0-:22"), Ok(hf("127.0.0.1:0", 22)));
+    assert_eq!(p("udp::5353-:53"), Ok(udp("127.0.0.1:5353", 53)));
+    assert_eq!(
+        p("udp:0.0.0.0:6000-10.0.2.15:6001"),
+        Ok(udp("0.0.0.0:6000", 6001))
+    );
+    assert_eq!(p("udp:[::1]:69-:69"), Ok(udp("[::1]:69", 69)));
     for bad in [
         "",
         "tcp",
-        "udp::53-:53",
+        "udp",
+        "udp::53",
+        "udp::53-:0",
+        "udp::x-:53",
+        "udp:1.2.3:53-:53",
+        "udp::53-10.0.2.2:53",
+        "UDP::53-:53",
         "sctp::1-:1",
         "tcp::8080",
         ":2222-:22",
@@ -1216,4 +1233,305 @@ fn net_tcp_host_half_close() {
     assert_eq!(hello, b"hello");
     let got = server.join().unwrap();
     assert!(got == data);
+}
+
+/// A guest UDP socket bound to `port`.
+fn guest_udp(g: &mut Guest, port: u16) -> SocketHandle {
+    let s = udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+    );
+    let h = g.sockets.add(s);
+    g.sockets.get_mut::<udp::Socket>(h).bind(port).unwrap();
+    h
+}
+
+#[test]
+fn net_udp_host_forward() {
+    // Two host senders on one UDP forward; the guest answers each, and each
+    // answer goes back to its own sender from the forward's address.
+    let mut nat = Nat::new(NatConfig {
+        host_forwards: vec![
+            HostForward::parse("tcp::0-:80").unwrap(),
+            HostForward::parse("udp:127.0.0.1:0-:5000").unwrap(),
+        ],
+        restrict: true,
+        ..NatConfig::default()
+    })
+    .unwrap();
+    let addrs = nat.forward_addrs();
+    assert_eq!(addrs.len(), 2);
+    let fwd = addrs[1];
+    // The UDP socket really is the second one (a UDP socket answers).
+    assert_ne!(fwd.port(), 0);
+    let mut g = Guest::new(true);
+    let h = guest_udp(&mut g, 5000);
+    let clients: Vec<UdpSocket> = (0..2)
+        .map(|_| {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_nonblocking(true).unwrap();
+            c
+        })
+        .collect();
+    let mut seen_ports = Vec::new();
+    for round in 0..2 {
+        for (i, c) in clients.iter().enumerate() {
+            let msg = format!("hello {i} {round}");
+            c.send_to(msg.as_bytes(), fwd).unwrap();
+            let mut got = None;
+            g.run_until(&mut nat, 10, |g| {
+                let s = g.sockets.get_mut::<udp::Socket>(h);
+                if let Ok((data, meta)) = s.recv() {
+                    assert_eq!(data, msg.as_bytes());
+                    assert_eq!(meta.endpoint.addr, IpAddress::Ipv4(GATEWAY_IP));
+                    let from = meta.endpoint;
+                    let reply = format!("re: {}", msg);
+                    s.send_slice(reply.as_bytes(), from).unwrap();
+                    seen_ports.push((i, from.port));
+                }
+                let mut buf = [0; 64];
+                if let Ok((n, from)) = c.recv_from(&mut buf) {
+                    got = Some((buf[..n].to_vec(), from));
+                    return true;
+                }
+                false
+            });
+            let (data, from) = got.unwrap();
+            assert_eq!(data, format!("re: hello {i} {round}").as_bytes());
+            assert_eq!(from, fwd);
+        }
+    }
+    // Each sender kept its port at 10.0.2.2, and the two differ.
+    let port_of = |i| {
+        let ps: Vec<u16> = seen_ports
+            .iter()
+            .filter(|(j, _)| *j == i)
+            .map(|(_, p)| *p)
+            .collect();
+        assert_eq!(ps.len(), 2);
+        assert_eq!(ps[0], ps[1]);
+        ps[0]
+    };
+    assert_ne!(port_of(0), port_of(1));
+    assert_eq!(nat.stats().udp_forward_peers, 2);
+    assert_eq!(nat.stats().udp_flows, 0);
+    // Idle senders are forgotten.
+    nat.advance_clock(UDP_IDLE + Duration::from_secs(1));
+    nat.poll();
+    assert_eq!(nat.stats().udp_forward_peers, 0);
+}
+
+/// The first ICMP message among `frames`, as (source, type, code, body
+/// after the 8-byte ICMP header), checksums checked.
+fn icmp_of(frames: &[Vec<u8>]) -> Option<(Ipv4Addr, u8, u8, Vec<u8>)> {
+    frames.iter().find_map(|f| {
+        let (dst, ip, payload) = parse_ipv4(f)?;
+        if ip.next_header != IpProtocol::Icmp {
+            return None;
+        }
+        assert_eq!(dst, GUEST_MAC);
+        assert_eq!(ip.dst_addr, GUEST_IP);
+        let pkt = Icmpv4Packet::new_checked(&payload[..]).unwrap();
+        assert!(pkt.verify_checksum());
+        Some((ip.src_addr, payload[0], payload[1], payload[8..].to_vec()))
+    })
+}
+
+#[test]
+fn net_udp_port_unreachable() {
+    let closed = {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let mut nat = test_nat();
+    // To the host (10.0.2.2 is 127.0.0.1) on a port nothing has: the
+    // host's refusal comes back as ICMP port unreachable.
+    let sent = frame::udp_frame(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        41000,
+        GATEWAY_IP,
+        closed,
+        b"anyone there?",
+    );
+    nat.guest_sent(&sent);
+    let limit = Instant::now() + Duration::from_secs(5);
+    let icmp = loop {
+        assert!(Instant::now() < limit, "no port unreachable");
+        if let Some(m) = icmp_of(&nat.poll()) {
+            break m;
+        }
+        thread::sleep(Duration::from_millis(1));
+    };
+    // Type 3 code 3 from where the datagram went, quoting it (a small one
+    // whole) as sent.
+    assert_eq!(icmp, (GATEWAY_IP, 3, 3, sent[14..].to_vec()));
+    // smoltcp (as a guest stack would) reads it as port unreachable.
+    let f = nat_icmp_repr(&frame::icmp_unreachable(
+        GATEWAY_MAC,
+        GUEST_MAC,
+        GATEWAY_IP,
+        GUEST_IP,
+        frame::PORT_UNREACHABLE,
+        &sent[14..],
+    ));
+    assert!(f, "smoltcp parses it as port unreachable");
+
+    // The NAT's own resolver address on a port that is not DNS: at once.
+    let sent = frame::udp_frame(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        41001,
+        DNS_IP,
+        123,
+        b"ntp?",
+    );
+    nat.guest_sent(&sent);
+    let icmp = icmp_of(&nat.poll()).expect("port unreachable from 10.0.2.3");
+    assert_eq!(icmp, (DNS_IP, 3, 3, sent[14..].to_vec()));
+    assert_eq!(nat.stats().udp_flows, 1);
+
+    // A header with options is quoted whole (IHL 6); a big datagram only
+    // so far as the error stays within 576 bytes.
+    let mut with_opts = sent[14..].to_vec();
+    with_opts.splice(20..20, [1u8, 1, 1, 0]);
+    with_opts[0] = 0x46;
+    assert_eq!(frame::quote_len(&with_opts), with_opts.len());
+    assert_eq!(frame::quote_len(&[0x45; 1400]), 576 - 28);
+    assert_eq!(frame::quote_len(&[]), 0);
+    nat.guest_sent(&frame::eth_wrap(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        EthernetProtocol::Ipv4,
+        &{
+            let mut p = with_opts.clone();
+            let len = p.len() as u16;
+            p[2..4].copy_from_slice(&len.to_be_bytes());
+            let mut ip = Ipv4Packet::new_unchecked(&mut p[..]);
+            ip.fill_checksum();
+            p
+        },
+    ));
+    let icmp = icmp_of(&nat.poll()).expect("port unreachable for a datagram with options");
+    assert_eq!(icmp.3.len(), with_opts.len());
+    assert_eq!(&icmp.3[20..24], &[1, 1, 1, 0]);
+
+    // A datagram bigger than one error holds: 548 bytes of it.
+    let big = pattern(1000, 9);
+    let sent = frame::udp_frame(GUEST_MAC, GATEWAY_MAC, GUEST_IP, 41002, DNS_IP, 7, &big);
+    nat.guest_sent(&sent);
+    let icmp = icmp_of(&nat.poll()).expect("port unreachable for a big datagram");
+    assert_eq!(icmp.3, sent[14..14 + 548].to_vec());
+}
+
+/// Whether smoltcp parses an unreachable frame as port unreachable.
+fn nat_icmp_repr(f: &[u8]) -> bool {
+    let (_, _, payload) = parse_ipv4(f).unwrap();
+    let pkt = Icmpv4Packet::new_checked(&payload[..]).unwrap();
+    matches!(
+        Icmpv4Repr::parse(&pkt, &ChecksumCapabilities::default()),
+        Ok(Icmpv4Repr::DstUnreachable {
+            reason: smoltcp::wire::Icmpv4DstUnreachable::PortUnreachable,
+            ..
+        })
+    )
+}
+
+#[test]
+fn net_udp_idle_timeouts() {
+    // A host sink and a "resolver" that never answer: only the guest's
+    // datagrams keep the flows alive.
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink_port = sink.local_addr().unwrap().port();
+    let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut nat = Nat::new(NatConfig {
+        restrict: true,
+        dns: Some(dns.local_addr().unwrap()),
+        ..NatConfig::default()
+    })
+    .unwrap();
+    let send = |nat: &mut Nat, dst: Ipv4Addr, port: u16| {
+        nat.guest_sent(&frame::udp_frame(
+            GUEST_MAC,
+            GATEWAY_MAC,
+            GUEST_IP,
+            42000,
+            dst,
+            port,
+            b"x",
+        ));
+        nat.poll();
+    };
+    send(&mut nat, GATEWAY_IP, sink_port);
+    send(&mut nat, DNS_IP, 53);
+    assert_eq!(nat.stats().udp_flows, 2);
+    // The DNS flow goes first.
+    nat.advance_clock(DNS_IDLE + Duration::from_secs(1));
+    nat.poll();
+    assert_eq!(nat.stats().udp_flows, 1);
+    // Traffic keeps the other one.
+    nat.advance_clock(UDP_IDLE - DNS_IDLE - Duration::from_secs(10));
+    send(&mut nat, GATEWAY_IP, sink_port);
+    nat.advance_clock(Duration::from_secs(20));
+    nat.poll();
+    assert_eq!(nat.stats().udp_flows, 1);
+    nat.advance_clock(UDP_IDLE);
+    nat.poll();
+    assert_eq!(nat.stats().udp_flows, 0);
+    // The host got every datagram, and its socket is gone with the flow.
+    let mut buf = [0; 8];
+    sink.set_nonblocking(true).unwrap();
+    let mut n = 0;
+    while sink.recv(&mut buf).is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 2);
+}
+
+#[test]
+fn net_tcp_idle_reset() {
+    // The host end reads until the connection ends, and says how.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0; 64];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (got, None),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (got, Some(e.kind())),
+            }
+        }
+    });
+    let mut nat = test_nat();
+    let mut g = Guest::new(true);
+    let h = g.new_tcp();
+    g.connect(h, (GATEWAY_IP, port), 49800);
+    g.run_until(&mut nat, 10, |g| {
+        g.tcp(h).state() == tcp::State::Established
+    });
+    // Quiet for just under the limit, then a byte: the clock starts over.
+    nat.advance_clock(TCP_IDLE - Duration::from_secs(60));
+    g.tcp(h).send_slice(b"a").unwrap();
+    g.run_until(&mut nat, 10, |g| g.tcp(h).send_queue() == 0);
+    nat.advance_clock(Duration::from_secs(120));
+    for _ in 0..5 {
+        g.step(&mut nat);
+    }
+    assert_eq!(g.tcp(h).state(), tcp::State::Established);
+    assert_eq!(nat.stats().tcp_flows, 1);
+    // Quiet past the limit: both ends are reset and the flow is gone.
+    nat.advance_clock(TCP_IDLE + Duration::from_secs(1));
+    g.run_until(&mut nat, 10, |g| g.tcp(h).state() == tcp::State::Closed);
+    // The flow goes (and the host's end is reset) at the next poll.
+    g.step(&mut nat);
+    let (got, how) = server.join().unwrap();
+    assert_eq!(got, b"a");
+    assert_eq!(how, Some(std::io::ErrorKind::ConnectionReset));
+    assert_eq!(nat.stats().tcp_flows, 0);
+    assert_eq!(nat.stats().tcp_sockets, 0);
 }
