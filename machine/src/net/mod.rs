@@ -16,11 +16,14 @@
 //! unprivileged ICMP socket where the host allows those. UDP: one connected
 //! host socket per (guest endpoint, destination), idle ones closed after
 //! 240 s (those to the resolver after 10 s); replies too big for one frame
-//! are sent as IPv4 fragments. A host's port unreachable (ECONNREFUSED on
-//! the flow's socket), and datagrams to ports of 10.0.2.2/10.0.2.3 that
-//! nothing serves, get the guest an ICMP port unreachable quoting its
-//! datagram (up to 548 bytes of it). Guest IP fragments are dropped (no
-//! reassembly).
+//! (UDP, and echo replies) are sent as IPv4 fragments. A host's port
+//! unreachable (ECONNREFUSED on the flow's socket), and datagrams to ports
+//! of 10.0.2.2/10.0.2.3 that nothing serves, get the guest an ICMP port
+//! unreachable quoting its datagram (up to 548 bytes of it).
+//!
+//! The guest's fragmented UDP and ICMP datagrams are put back together
+//! (`reassembly`: at most 16 under way, 30 s each, bounded and checked
+//! against a hostile guest); its TCP fragments are dropped.
 //!
 //! Host forwards (`hostfwd=`): TCP ones accept host connections and connect
 //! to the guest from 10.0.2.2 (below). UDP ones bind a host socket; each
@@ -54,6 +57,7 @@ mod config;
 mod dhcp;
 mod frame;
 pub mod link;
+mod reassembly;
 #[cfg(test)]
 mod tests;
 
@@ -76,6 +80,7 @@ use smoltcp::wire::{
 
 pub use config::{ForwardProto, HostForward, NatConfig};
 use frame::Queues;
+use reassembly::Reassembler;
 
 /// The gateway, which is also the host (10.0.2.2).
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -136,6 +141,8 @@ pub struct NatStats {
     pub udp_flows: usize,
     /// Host senders on UDP forwards the guest can answer.
     pub udp_forward_peers: usize,
+    /// Fragmented guest datagrams not yet complete.
+    pub reassemblies: usize,
     pub ping_flows: usize,
     /// smoltcp sockets: one per TCP flow past its host connect.
     pub tcp_sockets: usize,
@@ -229,6 +236,8 @@ pub struct Nat {
     udp_buf: Vec<u8>,
     /// IPv4 ident of the datagrams the NAT fragments.
     ip_ident: u16,
+    /// The guest's fragmented datagrams under reassembly.
+    fragments: Reassembler,
     /// Added to the host clock: tests move the NAT's time on with it
     /// instead of sleeping through its timeouts.
     clock_skew: Duration,
@@ -385,6 +394,7 @@ impl Nat {
             deadline: None,
             udp_buf: vec![0; 65536],
             ip_ident: 0,
+            fragments: Reassembler::default(),
             clock_skew: Duration::ZERO,
             #[cfg(test)]
             redirect_outside: None,
@@ -418,6 +428,7 @@ impl Nat {
             tcp_flows: self.tcp.len(),
             udp_flows: self.udp.len(),
             udp_forward_peers: self.forward_peers.len(),
+            reassemblies: self.fragments.len(),
             ping_flows: self.pings.len(),
             tcp_sockets: self.sockets.iter().count(),
         }
@@ -472,7 +483,22 @@ impl Nat {
         let Ok(ip) = Ipv4Packet::new_checked(packet) else {
             return;
         };
-        // This also drops fragments (smoltcp's fragmentation is not built).
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            // UDP and ICMP are put back together; TCP segments are not
+            // fragmented by guests that do path MTU discovery or heed the
+            // MSS, so they are dropped.
+            if ip.version() == 4
+                && ip.verify_checksum()
+                && matches!(ip.next_header(), IpProtocol::Udp | IpProtocol::Icmp)
+            {
+                let now = self.now();
+                let total = usize::from(ip.total_len());
+                if let Some(whole) = self.fragments.add(&packet[..total], now) {
+                    self.ipv4_in(&whole);
+                }
+            }
+            return;
+        }
         let Ok(repr) = Ipv4Repr::parse(&ip, &ChecksumCapabilities::default()) else {
             return;
         };
@@ -506,14 +532,18 @@ impl Nat {
                 seq_no,
                 data,
             };
-            let f = frame::icmp_frame(
+            self.ip_ident = self.ip_ident.wrapping_add(1);
+            let frames = frame::icmp_frames(
                 GATEWAY_MAC,
                 self.guest_eth(),
                 ip.dst_addr,
                 ip.src_addr,
                 &reply,
+                self.ip_ident,
             );
-            self.push_out(f);
+            for f in frames {
+                self.push_out(f);
+            }
             return;
         }
         // Elsewhere: through an unprivileged ICMP socket, where the host
@@ -555,6 +585,7 @@ impl Nat {
         let guest_eth = self.guest_eth();
         let mut frames = Vec::new();
         let buf = &mut self.udp_buf;
+        let ip_ident = &mut self.ip_ident;
         let room = MAX_OUT_FRAMES.saturating_sub(self.out.len());
         self.pings.retain(|&(guest, remote, ident), flow| {
             for _ in 0..UDP_READS_PER_POLL {
@@ -566,7 +597,7 @@ impl Nat {
                     Err(_) => break,
                 };
                 // An echo reply: type 0, then code, checksum, ident, seq.
-                if n < 8 || buf[0] != 0 || n > frame::MTU - frame::IP_HEADER {
+                if n < 8 || buf[0] != 0 {
                     continue;
                 }
                 flow.last = now;
@@ -575,12 +606,14 @@ impl Nat {
                     seq_no: u16::from_be_bytes([buf[6], buf[7]]),
                     data: &buf[8..n],
                 };
-                frames.push(frame::icmp_frame(
+                *ip_ident = ip_ident.wrapping_add(1);
+                frames.extend(frame::icmp_frames(
                     GATEWAY_MAC,
                     guest_eth,
                     remote,
                     guest,
                     &reply,
+                    *ip_ident,
                 ));
             }
             now.saturating_duration_since(flow.last) < PING_IDLE
@@ -1166,6 +1199,7 @@ impl Nat {
         self.poll_udp(now);
         self.poll_udp_forwards(now);
         self.poll_pings(now);
+        self.fragments.expire(now);
 
         let guest_eth = self.guest_eth();
         let mut frames = std::mem::take(&mut self.out);

@@ -1535,3 +1535,268 @@ fn net_tcp_idle_reset() {
     assert_eq!(nat.stats().tcp_flows, 0);
     assert_eq!(nat.stats().tcp_sockets, 0);
 }
+
+// ---- guest fragments ----
+
+/// One fragment from the guest: bytes `from..to` of the IP payload
+/// `whole`, with more-fragments `more`.
+fn guest_fragment(
+    dst: Ipv4Addr,
+    proto: IpProtocol,
+    whole: &[u8],
+    (from, to): (usize, usize),
+    more: bool,
+    ident: u16,
+) -> Vec<u8> {
+    let mut f = frame::ip_frame(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        dst,
+        proto,
+        to - from,
+        |b| b.copy_from_slice(&whole[from..to]),
+    );
+    let mut ip = Ipv4Packet::new_unchecked(&mut f[frame::ETH_HEADER..]);
+    ip.set_ident(ident);
+    ip.set_dont_frag(false);
+    ip.set_more_frags(more);
+    ip.set_frag_offset(from as u16);
+    ip.fill_checksum();
+    f
+}
+
+/// Frames the NAT sent, put back together: (source, IP payload), checking
+/// each fragment's size and checksum.
+fn reassemble_reply(frames: &[Vec<u8>]) -> Option<(Ipv4Addr, Vec<u8>)> {
+    let mut parts = Vec::new();
+    let mut src = None;
+    for f in frames {
+        assert!(f.len() <= 1514);
+        let eth = EthernetFrame::new_checked(&f[..]).unwrap();
+        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.dst_addr(), GUEST_IP);
+        src = Some(ip.src_addr());
+        parts.push((
+            ip.frag_offset() as usize,
+            ip.more_frags(),
+            ip.payload().to_vec(),
+        ));
+    }
+    parts.sort_by_key(|p| p.0);
+    let mut whole = Vec::new();
+    for (off, _, data) in &parts {
+        assert_eq!(*off, whole.len());
+        whole.extend_from_slice(data);
+    }
+    let last = parts.last()?;
+    assert!(!last.1);
+    Some((src?, whole))
+}
+
+/// The echo message (type 8 or 0) with `data`, as bytes.
+fn echo_bytes(request: bool, ident: u16, seq_no: u16, data: &[u8]) -> Vec<u8> {
+    let repr = if request {
+        Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        }
+    } else {
+        Icmpv4Repr::EchoReply {
+            ident,
+            seq_no,
+            data,
+        }
+    };
+    let mut b = vec![0; repr.buffer_len()];
+    repr.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut b[..]),
+        &ChecksumCapabilities::default(),
+    );
+    b
+}
+
+#[test]
+fn net_fragmented_ping() {
+    // `ping -s 3000 10.0.2.2`: three fragments, sent out of order with a
+    // duplicate; the reply comes back fragmented too.
+    let mut nat = test_nat();
+    let data = pattern(3000, 41);
+    let req = echo_bytes(true, 0x99, 1, &data);
+    let frags = frame::ip_frames(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        GATEWAY_IP,
+        IpProtocol::Icmp,
+        &req,
+        0x4321,
+    );
+    assert_eq!(frags.len(), 3);
+    for i in [2, 0, 2] {
+        nat.guest_sent(&frags[i]);
+        assert!(nat.poll().is_empty());
+    }
+    assert_eq!(nat.stats().reassemblies, 1);
+    nat.guest_sent(&frags[1]);
+    let out = nat.poll();
+    assert_eq!(out.len(), 3);
+    let (src, reply) = reassemble_reply(&out).unwrap();
+    assert_eq!(src, GATEWAY_IP);
+    assert!(reply == echo_bytes(false, 0x99, 1, &data));
+    assert_eq!(nat.stats().reassemblies, 0);
+
+    // Overlapping fragments (same bytes where they overlap) complete it
+    // as well; the same ident again is a new datagram.
+    let parts = [(0, 1480, true), (8, 2000, true), (1992, req.len(), false)];
+    for (from, to, more) in parts {
+        nat.guest_sent(&guest_fragment(
+            GATEWAY_IP,
+            IpProtocol::Icmp,
+            &req,
+            (from, to),
+            more,
+            0x4321,
+        ));
+    }
+    let (_, reply) = reassemble_reply(&nat.poll()).unwrap();
+    assert!(reply == echo_bytes(false, 0x99, 1, &data));
+}
+
+#[test]
+fn net_fragmented_udp() {
+    // A 5000-byte datagram from the guest reaches the host whole; the
+    // host's 5000-byte answer reaches the guest in fragments.
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let mut buf = [0; 65536];
+        let (n, from) = echo.recv_from(&mut buf).unwrap();
+        let mut answer = buf[..n].to_vec();
+        answer.reverse();
+        echo.send_to(&answer, from).unwrap();
+        n
+    });
+    let mut nat = test_nat();
+    let msg = pattern(5000, 42);
+    let frags = frame::udp_frames(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        (GUEST_IP, 43000),
+        (GATEWAY_IP, port),
+        &msg,
+        7,
+    );
+    assert_eq!(frags.len(), 4);
+    for f in frags.iter().rev() {
+        nat.guest_sent(f);
+    }
+    assert_eq!(server.join().unwrap(), 5000);
+    let limit = Instant::now() + Duration::from_secs(5);
+    let mut out = Vec::new();
+    let (src, dgram) = loop {
+        assert!(Instant::now() < limit, "no reply");
+        out.extend(nat.poll());
+        if out.len() >= 4 {
+            break reassemble_reply(&out).unwrap();
+        }
+        thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(src, GATEWAY_IP);
+    let udp = UdpPacket::new_checked(&dgram[..]).unwrap();
+    assert!(udp.verify_checksum(&GATEWAY_IP.into(), &GUEST_IP.into()));
+    assert_eq!((udp.src_port(), udp.dst_port()), (port, 43000));
+    let mut want = msg.clone();
+    want.reverse();
+    assert!(udp.payload() == &want[..]);
+}
+
+#[test]
+fn net_fragments_hostile() {
+    use super::reassembly::{MAX_REASSEMBLIES, REASSEMBLY_TIMEOUT};
+    let mut nat = test_nat();
+    let req = echo_bytes(true, 1, 1, &pattern(2000, 43));
+    let frag = |nat: &mut Nat, range, more, ident| {
+        nat.guest_sent(&guest_fragment(
+            GATEWAY_IP,
+            IpProtocol::Icmp,
+            &req,
+            range,
+            more,
+            ident,
+        ));
+        nat.poll()
+    };
+    // A datagram that takes too long is dropped; its rest completes nothing.
+    frag(&mut nat, (0, 1480), true, 1);
+    assert_eq!(nat.stats().reassemblies, 1);
+    nat.advance_clock(REASSEMBLY_TIMEOUT + Duration::from_secs(1));
+    nat.poll();
+    assert_eq!(nat.stats().reassemblies, 0);
+    assert!(frag(&mut nat, (1480, req.len()), false, 1).is_empty());
+    nat.advance_clock(REASSEMBLY_TIMEOUT + Duration::from_secs(1));
+    nat.poll();
+    // Two different ends, and data past the end: dropped.
+    frag(&mut nat, (1480, req.len()), false, 2);
+    assert!(frag(&mut nat, (1480, req.len() - 8), false, 2).is_empty());
+    assert!(frag(&mut nat, (0, 1480), true, 2).is_empty());
+    frag(&mut nat, (8, 1488), true, 3);
+    assert!(frag(&mut nat, (0, 800), false, 3).is_empty());
+    assert!(frag(&mut nat, (0, 1480), true, 3).is_empty());
+    // A middle fragment that is not whole blocks is ignored.
+    assert!(frag(&mut nat, (0, 1481), true, 4).is_empty());
+    assert!(frag(&mut nat, (1481, req.len()), false, 4).is_empty());
+    // Many datagrams at once: the table stays bounded.
+    for ident in 100..200 {
+        frag(&mut nat, (0, 1480), true, ident);
+        assert!(nat.stats().reassemblies <= MAX_REASSEMBLIES);
+    }
+    // Random fragments (offsets up to the 64 KiB limit and past it, any
+    // length, some with the TCP protocol): no panic, bounded state.
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let junk = pattern(1480, 44);
+    for _ in 0..20_000 {
+        let ident = rng.below(40) as u16;
+        let off = rng.below(8200) * 8;
+        let len = rng.below(1481);
+        let proto = [IpProtocol::Icmp, IpProtocol::Udp, IpProtocol::Tcp][rng.below(3)];
+        let mut f = frame::ip_frame(
+            GUEST_MAC,
+            GATEWAY_MAC,
+            GUEST_IP,
+            [GATEWAY_IP, DNS_IP][rng.below(2)],
+            proto,
+            len,
+            |b| b.copy_from_slice(&junk[..len]),
+        );
+        let mut ip = Ipv4Packet::new_unchecked(&mut f[frame::ETH_HEADER..]);
+        ip.set_ident(ident);
+        ip.set_dont_frag(false);
+        ip.set_more_frags(rng.below(3) != 0);
+        ip.set_frag_offset(off.min(0xfff8) as u16);
+        ip.fill_checksum();
+        nat.guest_sent(&f);
+        if rng.below(16) == 0 {
+            nat.poll();
+        }
+        assert!(nat.stats().reassemblies <= MAX_REASSEMBLIES);
+    }
+    nat.poll();
+    // Still works after all that.
+    let frags = frame::ip_frames(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        GATEWAY_IP,
+        IpProtocol::Icmp,
+        &req,
+        0x7777,
+    );
+    for f in &frags {
+        nat.guest_sent(f);
+    }
+    let (_, reply) = reassemble_reply(&nat.poll()).unwrap();
+    assert!(reply == echo_bytes(false, 1, 1, &pattern(2000, 43)));
+}
