@@ -30,7 +30,9 @@
 //! host sender on it is given a port of 10.0.2.2 (from 49152 up), its
 //! datagrams reach the guest from there, and what the guest sends back to
 //! that port goes to the sender from the forward's socket. Senders idle
-//! 240 s are forgotten.
+//! 240 s are forgotten. Only replies from the forward's guest port go
+//! back that way (a guest that answers from another port, as TFTP does,
+//! makes an ordinary flow to the host's loopback instead).
 //!
 //! Timeouts are measured on the NAT's clock (the host's monotonic clock;
 //! tests move it on instead of sleeping). Besides those above: a TCP
@@ -38,8 +40,15 @@
 //! (RFC 5382's lower bound) is reset both ways, so forgotten connections
 //! do not fill the table; a host connect that takes over 30 s is given up;
 //! a connection the host closed is dropped 120 s later if the guest has
-//! not closed its side. The guest learns of any of these only through the
-//! frames it is sent, which the machine records.
+//! not closed its side; a guest that leaves data, a handshake or a FIN
+//! unanswered 120 s loses the connection (smoltcp's timeout, which is off
+//! while nothing is owed: a quiet guest is no dead one). The guest learns
+//! of any of these only through the frames it is sent, which the machine
+//! records.
+//!
+//! Not done: TCP fragments from the guest (dropped), ICMP errors other
+//! than port unreachable (no time exceeded when a reassembly times out, no
+//! host unreachable), IPv6.
 //!
 //! Accepting SYNs to any address: the interface has `any_ip` and a default
 //! route through its own 10.0.2.2, so it takes packets for every unicast
