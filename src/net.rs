@@ -1,7 +1,7 @@
 //! `run --net SPEC`: the network card and what it is connected to, in QEMU's words.
 //!
 //! - `nic[,model=ne2k_pci|ne2k_isa][,macaddr=52:54:00:12:34:56][,iobase=0x300][,irq=9]`
-//! - `user[,hostfwd=tcp:127.0.0.1:HPORT-:GPORT]...[,restrict=on]`: the NAT (10.0.2.0/24)
+//! - `user[,hostfwd=tcp|udp:127.0.0.1:HPORT-:GPORT]...[,restrict=on]`: the NAT (10.0.2.0/24)
 //! - `socket,udp=HOST:PORT,localaddr=HOST:PORT`: a wire to another hospes
 //! - `pcap=FILE`: every frame, both ways, to a capture
 //! - `none`
@@ -187,7 +187,8 @@ mod tests {
 
     #[test]
     fn net_options_as_qemu_spells_them() {
-        let s = parse(&["user,hostfwd=tcp:127.0.0.1:8080-:80"]).expect("user");
+        let s =
+            parse(&["user,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp::5353-:53"]).expect("user");
         assert_eq!(s.nic, Some(NicConfig::default_pci()));
         let s = parse(&["nic,model=ne2k_isa,iobase=0x320,irq=10,macaddr=52:54:00:aa:bb:cc"])
             .expect("isa");
@@ -207,6 +208,7 @@ mod tests {
             "nic,model=ne2k_isa,irq=4",
             "nic,macaddr=01:00:00:00:00:00",
             "user,colour=blue",
+            "user,hostfwd=udp::5353",
             "socket,udp=127.0.0.1:5000",
             "tap,ifname=tap0",
         ] {

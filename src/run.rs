@@ -100,7 +100,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "WHERE")]
     pub monitor: Option<MonitorSpec>,
     /// The network card and what it is connected to (repeatable): `user` (NAT, with
-    /// `,hostfwd=tcp:127.0.0.1:HPORT-:GPORT`), `nic,model=ne2k_pci|ne2k_isa[,iobase=,
+    /// `,hostfwd=tcp:127.0.0.1:HPORT-:GPORT` or `udp:...`), `nic,model=ne2k_pci|ne2k_isa[,iobase=,
     /// irq=,macaddr=]`, `socket,udp=HOST:PORT,localaddr=HOST:PORT`, `pcap=FILE`.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,

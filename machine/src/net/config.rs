@@ -3,29 +3,41 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-/// A TCP port forward from the host into the guest: connections accepted on
-/// `host` are connected to the guest's 10.0.2.15:`guest_port`.
+/// Which transport a host forward carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardProto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// A port forward from the host into the guest. TCP: connections accepted
+/// on `host` are connected to the guest's 10.0.2.15:`guest_port`. UDP:
+/// datagrams arriving at `host` go to 10.0.2.15:`guest_port`, and the
+/// guest's replies go back to their senders.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostForward {
+    pub proto: ForwardProto,
     pub host: SocketAddr,
     pub guest_port: u16,
 }
 
 impl HostForward {
-    /// Parses QEMU's `hostfwd` syntax: `[tcp]:[hostaddr]:hostport-[guestaddr]:guestport`,
-    /// e.g. `tcp:127.0.0.1:8080-:80` or `tcp::8080-:80`. The host address
+    /// Parses QEMU's `hostfwd` syntax: `[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport`,
+    /// e.g. `tcp:127.0.0.1:8080-:80`, `tcp::8080-:80` or `udp::5353-:53`
+    /// (no protocol is TCP). The host address
     /// defaults to 127.0.0.1; the guest address, if given, must be 10.0.2.15.
     /// A host port of 0 binds an ephemeral port (see [`super::Nat::forward_addrs`]).
     pub fn parse(spec: &str) -> Result<HostForward, String> {
         let bad = |why: &str| format!("bad host forward '{spec}': {why}");
         let (proto, rest) = spec
             .split_once(':')
-            .ok_or_else(|| bad("expected [tcp]:[hostaddr]:hostport-[guestaddr]:guestport"))?;
-        match proto {
-            "" | "tcp" => {}
-            "udp" => return Err(bad("udp forwards are not supported")),
-            other => return Err(bad(&format!("unknown protocol '{other}'"))),
-        }
+            .ok_or_else(|| bad("expected [tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport"))?;
+        let proto = match proto {
+            "" | "tcp" => ForwardProto::Tcp,
+            "udp" => ForwardProto::Udp,
+            other => return Err(bad(&format!("unknown protocol '{other}' (tcp or udp)"))),
+        };
         let (host, guest) = rest
             .split_once('-')
             .ok_or_else(|| bad("missing '-' between host and guest parts"))?;
@@ -56,6 +68,7 @@ impl HostForward {
             .filter(|&p| p != 0)
             .ok_or_else(|| bad(&format!("bad guest port '{guest_port}'")))?;
         Ok(HostForward {
+            proto,
             host: SocketAddr::new(host_ip, host_port),
             guest_port,
         })
@@ -65,7 +78,7 @@ impl HostForward {
 /// The NAT's configuration.
 #[derive(Clone, Debug)]
 pub struct NatConfig {
-    /// TCP forwards from host addresses into the guest.
+    /// TCP and UDP forwards from host addresses into the guest.
     pub host_forwards: Vec<HostForward>,
     /// The host resolver that the guest reaches as 10.0.2.3:53. `None`: the
     /// first `nameserver` of /etc/resolv.conf (port 53).

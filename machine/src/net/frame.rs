@@ -171,11 +171,6 @@ pub(crate) fn udp_frames(
     ident: u16,
 ) -> Vec<Vec<u8>> {
     let total = UDP_HEADER + payload.len();
-    if total <= MTU - IP_HEADER {
-        return vec![udp_frame(
-            eth_src, eth_dst, src.0, src.1, dst.0, dst.1, payload,
-        )];
-    }
     if total > usize::from(u16::MAX) - IP_HEADER {
         return Vec::new();
     }
@@ -192,21 +187,64 @@ pub(crate) fn udp_frames(
         |p| p.copy_from_slice(payload),
         &ChecksumCapabilities::default(),
     );
+    ip_frames(
+        eth_src,
+        eth_dst,
+        src.0,
+        dst.0,
+        IpProtocol::Udp,
+        &dgram,
+        ident,
+    )
+}
+
+/// An ICMP message as one frame, or as IPv4 fragments when it does not
+/// fit the MTU (a big echo reply).
+pub(crate) fn icmp_frames(
+    eth_src: EthernetAddress,
+    eth_dst: EthernetAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    icmp: &Icmpv4Repr,
+    ident: u16,
+) -> Vec<Vec<u8>> {
+    let mut msg = vec![0; icmp.buffer_len()];
+    icmp.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut msg[..]),
+        &ChecksumCapabilities::default(),
+    );
+    ip_frames(eth_src, eth_dst, src, dst, IpProtocol::Icmp, &msg, ident)
+}
+
+/// An IP payload (a whole UDP datagram, ICMP message...) as one frame, or
+/// as IPv4 fragments of at most the MTU; none if no IPv4 datagram holds it.
+pub(crate) fn ip_frames(
+    eth_src: EthernetAddress,
+    eth_dst: EthernetAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: IpProtocol,
+    payload: &[u8],
+    ident: u16,
+) -> Vec<Vec<u8>> {
+    let total = payload.len();
+    if total <= MTU - IP_HEADER {
+        return vec![ip_frame(eth_src, eth_dst, src, dst, proto, total, |b| {
+            b.copy_from_slice(payload)
+        })];
+    }
+    if total > usize::from(u16::MAX) - IP_HEADER {
+        return Vec::new();
+    }
     let step = (MTU - IP_HEADER) & !7;
-    dgram
+    payload
         .chunks(step)
         .enumerate()
         .map(|(i, chunk)| {
             let offset = i * step;
-            let mut f = ip_frame(
-                eth_src,
-                eth_dst,
-                src.0,
-                dst.0,
-                IpProtocol::Udp,
-                chunk.len(),
-                |b| b.copy_from_slice(chunk),
-            );
+            let mut f = ip_frame(eth_src, eth_dst, src, dst, proto, chunk.len(), |b| {
+                b.copy_from_slice(chunk)
+            });
             let mut ip = Ipv4Packet::new_unchecked(&mut f[ETH_HEADER..]);
             ip.set_ident(ident);
             ip.set_dont_frag(false);
@@ -227,7 +265,9 @@ pub(crate) fn pad(mut f: Vec<u8>) -> Vec<u8> {
     f
 }
 
-/// An ICMP message in a frame.
+/// An ICMP message in one frame (the tests' guest sends these; the NAT
+/// itself uses [`icmp_frames`]).
+#[cfg(test)]
 pub(crate) fn icmp_frame(
     eth_src: EthernetAddress,
     eth_dst: EthernetAddress,
@@ -245,6 +285,45 @@ pub(crate) fn icmp_frame(
         |buf| {
             let mut pkt = Icmpv4Packet::new_unchecked(buf);
             icmp.emit(&mut pkt, &ChecksumCapabilities::default());
+        },
+    )
+}
+
+/// ICMP destination unreachable code for "port unreachable".
+pub(crate) const PORT_UNREACHABLE: u8 = 3;
+
+/// How much of an IP datagram an ICMP error about it quotes: as much as
+/// keeps the error within 576 bytes (RFC 1812 4.3.2.3), which is always
+/// more than RFC 792's header and 8 bytes. (smoltcp, for one, reads an
+/// error only if it quotes the whole of a small datagram.)
+pub(crate) fn quote_len(packet: &[u8]) -> usize {
+    packet.len().min(576 - IP_HEADER - 8)
+}
+
+/// ICMP destination unreachable (`code`) about `original`, an IP datagram
+/// of which it quotes the first [`quote_len`] bytes as they came.
+pub(crate) fn icmp_unreachable(
+    eth_src: EthernetAddress,
+    eth_dst: EthernetAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    code: u8,
+    original: &[u8],
+) -> Vec<u8> {
+    let quoted = &original[..quote_len(original)];
+    ip_frame(
+        eth_src,
+        eth_dst,
+        src,
+        dst,
+        IpProtocol::Icmp,
+        8 + quoted.len(),
+        |buf| {
+            // Type 3, the code, the checksum, 4 unused bytes, the quote.
+            buf[0] = 3;
+            buf[1] = code;
+            buf[8..].copy_from_slice(quoted);
+            Icmpv4Packet::new_unchecked(buf).fill_checksum();
         },
     )
 }

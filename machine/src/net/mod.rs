@@ -15,8 +15,40 @@
 //! to them are answered here, echo to other addresses goes through an
 //! unprivileged ICMP socket where the host allows those. UDP: one connected
 //! host socket per (guest endpoint, destination), idle ones closed after
-//! 60 s; replies too big for one frame are sent as IPv4 fragments. Guest
-//! IP fragments are dropped (no reassembly).
+//! 240 s (those to the resolver after 10 s); replies too big for one frame
+//! (UDP, and echo replies) are sent as IPv4 fragments. A host's port
+//! unreachable (ECONNREFUSED on the flow's socket), and datagrams to ports
+//! of 10.0.2.2/10.0.2.3 that nothing serves, get the guest an ICMP port
+//! unreachable quoting its datagram (up to 548 bytes of it).
+//!
+//! The guest's fragmented UDP and ICMP datagrams are put back together
+//! (`reassembly`: at most 16 under way, 30 s each, bounded and checked
+//! against a hostile guest); its TCP fragments are dropped.
+//!
+//! Host forwards (`hostfwd=`): TCP ones accept host connections and connect
+//! to the guest from 10.0.2.2 (below). UDP ones bind a host socket; each
+//! host sender on it is given a port of 10.0.2.2 (from 49152 up), its
+//! datagrams reach the guest from there, and what the guest sends back to
+//! that port goes to the sender from the forward's socket. Senders idle
+//! 240 s are forgotten. Only replies from the forward's guest port go
+//! back that way (a guest that answers from another port, as TFTP does,
+//! makes an ordinary flow to the host's loopback instead).
+//!
+//! Timeouts are measured on the NAT's clock (the host's monotonic clock;
+//! tests move it on instead of sleeping). Besides those above: a TCP
+//! connection that moves no data and gets no guest segment for 2 h 4 min
+//! (RFC 5382's lower bound) is reset both ways, so forgotten connections
+//! do not fill the table; a host connect that takes over 30 s is given up;
+//! a connection the host closed is dropped 120 s later if the guest has
+//! not closed its side; a guest that leaves data, a handshake or a FIN
+//! unanswered 120 s loses the connection (smoltcp's timeout, which is off
+//! while nothing is owed: a quiet guest is no dead one). The guest learns
+//! of any of these only through the frames it is sent, which the machine
+//! records.
+//!
+//! Not done: TCP fragments from the guest (dropped), ICMP errors other
+//! than port unreachable (no time exceeded when a reassembly times out, no
+//! host unreachable), IPv6.
 //!
 //! Accepting SYNs to any address: the interface has `any_ip` and a default
 //! route through its own 10.0.2.2, so it takes packets for every unicast
@@ -34,6 +66,7 @@ mod config;
 mod dhcp;
 mod frame;
 pub mod link;
+mod reassembly;
 #[cfg(test)]
 mod tests;
 
@@ -54,8 +87,9 @@ use smoltcp::wire::{
     UdpRepr, DHCP_SERVER_PORT,
 };
 
-pub use config::{HostForward, NatConfig};
+pub use config::{ForwardProto, HostForward, NatConfig};
 use frame::Queues;
+use reassembly::Reassembler;
 
 /// The gateway, which is also the host (10.0.2.2).
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -73,13 +107,24 @@ pub const MAX_TCP_FLOWS: usize = 256;
 pub const MAX_UDP_FLOWS: usize = 256;
 /// Each TCP connection's guest-side receive and send buffers.
 const TCP_BUFFER: usize = 128 * 1024;
-/// UDP flows idle this long are closed.
-const UDP_IDLE: Duration = Duration::from_secs(60);
+/// UDP flows (and UDP forward peers) idle this long are closed: slirp's
+/// figure, and more than the 2 minutes RFC 4787 (REQ-5) asks of a NAT.
+const UDP_IDLE: Duration = Duration::from_secs(240);
+/// Flows to the resolver go sooner (one query, one answer), as in slirp.
+const DNS_IDLE: Duration = Duration::from_secs(10);
+/// An open TCP connection that moved no data either way this long is reset
+/// (guest and host both get a RST), so that forgotten connections do not
+/// fill the table. RFC 5382 (REQ-5) asks a NAT to wait at least 2 h 4 min;
+/// guests that keep idle connections longer send keepalives.
+const TCP_IDLE: Duration = Duration::from_secs(2 * 3600 + 4 * 60);
 /// A host connect not done by then is given up (the guest gets a RST).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection whose host side has closed is dropped if the guest has not
 /// closed its side this long after.
 const FIN_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// A guest that leaves the NAT's data, handshake or FIN unanswered this
+/// long loses the connection (smoltcp's timeout).
+const GUEST_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(120);
 /// Guest TCP packets waiting for smoltcp (between guest_sent and poll).
 const MAX_RX_QUEUE: usize = 1024;
 /// Frames for the guest waiting for poll.
@@ -103,6 +148,10 @@ const LISTEN_INTERVAL: Duration = Duration::from_millis(50);
 pub struct NatStats {
     pub tcp_flows: usize,
     pub udp_flows: usize,
+    /// Host senders on UDP forwards the guest can answer.
+    pub udp_forward_peers: usize,
+    /// Fragmented guest datagrams not yet complete.
+    pub reassemblies: usize,
     pub ping_flows: usize,
     /// smoltcp sockets: one per TCP flow past its host connect.
     pub tcp_sockets: usize,
@@ -124,6 +173,8 @@ enum TcpFlow {
 struct OpenFlow {
     handle: SocketHandle,
     stream: TcpStream,
+    /// When data last moved either way (for [`TCP_IDLE`]).
+    last: Instant,
     /// The host closed its sending side (the guest was sent a FIN).
     host_eof: Option<Instant>,
     /// The guest's FIN was passed on to the host (shutdown(Write)).
@@ -147,6 +198,24 @@ fn ping_socket() -> io::Result<socket2::Socket> {
 struct UdpFlow {
     socket: UdpSocket,
     last: Instant,
+    /// The start of the guest's latest datagram (IP header included): what
+    /// an ICMP error about it quotes.
+    quote: Vec<u8>,
+}
+
+/// A host socket bound for a UDP forward.
+struct UdpForward {
+    socket: UdpSocket,
+    guest_port: u16,
+}
+
+/// A host sender on a UDP forward. The guest sees it as 10.0.2.2 at the
+/// port it is keyed by in `Nat::forward_peers`.
+struct ForwardPeer {
+    /// Index into `Nat::udp_forwards`.
+    forward: usize,
+    peer: SocketAddr,
+    last: Instant,
 }
 
 /// The user-mode NAT. See the module docs.
@@ -160,16 +229,27 @@ pub struct Nat {
     /// Echo flows: (guest, destination, guest's ident).
     pings: HashMap<(Ipv4Addr, Ipv4Addr, u16), PingFlow>,
     listeners: Vec<(TcpListener, u16)>,
+    udp_forwards: Vec<UdpForward>,
+    /// UDP forward senders by the 10.0.2.2 port the guest sees them at.
+    forward_peers: HashMap<u16, ForwardPeer>,
+    /// The forwards' bound addresses, in the configuration's order.
+    forward_addrs: Vec<SocketAddr>,
     dns: Option<SocketAddr>,
     host_loopback: Ipv4Addr,
     restrict: bool,
     guest_mac: Option<EthernetAddress>,
     out: Vec<Vec<u8>>,
     next_port: u16,
+    next_udp_port: u16,
     deadline: Option<Instant>,
     udp_buf: Vec<u8>,
     /// IPv4 ident of the datagrams the NAT fragments.
     ip_ident: u16,
+    /// The guest's fragmented datagrams under reassembly.
+    fragments: Reassembler,
+    /// Added to the host clock: tests move the NAT's time on with it
+    /// instead of sleeping through its timeouts.
+    clock_skew: Duration,
     /// Tests: where flows to outside addresses really go (loopback), so
     /// the path for arbitrary addresses is tested without sending anything
     /// off this machine.
@@ -181,8 +261,8 @@ fn unicast(ip: Ipv4Addr) -> bool {
     !(ip.is_broadcast() || ip.is_multicast() || ip.is_unspecified())
 }
 
-fn smol_now(start: Instant) -> SmolInstant {
-    SmolInstant::from_micros(start.elapsed().as_micros() as i64)
+fn smol_time(start: Instant, now: Instant) -> SmolInstant {
+    SmolInstant::from_micros(now.saturating_duration_since(start).as_micros() as i64)
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -241,7 +321,7 @@ fn new_tcp_socket() -> tcp::Socket<'static> {
         tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
     );
     s.set_nagle_enabled(false);
-    s.set_timeout(Some(smoltcp::time::Duration::from_secs(120)));
+    s.set_timeout(Some(GUEST_TIMEOUT));
     s
 }
 
@@ -249,16 +329,39 @@ impl Nat {
     /// Makes the NAT and binds the host forwards' listeners.
     pub fn new(config: NatConfig) -> Result<Nat, String> {
         let mut listeners = Vec::new();
+        let mut udp_forwards = Vec::new();
+        let mut forward_addrs = Vec::new();
         for f in &config.host_forwards {
-            let l = TcpListener::bind(f.host).map_err(|e| {
+            let what = match f.proto {
+                ForwardProto::Tcp => "tcp",
+                ForwardProto::Udp => "udp",
+            };
+            let err = |e: io::Error| {
                 format!(
-                    "host forward {} -> guest port {}: {e}",
+                    "{what} host forward {} -> guest port {}: {e}",
                     f.host, f.guest_port
                 )
-            })?;
-            l.set_nonblocking(true)
-                .map_err(|e| format!("host forward {}: {e}", f.host))?;
-            listeners.push((l, f.guest_port));
+            };
+            let addr = match f.proto {
+                ForwardProto::Tcp => {
+                    let l = TcpListener::bind(f.host).map_err(err)?;
+                    l.set_nonblocking(true).map_err(err)?;
+                    let addr = l.local_addr().map_err(err)?;
+                    listeners.push((l, f.guest_port));
+                    addr
+                }
+                ForwardProto::Udp => {
+                    let socket = UdpSocket::bind(f.host).map_err(err)?;
+                    socket.set_nonblocking(true).map_err(err)?;
+                    let addr = socket.local_addr().map_err(err)?;
+                    udp_forwards.push(UdpForward {
+                        socket,
+                        guest_port: f.guest_port,
+                    });
+                    addr
+                }
+            };
+            forward_addrs.push(addr);
         }
         let start = Instant::now();
         let mut queues = Queues::new(Medium::Ip);
@@ -268,7 +371,7 @@ impl Nat {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x5eed)
             ^ (std::process::id() as u64) << 32;
-        let mut iface = Interface::new(cfg, &mut queues, smol_now(start));
+        let mut iface = Interface::new(cfg, &mut queues, smol_time(start, start));
         iface.update_ip_addrs(|addrs| {
             let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(GATEWAY_IP), 24));
             let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(DNS_IP), 24));
@@ -287,33 +390,54 @@ impl Nat {
             udp: HashMap::new(),
             pings: HashMap::new(),
             listeners,
+            udp_forwards,
+            forward_peers: HashMap::new(),
+            forward_addrs,
             dns: config.dns.or_else(config::system_dns),
             host_loopback: config.host_loopback,
             restrict: config.restrict,
             guest_mac: None,
             out: Vec::new(),
             next_port: 49152,
+            next_udp_port: 49152,
             deadline: None,
             udp_buf: vec![0; 65536],
             ip_ident: 0,
+            fragments: Reassembler::default(),
+            clock_skew: Duration::ZERO,
             #[cfg(test)]
             redirect_outside: None,
         })
     }
 
-    /// The addresses the host forwards listen on (with the port the
-    /// system picked where the forward asked for port 0).
+    /// The addresses the host forwards listen on, in the configuration's
+    /// order (with the port the system picked where the forward asked for
+    /// port 0).
     pub fn forward_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
-            .collect()
+        self.forward_addrs.clone()
+    }
+
+    /// The NAT's clock: every timeout here is measured on it.
+    fn now(&self) -> Instant {
+        Instant::now() + self.clock_skew
+    }
+
+    fn smol_now(&self) -> SmolInstant {
+        smol_time(self.start, self.now())
+    }
+
+    /// Tests: moves the NAT's clock on by `by`.
+    #[cfg(test)]
+    pub(crate) fn advance_clock(&mut self, by: Duration) {
+        self.clock_skew += by;
     }
 
     pub fn stats(&self) -> NatStats {
         NatStats {
             tcp_flows: self.tcp.len(),
             udp_flows: self.udp.len(),
+            udp_forward_peers: self.forward_peers.len(),
+            reassemblies: self.fragments.len(),
             ping_flows: self.pings.len(),
             tcp_sockets: self.sockets.iter().count(),
         }
@@ -325,7 +449,7 @@ impl Nat {
             return Some(Duration::ZERO);
         }
         self.deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
+            .map(|d| d.saturating_duration_since(self.now()))
     }
 
     fn push_out(&mut self, frame: Vec<u8>) {
@@ -368,14 +492,29 @@ impl Nat {
         let Ok(ip) = Ipv4Packet::new_checked(packet) else {
             return;
         };
-        // This also drops fragments (smoltcp's fragmentation is not built).
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            // UDP and ICMP are put back together; TCP segments are not
+            // fragmented by guests that do path MTU discovery or heed the
+            // MSS, so they are dropped.
+            if ip.version() == 4
+                && ip.verify_checksum()
+                && matches!(ip.next_header(), IpProtocol::Udp | IpProtocol::Icmp)
+            {
+                let now = self.now();
+                let total = usize::from(ip.total_len());
+                if let Some(whole) = self.fragments.add(&packet[..total], now) {
+                    self.ipv4_in(&whole);
+                }
+            }
+            return;
+        }
         let Ok(repr) = Ipv4Repr::parse(&ip, &ChecksumCapabilities::default()) else {
             return;
         };
         let total = ip.total_len() as usize;
         match repr.next_header {
             IpProtocol::Tcp => self.tcp_in(&repr, &packet[..total], ip.payload()),
-            IpProtocol::Udp => self.udp_in(&repr, ip.payload()),
+            IpProtocol::Udp => self.udp_in(&repr, &packet[..total], ip.payload()),
             IpProtocol::Icmp => self.icmp_in(&repr, ip.payload()),
             _ => {}
         }
@@ -402,14 +541,18 @@ impl Nat {
                 seq_no,
                 data,
             };
-            let f = frame::icmp_frame(
+            self.ip_ident = self.ip_ident.wrapping_add(1);
+            let frames = frame::icmp_frames(
                 GATEWAY_MAC,
                 self.guest_eth(),
                 ip.dst_addr,
                 ip.src_addr,
                 &reply,
+                self.ip_ident,
             );
-            self.push_out(f);
+            for f in frames {
+                self.push_out(f);
+            }
             return;
         }
         // Elsewhere: through an unprivileged ICMP socket, where the host
@@ -418,7 +561,7 @@ impl Nat {
             return;
         };
         let key = (ip.src_addr, ip.dst_addr, ident);
-        let now = Instant::now();
+        let now = self.now();
         if !self.pings.contains_key(&key) {
             if self.pings.len() >= MAX_PING_FLOWS {
                 if let Some(oldest) = self
@@ -451,6 +594,7 @@ impl Nat {
         let guest_eth = self.guest_eth();
         let mut frames = Vec::new();
         let buf = &mut self.udp_buf;
+        let ip_ident = &mut self.ip_ident;
         let room = MAX_OUT_FRAMES.saturating_sub(self.out.len());
         self.pings.retain(|&(guest, remote, ident), flow| {
             for _ in 0..UDP_READS_PER_POLL {
@@ -462,7 +606,7 @@ impl Nat {
                     Err(_) => break,
                 };
                 // An echo reply: type 0, then code, checksum, ident, seq.
-                if n < 8 || buf[0] != 0 || n > frame::MTU - frame::IP_HEADER {
+                if n < 8 || buf[0] != 0 {
                     continue;
                 }
                 flow.last = now;
@@ -471,15 +615,17 @@ impl Nat {
                     seq_no: u16::from_be_bytes([buf[6], buf[7]]),
                     data: &buf[8..n],
                 };
-                frames.push(frame::icmp_frame(
+                *ip_ident = ip_ident.wrapping_add(1);
+                frames.extend(frame::icmp_frames(
                     GATEWAY_MAC,
                     guest_eth,
                     remote,
                     guest,
                     &reply,
+                    *ip_ident,
                 ));
             }
-            now.duration_since(flow.last) < PING_IDLE
+            now.saturating_duration_since(flow.last) < PING_IDLE
         });
         for f in frames {
             self.push_out(f);
@@ -516,7 +662,25 @@ impl Nat {
         Some(SocketAddr::new(IpAddr::V4(dst), port))
     }
 
-    fn udp_in(&mut self, ip: &Ipv4Repr, data: &[u8]) {
+    /// ICMP port unreachable for the guest's datagram `packet` (its IP
+    /// header and on), from the address it was sent to.
+    fn port_unreachable(&mut self, packet: &[u8]) {
+        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+            return;
+        };
+        let f = frame::icmp_unreachable(
+            GATEWAY_MAC,
+            self.guest_eth(),
+            ip.dst_addr(),
+            ip.src_addr(),
+            frame::PORT_UNREACHABLE,
+            packet,
+        );
+        self.push_out(f);
+    }
+
+    /// `packet` is the whole IP datagram, `data` its UDP part.
+    fn udp_in(&mut self, ip: &Ipv4Repr, packet: &[u8], data: &[u8]) {
         let Ok(pkt) = UdpPacket::new_checked(data) else {
             return;
         };
@@ -539,14 +703,30 @@ impl Nat {
         if !unicast(ip.src_addr) || udp.src_port == 0 {
             return;
         }
+        let now = self.now();
+        if ip.dst_addr == GATEWAY_IP && ip.src_addr == GUEST_IP {
+            // A reply to a sender on a UDP forward?
+            if let Some(p) = self.forward_peers.get_mut(&udp.dst_port) {
+                let forward = &self.udp_forwards[p.forward];
+                if forward.guest_port == udp.src_port {
+                    p.last = now;
+                    let _ = forward.socket.send_to(pkt.payload(), p.peer);
+                    return;
+                }
+            }
+        }
         let Some(target) = self.host_target(ip.dst_addr, udp.dst_port) else {
+            // Nothing listens there: say so, as a host would. (Other
+            // addresses the guest may not reach stay silent.)
+            if ip.dst_addr == GATEWAY_IP || ip.dst_addr == DNS_IP {
+                self.port_unreachable(packet);
+            }
             return;
         };
         let key = (
             SocketAddrV4::new(ip.src_addr, udp.src_port),
             SocketAddrV4::new(ip.dst_addr, udp.dst_port),
         );
-        let now = Instant::now();
         if !self.udp.contains_key(&key) {
             if self.udp.len() >= MAX_UDP_FLOWS {
                 if let Some(oldest) = self.udp.iter().min_by_key(|(_, f)| f.last).map(|(k, _)| *k) {
@@ -556,11 +736,26 @@ impl Nat {
             let Ok(socket) = udp_socket(target) else {
                 return;
             };
-            self.udp.insert(key, UdpFlow { socket, last: now });
+            let flow = UdpFlow {
+                socket,
+                last: now,
+                quote: Vec::new(),
+            };
+            self.udp.insert(key, flow);
         }
-        if let Some(flow) = self.udp.get_mut(&key) {
-            flow.last = now;
-            let _ = flow.socket.send(pkt.payload());
+        let Some(flow) = self.udp.get_mut(&key) else {
+            return;
+        };
+        flow.last = now;
+        flow.quote.clear();
+        flow.quote
+            .extend_from_slice(&packet[..frame::quote_len(packet)]);
+        if let Err(e) = flow.socket.send(pkt.payload()) {
+            // An ICMP error for an earlier datagram of this flow is
+            // reported here (and this one was not sent).
+            if e.kind() == io::ErrorKind::ConnectionRefused {
+                self.port_unreachable(packet);
+            }
         }
     }
 
@@ -576,6 +771,7 @@ impl Nat {
             SocketAddrV4::new(ip.dst_addr, seg.dst_port()),
         );
         let pure_syn = seg.syn() && !seg.ack() && !seg.rst() && !seg.fin();
+        let now = self.now();
         match self.tcp.get_mut(&key) {
             Some(TcpFlow::Connecting { syn, .. }) => {
                 // A repeated SYN: the latest one counts (the guest may
@@ -585,7 +781,12 @@ impl Nat {
                 }
                 return;
             }
-            Some(TcpFlow::Open(_)) => return self.give_smoltcp(packet.to_vec(), false),
+            Some(TcpFlow::Open(flow)) => {
+                // Any segment counts as activity, the guest's keepalives
+                // included.
+                flow.last = now;
+                return self.give_smoltcp(packet.to_vec(), false);
+            }
             None => {}
         }
         if pure_syn && unicast(ip.src_addr) && seg.src_port() != 0 && self.tcp.len() < MAX_TCP_FLOWS
@@ -597,7 +798,7 @@ impl Nat {
                         TcpFlow::Connecting {
                             stream,
                             syn: packet.to_vec(),
-                            since: Instant::now(),
+                            since: now,
                         },
                     );
                     return;
@@ -631,7 +832,7 @@ impl Nat {
         None
     }
 
-    fn accept_forwards(&mut self) {
+    fn accept_forwards(&mut self, now: Instant) {
         for i in 0..self.listeners.len() {
             for _ in 0..ACCEPTS_PER_POLL {
                 let (stream, guest_port) = match self.listeners[i].0.accept() {
@@ -666,6 +867,7 @@ impl Nat {
                     TcpFlow::Open(OpenFlow {
                         handle,
                         stream,
+                        last: now,
                         host_eof: None,
                         guest_eof: false,
                     }),
@@ -688,7 +890,9 @@ impl Nat {
                 continue;
             };
             let state = match connect_state(stream) {
-                Connect::Pending if now.duration_since(*since) > CONNECT_TIMEOUT => Connect::Failed,
+                Connect::Pending if now.saturating_duration_since(*since) > CONNECT_TIMEOUT => {
+                    Connect::Failed
+                }
                 s => s,
             };
             match state {
@@ -718,7 +922,7 @@ impl Nat {
                     // may reach the listening socket before this one.
                     self.give_smoltcp(syn, true);
                     self.iface.poll_ingress_single(
-                        smol_now(self.start),
+                        self.smol_now(),
                         &mut self.queues,
                         &mut self.sockets,
                     );
@@ -733,6 +937,7 @@ impl Nat {
                         TcpFlow::Open(OpenFlow {
                             handle,
                             stream,
+                            last: now,
                             host_eof: None,
                             guest_eof: false,
                         }),
@@ -764,6 +969,7 @@ impl Nat {
                 match r {
                     Ok(Ok(0)) => break,
                     Ok(Ok(_)) => {
+                        flow.last = now;
                         // Half-closed but busy: restart the FIN-wait clock.
                         if flow.host_eof.is_some() {
                             flow.host_eof = Some(now);
@@ -793,7 +999,7 @@ impl Nat {
             }
             let stale = flow
                 .host_eof
-                .is_some_and(|t| now.duration_since(t) > FIN_WAIT_TIMEOUT);
+                .is_some_and(|t| now.saturating_duration_since(t) > FIN_WAIT_TIMEOUT);
             match state {
                 tcp::State::Closed if broken || stale || sock.recv_queue() == 0 => {
                     done.push((*key, flow.host_eof.is_some() && flow.guest_eof));
@@ -822,15 +1028,24 @@ impl Nat {
                         flow.host_eof = Some(now);
                         sock.close();
                     }
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => flow.last = now,
                     Ok(Err(e)) if would_block(&e) => break,
                     Ok(Err(_)) => broken = true,
                     Err(_) => break,
                 }
             }
-            if stale {
+            if stale || now.saturating_duration_since(flow.last) > TCP_IDLE {
                 broken = true;
             }
+            // smoltcp's timeout also ends a connection whose guest has
+            // merely been quiet that long, with nothing to send it: keep it
+            // only while something waits for the guest (data, a handshake,
+            // a FIN). Idle connections are TCP_IDLE's business.
+            let idle_ok = matches!(
+                sock.state(),
+                tcp::State::Established | tcp::State::CloseWait
+            ) && sock.send_queue() == 0;
+            sock.set_timeout((!idle_ok).then_some(GUEST_TIMEOUT));
             if broken {
                 // smoltcp sends the guest a RST at the next egress; the
                 // flow goes at the next poll, when the state reads Closed.
@@ -873,29 +1088,127 @@ impl Nat {
                         ));
                     }
                     Err(e) if would_block(&e) => break,
-                    // ICMP errors (e.g. port unreachable) show up here.
+                    // The host's ICMP port unreachable for what this flow
+                    // sent: the guest gets one about its latest datagram.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        if !flow.quote.is_empty() {
+                            frames.push(frame::icmp_unreachable(
+                                GATEWAY_MAC,
+                                guest_eth,
+                                *remote.ip(),
+                                *guest.ip(),
+                                frame::PORT_UNREACHABLE,
+                                &flow.quote,
+                            ));
+                        }
+                        break;
+                    }
+                    // Other ICMP errors show up here too.
                     Err(_) => break,
                 }
             }
-            now.duration_since(flow.last) < UDP_IDLE
+            let idle = if *remote.ip() == DNS_IP {
+                DNS_IDLE
+            } else {
+                UDP_IDLE
+            };
+            now.saturating_duration_since(flow.last) < idle
         });
         for f in frames {
             self.push_out(f);
         }
     }
 
+    /// Datagrams from the hosts' senders on the UDP forwards, to the guest.
+    fn poll_udp_forwards(&mut self, now: Instant) {
+        let guest_eth = self.guest_eth();
+        for i in 0..self.udp_forwards.len() {
+            for _ in 0..UDP_READS_PER_POLL {
+                if self.out.len() >= MAX_OUT_FRAMES {
+                    break;
+                }
+                let (n, peer) = match self.udp_forwards[i].socket.recv_from(&mut self.udp_buf) {
+                    Ok(r) => r,
+                    Err(e) if would_block(&e) => break,
+                    // An ICMP error for a reply the guest sent: nothing to
+                    // pass on (the sender is not a flow of the guest's).
+                    Err(_) => continue,
+                };
+                let Some(port) = self.forward_peer_port(i, peer, now) else {
+                    continue;
+                };
+                self.ip_ident = self.ip_ident.wrapping_add(1);
+                let frames = frame::udp_frames(
+                    GATEWAY_MAC,
+                    guest_eth,
+                    (GATEWAY_IP, port),
+                    (GUEST_IP, self.udp_forwards[i].guest_port),
+                    &self.udp_buf[..n],
+                    self.ip_ident,
+                );
+                for f in frames {
+                    self.push_out(f);
+                }
+            }
+        }
+        self.forward_peers
+            .retain(|_, p| now.saturating_duration_since(p.last) < UDP_IDLE);
+    }
+
+    /// The 10.0.2.2 port that stands for `peer` on forward `forward`: the
+    /// one it had, or a new one (the least recently used goes if the table
+    /// is full).
+    fn forward_peer_port(&mut self, forward: usize, peer: SocketAddr, now: Instant) -> Option<u16> {
+        if let Some((&port, p)) = self
+            .forward_peers
+            .iter_mut()
+            .find(|(_, p)| p.forward == forward && p.peer == peer)
+        {
+            p.last = now;
+            return Some(port);
+        }
+        if self.forward_peers.len() >= MAX_UDP_FLOWS {
+            let oldest = self
+                .forward_peers
+                .iter()
+                .min_by_key(|(_, p)| p.last)
+                .map(|(k, _)| *k)?;
+            self.forward_peers.remove(&oldest);
+        }
+        // The ephemeral range has room for far more than MAX_UDP_FLOWS.
+        let port = loop {
+            let p = self.next_udp_port;
+            self.next_udp_port = if p == 65535 { 49152 } else { p + 1 };
+            if !self.forward_peers.contains_key(&p) {
+                break p;
+            }
+        };
+        self.forward_peers.insert(
+            port,
+            ForwardPeer {
+                forward,
+                peer,
+                last: now,
+            },
+        );
+        Some(port)
+    }
+
     /// Does the host I/O (never blocking) and returns frames for the guest.
     pub fn poll(&mut self) -> Vec<Vec<u8>> {
-        let now = Instant::now();
-        self.accept_forwards();
+        let now = self.now();
+        let smol_now = smol_time(self.start, now);
+        self.accept_forwards(now);
         self.check_connects(now);
         self.iface
-            .poll(smol_now(self.start), &mut self.queues, &mut self.sockets);
+            .poll(smol_now, &mut self.queues, &mut self.sockets);
         self.shuttle(now);
         self.iface
-            .poll(smol_now(self.start), &mut self.queues, &mut self.sockets);
+            .poll(smol_now, &mut self.queues, &mut self.sockets);
         self.poll_udp(now);
+        self.poll_udp_forwards(now);
         self.poll_pings(now);
+        self.fragments.expire(now);
 
         let guest_eth = self.guest_eth();
         let mut frames = std::mem::take(&mut self.out);
@@ -911,11 +1224,15 @@ impl Nat {
         // The next deadline: smoltcp's timers, the host sockets, UDP expiry.
         let smol = self
             .iface
-            .poll_delay(smol_now(self.start), &self.sockets)
+            .poll_delay(smol_now, &self.sockets)
             .map(|d| now + Duration::from_micros(d.total_micros()));
-        let host = if !self.tcp.is_empty() || !self.udp.is_empty() || !self.pings.is_empty() {
+        let host = if !self.tcp.is_empty()
+            || !self.udp.is_empty()
+            || !self.pings.is_empty()
+            || !self.forward_peers.is_empty()
+        {
             Some(now + HOST_IO_INTERVAL)
-        } else if !self.listeners.is_empty() {
+        } else if !self.listeners.is_empty() || !self.udp_forwards.is_empty() {
             Some(now + LISTEN_INTERVAL)
         } else {
             None

@@ -628,8 +628,13 @@ fn net_host_forward_refused_by_guest() {
 fn net_hostforward_parse() {
     let p = |s: &str| HostForward::parse(s);
     let hf = |a: &str, g| HostForward {
+        proto: ForwardProto::Tcp,
         host: a.parse::<SocketAddr>().unwrap(),
         guest_port: g,
+    };
+    let udp = |a: &str, g| HostForward {
+        proto: ForwardProto::Udp,
+        ..hf(a, g)
     };
     assert_eq!(p("tcp:127.0.0.1:8080-:80"), Ok(hf("127.0.0.1:8080", 80)));
     assert_eq!(p("tcp::8080-:80"), Ok(hf("127.0.0.1:8080", 80)));
@@ -639,10 +644,22 @@ fn net_hostforward_parse() {
         Ok(hf("0.0.0.0:2222", 22))
     );
     assert_eq!(p("tcp:localhost:0-:22"), Ok(hf("127.0.0.1:0", 22)));
+    assert_eq!(p("udp::5353-:53"), Ok(udp("127.0.0.1:5353", 53)));
+    assert_eq!(
+        p("udp:0.0.0.0:6000-10.0.2.15:6001"),
+        Ok(udp("0.0.0.0:6000", 6001))
+    );
+    assert_eq!(p("udp:[::1]:69-:69"), Ok(udp("[::1]:69", 69)));
     for bad in [
         "",
         "tcp",
-        "udp::53-:53",
+        "udp",
+        "udp::53",
+        "udp::53-:0",
+        "udp::x-:53",
+        "udp:1.2.3:53-:53",
+        "udp::53-10.0.2.2:53",
+        "UDP::53-:53",
         "sctp::1-:1",
         "tcp::8080",
         ":2222-:22",
@@ -1216,4 +1233,570 @@ fn net_tcp_host_half_close() {
     assert_eq!(hello, b"hello");
     let got = server.join().unwrap();
     assert!(got == data);
+}
+
+/// A guest UDP socket bound to `port`.
+fn guest_udp(g: &mut Guest, port: u16) -> SocketHandle {
+    let s = udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 8192]),
+    );
+    let h = g.sockets.add(s);
+    g.sockets.get_mut::<udp::Socket>(h).bind(port).unwrap();
+    h
+}
+
+#[test]
+fn net_udp_host_forward() {
+    // Two host senders on one UDP forward; the guest answers each, and each
+    // answer goes back to its own sender from the forward's address.
+    let mut nat = Nat::new(NatConfig {
+        host_forwards: vec![
+            HostForward::parse("tcp::0-:80").unwrap(),
+            HostForward::parse("udp:127.0.0.1:0-:5000").unwrap(),
+        ],
+        restrict: true,
+        ..NatConfig::default()
+    })
+    .unwrap();
+    let addrs = nat.forward_addrs();
+    assert_eq!(addrs.len(), 2);
+    let fwd = addrs[1];
+    // The UDP socket really is the second one (a UDP socket answers).
+    assert_ne!(fwd.port(), 0);
+    let mut g = Guest::new(true);
+    let h = guest_udp(&mut g, 5000);
+    let clients: Vec<UdpSocket> = (0..2)
+        .map(|_| {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_nonblocking(true).unwrap();
+            c
+        })
+        .collect();
+    let mut seen_ports = Vec::new();
+    for round in 0..2 {
+        for (i, c) in clients.iter().enumerate() {
+            let msg = format!("hello {i} {round}");
+            c.send_to(msg.as_bytes(), fwd).unwrap();
+            let mut got = None;
+            g.run_until(&mut nat, 10, |g| {
+                let s = g.sockets.get_mut::<udp::Socket>(h);
+                if let Ok((data, meta)) = s.recv() {
+                    assert_eq!(data, msg.as_bytes());
+                    assert_eq!(meta.endpoint.addr, IpAddress::Ipv4(GATEWAY_IP));
+                    let from = meta.endpoint;
+                    let reply = format!("re: {}", msg);
+                    s.send_slice(reply.as_bytes(), from).unwrap();
+                    seen_ports.push((i, from.port));
+                }
+                let mut buf = [0; 64];
+                if let Ok((n, from)) = c.recv_from(&mut buf) {
+                    got = Some((buf[..n].to_vec(), from));
+                    return true;
+                }
+                false
+            });
+            let (data, from) = got.unwrap();
+            assert_eq!(data, format!("re: hello {i} {round}").as_bytes());
+            assert_eq!(from, fwd);
+        }
+    }
+    // Each sender kept its port at 10.0.2.2, and the two differ.
+    let port_of = |i| {
+        let ps: Vec<u16> = seen_ports
+            .iter()
+            .filter(|(j, _)| *j == i)
+            .map(|(_, p)| *p)
+            .collect();
+        assert_eq!(ps.len(), 2);
+        assert_eq!(ps[0], ps[1]);
+        ps[0]
+    };
+    assert_ne!(port_of(0), port_of(1));
+    assert_eq!(nat.stats().udp_forward_peers, 2);
+    assert_eq!(nat.stats().udp_flows, 0);
+    // Idle senders are forgotten.
+    nat.advance_clock(UDP_IDLE + Duration::from_secs(1));
+    nat.poll();
+    assert_eq!(nat.stats().udp_forward_peers, 0);
+}
+
+/// The first ICMP message among `frames`, as (source, type, code, body
+/// after the 8-byte ICMP header), checksums checked.
+fn icmp_of(frames: &[Vec<u8>]) -> Option<(Ipv4Addr, u8, u8, Vec<u8>)> {
+    frames.iter().find_map(|f| {
+        let (dst, ip, payload) = parse_ipv4(f)?;
+        if ip.next_header != IpProtocol::Icmp {
+            return None;
+        }
+        assert_eq!(dst, GUEST_MAC);
+        assert_eq!(ip.dst_addr, GUEST_IP);
+        let pkt = Icmpv4Packet::new_checked(&payload[..]).unwrap();
+        assert!(pkt.verify_checksum());
+        Some((ip.src_addr, payload[0], payload[1], payload[8..].to_vec()))
+    })
+}
+
+#[test]
+fn net_udp_port_unreachable() {
+    let closed = {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let mut nat = test_nat();
+    // To the host (10.0.2.2 is 127.0.0.1) on a port nothing has: the
+    // host's refusal comes back as ICMP port unreachable.
+    let sent = frame::udp_frame(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        41000,
+        GATEWAY_IP,
+        closed,
+        b"anyone there?",
+    );
+    nat.guest_sent(&sent);
+    let limit = Instant::now() + Duration::from_secs(5);
+    let icmp = loop {
+        assert!(Instant::now() < limit, "no port unreachable");
+        if let Some(m) = icmp_of(&nat.poll()) {
+            break m;
+        }
+        thread::sleep(Duration::from_millis(1));
+    };
+    // Type 3 code 3 from where the datagram went, quoting it (a small one
+    // whole) as sent.
+    assert_eq!(icmp, (GATEWAY_IP, 3, 3, sent[14..].to_vec()));
+    // smoltcp (as a guest stack would) reads it as port unreachable.
+    let f = nat_icmp_repr(&frame::icmp_unreachable(
+        GATEWAY_MAC,
+        GUEST_MAC,
+        GATEWAY_IP,
+        GUEST_IP,
+        frame::PORT_UNREACHABLE,
+        &sent[14..],
+    ));
+    assert!(f, "smoltcp parses it as port unreachable");
+
+    // The NAT's own resolver address on a port that is not DNS: at once.
+    let sent = frame::udp_frame(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        41001,
+        DNS_IP,
+        123,
+        b"ntp?",
+    );
+    nat.guest_sent(&sent);
+    let icmp = icmp_of(&nat.poll()).expect("port unreachable from 10.0.2.3");
+    assert_eq!(icmp, (DNS_IP, 3, 3, sent[14..].to_vec()));
+    assert_eq!(nat.stats().udp_flows, 1);
+
+    // A header with options is quoted whole (IHL 6); a big datagram only
+    // so far as the error stays within 576 bytes.
+    let mut with_opts = sent[14..].to_vec();
+    with_opts.splice(20..20, [1u8, 1, 1, 0]);
+    with_opts[0] = 0x46;
+    assert_eq!(frame::quote_len(&with_opts), with_opts.len());
+    assert_eq!(frame::quote_len(&[0x45; 1400]), 576 - 28);
+    assert_eq!(frame::quote_len(&[]), 0);
+    nat.guest_sent(&frame::eth_wrap(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        EthernetProtocol::Ipv4,
+        &{
+            let mut p = with_opts.clone();
+            let len = p.len() as u16;
+            p[2..4].copy_from_slice(&len.to_be_bytes());
+            let mut ip = Ipv4Packet::new_unchecked(&mut p[..]);
+            ip.fill_checksum();
+            p
+        },
+    ));
+    let icmp = icmp_of(&nat.poll()).expect("port unreachable for a datagram with options");
+    assert_eq!(icmp.3.len(), with_opts.len());
+    assert_eq!(&icmp.3[20..24], &[1, 1, 1, 0]);
+
+    // A datagram bigger than one error holds: 548 bytes of it.
+    let big = pattern(1000, 9);
+    let sent = frame::udp_frame(GUEST_MAC, GATEWAY_MAC, GUEST_IP, 41002, DNS_IP, 7, &big);
+    nat.guest_sent(&sent);
+    let icmp = icmp_of(&nat.poll()).expect("port unreachable for a big datagram");
+    assert_eq!(icmp.3, sent[14..14 + 548].to_vec());
+}
+
+/// Whether smoltcp parses an unreachable frame as port unreachable.
+fn nat_icmp_repr(f: &[u8]) -> bool {
+    let (_, _, payload) = parse_ipv4(f).unwrap();
+    let pkt = Icmpv4Packet::new_checked(&payload[..]).unwrap();
+    matches!(
+        Icmpv4Repr::parse(&pkt, &ChecksumCapabilities::default()),
+        Ok(Icmpv4Repr::DstUnreachable {
+            reason: smoltcp::wire::Icmpv4DstUnreachable::PortUnreachable,
+            ..
+        })
+    )
+}
+
+#[test]
+fn net_udp_idle_timeouts() {
+    // A host sink and a "resolver" that never answer: only the guest's
+    // datagrams keep the flows alive.
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink_port = sink.local_addr().unwrap().port();
+    let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut nat = Nat::new(NatConfig {
+        restrict: true,
+        dns: Some(dns.local_addr().unwrap()),
+        ..NatConfig::default()
+    })
+    .unwrap();
+    let send = |nat: &mut Nat, dst: Ipv4Addr, port: u16| {
+        nat.guest_sent(&frame::udp_frame(
+            GUEST_MAC,
+            GATEWAY_MAC,
+            GUEST_IP,
+            42000,
+            dst,
+            port,
+            b"x",
+        ));
+        nat.poll();
+    };
+    send(&mut nat, GATEWAY_IP, sink_port);
+    send(&mut nat, DNS_IP, 53);
+    assert_eq!(nat.stats().udp_flows, 2);
+    // The DNS flow goes first.
+    nat.advance_clock(DNS_IDLE + Duration::from_secs(1));
+    nat.poll();
+    assert_eq!(nat.stats().udp_flows, 1);
+    // Traffic keeps the other one.
+    nat.advance_clock(UDP_IDLE - DNS_IDLE - Duration::from_secs(10));
+    send(&mut nat, GATEWAY_IP, sink_port);
+    nat.advance_clock(Duration::from_secs(20));
+    nat.poll();
+    assert_eq!(nat.stats().udp_flows, 1);
+    nat.advance_clock(UDP_IDLE);
+    nat.poll();
+    assert_eq!(nat.stats().udp_flows, 0);
+    // The host got every datagram, and its socket is gone with the flow.
+    let mut buf = [0; 8];
+    sink.set_nonblocking(true).unwrap();
+    let mut n = 0;
+    while sink.recv(&mut buf).is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 2);
+}
+
+#[test]
+fn net_tcp_idle_reset() {
+    // The host end reads until the connection ends, and says how.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0; 64];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (got, None),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (got, Some(e.kind())),
+            }
+        }
+    });
+    let mut nat = test_nat();
+    let mut g = Guest::new(true);
+    let h = g.new_tcp();
+    g.connect(h, (GATEWAY_IP, port), 49800);
+    g.run_until(&mut nat, 10, |g| {
+        g.tcp(h).state() == tcp::State::Established
+    });
+    // Quiet for just under the limit, then a byte: the clock starts over.
+    nat.advance_clock(TCP_IDLE - Duration::from_secs(60));
+    g.tcp(h).send_slice(b"a").unwrap();
+    g.run_until(&mut nat, 10, |g| g.tcp(h).send_queue() == 0);
+    nat.advance_clock(Duration::from_secs(120));
+    for _ in 0..5 {
+        g.step(&mut nat);
+    }
+    assert_eq!(g.tcp(h).state(), tcp::State::Established);
+    assert_eq!(nat.stats().tcp_flows, 1);
+    // Quiet past the limit: both ends are reset and the flow is gone.
+    nat.advance_clock(TCP_IDLE + Duration::from_secs(1));
+    g.run_until(&mut nat, 10, |g| g.tcp(h).state() == tcp::State::Closed);
+    // The flow goes (and the host's end is reset) at the next poll.
+    g.step(&mut nat);
+    let (got, how) = server.join().unwrap();
+    assert_eq!(got, b"a");
+    assert_eq!(how, Some(std::io::ErrorKind::ConnectionReset));
+    assert_eq!(nat.stats().tcp_flows, 0);
+    assert_eq!(nat.stats().tcp_sockets, 0);
+}
+
+// ---- guest fragments ----
+
+/// One fragment from the guest: bytes `from..to` of the IP payload
+/// `whole`, with more-fragments `more`.
+fn guest_fragment(
+    dst: Ipv4Addr,
+    proto: IpProtocol,
+    whole: &[u8],
+    (from, to): (usize, usize),
+    more: bool,
+    ident: u16,
+) -> Vec<u8> {
+    let mut f = frame::ip_frame(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        dst,
+        proto,
+        to - from,
+        |b| b.copy_from_slice(&whole[from..to]),
+    );
+    let mut ip = Ipv4Packet::new_unchecked(&mut f[frame::ETH_HEADER..]);
+    ip.set_ident(ident);
+    ip.set_dont_frag(false);
+    ip.set_more_frags(more);
+    ip.set_frag_offset(from as u16);
+    ip.fill_checksum();
+    f
+}
+
+/// Frames the NAT sent, put back together: (source, IP payload), checking
+/// each fragment's size and checksum.
+fn reassemble_reply(frames: &[Vec<u8>]) -> Option<(Ipv4Addr, Vec<u8>)> {
+    let mut parts = Vec::new();
+    let mut src = None;
+    for f in frames {
+        assert!(f.len() <= 1514);
+        let eth = EthernetFrame::new_checked(&f[..]).unwrap();
+        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.dst_addr(), GUEST_IP);
+        src = Some(ip.src_addr());
+        parts.push((
+            ip.frag_offset() as usize,
+            ip.more_frags(),
+            ip.payload().to_vec(),
+        ));
+    }
+    parts.sort_by_key(|p| p.0);
+    let mut whole = Vec::new();
+    for (off, _, data) in &parts {
+        assert_eq!(*off, whole.len());
+        whole.extend_from_slice(data);
+    }
+    let last = parts.last()?;
+    assert!(!last.1);
+    Some((src?, whole))
+}
+
+/// The echo message (type 8 or 0) with `data`, as bytes.
+fn echo_bytes(request: bool, ident: u16, seq_no: u16, data: &[u8]) -> Vec<u8> {
+    let repr = if request {
+        Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        }
+    } else {
+        Icmpv4Repr::EchoReply {
+            ident,
+            seq_no,
+            data,
+        }
+    };
+    let mut b = vec![0; repr.buffer_len()];
+    repr.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut b[..]),
+        &ChecksumCapabilities::default(),
+    );
+    b
+}
+
+#[test]
+fn net_fragmented_ping() {
+    // `ping -s 3000 10.0.2.2`: three fragments, sent out of order with a
+    // duplicate; the reply comes back fragmented too.
+    let mut nat = test_nat();
+    let data = pattern(3000, 41);
+    let req = echo_bytes(true, 0x99, 1, &data);
+    let frags = frame::ip_frames(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        GATEWAY_IP,
+        IpProtocol::Icmp,
+        &req,
+        0x4321,
+    );
+    assert_eq!(frags.len(), 3);
+    for i in [2, 0, 2] {
+        nat.guest_sent(&frags[i]);
+        assert!(nat.poll().is_empty());
+    }
+    assert_eq!(nat.stats().reassemblies, 1);
+    nat.guest_sent(&frags[1]);
+    let out = nat.poll();
+    assert_eq!(out.len(), 3);
+    let (src, reply) = reassemble_reply(&out).unwrap();
+    assert_eq!(src, GATEWAY_IP);
+    assert!(reply == echo_bytes(false, 0x99, 1, &data));
+    assert_eq!(nat.stats().reassemblies, 0);
+
+    // Overlapping fragments (same bytes where they overlap) complete it
+    // as well; the same ident again is a new datagram.
+    let parts = [(0, 1480, true), (8, 2000, true), (1992, req.len(), false)];
+    for (from, to, more) in parts {
+        nat.guest_sent(&guest_fragment(
+            GATEWAY_IP,
+            IpProtocol::Icmp,
+            &req,
+            (from, to),
+            more,
+            0x4321,
+        ));
+    }
+    let (_, reply) = reassemble_reply(&nat.poll()).unwrap();
+    assert!(reply == echo_bytes(false, 0x99, 1, &data));
+}
+
+#[test]
+fn net_fragmented_udp() {
+    // A 5000-byte datagram from the guest reaches the host whole; the
+    // host's 5000-byte answer reaches the guest in fragments.
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let mut buf = [0; 65536];
+        let (n, from) = echo.recv_from(&mut buf).unwrap();
+        let mut answer = buf[..n].to_vec();
+        answer.reverse();
+        echo.send_to(&answer, from).unwrap();
+        n
+    });
+    let mut nat = test_nat();
+    let msg = pattern(5000, 42);
+    let frags = frame::udp_frames(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        (GUEST_IP, 43000),
+        (GATEWAY_IP, port),
+        &msg,
+        7,
+    );
+    assert_eq!(frags.len(), 4);
+    for f in frags.iter().rev() {
+        nat.guest_sent(f);
+    }
+    assert_eq!(server.join().unwrap(), 5000);
+    let limit = Instant::now() + Duration::from_secs(5);
+    let mut out = Vec::new();
+    let (src, dgram) = loop {
+        assert!(Instant::now() < limit, "no reply");
+        out.extend(nat.poll());
+        if out.len() >= 4 {
+            break reassemble_reply(&out).unwrap();
+        }
+        thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(src, GATEWAY_IP);
+    let udp = UdpPacket::new_checked(&dgram[..]).unwrap();
+    assert!(udp.verify_checksum(&GATEWAY_IP.into(), &GUEST_IP.into()));
+    assert_eq!((udp.src_port(), udp.dst_port()), (port, 43000));
+    let mut want = msg.clone();
+    want.reverse();
+    assert!(udp.payload() == &want[..]);
+}
+
+#[test]
+fn net_fragments_hostile() {
+    use super::reassembly::{MAX_REASSEMBLIES, REASSEMBLY_TIMEOUT};
+    let mut nat = test_nat();
+    let req = echo_bytes(true, 1, 1, &pattern(2000, 43));
+    let frag = |nat: &mut Nat, range, more, ident| {
+        nat.guest_sent(&guest_fragment(
+            GATEWAY_IP,
+            IpProtocol::Icmp,
+            &req,
+            range,
+            more,
+            ident,
+        ));
+        nat.poll()
+    };
+    // A datagram that takes too long is dropped; its rest completes nothing.
+    frag(&mut nat, (0, 1480), true, 1);
+    assert_eq!(nat.stats().reassemblies, 1);
+    nat.advance_clock(REASSEMBLY_TIMEOUT + Duration::from_secs(1));
+    nat.poll();
+    assert_eq!(nat.stats().reassemblies, 0);
+    assert!(frag(&mut nat, (1480, req.len()), false, 1).is_empty());
+    nat.advance_clock(REASSEMBLY_TIMEOUT + Duration::from_secs(1));
+    nat.poll();
+    // Two different ends, and data past the end: dropped.
+    frag(&mut nat, (1480, req.len()), false, 2);
+    assert!(frag(&mut nat, (1480, req.len() - 8), false, 2).is_empty());
+    assert!(frag(&mut nat, (0, 1480), true, 2).is_empty());
+    frag(&mut nat, (8, 1488), true, 3);
+    assert!(frag(&mut nat, (0, 800), false, 3).is_empty());
+    assert!(frag(&mut nat, (0, 1480), true, 3).is_empty());
+    // A middle fragment that is not whole blocks is ignored.
+    assert!(frag(&mut nat, (0, 1481), true, 4).is_empty());
+    assert!(frag(&mut nat, (1481, req.len()), false, 4).is_empty());
+    // Many datagrams at once: the table stays bounded.
+    for ident in 100..200 {
+        frag(&mut nat, (0, 1480), true, ident);
+        assert!(nat.stats().reassemblies <= MAX_REASSEMBLIES);
+    }
+    // Random fragments (offsets up to the 64 KiB limit and past it, any
+    // length, some with the TCP protocol): no panic, bounded state.
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let junk = pattern(1480, 44);
+    for _ in 0..20_000 {
+        let ident = rng.below(40) as u16;
+        let off = rng.below(8200) * 8;
+        let len = rng.below(1481);
+        let proto = [IpProtocol::Icmp, IpProtocol::Udp, IpProtocol::Tcp][rng.below(3)];
+        let mut f = frame::ip_frame(
+            GUEST_MAC,
+            GATEWAY_MAC,
+            GUEST_IP,
+            [GATEWAY_IP, DNS_IP][rng.below(2)],
+            proto,
+            len,
+            |b| b.copy_from_slice(&junk[..len]),
+        );
+        let mut ip = Ipv4Packet::new_unchecked(&mut f[frame::ETH_HEADER..]);
+        ip.set_ident(ident);
+        ip.set_dont_frag(false);
+        ip.set_more_frags(rng.below(3) != 0);
+        ip.set_frag_offset(off.min(0xfff8) as u16);
+        ip.fill_checksum();
+        nat.guest_sent(&f);
+        if rng.below(16) == 0 {
+            nat.poll();
+        }
+        assert!(nat.stats().reassemblies <= MAX_REASSEMBLIES);
+    }
+    nat.poll();
+    // Still works after all that.
+    let frags = frame::ip_frames(
+        GUEST_MAC,
+        GATEWAY_MAC,
+        GUEST_IP,
+        GATEWAY_IP,
+        IpProtocol::Icmp,
+        &req,
+        0x7777,
+    );
+    for f in &frags {
+        nat.guest_sent(f);
+    }
+    let (_, reply) = reassemble_reply(&nat.poll()).unwrap();
+    assert!(reply == echo_bytes(false, 1, 1, &pattern(2000, 43)));
 }
