@@ -91,25 +91,7 @@ fn linux_from_syslinux_disk() {
 #[test]
 fn linux_vesafb_with_vga_0x318() {
     let Some(dir) = images() else { return };
-    let png_path = std::env::temp_dir().join(format!("hospes-vesafb-{}.png", std::process::id()));
-    let out = finish(
-        "vesafb",
-        start(
-            &dir,
-            &[
-                "--kernel",
-                "vmlinuz",
-                "--initrd",
-                "initrd.img",
-                "--append",
-                "console=tty0 console=ttyS0 vga=0x318 panic=-1",
-                "--screenshot-on-exit",
-                png_path.to_str().unwrap(),
-            ],
-        ),
-        Instant::now(),
-    );
-    let serial = String::from_utf8_lossy(&out.stdout);
+    let serial = boot_to_framebuffer_console(&dir, "vesafb", "vga=0x318");
     assert!(
         serial.contains("vesafb: mode is 1024x768x24, linelength=3072"),
         "{serial}"
@@ -118,7 +100,33 @@ fn linux_vesafb_with_vga_0x318() {
         serial.contains("vesafb: framebuffer at 0xe0000000"),
         "{serial}"
     );
+}
+
+/// Boots the kernel with `options` (that bring a framebuffer) and its console on tty0
+/// and COM1; checks that the screenshot at exit shows the framebuffer console
+/// ([`check_console_screenshot`]) and gives what COM1 printed.
+fn boot_to_framebuffer_console(dir: &std::path::Path, name: &str, options: &str) -> String {
+    let png_path = std::env::temp_dir().join(format!("hospes-{name}-{}.png", std::process::id()));
+    let append = format!("console=tty0 console=ttyS0 {options} panic=-1");
+    let out = finish(
+        name,
+        start(
+            dir,
+            &[
+                "--kernel",
+                "vmlinuz",
+                "--initrd",
+                "initrd.img",
+                "--append",
+                &append,
+                "--screenshot-on-exit",
+                png_path.to_str().unwrap(),
+            ],
+        ),
+        Instant::now(),
+    );
     check_console_screenshot(&png_path);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A 1024x768 screenshot of the kernel's framebuffer console: light grey text on black,
@@ -145,25 +153,7 @@ fn check_console_screenshot(png_path: &std::path::Path) {
 #[test]
 fn linux_bochs_drm_console() {
     let Some(dir) = images() else { return };
-    let png_path = std::env::temp_dir().join(format!("hospes-drm-{}.png", std::process::id()));
-    let out = finish(
-        "bochs-drm",
-        start(
-            &dir,
-            &[
-                "--kernel",
-                "vmlinuz",
-                "--initrd",
-                "initrd.img",
-                "--append",
-                "console=tty0 console=ttyS0 hospes.drm panic=-1",
-                "--screenshot-on-exit",
-                png_path.to_str().unwrap(),
-            ],
-        ),
-        Instant::now(),
-    );
-    let serial = String::from_utf8_lossy(&out.stdout);
+    let serial = boot_to_framebuffer_console(&dir, "bochs-drm", "hospes.drm");
     for line in [
         "[drm] Found bochs VGA, ID 0xb0c5.",
         "[drm] Framebuffer size 16384 kB @ 0xe0000000, ioports @ 0x1ce.",
@@ -173,5 +163,4 @@ fn linux_bochs_drm_console() {
         assert!(serial.contains(line), "no {line:?} in:\n{serial}");
     }
     assert!(!serial.contains("HOSPES-INSMOD-FAILED"), "{serial}");
-    check_console_screenshot(&png_path);
 }

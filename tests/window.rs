@@ -237,20 +237,71 @@ fn exit_status(child: &mut Child) -> Option<std::process::ExitStatus> {
     }
 }
 
+/// A window test under way: hospes booted `program` in its window on an Xvfb of its
+/// own, and the program said "ready" on COM1.
+struct WindowRun {
+    xvfb: Xvfb,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// COM1's lines so far.
+    seen: Vec<String>,
+    /// The window's X id.
+    window: String,
+    floppy: PathBuf,
+    /// Where hospes writes the text screen at exit (and, with ".sock", its monitor).
+    screen: PathBuf,
+}
+
+impl WindowRun {
+    /// None (said on stdout) where Xvfb or xdotool is missing.
+    fn start(name: &str, program: Vec<u8>) -> Option<WindowRun> {
+        if !have("Xvfb") || !have("xdotool") {
+            println!("skipped: Xvfb and xdotool are not installed (scripts/test installs them)");
+            return None;
+        }
+        let xvfb = Xvfb::start();
+        let floppy = temp_path(&format!("{name}.img"));
+        let screen = temp_path(&format!("{name}-screen.txt"));
+        std::fs::write(&floppy, program).unwrap();
+        let (child, lines) = run_in_window(&xvfb, &floppy, &screen);
+        let mut seen = Vec::new();
+        assert!(wait_for(&lines, "ready", &mut seen), "no 'ready': {seen:?}");
+        let window = hospes_window(&xvfb);
+        Some(WindowRun {
+            xvfb,
+            child,
+            lines,
+            seen,
+            window,
+            floppy,
+            screen,
+        })
+    }
+}
+
+impl Drop for WindowRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.floppy);
+        let _ = std::fs::remove_file(&self.screen);
+    }
+}
+
 #[test]
 fn keys_typed_in_the_window_reach_the_guest() {
-    if !have("Xvfb") || !have("xdotool") {
-        println!("skipped: Xvfb and xdotool are not installed (scripts/test installs them)");
+    let Some(mut run) = WindowRun::start("echo", echo_program()) else {
         return;
-    }
-    let xvfb = Xvfb::start();
-    let floppy = temp_path("echo.img");
-    let screen = temp_path("screen.txt");
-    std::fs::write(&floppy, echo_program()).unwrap();
-    let (mut child, lines) = run_in_window(&xvfb, &floppy, &screen);
-    let mut seen = Vec::new();
-    assert!(wait_for(&lines, "ready", &mut seen), "no 'ready': {seen:?}");
-    let window = hospes_window(&xvfb);
+    };
+    let WindowRun {
+        xvfb,
+        child,
+        lines,
+        seen,
+        window,
+        screen,
+        ..
+    } = &mut run;
     // No window manager: the keyboard goes to the window under the pointer.
     xvfb.xdotool(&["mousemove", "--window", &window, "40", "40"]);
     xvfb.xdotool(&["type", "--delay", "40", "hello 42"]);
@@ -263,16 +314,14 @@ fn keys_typed_in_the_window_reach_the_guest() {
     assert!(reply.contains("720x400"), "{reply}");
     assert!(png.is_file());
     xvfb.xdotool(&["key", "Return"]);
-    let got = wait_for(&lines, "got: ", &mut seen);
-    let status = exit_status(&mut child);
+    let got = wait_for(lines, "got: ", seen);
+    let status = exit_status(child);
     assert!(got, "the guest never saw Enter: {seen:?}");
     assert_eq!(seen.last().map(String::as_str), Some("got: hello 42"));
     assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
     // The echoed keys are on the screen the window showed.
     let text = std::fs::read_to_string(&screen).unwrap();
     assert!(text.contains("hello 42"), "{text}");
-    let _ = std::fs::remove_file(&floppy);
-    let _ = std::fs::remove_file(&screen);
     let _ = std::fs::remove_file(&png);
 }
 
@@ -474,19 +523,18 @@ fn packet(line: &str) -> Option<(u8, i32, i32)> {
 
 #[test]
 fn the_mouse_grabbed_in_the_window_reaches_the_guest() {
-    if !have("Xvfb") || !have("xdotool") {
-        println!("skipped: Xvfb and xdotool are not installed (scripts/test installs them)");
-        return;
-    }
     let started = Instant::now();
-    let xvfb = Xvfb::start();
-    let floppy = temp_path("mouse.img");
-    let screen = temp_path("mouse-screen.txt");
-    std::fs::write(&floppy, mouse_program()).unwrap();
-    let (mut child, lines) = run_in_window(&xvfb, &floppy, &screen);
-    let mut seen = Vec::new();
-    assert!(wait_for(&lines, "ready", &mut seen), "no 'ready': {seen:?}");
-    let window = hospes_window(&xvfb);
+    let Some(mut run) = WindowRun::start("mouse", mouse_program()) else {
+        return;
+    };
+    let WindowRun {
+        xvfb,
+        child,
+        lines,
+        seen,
+        window,
+        ..
+    } = &mut run;
     let pause = || std::thread::sleep(Duration::from_millis(60));
     xvfb.xdotool(&["mousemove", "--window", &window, "100", "100"]);
     // minifb looks at the buttons once a frame: a click held for a while, as a hand
@@ -515,8 +563,8 @@ fn the_mouse_grabbed_in_the_window_reaches_the_guest() {
     xvfb.xdotool(&["mousemove_relative", "30", "0"]);
     pause();
     click("mouseup");
-    let ok = wait_for(&lines, "mouse ok", &mut seen);
-    let status = exit_status(&mut child);
+    let ok = wait_for(lines, "mouse ok", seen);
+    let status = exit_status(child);
     assert!(ok, "no 'mouse ok': {seen:?}");
     assert!(status.is_some_and(|s| s.success()), "exit: {status:?}");
     let packets: Vec<(u8, i32, i32)> = seen.iter().filter_map(|l| packet(l)).collect();
@@ -535,6 +583,4 @@ fn the_mouse_grabbed_in_the_window_reaches_the_guest() {
     assert!(after.iter().all(|p| p.0 == 1), "{seen:?}");
     assert!(after.iter().any(|p| p.1 > 0), "{seen:?}");
     println!("the mouse test took {:?}", started.elapsed());
-    let _ = std::fs::remove_file(&floppy);
-    let _ = std::fs::remove_file(&screen);
 }
