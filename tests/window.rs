@@ -303,7 +303,7 @@ fn keys_typed_in_the_window_reach_the_guest() {
         ..
     } = &mut run;
     // No window manager: the keyboard goes to the window under the pointer.
-    xvfb.xdotool(&["mousemove", "--window", &window, "40", "40"]);
+    xvfb.xdotool(&["mousemove", "--window", window, "40", "40"]);
     xvfb.xdotool(&["type", "--delay", "40", "hello 42"]);
     // The monitor works beside the window: its screendump shows the 80x25 text screen.
     let png = temp_path("screen.png");
@@ -536,7 +536,7 @@ fn the_mouse_grabbed_in_the_window_reaches_the_guest() {
         ..
     } = &mut run;
     let pause = || std::thread::sleep(Duration::from_millis(60));
-    xvfb.xdotool(&["mousemove", "--window", &window, "100", "100"]);
+    xvfb.xdotool(&["mousemove", "--window", window, "100", "100"]);
     // minifb looks at the buttons once a frame: a click held for a while, as a hand
     // does (xdotool's click would come and go between two looks).
     let click = |down: &str| {
@@ -547,7 +547,7 @@ fn the_mouse_grabbed_in_the_window_reaches_the_guest() {
     click("mouseup");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let title = xvfb.xdotool(&["getwindowname", &window]);
+        let title = xvfb.xdotool(&["getwindowname", window]);
         if title.contains("mouse grabbed (Ctrl+Alt+G releases)") {
             assert!(title.contains("80x25 text"), "{title}");
             break;
