@@ -4,6 +4,8 @@
 //! directly. Skipped, with one line, where the `seabios` package is not installed
 //! (scripts/guest-images installs it).
 
+mod com1;
+
 use iced_x86::code_asm::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -162,23 +164,7 @@ impl Program {
 
     fn finish(mut self) -> Vec<u8> {
         let a = &mut self.a;
-        // putc: AL to COM1 once the transmitter holding register is empty.
-        a.set_label(&mut self.putc).unwrap();
-        a.push(ax).unwrap();
-        a.push(dx).unwrap();
-        a.mov(ah, al).unwrap();
-        a.mov(dx, 0x3FDu32).unwrap();
-        let mut wait = a.create_label();
-        a.set_label(&mut wait).unwrap();
-        a.in_(al, dx).unwrap();
-        a.test(al, 0x20).unwrap();
-        a.jz(wait).unwrap();
-        a.mov(al, ah).unwrap();
-        a.mov(dx, 0x3F8u32).unwrap();
-        a.out(dx, al).unwrap();
-        a.pop(dx).unwrap();
-        a.pop(ax).unwrap();
-        a.ret().unwrap();
+        com1::putc_routine(a, &mut self.putc);
         // puts: DS:SI, NUL-terminated.
         a.set_label(&mut self.puts).unwrap();
         let mut done = a.create_label();

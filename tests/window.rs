@@ -4,6 +4,8 @@
 //! the text screen; the mouse, grabbed by a click, reaches a boot program through the
 //! PS/2 mouse.
 
+mod com1;
+
 use iced_x86::code_asm::*;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -119,25 +121,18 @@ fn echo_program() -> Vec<u8> {
     a.out(dx, ax).unwrap();
     a.cli().unwrap();
     a.hlt().unwrap();
-    // print: DS:SI to COM1, waiting for the transmitter.
-    let mut wait = a.create_label();
+    // print: DS:SI to COM1.
+    let mut putc = a.create_label();
     let mut end = a.create_label();
     a.set_label(&mut print).unwrap();
     a.lodsb().unwrap();
     a.test(al, al).unwrap();
     a.jz(end).unwrap();
-    a.mov(ah, al).unwrap();
-    a.mov(dx, 0x3FDu32).unwrap();
-    a.set_label(&mut wait).unwrap();
-    a.in_(al, dx).unwrap();
-    a.test(al, 0x20).unwrap();
-    a.jz(wait).unwrap();
-    a.mov(al, ah).unwrap();
-    a.mov(dx, 0x3F8u32).unwrap();
-    a.out(dx, al).unwrap();
+    a.call(putc).unwrap();
     a.jmp(print).unwrap();
     a.set_label(&mut end).unwrap();
     a.ret().unwrap();
+    com1::putc_routine(&mut a, &mut putc);
     boot_floppy(
         a.assemble(0x7C00).unwrap(),
         &[
@@ -482,23 +477,7 @@ fn mouse_program() -> Vec<u8> {
     a.jmp(print).unwrap();
     a.set_label(&mut end).unwrap();
     a.ret().unwrap();
-    // putc: AL to COM1, waiting for the transmitter; keeps every register.
-    let mut wait = a.create_label();
-    a.set_label(&mut putc).unwrap();
-    a.push(ax).unwrap();
-    a.push(dx).unwrap();
-    a.mov(ah, al).unwrap();
-    a.mov(dx, 0x3FDu32).unwrap();
-    a.set_label(&mut wait).unwrap();
-    a.in_(al, dx).unwrap();
-    a.test(al, 0x20).unwrap();
-    a.jz(wait).unwrap();
-    a.mov(al, ah).unwrap();
-    a.mov(dx, 0x3F8u32).unwrap();
-    a.out(dx, al).unwrap();
-    a.pop(dx).unwrap();
-    a.pop(ax).unwrap();
-    a.ret().unwrap();
+    com1::putc_routine(&mut a, &mut putc);
     boot_floppy(
         a.assemble(0x7C00).unwrap(),
         &[

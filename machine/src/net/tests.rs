@@ -29,6 +29,17 @@ struct Guest {
     sockets: SocketSet<'static>,
 }
 
+/// Appends everything the socket has received so far to `into`.
+fn receive_all(s: &mut tcp::Socket, into: &mut Vec<u8>) {
+    while s.can_recv() {
+        s.recv(|b| {
+            into.extend_from_slice(b);
+            (b.len(), ())
+        })
+        .unwrap();
+    }
+}
+
 impl Guest {
     /// A guest with no address (for DHCP) or 10.0.2.15/24 via 10.0.2.2.
     fn new(configured: bool) -> Guest {
@@ -392,13 +403,7 @@ fn net_tcp_download() {
     let mut got = Vec::new();
     g.run_until(&mut nat, 60, |g| {
         let s = g.tcp(h);
-        while s.can_recv() {
-            s.recv(|b| {
-                got.extend_from_slice(b);
-                (b.len(), ())
-            })
-            .unwrap();
-        }
+        receive_all(s, &mut got);
         if !s.may_recv() && s.state() != tcp::State::SynSent {
             s.close();
             return true;
@@ -446,13 +451,7 @@ fn net_tcp_upload() {
                 s.close(); // half-close: the server's read_to_end ends
             }
         }
-        while s.can_recv() {
-            s.recv(|b| {
-                reply.extend_from_slice(b);
-                (b.len(), ())
-            })
-            .unwrap();
-        }
+        receive_all(s, &mut reply);
         sent == data.len() && !s.may_recv() && s.state() != tcp::State::SynSent
     });
     let got = server.join().unwrap();
@@ -581,13 +580,7 @@ fn net_host_forward() {
     let mut request = Vec::new();
     g.run_until(&mut nat, 60, |g| {
         let s = g.tcp(h);
-        while s.can_recv() {
-            s.recv(|b| {
-                request.extend_from_slice(b);
-                (b.len(), ())
-            })
-            .unwrap();
-        }
+        receive_all(s, &mut request);
         if s.can_send() && sent < data.len() {
             sent += s.send_slice(&data[sent..]).unwrap();
             if sent == data.len() {
@@ -1053,13 +1046,7 @@ fn net_tcp_concurrent_connections_to_one_port() {
                 s.send_slice(&[i as u8]).unwrap();
                 said[i] = true;
             }
-            while s.can_recv() {
-                s.recv(|b| {
-                    got[i].extend_from_slice(b);
-                    (b.len(), ())
-                })
-                .unwrap();
-            }
+            receive_all(s, &mut got[i]);
             if said[i] && !s.may_recv() {
                 s.close();
                 finished += 1;
@@ -1098,13 +1085,7 @@ fn net_tcp_and_udp_to_outside_address() {
     let mut got = Vec::new();
     g.run_until(&mut nat, 30, |g| {
         let s = g.tcp(h);
-        while s.can_recv() {
-            s.recv(|b| {
-                got.extend_from_slice(b);
-                (b.len(), ())
-            })
-            .unwrap();
-        }
+        receive_all(s, &mut got);
         if !s.may_recv() && s.state() != tcp::State::SynSent {
             // The peer was the outside address all along.
             assert_eq!(s.remote_endpoint().unwrap().addr, IpAddress::Ipv4(outside));
@@ -1214,13 +1195,7 @@ fn net_tcp_host_half_close() {
     let mut sent = 0;
     g.run_until(&mut nat, 30, |g| {
         let s = g.tcp(h);
-        while s.can_recv() {
-            s.recv(|b| {
-                hello.extend_from_slice(b);
-                (b.len(), ())
-            })
-            .unwrap();
-        }
+        receive_all(s, &mut hello);
         // Send only once the host's FIN is in.
         if s.state() == tcp::State::CloseWait && sent < data.len() && s.can_send() {
             sent += s.send_slice(&data[sent..]).unwrap();
